@@ -1,0 +1,1 @@
+"""MuseTalk: model building, checkpoint loading, audio features, avatar preparation and blending."""
