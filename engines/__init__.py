@@ -1,0 +1,1 @@
+"""Lip-sync engines behind one small interface (`engines.base.Engine`)."""

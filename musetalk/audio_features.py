@@ -1,0 +1,308 @@
+"""Whisper audio features for MuseTalk: log-mel, encoder step features, per-video-frame chunks, streaming.
+
+Units: a *step* is one 50 Hz encoder position = 320 samples = one 20 ms audio frame. A video frame's *chunk* is
+10 consecutive steps x 5 states = 50 tokens of 384, token order ``5 * t + state``.
+
+Two official semantics (reference/musetalk.md section 5):
+- ``"v15"`` (AudioProcessor): 30 s waveform segments zero-padded in the waveform domain, log-mel max normalised per
+  segment, HF hidden states (last one layer-normed), ``floor(n / 16000 * 50)`` steps, frame i reads steps
+  ``floor(i*m) - ceil(m)*2 + k`` (k < 10, m = 50/fps) with zeros outside the utterance.
+- ``"v1"`` (Audio2Feature): log-mel of the whole input normalised with its global max, cut into 3000-frame segments
+  zero-padded in the normalised log-mel domain, raw last state, frame i reads steps ``int(i*50/fps) - 4 + k``
+  clamped to the utterance.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import lru_cache, partial
+from typing import Literal
+
+import numpy as np
+import torch
+from transformers import WhisperFeatureExtractor
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from .config import AUDIO_FRAME_SAMPLES, SAMPLE_RATE, VIDEO_FPS
+from .whisper import N_STATES, encoder_states
+
+Version = Literal["v1", "v15"]
+VERSIONS: tuple[str, ...] = ("v1", "v15")
+
+N_FFT = 400
+MEL_HOP = 160
+N_MELS = 80
+SEGMENT_SAMPLES = 30 * SAMPLE_RATE
+SEGMENT_MEL_FRAMES = SEGMENT_SAMPLES // MEL_HOP  # 3000: the only input length the encoder accepts
+SAMPLES_PER_STEP = AUDIO_FRAME_SAMPLES
+STEPS_PER_SECOND = SAMPLE_RATE // SAMPLES_PER_STEP  # 50
+SEGMENT_STEPS = SEGMENT_SAMPLES // SAMPLES_PER_STEP  # 1500
+FEATURE_DIM = 384
+PAD_LEFT = PAD_RIGHT = 2  # audio_padding_length_left / _right of the official code
+STEPS_PER_CHUNK = 2 * (PAD_LEFT + PAD_RIGHT + 1)  # 10
+TOKENS_PER_CHUNK = STEPS_PER_CHUNK * N_STATES  # 50
+
+# (samples) -> (samples // 320, 5, 384): features of every whole 20 ms step of the given audio.
+StepFunction = Callable[[np.ndarray], np.ndarray]
+
+
+def _check_version(version: str) -> None:
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+
+
+def _check_fps(fps: int) -> None:
+    # The official code does fps = int(fps); a float rate would silently change the frame/step mapping.
+    if not isinstance(fps, int) or fps <= 0:
+        raise ValueError(f"fps must be a positive int, got {fps!r}")
+
+
+def _as_audio(audio: np.ndarray) -> np.ndarray:
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be 1-D mono 16 kHz samples, got shape {audio.shape}")
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(f"audio must be float samples in [-1, 1], got dtype {audio.dtype}")
+    return audio.astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------- log-mel
+
+
+@lru_cache(maxsize=1)
+def _mel_filters() -> torch.Tensor:
+    # The exact filters of the official v1.5 path (slaney mel, 0..8 kHz), which equal openai-whisper's mel_filters.npz.
+    return torch.from_numpy(WhisperFeatureExtractor(feature_size=N_MELS).mel_filters.T.astype(np.float32))
+
+
+def log_mel(audio: np.ndarray) -> torch.Tensor:
+    """(n,) samples -> (80, n // 160) log10 mel power, unnormalised; the last STFT frame is dropped as whisper does."""
+    x = torch.from_numpy(_as_audio(audio))
+    stft = torch.stft(x, N_FFT, MEL_HOP, window=torch.hann_window(N_FFT), return_complex=True)
+    power = (stft[..., :-1].abs() ** 2).contiguous()
+    return torch.clamp(_mel_filters() @ power, min=1e-10).log10()
+
+
+def normalise_log_mel(log_spec: torch.Tensor) -> torch.Tensor:
+    """Whisper's normalisation with the max taken over the whole given tensor."""
+    return (torch.maximum(log_spec, log_spec.max() - 8.0) + 4.0) / 4.0
+
+
+def mel_segments(audio: np.ndarray, version: Version) -> tuple[torch.Tensor, list[int]]:
+    """Encoder inputs (S, 80, 3000) and, per segment, how many of its steps hold audio (whole 20 ms steps)."""
+    _check_version(version)
+    audio = _as_audio(audio)
+    if version == "v15":
+        mels, steps = [], []
+        for start in range(0, len(audio), SEGMENT_SAMPLES):
+            segment = audio[start:start + SEGMENT_SAMPLES]
+            padded = np.pad(segment, (0, SEGMENT_SAMPLES - len(segment)))
+            mels.append(normalise_log_mel(log_mel(padded)))
+            steps.append(len(segment) // SAMPLES_PER_STEP)
+    else:
+        # Under one step there is nothing to keep (and the STFT's reflect padding needs > 200 samples).
+        mel = normalise_log_mel(log_mel(audio)) if len(audio) >= SAMPLES_PER_STEP else torch.zeros(N_MELS, 0)
+        mels, steps = [], []
+        for start in range(0, mel.shape[1], SEGMENT_MEL_FRAMES):
+            segment = mel[:, start:start + SEGMENT_MEL_FRAMES]
+            mels.append(torch.nn.functional.pad(segment, (0, SEGMENT_MEL_FRAMES - segment.shape[1])))
+            steps.append(segment.shape[1] // 2)
+    if not mels:
+        return torch.zeros(0, N_MELS, SEGMENT_MEL_FRAMES), []
+    return torch.stack(mels), steps
+
+
+# ---------------------------------------------------------------- encoder step features
+
+
+def num_steps(n_samples: int, version: Version) -> int:
+    """Length T of the official step feature array for an utterance of n_samples."""
+    _check_version(version)
+    if version == "v15":
+        return math.floor(n_samples / SAMPLE_RATE * STEPS_PER_SECOND)  # float formula: sometimes n // 320 - 1
+    return n_samples // SAMPLES_PER_STEP  # sum over 3000-frame segments of int(frames / 2), frames = n // 160
+
+
+def encode_steps(audio: np.ndarray, encoder: WhisperEncoder, version: Version) -> np.ndarray:
+    """(n,) samples -> (n // 320, 5, 384) float32: the features of every whole 20 ms step, 30 s segment by segment."""
+    mels, steps = mel_segments(audio, version)
+    if not steps:
+        return np.zeros((0, N_STATES, encoder.config.d_model), np.float32)
+    states = encoder_states(encoder, mels, layer_norm_last=version == "v15").float().cpu().numpy()
+    return np.concatenate([states[i, :n] for i, n in enumerate(steps)])
+
+
+def whisper_steps(audio: np.ndarray, encoder: WhisperEncoder, version: Version) -> np.ndarray:
+    """(n,) samples -> (T, 5, 384) float32 step features exactly as the official pipeline of ``version`` keeps them."""
+    return encode_steps(audio, encoder, version)[:num_steps(len(audio), version)]
+
+
+# ---------------------------------------------------------------- per-video-frame chunks
+
+
+def num_frames(n_samples: int, version: Version, fps: int = VIDEO_FPS) -> int:
+    """How many chunks the official code makes for an utterance of n_samples."""
+    _check_version(version)
+    _check_fps(fps)
+    if version == "v15":
+        return math.floor(n_samples / SAMPLE_RATE * fps)
+    n_steps = num_steps(n_samples, version)
+    # feature2chunks appends chunk i, then stops once int(i * 50/fps) > T: start near the answer, then step.
+    multiplier = STEPS_PER_SECOND / fps
+    i = max(0, math.floor((n_steps + 1) / multiplier) - 2)
+    while int(i * multiplier) <= n_steps:
+        i += 1
+    return i + 1
+
+
+def frame_step_indices(frames: np.ndarray, version: Version, fps: int = VIDEO_FPS) -> np.ndarray:
+    """(N,) video frame indices -> (N, 10) utterance step indices they read, before zero-padding / clamping."""
+    _check_version(version)
+    _check_fps(fps)
+    frames = np.asarray(frames, dtype=np.int64)
+    if version == "v15":
+        multiplier = STEPS_PER_SECOND / fps
+        start = np.floor(frames * multiplier).astype(np.int64) - math.ceil(multiplier) * PAD_LEFT
+    else:  # get_sliced_feature hard-codes 2 steps per padding unit whatever the fps
+        start = (frames * STEPS_PER_SECOND / fps).astype(np.int64) - 2 * PAD_LEFT
+    return start[:, None] + np.arange(STEPS_PER_CHUNK)
+
+
+def gather_chunks(steps: np.ndarray, indices: np.ndarray, first_step: int, n_steps: int | None,
+                  version: Version) -> np.ndarray:
+    """Build (N, 50, 384) chunks from step features.
+
+    ``steps[j]`` holds utterance step ``first_step + j``; ``n_steps`` is the utterance's T, or None while the
+    utterance goes on past every index asked for. v15 reads zeros outside [0, T); v1 clamps into [0, T-1].
+    """
+    _check_version(version)
+    upper = np.iinfo(np.int64).max if n_steps is None else n_steps
+    if version == "v1":
+        if upper <= 0:
+            raise ValueError("v1 chunks need at least one step of audio (320 samples)")
+        indices = np.clip(indices, 0, upper - 1)
+    valid = (indices >= 0) & (indices < upper)
+    rows = indices - first_step
+    if np.any(valid & ((rows < 0) | (rows >= len(steps)))):
+        raise ValueError(f"step features cover steps [{first_step}, {first_step + len(steps)}) but the frames need "
+                         f"steps [{indices[valid].min()}, {indices[valid].max() + 1})")
+    out = np.zeros(indices.shape + steps.shape[1:], np.float32)
+    out[valid] = steps[rows[valid]]
+    return out.reshape(len(indices), STEPS_PER_CHUNK * steps.shape[1], steps.shape[2])
+
+
+def frame_chunks(steps: np.ndarray, n_samples: int, version: Version, fps: int = VIDEO_FPS) -> np.ndarray:
+    """Official per-frame chunks (N, 50, 384) of a whole utterance's step features (T, 5, 384)."""
+    n_steps = num_steps(n_samples, version)
+    if len(steps) != n_steps:
+        raise ValueError(f"{n_samples} samples give {n_steps} steps ({version}), got {len(steps)}")
+    indices = frame_step_indices(np.arange(num_frames(n_samples, version, fps)), version, fps)
+    return gather_chunks(steps, indices, 0, n_steps, version)
+
+
+# ---------------------------------------------------------------- streaming
+
+
+class StreamingFeatures:
+    """Per-frame chunks for batches of B video frames from 20 ms audio, with bounded look-ahead.
+
+    Windowed procedure (what this computes, exactly): for video frames f0 .. f0+B-1, let [s_lo, s_hi) be the
+    utterance steps their chunks read (``frame_step_indices``). The encoder sees the audio of steps
+    [s_lo - left, s_hi + right) clipped to the utterance, as one input of its own (v15: waveform zero-padded to
+    30 s, normalised on its own; v1: global max of the window, mel zero-padded), and the chunks are sliced from its
+    outputs with the official padding / clamping at the utterance's start and end. The slicing is identical to the
+    offline ``frame_chunks``; the features differ from one whole-utterance pass because the encoder attends over
+    its whole input and the mel max is taken per input.
+
+    At 25 fps the batch reads 4 steps (80 ms) beyond its own 2B audio frames, so the audio needed beyond the
+    batch is ``lookahead_ms`` = 80 ms + right context.
+    """
+
+    def __init__(self, encoder: WhisperEncoder, version: Version, batch_frames: int = 8,
+                 left_context_s: float = 0.5, right_context_s: float = 0.2, fps: int = VIDEO_FPS) -> None:
+        self._init(partial(encode_steps, encoder=encoder, version=version), encoder.config.d_model, version,
+                   batch_frames, left_context_s, right_context_s, fps)
+
+    @classmethod
+    def with_step_function(cls, step_features: StepFunction, version: Version, batch_frames: int = 8,
+                           left_context_s: float = 0.5, right_context_s: float = 0.2,
+                           fps: int = VIDEO_FPS, feature_dim: int = FEATURE_DIM) -> StreamingFeatures:
+        """Same windowing with another window -> step-features backend (e.g. an exported encoder)."""
+        self = cls.__new__(cls)
+        self._init(step_features, feature_dim, version, batch_frames, left_context_s, right_context_s, fps)
+        return self
+
+    def _init(self, step_features: StepFunction, feature_dim: int, version: Version, batch_frames: int,
+              left_context_s: float, right_context_s: float, fps: int) -> None:
+        _check_version(version)
+        _check_fps(fps)
+        if batch_frames < 1:
+            raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
+        if left_context_s < 0 or right_context_s < 0:
+            raise ValueError("context lengths must be >= 0")
+        self.version = version
+        self.batch_frames = batch_frames
+        self.fps = fps
+        self.left_steps = round(left_context_s * STEPS_PER_SECOND)
+        self.right_steps = round(right_context_s * STEPS_PER_SECOND)
+        self._step_features = step_features
+        self._feature_dim = feature_dim
+        # Every window of a period of fps frames (the step pattern repeats every second) must fit one encoder input.
+        longest = max(self._window_steps(f0)[1] - self._window_steps(f0)[0] for f0 in range(fps))
+        if longest > SEGMENT_STEPS:
+            raise ValueError(f"a window of {longest} steps exceeds the encoder's {SEGMENT_STEPS} (30 s)")
+
+    @property
+    def steps_per_second(self) -> int:
+        return STEPS_PER_SECOND
+
+    @property
+    def lookahead_ms(self) -> float:
+        """Audio needed beyond the end of the batch's own audio before its chunks can be made (worst case)."""
+        worst = max(self._window_steps(f0)[1] * SAMPLES_PER_STEP - (f0 + self.batch_frames) * SAMPLE_RATE / self.fps
+                    for f0 in range(self.fps))
+        return 1000.0 * worst / SAMPLE_RATE
+
+    @property
+    def left_context_ms(self) -> float:
+        return 1000.0 * self.left_steps / STEPS_PER_SECOND
+
+    def _needed_steps(self, first_frame: int) -> tuple[int, int]:
+        indices = frame_step_indices(np.array([first_frame, first_frame + self.batch_frames - 1]), self.version,
+                                     self.fps)
+        return int(indices.min()), int(indices.max()) + 1
+
+    def _window_steps(self, first_frame: int) -> tuple[int, int]:
+        lo, hi = self._needed_steps(first_frame)
+        return max(0, lo - self.left_steps), hi + self.right_steps
+
+    def window(self, first_frame: int) -> tuple[int, int]:
+        """Utterance sample range [start, end) whose audio ``chunks(.., first_frame)`` takes (end not clipped)."""
+        if first_frame < 0:
+            raise ValueError(f"first_frame must be >= 0, got {first_frame}")
+        lo, hi = self._window_steps(first_frame)
+        return lo * SAMPLES_PER_STEP, hi * SAMPLES_PER_STEP
+
+    def chunks(self, window_audio: np.ndarray, first_frame: int, final: bool = False) -> np.ndarray:
+        """Chunks (b, 50, 384) of video frames first_frame .. first_frame+b-1 from the audio of ``window()``.
+
+        ``final=True`` says the utterance ends within (or exactly at the end of) this window: the audio may then be
+        shorter than the window, the end padding / clamping applies and b may be less than batch_frames (0 past the
+        end). Otherwise b == batch_frames and the audio must be exactly the window.
+        """
+        window_audio = _as_audio(window_audio)
+        start, end = self.window(first_frame)
+        if len(window_audio) > end - start or (not final and len(window_audio) != end - start):
+            raise ValueError(f"frames {first_frame}.. need samples [{start}, {end}) ({end - start} samples"
+                             f"{' or fewer when final' if final else ''}), got {len(window_audio)}")
+        count = self.batch_frames
+        n_steps = None
+        if final:
+            n_samples = start + len(window_audio)
+            count = max(0, min(count, num_frames(n_samples, self.version, self.fps) - first_frame))
+            n_steps = num_steps(n_samples, self.version)
+        if count == 0:
+            return np.zeros((0, TOKENS_PER_CHUNK, self._feature_dim), np.float32)
+        steps = self._step_features(window_audio)
+        indices = frame_step_indices(np.arange(first_frame, first_frame + count), self.version, self.fps)
+        return gather_chunks(steps, indices, start // SAMPLES_PER_STEP, n_steps, self.version)

@@ -1,0 +1,166 @@
+"""Face landmarks (mediapipe face mesh), MuseTalk's face/crop boxes and the blend mask.
+
+MuseTalk states its crop rule on the 68 iBUG landmarks that DWPose finds (reference musetalk.md 6.1). We use
+mediapipe 0.10.21's legacy face mesh instead (468 points, model bundled in the wheel, no mmcv), so the rule needs
+the few iBUG points it reads, expressed as mesh indices:
+
+=================  ===========================================  ============================================
+rule needs         iBUG-68                                      mediapipe face mesh (468)
+=================  ===========================================  ============================================
+x range, chin      jaw 0..16 (ear level -> chin -> ear level)   lower arc of the face oval, 127 -> 152 -> 356
+                                                                (23 points, ``JAW_INDICES``); 152 = chin
+nose bridge        27 (nasion), 28, 29, 30 (tip), equally       6, 197, 195, 5 along the ridge line
+                   spaced down the ridge                        168-6-197-195-5-4-1 (``NOSE_BRIDGE``)
+"half face" point  29                                           195 (``HALF_FACE_INDEX``)
+=================  ===========================================  ============================================
+
+Why these: iBUG 0/16 sit at the outer eye-corner level and the jaw runs through the chin (8); mesh points 127/356
+are the face-oval points at that level and 152 is the chin, so min/max x and max y over the arc are what the 68
+points give (in iBUG the jaw points are the extreme ones in x and y). iBUG 27..30 divide the nose ridge into
+equal thirds from the nasion to the tip; in the canonical 68-point mean shape, 29 lies about a third of the way from
+the brow tops to the chin. Checked on ``skimage.data.astronaut()`` (512x512): mesh brow tops y=86.7, chin y=175.5,
+x range 178.3..271.9 (dlib's 68 points on the same image, reference probes.md 5b: x 179..272, y 87..178);
+the ridge points are 6: y=106.4, 197: 111.4, 195: 116.0, 5: 121.0, and a third of the way from brow to chin is
+y=116.3, i.e. point 195. A picture with the jaw arc, the four ridge points, the face box, the crop box and the mask
+drawn on the astronaut was inspected: the arc follows the jaw line from the temples around the chin, 195 sits at
+the middle of the nose, the box runs from the forehead to just under the chin.
+
+The blend mask replaces MuseTalk's BiSeNet face parsing (no weights available) with the filled face-oval polygon of
+the mesh; everything else (face box and lower-half intersection, Gaussian blur with the realtime kernel size) is as
+upstream (musetalk.md 6.3).
+"""
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import Literal
+
+import cv2
+import numpy as np
+
+Version = Literal["v1", "v15"]
+Box = tuple[int, int, int, int]
+
+N_LANDMARKS = 468
+# Face-oval outline of the mesh in polygon order (mediapipe's FACEMESH_FACE_OVAL edge set, chained clockwise from
+# the forehead); a test checks that it is exactly the chain of that edge set.
+FACE_OVAL_INDICES: tuple[int, ...] = (
+    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+    152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+)
+# Lower arc of the oval from 356 (right temple, image left-to-right is 127 .. 356) around the chin to 127.
+JAW_INDICES: tuple[int, ...] = FACE_OVAL_INDICES[FACE_OVAL_INDICES.index(356): FACE_OVAL_INDICES.index(127) + 1]
+CHIN_INDEX = 152
+NOSE_BRIDGE: dict[int, int] = {27: 6, 28: 197, 29: 195, 30: 5}  # iBUG index -> mesh index
+HALF_FACE_INDEX = NOSE_BRIDGE[29]
+
+CROP_EXPAND = 1.5  # upstream HEAD (v1 used 1.2)
+UPPER_BOUNDARY_RATIO = 0.5
+
+
+class FaceLandmarker:
+    """One mediapipe FaceMesh for one video (tracking between frames) or for still images.
+
+    Use as a context manager so the native graph is closed deterministically.
+    """
+
+    def __init__(self, static_image_mode: bool = False, min_detection_confidence: float = 0.5) -> None:
+        # mediapipe logs through glog/absl at import and graph start; keep the console clean.
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        from mediapipe.python.solutions import face_mesh  # lazy: a 1-2 s import only preparation needs
+
+        self._mesh = face_mesh.FaceMesh(
+            static_image_mode=static_image_mode,
+            max_num_faces=1,
+            refine_landmarks=False,
+            min_detection_confidence=min_detection_confidence,
+        )
+
+    def detect(self, frame_bgr: np.ndarray) -> np.ndarray | None:
+        """(468, 2) float32 pixel coordinates of the first face in a BGR uint8 frame, or None."""
+        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 BGR frame, got {frame_bgr.shape} {frame_bgr.dtype}")
+        h, w = frame_bgr.shape[:2]
+        result = self._mesh.process(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB))
+        if not result.multi_face_landmarks:
+            return None
+        lm = result.multi_face_landmarks[0].landmark
+        pts = np.array([(p.x, p.y) for p in lm[:N_LANDMARKS]], dtype=np.float32)
+        return pts * np.array([w, h], dtype=np.float32)
+
+    def close(self) -> None:
+        self._mesh.close()
+
+    def __enter__(self) -> FaceLandmarker:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _check_landmarks(landmarks: np.ndarray) -> None:
+    if landmarks.shape != (N_LANDMARKS, 2):
+        raise ValueError(f"expected ({N_LANDMARKS}, 2) landmarks, got {landmarks.shape}")
+
+
+def face_box(landmarks: np.ndarray, frame_shape: tuple[int, ...], version: Version,
+             bbox_shift: int = 0, extra_margin: int = 10) -> Box:
+    """MuseTalk's face box (x1, y1, x2, y2) from the mesh, clipped to the frame.
+
+    Upstream truncates the landmarks to ints first; x range and bottom come from the jaw, the half-face point 29 is
+    moved down by ``bbox_shift`` (v1 only: v1.5 ignores it, as upstream does) and the top is its mirror of the
+    bottom, ``max(0, 2*y29 - y_bottom)``. v1.5 then adds ``extra_margin`` under the chin. Raises ValueError if the
+    box is empty once clipped (e.g. a face outside the frame).
+    """
+    _check_landmarks(landmarks)
+    if version not in ("v1", "v15"):
+        raise ValueError(f"version must be 'v1' or 'v15', got {version!r}")
+    h, w = frame_shape[:2]
+    lm = np.floor(landmarks).astype(np.int64)
+    jaw = lm[list(JAW_INDICES)]
+    y_half = int(lm[HALF_FACE_INDEX, 1]) + (bbox_shift if version == "v1" else 0)
+    x1, x2 = int(jaw[:, 0].min()), int(jaw[:, 0].max())
+    y2 = int(jaw[:, 1].max())
+    y1 = max(0, y_half - (y2 - y_half))
+    if version == "v15":
+        y2 += extra_margin
+    x1, x2 = min(max(x1, 0), w), min(max(x2, 0), w)
+    y1, y2 = min(y1, h), min(max(y2, 0), h)
+    if x2 - x1 <= 0 or y2 - y1 <= 0:
+        raise ValueError(f"empty face box {(x1, y1, x2, y2)} in a {w}x{h} frame")
+    return x1, y1, x2, y2
+
+
+def crop_box(box: Box, expand: float = CROP_EXPAND) -> Box:
+    """Upstream get_crop_box: a square of side 2s around the box centre; it may extend outside the frame."""
+    x1, y1, x2, y2 = box
+    xc, yc = (x1 + x2) // 2, (y1 + y2) // 2
+    s = int(max(x2 - x1, y2 - y1) // 2 * expand)
+    return xc - s, yc - s, xc + s, yc + s
+
+
+def blur_kernel_size(crop_width: int) -> int:
+    """Realtime upstream kernel (get_image_prepare_material): odd, about a tenth of the crop width."""
+    return int(0.1 * crop_width // 2 * 2) + 1
+
+
+def mask_region(landmarks: np.ndarray, box: Box, crop: Box) -> np.ndarray:
+    """The unblurred blend region in crop coordinates, uint8 0/255: face oval ∩ face box ∩ lower half of the crop."""
+    _check_landmarks(landmarks)
+    cx1, cy1, cx2, cy2 = crop
+    cw, ch = cx2 - cx1, cy2 - cy1
+    region = np.zeros((ch, cw), np.uint8)
+    oval = np.round(landmarks[list(FACE_OVAL_INDICES)] - np.array([cx1, cy1], np.float32)).astype(np.int32)
+    cv2.fillPoly(region, [oval], 255)
+    keep = np.zeros_like(region)
+    bx1, by1, bx2, by2 = box[0] - cx1, box[1] - cy1, box[2] - cx1, box[3] - cy1
+    top = max(by1, int(ch * UPPER_BOUNDARY_RATIO), 0)
+    keep[top:max(by2, 0), max(bx1, 0):max(bx2, 0)] = 255
+    return cv2.bitwise_and(region, keep)
+
+
+def blend_mask(landmarks: np.ndarray, box: Box, crop: Box) -> np.ndarray:
+    """The crop-sized uint8 alpha mask (0..255) used to paste a generated face back (see mask_region)."""
+    k = blur_kernel_size(crop[2] - crop[0])
+    return cv2.GaussianBlur(mask_region(landmarks, box, crop), (k, k), 0)

@@ -1,0 +1,101 @@
+"""Audio input stage: any-size float32 16 kHz chunks -> 20 ms frames -> scheduled ticks.
+
+A tick is scheduled when both of its audio frames exist. Ticks of one contiguous stretch of audio get
+consecutive numbers; audio that arrives after its slot would have passed starts a new stretch `lead` ticks
+in the future, so the output never waits and never builds up delay.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from pipeline.items import FRAME_SAMPLES, AudioFrame, Event, Kind, TickAudio
+
+# Below this RMS (about -60 dBFS) a 20 ms frame counts as silence: the model is not run for silent batches.
+SILENCE_RMS = 1e-3
+
+
+def frame_kind(pcm: np.ndarray) -> Kind:
+    return Kind.SPEECH if float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64)))) > SILENCE_RMS else Kind.SILENCE
+
+
+class AudioFramer:
+    """Cuts arbitrary chunks into 20 ms frames and pairs them into ticks."""
+
+    def __init__(self, current_tick: Callable[[], int], lead_ticks: int, now: Callable[[], float] = time.monotonic):
+        self._current_tick = current_tick
+        self._now = now
+        self.lead_ticks = lead_ticks
+        self._partial = np.zeros(0, dtype=np.float32)
+        self._partial_t_in = 0.0
+        self._pending_events: list[Event] = []
+        self._half: AudioFrame | None = None  # first frame of a tick waiting for its second
+        self._next_tick = 0
+        self._seg_pos = 0
+
+    def reset(self) -> None:
+        """Forget everything not yet scheduled (interrupt)."""
+        self._partial = np.zeros(0, dtype=np.float32)
+        self._pending_events = []
+        self._half = None
+        self._next_tick = 0
+
+    @property
+    def buffered_samples(self) -> int:
+        return len(self._partial) + (FRAME_SAMPLES if self._half is not None else 0)
+
+    def push(self, pcm: np.ndarray, turn: int, events: list[Event] | None = None) -> list[TickAudio]:
+        """Add audio; `events` fire with the first frame made from this chunk. Returns newly scheduled ticks."""
+        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        if not np.all(np.isfinite(pcm)):
+            raise ValueError("audio contains NaN or infinite samples")
+        if events:
+            self._pending_events.extend(events)
+        if len(self._partial) == 0:
+            self._partial_t_in = self._now()
+        self._partial = np.concatenate([self._partial, np.clip(pcm, -1.0, 1.0)])
+        whole = len(self._partial) - len(self._partial) % FRAME_SAMPLES
+        ticks = self._add_frames(self._partial[:whole], turn)
+        self._partial = self._partial[whole:]
+        return ticks
+
+    def flush(self, turn: int, events: list[Event] | None = None) -> list[TickAudio]:
+        """End of a stream (e.g. a sentence): pad the partial frame/tick with silence so nothing is held back.
+
+        `events` ride on the last frame (e.g. sentence end), so they fire when the last audio is played.
+        """
+        padded = np.concatenate([self._partial, np.zeros(-len(self._partial) % FRAME_SAMPLES, np.float32)])
+        self._partial = np.zeros(0, dtype=np.float32)
+        ticks = self._add_frames(padded, turn)
+        if self._half is not None:
+            ticks += self._add_frames(np.zeros(FRAME_SAMPLES, np.float32), turn)
+        if not ticks and (events or self._pending_events):  # nothing left to carry them: one silent tick does
+            ticks += self._add_frames(np.zeros(2 * FRAME_SAMPLES, np.float32), turn)
+        if events:
+            ticks[-1].frames[1].events.extend(events)
+        if ticks:
+            ticks[-1].last = True
+        return ticks
+
+    def _add_frames(self, data: np.ndarray, turn: int) -> list[TickAudio]:
+        ticks = [self._add_frame(data[i:i + FRAME_SAMPLES], turn) for i in range(0, len(data), FRAME_SAMPLES)]
+        return [t for t in ticks if t is not None]
+
+    def _add_frame(self, chunk: np.ndarray, turn: int) -> TickAudio | None:
+        frame = AudioFrame(pcm=chunk, kind=frame_kind(chunk), turn=turn, events=self._pending_events,
+                           t_in=self._partial_t_in)
+        self._pending_events = []
+        if self._half is None:
+            self._half = frame
+            return None
+        first, self._half = self._half, None
+        earliest = self._current_tick() + self.lead_ticks
+        if self._next_tick < earliest:  # late or first audio: a new contiguous stretch starts
+            self._next_tick = earliest
+            self._seg_pos = 0
+        tick = TickAudio(tick=self._next_tick, turn=turn, frames=(first, frame), seg_pos=self._seg_pos)
+        self._next_tick += 1
+        self._seg_pos += 1
+        return tick

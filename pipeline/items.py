@@ -1,0 +1,83 @@
+"""What travels between the stages. Every item carries the conversation turn it belongs to."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+FRAME_SAMPLES = 320  # 20 ms at 16 kHz
+TICK_SAMPLES = 2 * FRAME_SAMPLES
+
+
+class Kind(enum.Enum):
+    SPEECH = "speech"
+    SILENCE = "silence"
+    ACTION = "action"
+
+
+@dataclass(frozen=True)
+class Event:
+    """A sentence boundary (or other marker) that fires when its audio is actually played out."""
+
+    name: str  # "sentence_start" | "sentence_end" | ...
+    text: str = ""
+    turn: int = 0
+
+
+@dataclass
+class AudioFrame:
+    """20 ms of 16 kHz float32 mono audio."""
+
+    pcm: np.ndarray
+    kind: Kind
+    turn: int
+    events: list[Event] = field(default_factory=list)
+    action: int = 0
+    t_in: float = 0.0  # monotonic time the audio was handed to the session (latency accounting)
+
+
+@dataclass
+class TickAudio:
+    """The two audio frames of one scheduled tick: video frame `tick` is made from exactly these."""
+
+    tick: int
+    turn: int
+    frames: tuple[AudioFrame, AudioFrame]
+    seg_pos: int = 0  # position of this tick in its contiguous stretch of audio (0 = stretch start)
+    last: bool = False  # the stream was flushed after this tick: no audio follows it in this stretch
+
+    @property
+    def pcm(self) -> np.ndarray:
+        return np.concatenate([self.frames[0].pcm, self.frames[1].pcm])
+
+    @property
+    def silent(self) -> bool:
+        return all(f.kind is not Kind.SPEECH for f in self.frames)
+
+    @property
+    def t_in(self) -> float:
+        return self.frames[0].t_in
+
+
+@dataclass
+class VideoResult:
+    """A composited full frame for one tick, produced by the inference worker."""
+
+    tick: int
+    turn: int
+    frame: np.ndarray  # (H, W, 3) uint8 BGR
+
+
+@dataclass
+class OutputTick:
+    """One unit of output: a video frame and its two audio frames, with the pts of both."""
+
+    tick: int
+    frame: np.ndarray  # (H, W, 3) uint8 BGR
+    audio: np.ndarray  # (640,) float32 at 16 kHz: audio frames 2*tick and 2*tick+1
+    kind: Kind
+    source: str  # "speech" | "idle" | "action" | "repeat"
+    events: list[Event]
+    turn: int

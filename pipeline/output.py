@@ -1,0 +1,156 @@
+"""The output stage: every 40 ms one video frame and its two 20 ms audio frames, produced together.
+
+Audio is scheduled to ticks at input time and never waits for video, so the output keeps real time even
+when rendering falls behind: a speech tick whose frame is not ready shows the last frame again (counted),
+and a frame that arrives after its tick is dropped (counted). Video frame k is always shown with exactly
+the audio of tick k.
+"""
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+from musetalk.avatar import Avatar
+from pipeline.actions import ActionClip
+from pipeline.items import TICK_SAMPLES, Event, Kind, OutputTick, TickAudio, VideoResult
+from pipeline.stats import SessionStats
+from pipeline.worker import TickQueue
+
+SILENCE = np.zeros(TICK_SAMPLES, np.float32)
+SOURCE_CATEGORY = {"speech": "speech", "repeat": "speech", "idle": "idle", "action": "action"}
+
+
+class Output:
+    def __init__(self, avatar: Avatar, video_in: TickQueue, stats: SessionStats,
+                 tick_time: Callable[[int], float], crossfade_ticks: int = 2) -> None:
+        self.avatar = avatar
+        self.video_in = video_in
+        self.stats = stats
+        self.tick_time = tick_time
+        self.crossfade_ticks = crossfade_ticks
+        self.turn = 0
+        self._audio: collections.deque[TickAudio] = collections.deque()
+        self._action: tuple[ActionClip, int, int] | None = None  # clip, audiotype, first tick
+        self._last_frame: np.ndarray | None = None
+        self._last_category = "idle"
+        self._fade_from: np.ndarray | None = None
+        self._fade_total = 0
+        self._fade_left = 0
+        self._pending_fade_ticks: int | None = None
+
+    # -- control (event loop) ------------------------------------------------------------------------------
+    def schedule(self, tick_audio: TickAudio) -> None:
+        self._audio.append(tick_audio)
+
+    def interrupt(self, turn: int) -> int:
+        """Drop everything of older turns; the next tick is idle (with a one-frame crossfade)."""
+        self.turn = turn
+        dropped = len(self._audio) + self.video_in.purge_turns_before(turn)
+        self._audio.clear()
+        self._pending_fade_ticks = 1
+        return dropped
+
+    def start_action(self, clip: ActionClip, audiotype: int, tick: int) -> None:
+        self._action = (clip, audiotype, tick)
+
+    @property
+    def action(self) -> int | None:
+        return self._action[1] if self._action else None
+
+    @property
+    def scheduled_ticks(self) -> int:
+        return len(self._audio)
+
+    @property
+    def speaking(self) -> bool:
+        return any(not t.silent for t in self._audio) or self._last_category == "speech"
+
+    # -- the tick ------------------------------------------------------------------------------------------
+    def tick(self, k: int, wait_for_video: float = 0.0) -> OutputTick:
+        tick_audio = self._take_audio(k)
+        video = self._take_video(k, wait_for_video if tick_audio is not None and not tick_audio.silent else 0.0)
+        events: list[Event] = []
+        if tick_audio is not None:
+            self._action = None  # speech (or its pauses) takes over from an action clip
+            audio, kind = tick_audio.pcm, (Kind.SILENCE if tick_audio.silent else Kind.SPEECH)
+            events = [e for f in tick_audio.frames for e in f.events]
+            if video is not None:
+                frame, source = video.frame, "speech"
+                if tick_audio.seg_pos == 0 or self._last_category != "speech":
+                    self.stats.last_latency_ms = round(1000 * (self.tick_time(k) - tick_audio.t_in), 1)
+            elif tick_audio.silent:
+                frame, source = self._idle(k), "idle"
+            else:
+                self.stats.repeated_frames += 1
+                frame, source = ((self._last_frame, "repeat") if self._last_category == "speech"
+                                 else (self._idle(k), "idle"))
+        elif self._action is not None:
+            clip, _, start = self._action
+            i = k - start
+            frame, audio, kind, source = clip.frame(i), clip.tick_audio(i), Kind.ACTION, "action"
+            if i + 1 >= clip.n_ticks:
+                self._action = None
+        else:
+            frame, audio, kind, source = self._idle(k), SILENCE, Kind.SILENCE, "idle"
+        frame = self._crossfade(frame, SOURCE_CATEGORY[source])
+        self._count(source)
+        self._last_frame = frame
+        return OutputTick(tick=k, frame=frame, audio=audio, kind=kind, source=source, events=events, turn=self.turn)
+
+    def _idle(self, k: int) -> np.ndarray:
+        return self.avatar.frames[self.avatar.cycle_index(k)]
+
+    def _take_audio(self, k: int) -> TickAudio | None:
+        q = self._audio
+        while q and (q[0].tick < k or q[0].turn != self.turn):
+            q.popleft()
+            self.stats.dropped_stale += 1
+        return q.popleft() if q and q[0].tick == k else None
+
+    def _take_video(self, k: int, wait: float) -> VideoResult | None:
+        q = self.video_in
+        deadline = time.monotonic() + wait
+        with q.cond:
+            while True:
+                head = q.peek()
+                while head is not None and (head.tick < k or head.turn != self.turn):
+                    q.popleft()
+                    if head.turn != self.turn:
+                        self.stats.dropped_stale += 1
+                    else:
+                        self.stats.dropped_frames += 1
+                    head = q.peek()
+                if head is not None and head.tick == k:
+                    q.popleft()
+                    q.cond.notify_all()
+                    return head
+                remaining = deadline - time.monotonic()
+                if head is not None or remaining <= 0:
+                    return None
+                # Only in stepped (test / offline) mode: block until the worker delivers tick k.
+                q.cond.wait(remaining)
+
+    def _crossfade(self, frame: np.ndarray, category: str) -> np.ndarray:
+        if category != self._last_category and self._last_frame is not None:
+            n = self._pending_fade_ticks if self._pending_fade_ticks is not None else self.crossfade_ticks
+            self._fade_from, self._fade_total, self._fade_left = self._last_frame, n, n
+        self._pending_fade_ticks = None
+        self._last_category = category
+        if self._fade_left <= 0 or self._fade_from is None or self._fade_from.shape != frame.shape:
+            return frame
+        alpha = (self._fade_total - self._fade_left + 1) / (self._fade_total + 1)  # weight of the new frame
+        self._fade_left -= 1
+        return cv2.addWeighted(np.asarray(self._fade_from), 1.0 - alpha, np.asarray(frame), alpha, 0.0)
+
+    def _count(self, source: str) -> None:
+        self.stats.ticks += 1
+        if source == "speech":
+            self.stats.speech_frames += 1
+        elif source == "action":
+            self.stats.action_frames += 1
+        elif source == "idle":
+            self.stats.idle_frames += 1

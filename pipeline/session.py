@@ -1,0 +1,220 @@
+"""One session: owns its stages, their thread and task, and stops all of them when closed.
+
+    push_audio -> AudioFramer (20 ms frames, ticks) -> InferenceWorker thread (render + composite)
+                                 \\-> Output (audio schedule)  <- rendered frames
+    ticker task (media clock, 40 ms) -> Output.tick -> sinks (WebRTC tracks, recorder) + event listeners
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from engines.base import Engine
+from musetalk.avatar import Avatar
+from pipeline.actions import ActionClip
+from pipeline.clock import TICK_SECONDS, ManualTime, MediaClock
+from pipeline.compositor import Compositor
+from pipeline.framer import AudioFramer
+from pipeline.items import Event, OutputTick, TickAudio
+from pipeline.output import Output
+from pipeline.stats import SessionStats
+from pipeline.worker import InferenceWorker
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[OutputTick], None]
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    crossfade_ticks: int = 2
+    max_scheduled_seconds: float = 120.0  # audio accepted ahead of playback before push_audio waits
+    event_queue_size: int = 256
+
+
+class SessionClosed(RuntimeError):
+    pass
+
+
+class Session:
+    def __init__(self, session_id: str, avatar: Avatar, engine: Engine, actions: dict[int, ActionClip] | None = None,
+                 options: SessionOptions = SessionOptions(), stepped: bool = False) -> None:
+        self.session_id = session_id
+        self.avatar = avatar
+        self.engine = engine
+        self.actions = actions or {}
+        self.options = options
+        self.stepped = stepped
+        self.clock = MediaClock(now=ManualTime()) if stepped else MediaClock()
+        self.stats = SessionStats()
+        self._turn = 0
+        self._closed = False
+        self._started = False
+        self._next_tick = 0
+        self._max_ticks = int(options.max_scheduled_seconds / TICK_SECONDS)
+        self._sinks: list[Sink] = []
+        self._listeners: set[asyncio.Queue] = set()
+        self._ticker: asyncio.Task | None = None
+        self.framer = AudioFramer(self.clock.current_tick, engine.lead_ticks, now=self.clock.now)
+        self.worker = InferenceWorker(
+            engine, engine.bind(avatar).new_renderer(), Compositor(avatar), avatar.cycle_index, self.clock.tick_time,
+            self.clock.now, lambda: self._turn, self.stats, queue_capacity=self._max_ticks + 64,
+            out_capacity=2 * engine.batch_size + 4, name=f"inference-{session_id}")
+        self.output = Output(avatar, self.worker.outbox, self.stats, self.clock.tick_time, options.crossfade_ticks)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self.clock.start()
+        self.worker.start()
+        if not self.stepped:
+            self._ticker = asyncio.create_task(self._run_ticker(), name=f"ticker-{self.session_id}")
+
+    async def close(self) -> None:
+        """Stop the ticker and join the worker thread; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            try:
+                await self._ticker
+            except asyncio.CancelledError:
+                pass
+        if self._started:
+            await asyncio.to_thread(self.worker.stop)
+        self.worker.inbox.clear()
+        self.worker.outbox.clear()
+        self._sinks.clear()
+        for q in self._listeners:
+            self._offer(q, None)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- input ---------------------------------------------------------------------------------------------
+    @property
+    def turn(self) -> int:
+        return self._turn
+
+    async def push_audio(self, pcm: np.ndarray, events: list[Event] | None = None, turn: int | None = None) -> bool:
+        """Queue speech audio (float32 16 kHz mono, any length). Returns False if `turn` was interrupted.
+
+        Waits (back-pressure) while more than `max_scheduled_seconds` of audio is waiting to be played.
+        """
+        self._check_open()
+        while self.output.scheduled_ticks >= self._max_ticks and self._current(turn) and not self._closed:
+            await asyncio.sleep(TICK_SECONDS)
+        if not self._current(turn):
+            return False
+        self._dispatch(self.framer.push(pcm, self._turn, events))
+        return True
+
+    async def end_speech(self, events: list[Event] | None = None, turn: int | None = None) -> bool:
+        """The current stream of audio ends here (e.g. a sentence): flush it; `events` fire with its last frame."""
+        self._check_open()
+        if not self._current(turn):
+            return False
+        self._dispatch(self.framer.flush(self._turn, events))
+        return True
+
+    def interrupt(self) -> int:
+        """Start a new turn: everything of older turns is dropped at every stage. Returns the new turn."""
+        self._turn += 1
+        self.framer.reset()
+        dropped = self.worker.inbox.purge_turns_before(self._turn) + self.output.interrupt(self._turn)
+        self.stats.dropped_stale += dropped
+        return self._turn
+
+    def set_audiotype(self, audiotype: int) -> None:
+        """Play action clip `audiotype` (instead of idle frames) from the next tick; KeyError if unknown."""
+        clip = self.actions[audiotype]
+        self.output.start_action(clip, audiotype, self.clock.current_tick() + 1)
+
+    @property
+    def speaking(self) -> bool:
+        return self.output.speaking
+
+    def _current(self, turn: int | None) -> bool:
+        return turn is None or turn == self._turn
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SessionClosed(f"session {self.session_id} is closed")
+
+    def _dispatch(self, ticks: list[TickAudio]) -> None:
+        for t in ticks:
+            self.output.schedule(t)
+            if not self.worker.inbox.put(t):  # cannot happen while push_audio bounds the schedule
+                log.error("session %s: inference queue full, tick %d has no video", self.session_id, t.tick)
+
+    # -- output --------------------------------------------------------------------------------------------
+    def add_sink(self, sink: Sink) -> None:
+        self._sinks.append(sink)
+
+    def remove_sink(self, sink: Sink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
+    def subscribe(self) -> asyncio.Queue:
+        """Events (sentence start/end...) as their audio is played; None marks the end of the session."""
+        q: asyncio.Queue = asyncio.Queue(self.options.event_queue_size)
+        self._listeners.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        self._listeners.discard(q)
+
+    def step(self, wait_for_video: float = 10.0) -> OutputTick:
+        """Stepped mode: produce the next tick now, waiting for its rendered frame if it is speech."""
+        if not self.stepped:
+            raise RuntimeError("step() is for stepped sessions; real-time sessions run their own clock")
+        k = self._next_tick
+        self.clock.now.t = self.clock.tick_time(k)
+        self._next_tick += 1
+        return self._emit(self.output.tick(k, wait_for_video=wait_for_video))
+
+    async def _run_ticker(self) -> None:
+        k = 0
+        try:
+            while True:
+                delay = self.clock.tick_time(k) - self.clock.now()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                behind = self.clock.current_tick() - k
+                if behind > 2:  # the loop stalled: skip ahead instead of bursting (keeps real time)
+                    self.stats.late_ticks += behind
+                    k += behind
+                self._emit(self.output.tick(k))
+                k += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("session %s: output clock failed", self.session_id)
+            raise
+
+    def _emit(self, out: OutputTick) -> OutputTick:
+        self.stats.queue_depths = {"scheduled": self.output.scheduled_ticks, "inference": len(self.worker.inbox),
+                                   "rendered": len(self.worker.outbox)}
+        for sink in list(self._sinks):
+            try:
+                sink(out)
+            except Exception:
+                log.exception("session %s: sink failed", self.session_id)
+        for event in out.events:
+            for q in self._listeners:
+                self._offer(q, event)
+        return out
+
+    @staticmethod
+    def _offer(q: asyncio.Queue, item: object) -> None:
+        if q.full():  # a slow listener loses its oldest event rather than stalling the clock
+            q.get_nowait()
+        q.put_nowait(item)

@@ -1,0 +1,35 @@
+"""Per-session counters, readable by the server (health page, metrics)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class SessionStats:
+    ticks: int = 0  # output ticks sent (video frames == pairs of audio frames)
+    speech_frames: int = 0  # frames showing a rendered (lip-synced) face
+    idle_frames: int = 0
+    action_frames: int = 0
+    repeated_frames: int = 0  # speech audio played while its video was not ready: last frame shown again
+    dropped_frames: int = 0  # rendered frames that arrived after their tick had been played
+    dropped_stale: int = 0  # items of an interrupted turn discarded at some stage
+    late_ticks: int = 0  # ticks the output clock had to catch up on (event loop stalled)
+    silent_batches: int = 0
+    rendered_frames: int = 0
+    render_errors: int = 0
+    render_seconds: float = 0.0
+    last_latency_ms: float | None = None  # first speech sample in -> its frame out, for the latest stretch
+    queue_depths: dict[str, int] = field(default_factory=dict)
+
+    def record_batch(self, frames: int, seconds: float) -> None:
+        self.rendered_frames += frames
+        self.render_seconds += seconds
+
+    @property
+    def inference_fps(self) -> float:
+        return self.rendered_frames / self.render_seconds if self.render_seconds > 0 else 0.0
+
+    def snapshot(self) -> dict:
+        d = asdict(self)
+        d["inference_fps"] = round(self.inference_fps, 1)
+        return d

@@ -1,0 +1,200 @@
+"""The inference stage: a thread that renders scheduled ticks in batches and composites them.
+
+It takes ticks from a small thread-safe queue, waits for a full batch (plus the engine's right context)
+only as long as the batch's deadline allows, skips the model for silent batches, and hands composited
+frames to the output through a bounded queue (back-pressure: it never runs more than a few batches ahead).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from engines.base import Engine, RenderRequest, Renderer
+from pipeline.compositor import Compositor
+from pipeline.items import TICK_SAMPLES, TickAudio, VideoResult
+from pipeline.stats import SessionStats
+
+log = logging.getLogger(__name__)
+
+
+class TickQueue:
+    """A bounded FIFO shared by one producer and one consumer thread, with peek and turn-based purge."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: collections.deque = collections.deque()
+        self.cond = threading.Condition()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: object) -> bool:
+        """Append unless full; never blocks."""
+        with self.cond:
+            if len(self._items) >= self.capacity:
+                return False
+            self._items.append(item)
+            self.cond.notify_all()
+            return True
+
+    def put_wait(self, item: object, keep_waiting: Callable[[], bool]) -> bool:
+        """Append, waiting for room while `keep_waiting()` holds (back-pressure on the producer thread)."""
+        with self.cond:
+            while len(self._items) >= self.capacity:
+                if not keep_waiting():
+                    return False
+                self.cond.wait(0.05)
+            self._items.append(item)
+            self.cond.notify_all()
+            return True
+
+    def purge_turns_before(self, turn: int) -> int:
+        with self.cond:
+            before = len(self._items)
+            self._items = collections.deque(i for i in self._items if i.turn >= turn)
+            self.cond.notify_all()
+            return before - len(self._items)
+
+    def clear(self) -> None:
+        with self.cond:
+            self._items.clear()
+            self.cond.notify_all()
+
+    # The following are called with `cond` held.
+    def peek(self, i: int = 0) -> object | None:
+        return self._items[i] if i < len(self._items) else None
+
+    def popleft(self) -> object:
+        return self._items.popleft()
+
+
+
+class InferenceWorker:
+    def __init__(self, engine: Engine, renderer: Renderer, compositor: Compositor, cycle_index: Callable[[int], int],
+                 tick_time: Callable[[int], float], now: Callable[[], float], current_turn: Callable[[], int], stats: SessionStats,
+                 queue_capacity: int, out_capacity: int, name: str = "inference") -> None:
+        self.engine = engine
+        self.renderer = renderer
+        self.compositor = compositor
+        self.cycle_index = cycle_index
+        self.tick_time = tick_time
+        self.now = now
+        self.current_turn = current_turn
+        self.stats = stats
+        self.inbox = TickQueue(queue_capacity)
+        self.outbox = TickQueue(out_capacity)
+        self._history: collections.deque[TickAudio] = collections.deque(maxlen=max(1, engine.left_context_ticks))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # Seconds a batch is expected to take; the worker stops waiting for a full batch this long before the
+        # first frame is due. Starts pessimistic and follows the measured render time.
+        self._budget = 0.02
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for q in (self.inbox, self.outbox):
+            with q.cond:
+                q.cond.notify_all()
+        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            log.error("inference thread did not stop within 10 s")
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch, right = self._next_batch()
+            if not batch:
+                continue
+            try:
+                self._render(batch, right)
+            except Exception:  # a failed batch must not kill the session: its ticks fall back to idle frames
+                log.exception("render failed for ticks %d..%d", batch[0].tick, batch[-1].tick)
+                self.stats.render_errors += 1
+
+    def _contiguous(self) -> int:
+        """Number of queued ticks (from the head) that are consecutive and of the current turn."""
+        n, prev = 0, None
+        while (item := self.inbox.peek(n)) is not None:
+            if item.turn != self.current_turn() or (prev is not None and item.tick != prev.tick + 1):
+                break
+            prev, n = item, n + 1
+        return n
+
+    def _next_batch(self) -> tuple[list[TickAudio], list[TickAudio]]:
+        q, size = self.inbox, self.engine.batch_size
+        need = size + self.engine.right_context_ticks
+        with q.cond:
+            while not self._stop.is_set():
+                head = q.peek()
+                if head is None:
+                    q.cond.wait(0.05)
+                    continue
+                if head.turn != self.current_turn():
+                    q.popleft()
+                    self.stats.dropped_stale += 1
+                    continue
+                ready = self._contiguous()
+                wait = self.tick_time(head.tick) - self._budget - self.now()
+                # Render now if the batch is complete, its deadline is near, or nothing more can join it.
+                if ready >= need or wait <= 0 or ready < len(q) or q.peek(ready - 1).last:
+                    take = min(size, ready)
+                    batch = [q.popleft() for _ in range(take)]
+                    right = [q.peek(i) for i in range(min(self.engine.right_context_ticks, ready - take))]
+                    q.cond.notify_all()
+                    return batch, right
+                q.cond.wait(min(wait, 0.02))
+        return [], []
+
+    def _render(self, batch: list[TickAudio], right: list[TickAudio]) -> None:
+        turn = batch[0].turn
+        indices = [self.cycle_index(t.tick) for t in batch]
+        if all(t.silent for t in batch):
+            self.stats.silent_batches += 1
+            self._remember(batch)
+            return  # silence skips the model: the output plays the avatar's own frames for these ticks
+        started = time.perf_counter()
+        request = self._request(batch, right, indices)
+        faces = self.renderer.render(request)
+        frames = [self.compositor.compose(i, f) for i, f in zip(indices, faces)]
+        elapsed = time.perf_counter() - started
+        self._budget = 0.8 * self._budget + 0.2 * elapsed * 1.5
+        self.stats.record_batch(len(batch), elapsed)
+        self._remember(batch)
+        for tick, frame in zip(batch, frames):
+            self._deliver(VideoResult(tick=tick.tick, turn=turn, frame=frame))
+
+    def _remember(self, batch: list[TickAudio]) -> None:
+        self._history.extend(batch[-self._history.maxlen:])
+
+    def _request(self, batch: list[TickAudio], right: list[TickAudio], indices: list[int]) -> RenderRequest:
+        left_ticks = self.engine.left_context_ticks
+        first = batch[0]
+        # Left context only from the same contiguous stretch of audio (its earlier ticks, still remembered).
+        wanted = range(first.tick - min(left_ticks, first.seg_pos), first.tick)
+        left = [t for t in self._history if t.tick in wanted and t.turn == first.turn]
+        if len(left) != len(wanted):
+            left = []
+        parts = [np.zeros((left_ticks - len(left)) * TICK_SAMPLES, np.float32)]
+        parts += [t.pcm for t in left] + [t.pcm for t in batch] + [t.pcm for t in right]
+        parts.append(np.zeros((self.engine.right_context_ticks - len(right)) * TICK_SAMPLES, np.float32))
+        return RenderRequest(ticks=[t.tick for t in batch], cycle_indices=indices, audio=np.concatenate(parts),
+                             left_samples=left_ticks * TICK_SAMPLES,
+                             right_samples=self.engine.right_context_ticks * TICK_SAMPLES, seg_pos=batch[0].seg_pos)
+
+    def _deliver(self, result: VideoResult) -> None:
+        def current() -> bool:
+            return not self._stop.is_set() and result.turn == self.current_turn()
+
+        if not (current() and self.outbox.put_wait(result, current)):
+            self.stats.dropped_stale += 1

