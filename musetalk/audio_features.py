@@ -6,7 +6,9 @@ Units: a *step* is one 50 Hz encoder position = 320 samples = one 20 ms audio fr
 Two official semantics (reference/musetalk.md section 5):
 - ``"v15"`` (AudioProcessor): 30 s waveform segments zero-padded in the waveform domain, log-mel max normalised per
   segment, HF hidden states (last one layer-normed), ``floor(n / 16000 * 50)`` steps, frame i reads steps
-  ``floor(i*m) - ceil(m)*2 + k`` (k < 10, m = 50/fps) with zeros outside the utterance.
+  ``floor(i*m) - ceil(m)*2 + k`` (k < 10, m = 50/fps) with zeros outside the utterance. (Upstream pads with
+  ``zeros_like`` of slices of the features, so an utterance of fewer than ``ceil(m)*2`` steps gets less padding:
+  at 25 fps it then fails its length assert; here such utterances are zero-padded like all others.)
 - ``"v1"`` (Audio2Feature): log-mel of the whole input normalised with its global max, cut into 3000-frame segments
   zero-padded in the normalised log-mel domain, raw last state, frame i reads steps ``int(i*50/fps) - 4 + k``
   clamped to the utterance.

@@ -81,6 +81,8 @@ def _check_version(version: str) -> None:
 
 @dataclass(frozen=True, eq=False)
 class Avatar:
+    """A prepared avatar as loaded from disk; arrays are indexed by original frame (see cycle_index)."""
+
     avatar_id: str
     path: Path
     manifest: dict[str, Any]

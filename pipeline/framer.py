@@ -1,8 +1,8 @@
 """Audio input stage: any-size float32 16 kHz chunks -> 20 ms frames -> scheduled ticks.
 
 A tick is scheduled when both of its audio frames exist. Ticks of one contiguous stretch of audio get
-consecutive numbers; audio that arrives after its slot would have passed starts a new stretch `lead` ticks
-in the future, so the output never waits and never builds up delay.
+consecutive numbers; audio that arrives after its slot has passed starts a new stretch `lead` ticks in the
+future, so the output never waits and never builds up delay.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class AudioFramer:
         self._half: AudioFrame | None = None  # first frame of a tick waiting for its second
         self._next_tick = 0
         self._seg_pos = 0
+        self._last_scheduled: TickAudio | None = None  # still owned by later stages, which read it after us
 
     def reset(self) -> None:
         """Forget everything not yet scheduled (interrupt)."""
@@ -41,6 +42,7 @@ class AudioFramer:
         self._pending_events = []
         self._half = None
         self._next_tick = 0
+        self._last_scheduled = None
 
     @property
     def buffered_samples(self) -> int:
@@ -71,12 +73,15 @@ class AudioFramer:
         ticks = self._add_frames(padded, turn)
         if self._half is not None:
             ticks += self._add_frames(np.zeros(FRAME_SAMPLES, np.float32), turn)
-        if not ticks and (events or self._pending_events):  # nothing left to carry them: one silent tick does
-            ticks += self._add_frames(np.zeros(2 * FRAME_SAMPLES, np.float32), turn)
-        if events:
-            ticks[-1].frames[1].events.extend(events)
-        if ticks:
-            ticks[-1].last = True
+        carrier = ticks[-1] if ticks else self._last_scheduled
+        if events or self._pending_events:
+            if carrier is None or carrier.turn != turn or carrier.tick <= self._current_tick():
+                # the last tick is already played (or of another turn): one silent tick carries the events
+                ticks += self._add_frames(np.zeros(2 * FRAME_SAMPLES, np.float32), turn)
+                carrier = ticks[-1]
+            carrier.frames[1].events.extend(events or [])
+        if carrier is not None:
+            carrier.last = True
         return ticks
 
     def _add_frames(self, data: np.ndarray, turn: int) -> list[TickAudio]:
@@ -91,11 +96,12 @@ class AudioFramer:
             self._half = frame
             return None
         first, self._half = self._half, None
-        earliest = self._current_tick() + self.lead_ticks
-        if self._next_tick < earliest:  # late or first audio: a new contiguous stretch starts
-            self._next_tick = earliest
+        now = self._current_tick()
+        if self._next_tick <= now:  # first audio, or its slot has passed: a new stretch starts `lead` ahead
+            self._next_tick = now + self.lead_ticks
             self._seg_pos = 0
         tick = TickAudio(tick=self._next_tick, turn=turn, frames=(first, frame), seg_pos=self._seg_pos)
         self._next_tick += 1
         self._seg_pos += 1
+        self._last_scheduled = tick
         return tick

@@ -88,7 +88,7 @@ class Output:
                 self.stats.repeated_frames += 1
                 frame, source = ((self._last_frame, "repeat") if self._last_category == "speech"
                                  else (self._idle(k), "idle"))
-        elif self._action is not None:
+        elif self._action is not None and k >= self._action[2]:
             clip, _, start = self._action
             i = k - start
             frame, audio, kind, source = clip.frame(i), clip.tick_audio(i), Kind.ACTION, "action"

@@ -1,19 +1,27 @@
 """Seeded random-init whisper encoders and synthetic audio for the audio-feature tests."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from transformers import WhisperConfig
 
-from musetalk.whisper import build_encoder, whisper_tiny_config
+# pytest runs with --import-mode=importlib, which does not put the repository root on sys.path.
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from musetalk.whisper import build_encoder, whisper_tiny_config  # noqa: E402
 
 torch.set_num_threads(2)
 
 
 def _micro_config() -> WhisperConfig:
     """Whisper-tiny's structure (4 layers, 1500 positions, 80 mels) at width 64: cheap 30 s windows."""
-    return WhisperConfig(vocab_size=100, num_mel_bins=80, d_model=64, encoder_layers=4, encoder_attention_heads=2,
+    return WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=64, encoder_layers=4, encoder_attention_heads=2,
                          encoder_ffn_dim=128, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=128,
                          max_source_positions=1500, max_target_positions=16)
 

@@ -61,6 +61,20 @@ def shifted(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
 BLANK = (3, 4, 9)  # frames of the synthetic video with no face
 
 
+class Media:
+    """The helpers above, handed to tests as a fixture (importlib mode cannot import conftest)."""
+
+    blank = BLANK
+    write_video = staticmethod(write_video)
+    decode_video = staticmethod(decode_video)
+    shifted = staticmethod(shifted)
+
+
+@pytest.fixture(scope="session")
+def media() -> type[Media]:
+    return Media
+
+
 @pytest.fixture(scope="session")
 def face_video(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> Path:
     """12 frames of the astronaut drifting a few pixels per frame; frames in BLANK are plain grey."""

@@ -1,0 +1,45 @@
+"""Engine selection: `auto` picks musetalk when CUDA and the weights are present, otherwise lite."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from engines.base import Engine
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "musetalk", "lite")
+
+
+def musetalk_unavailable(models_dir: Path, version: str) -> str | None:
+    """Why the musetalk engine cannot run here, or None if it can."""
+    from musetalk.models import ModelPaths
+
+    missing = ModelPaths(models_dir, version).missing()
+    if missing:
+        return f"MuseTalk {version} weights are missing in {models_dir}/ (python -m musetalk.download --version {version})"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device (MuseTalk is far too slow for real time on a CPU)"
+    return None
+
+
+def create_engine(name: str = "auto", models_dir: Path = Path("models"), version: str = "v15",
+                  batch_size: int | None = None, device: str | None = None) -> Engine:
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    if name == "auto":
+        reason = musetalk_unavailable(models_dir, version)
+        if reason is None:
+            name = "musetalk"
+        else:
+            log.warning("engine auto: using lite, because %s", reason)
+            name = "lite"
+    if name == "lite":
+        from engines.lite import LiteEngine
+
+        return LiteEngine()
+    from engines.musetalk_engine import MuseTalkEngine
+
+    return MuseTalkEngine(models_dir=models_dir, version=version, batch_size=batch_size, device=device)

@@ -1,0 +1,1 @@
+"""Fakes and tiny stand-ins shared by tests and benchmarks."""

@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+import pytest
+
+from musetalk.avatar import Avatar, ensure_demo, load_avatar
+
+
+@pytest.fixture(scope="session")
+def demo_avatar(tmp_path_factory: pytest.TempPathFactory) -> Avatar:
+    root = tmp_path_factory.mktemp("avatars")
+    ensure_demo(root, progress=False, models_dir=root / "no-models")
+    return load_avatar("demo", root)

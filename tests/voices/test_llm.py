@@ -1,0 +1,141 @@
+import asyncio
+import time
+from contextlib import aclosing
+
+import pytest
+
+from voices.llm import ChatLLM, Conversation, LLMError, LocalChatLLM, smollm2_dir
+
+
+async def collect(aiter):
+    return [x async for x in aiter]
+
+
+async def test_stream_yields_deltas_and_sends_a_proper_request(openai_server, fakes):
+    base, rec = openai_server
+    async with ChatLLM(base, "ok", api_key="sk-test", temperature=0.2) as llm:
+        deltas = await collect(llm.stream([{"role": "user", "content": "hi"}]))
+    assert deltas == fakes.ANSWER_DELTAS
+    body = rec.requests[0]
+    assert body["stream"] is True and body["model"] == "ok" and body["temperature"] == 0.2
+    assert body["messages"] == [{"role": "user", "content": "hi"}]
+    assert rec.headers[0]["Authorization"] == "Bearer sk-test"
+
+
+@pytest.mark.parametrize("model, expected", [
+    ("unauthorized", r"HTTP 401.*Invalid API key"),
+    ("boom", r"HTTP 500.*internal failure"),
+    ("error_event", r"model overloaded"),
+    ("cut", r"ended"),
+])
+async def test_errors_become_llm_error_with_a_clear_message(openai_server, model, expected, fakes):
+    base, _ = openai_server
+    async with ChatLLM(base, model) as llm:
+        got = []
+        with pytest.raises(LLMError, match=expected):
+            async for delta in llm.stream([{"role": "user", "content": "hi"}]):
+                got.append(delta)
+    if model in ("cut", "error_event"):
+        assert 0 < len(got) < len(fakes.ANSWER_DELTAS)  # what came before the failure was delivered
+
+
+async def test_refused_connection_and_timeout_fail_fast(openai_server, fakes):
+    base, _ = openai_server
+    async with ChatLLM(f"http://127.0.0.1:{fakes.free_port()}/v1", "ok") as llm:
+        with pytest.raises(LLMError, match="cannot connect"):
+            await collect(llm.stream([{"role": "user", "content": "hi"}]))
+    start = time.monotonic()
+    async with ChatLLM(base, "hang", read_timeout=0.3) as llm:
+        with pytest.raises(LLMError, match="timed out"):
+            await collect(llm.stream([{"role": "user", "content": "hi"}]))
+    assert time.monotonic() - start < 3
+
+
+async def test_conversation_sends_system_prompt_and_bounds_history(openai_server, fakes):
+    base, rec = openai_server
+    async with ChatLLM(base, "ok") as llm:
+        conv = Conversation(llm, system_prompt="Be brief.", max_turns=2)
+        for question in ["q1", "q2", "q3"]:
+            assert "".join(await collect(conv.reply(question))) == "".join(fakes.ANSWER_DELTAS)
+        await collect(conv.reply("q4"))
+    answer = "".join(fakes.ANSWER_DELTAS)
+    assert rec.requests[0]["messages"] == [{"role": "system", "content": "Be brief."},
+                                           {"role": "user", "content": "q1"}]
+    # Fourth request: system prompt, the last two exchanges (q2, q3), the new question.
+    assert rec.requests[3]["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "q2"}, {"role": "assistant", "content": answer},
+        {"role": "user", "content": "q3"}, {"role": "assistant", "content": answer},
+        {"role": "user", "content": "q4"},
+    ]
+    assert [m["content"] for m in conv.history] == ["q3", answer, "q4", answer]
+
+
+async def test_conversation_records_only_the_text_produced_when_stopped(openai_server, fakes):
+    base, rec = openai_server
+    async with ChatLLM(base, "slow") as llm:
+        conv = Conversation(llm, max_turns=4)
+        got = []
+        async with aclosing(conv.reply("tell me a long story")) as answer:
+            async for delta in answer:
+                got.append(delta)
+                if len(got) == 3:
+                    break
+        assert conv.history == [{"role": "user", "content": "tell me a long story"},
+                                {"role": "assistant", "content": "".join(fakes.ANSWER_DELTAS[:3])}]
+        # The HTTP response was closed: the server notices the client is gone.
+        await asyncio.wait_for(rec.client_gone.wait(), 3)
+        assert rec.sent_chunks < len(fakes.ANSWER_DELTAS) * 20
+
+
+async def test_conversation_records_partial_text_when_the_task_is_cancelled(openai_server, fakes):
+    base, _ = openai_server
+    async with ChatLLM(base, "slow") as llm:
+        conv = Conversation(llm)
+        first = asyncio.Event()
+        got = []
+
+        async def consume():
+            async for delta in conv.reply("hello"):
+                got.append(delta)
+                first.set()
+
+        task = asyncio.create_task(consume())
+        await first.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert conv.history[1] == {"role": "assistant", "content": "".join(got)}
+    assert 0 < len(got) < len(fakes.ANSWER_DELTAS) * 20
+
+
+async def test_failed_exchange_with_no_text_is_not_recorded(openai_server):
+    base, _ = openai_server
+    async with ChatLLM(base, "unauthorized") as llm:
+        conv = Conversation(llm)
+        with pytest.raises(LLMError):
+            await collect(conv.reply("hello"))
+    assert conv.history == []
+    with pytest.raises(ValueError):
+        Conversation(llm, max_turns=0)
+
+
+def test_smollm2_is_found_inside_its_package():
+    assert (smollm2_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf").stat().st_size > 50_000_000
+
+
+@pytest.mark.slow
+async def test_smollm2_offline_generation_streams_deltas():
+    import torch
+
+    torch.set_num_threads(2)
+    llm = LocalChatLLM(max_new_tokens=12)
+    deltas = await collect(llm.stream([{"role": "user", "content": "What is the capital of France? One word."}]))
+    assert len(deltas) >= 2  # streamed, not one block
+    assert "paris" in "".join(deltas).lower()
+    # Cancellation: stopping after the first delta ends generation early.
+    conv = Conversation(LocalChatLLM(max_new_tokens=200))
+    async with aclosing(conv.reply("Write a long story about a dragon.")) as answer:
+        async for _ in answer:
+            break
+    assert 0 < len(conv.history[1]["content"]) < 100
