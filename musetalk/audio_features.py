@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -44,8 +44,8 @@ PAD_LEFT = PAD_RIGHT = 2  # audio_padding_length_left / _right of the official c
 STEPS_PER_CHUNK = 2 * (PAD_LEFT + PAD_RIGHT + 1)  # 10
 TOKENS_PER_CHUNK = STEPS_PER_CHUNK * N_STATES  # 50
 
-# (samples) -> (samples // 320, 5, 384): features of every whole 20 ms step of the given audio.
-StepFunction = Callable[[np.ndarray], np.ndarray]
+# (window samples, encoder position of its first step) -> (samples // 320, 5, 384): every whole 20 ms step.
+StepFunction = Callable[[np.ndarray, int], np.ndarray]
 
 
 def _check_version(version: str) -> None:
@@ -134,6 +134,34 @@ def encode_steps(audio: np.ndarray, encoder: WhisperEncoder, version: Version) -
     return np.concatenate([states[i, :n] for i, n in enumerate(steps)])
 
 
+def window_mel(audio: np.ndarray, version: Version, offset_steps: int) -> torch.Tensor:
+    """(1, 80, 3000) encoder input holding a window of at most 30 s at encoder positions offset_steps .. .
+
+    v15 places the waveform at that offset in 30 s of zeros and normalises the whole input; v1 normalises the
+    window's log-mel with its own max and places it in a zero (normalised-domain) input, as its segments are padded.
+    """
+    _check_version(version)
+    audio = _as_audio(audio)
+    if offset_steps < 0 or offset_steps * SAMPLES_PER_STEP + len(audio) > SEGMENT_SAMPLES:
+        raise ValueError(f"a window of {len(audio)} samples at step {offset_steps} does not fit in 30 s")
+    start = offset_steps * SAMPLES_PER_STEP
+    if version == "v15":
+        placed = np.zeros(SEGMENT_SAMPLES, np.float32)
+        placed[start:start + len(audio)] = audio
+        return normalise_log_mel(log_mel(placed))[None]
+    out = torch.zeros(1, N_MELS, SEGMENT_MEL_FRAMES)
+    if len(audio) >= SAMPLES_PER_STEP:
+        mel = normalise_log_mel(log_mel(audio))
+        out[0, :, 2 * offset_steps:2 * offset_steps + mel.shape[1]] = mel
+    return out
+
+
+def encode_window(audio: np.ndarray, encoder: WhisperEncoder, version: Version, offset_steps: int = 0) -> np.ndarray:
+    """(n,) samples, n <= 30 s -> (n // 320, 5, D) float32 from one encoder input (see ``window_mel``)."""
+    states = encoder_states(encoder, window_mel(audio, version, offset_steps), layer_norm_last=version == "v15")
+    return states[0, offset_steps:offset_steps + len(audio) // SAMPLES_PER_STEP].float().cpu().numpy()
+
+
 def whisper_steps(audio: np.ndarray, encoder: WhisperEncoder, version: Version) -> np.ndarray:
     """(n,) samples -> (T, 5, 384) float32 step features exactly as the official pipeline of ``version`` keeps them."""
     return encode_steps(audio, encoder, version)[:num_steps(len(audio), version)]
@@ -209,33 +237,41 @@ class StreamingFeatures:
     """Per-frame chunks for batches of B video frames from 20 ms audio, with bounded look-ahead.
 
     Windowed procedure (what this computes, exactly): for video frames f0 .. f0+B-1, let [s_lo, s_hi) be the
-    utterance steps their chunks read (``frame_step_indices``). The encoder sees the audio of steps
-    [s_lo - left, s_hi + right) clipped to the utterance, as one input of its own (v15: waveform zero-padded to
-    30 s, normalised on its own; v1: global max of the window, mel zero-padded), and the chunks are sliced from its
-    outputs with the official padding / clamping at the utterance's start and end. The slicing is identical to the
-    offline ``frame_chunks``; the features differ from one whole-utterance pass because the encoder attends over
-    its whole input and the mel max is taken per input.
+    utterance steps their chunks read (``frame_step_indices``). The window is the audio of steps
+    [w0, w1) = [max(0, s_lo - left), s_hi + right), clipped to the utterance's end. It is encoded as one input of
+    its own (``encode_window``) placed at encoder position ``w0 % 1500`` -- where a whole-utterance pass has those
+    steps -- or, when it would run past position 1500, at ``1500 - (w1 - w0)``; ``align_positions=False`` places
+    it at 0 instead (as rolling-buffer streamers do). The chunks are sliced from its outputs with the official
+    padding / clamping at the utterance's start and end, identically to the offline ``frame_chunks``. The features
+    still differ from one whole-utterance pass: the encoder attends over its whole input and the mel max is taken
+    per input. Aligning positions matters: the embedding state carries the positional embedding directly.
 
     At 25 fps the batch reads 4 steps (80 ms) beyond its own 2B audio frames, so the audio needed beyond the
     batch is ``lookahead_ms`` = 80 ms + right context.
     """
 
     def __init__(self, encoder: WhisperEncoder, version: Version, batch_frames: int = 8,
-                 left_context_s: float = 0.5, right_context_s: float = 0.2, fps: int = VIDEO_FPS) -> None:
-        self._init(partial(encode_steps, encoder=encoder, version=version), encoder.config.d_model, version,
-                   batch_frames, left_context_s, right_context_s, fps)
+                 left_context_s: float = 0.5, right_context_s: float = 0.2, fps: int = VIDEO_FPS,
+                 align_positions: bool = True) -> None:
+        def step_features(window_audio: np.ndarray, offset_steps: int) -> np.ndarray:
+            return encode_window(window_audio, encoder, version, offset_steps)
+
+        self._init(step_features, encoder.config.d_model, version, batch_frames, left_context_s, right_context_s,
+                   fps, align_positions)
 
     @classmethod
     def with_step_function(cls, step_features: StepFunction, version: Version, batch_frames: int = 8,
                            left_context_s: float = 0.5, right_context_s: float = 0.2,
-                           fps: int = VIDEO_FPS, feature_dim: int = FEATURE_DIM) -> StreamingFeatures:
+                           fps: int = VIDEO_FPS, align_positions: bool = True,
+                           feature_dim: int = FEATURE_DIM) -> StreamingFeatures:
         """Same windowing with another window -> step-features backend (e.g. an exported encoder)."""
         self = cls.__new__(cls)
-        self._init(step_features, feature_dim, version, batch_frames, left_context_s, right_context_s, fps)
+        self._init(step_features, feature_dim, version, batch_frames, left_context_s, right_context_s, fps,
+                   align_positions)
         return self
 
     def _init(self, step_features: StepFunction, feature_dim: int, version: Version, batch_frames: int,
-              left_context_s: float, right_context_s: float, fps: int) -> None:
+              left_context_s: float, right_context_s: float, fps: int, align_positions: bool) -> None:
         _check_version(version)
         _check_fps(fps)
         if batch_frames < 1:
@@ -249,8 +285,9 @@ class StreamingFeatures:
         self.right_steps = round(right_context_s * STEPS_PER_SECOND)
         self._step_features = step_features
         self._feature_dim = feature_dim
+        self.align_positions = align_positions
         # Every window of a period of fps frames (the step pattern repeats every second) must fit one encoder input.
-        longest = max(self._window_steps(f0)[1] - self._window_steps(f0)[0] for f0 in range(fps))
+        longest = max(hi - lo for lo, hi in map(self._needed_steps, range(fps))) + self.left_steps + self.right_steps
         if longest > SEGMENT_STEPS:
             raise ValueError(f"a window of {longest} steps exceeds the encoder's {SEGMENT_STEPS} (30 s)")
 
@@ -305,6 +342,8 @@ class StreamingFeatures:
             n_steps = num_steps(n_samples, self.version)
         if count == 0:
             return np.zeros((0, TOKENS_PER_CHUNK, self._feature_dim), np.float32)
-        steps = self._step_features(window_audio)
+        w0, w1 = self._window_steps(first_frame)
+        offset = min(w0 % SEGMENT_STEPS, SEGMENT_STEPS - (w1 - w0)) if self.align_positions else 0
+        steps = self._step_features(window_audio, offset)
         indices = frame_step_indices(np.arange(first_frame, first_frame + count), self.version, self.fps)
         return gather_chunks(steps, indices, start // SAMPLES_PER_STEP, n_steps, self.version)

@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
-from http.client import HTTPResponse
+from http.client import HTTPException, HTTPResponse
 from pathlib import Path
 
 from tqdm import tqdm
@@ -94,7 +94,9 @@ _HINTS = {401: "unauthorised: the repository is private/gated or does not exist"
           403: "forbidden", 404: "not found", 416: "requested range not satisfiable"}
 
 
-def _open(opener: urllib.request.OpenerDirector, request: urllib.request.Request) -> HTTPResponse:
+def _open(
+    opener: urllib.request.OpenerDirector, request: urllib.request.Request
+) -> HTTPResponse | urllib.error.HTTPError:
     try:
         return opener.open(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as e:
@@ -153,6 +155,13 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _read(response: HTTPResponse, url: str) -> bytes:
+    try:
+        return response.read(CHUNK)
+    except (OSError, HTTPException) as e:  # resets, timeouts, IncompleteRead
+        raise DownloadError(f"connection lost while downloading {url} ({e!r}); run again to resume") from None
+
+
 def _fetch_into(url: str, part: Path, size: int, label: str) -> None:
     """Append the rest of `url` to `part`, resuming from its current length."""
     offset = part.stat().st_size if part.exists() else 0
@@ -170,12 +179,9 @@ def _fetch_into(url: str, part: Path, size: int, label: str) -> None:
         with part.open("ab" if offset else "wb") as out, tqdm(
             total=size, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=True,
         ) as bar:
-            try:
-                while block := response.read(CHUNK):
-                    out.write(block)
-                    bar.update(len(block))
-            except OSError as e:
-                raise DownloadError(f"connection lost while downloading {url} ({e}); run again to resume") from None
+            while block := _read(response, url):
+                out.write(block)
+                bar.update(len(block))
 
 
 def download_file(item: RemoteFile) -> bool:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
 from .config import UNET_CONFIG_PATH, VAE_SCALING_FACTOR
@@ -34,7 +35,7 @@ class PositionalEncoding(nn.Module):
         position = torch.arange(0, max_len, dtype=torch.float).unsqueeze(1)
         div_term = torch.exp(torch.arange(0, d_model, 2).float() * (-math.log(10000.0) / d_model))
         pe[:, 0::2] = torch.sin(position * div_term)
-        pe[:, 1::2] = torch.sin(position * div_term)
+        pe[:, 1::2] = torch.cos(position * div_term)
         self.register_buffer("pe", pe.unsqueeze(0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,9 +166,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A plain tensor state dict from .safetensors, or from .bin/.pth without unpickling arbitrary objects."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path), device="cpu")
+        state = load_safetensors(str(path), device="cpu")
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -202,8 +201,12 @@ def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], source: Pat
 
 
 def _load_into(
-    build: Any, config: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: Path,
-    device: torch.device, dtype: torch.dtype,
+    build: Callable[[Mapping[str, Any]], nn.Module],
+    config: Mapping[str, Any],
+    state: Mapping[str, torch.Tensor],
+    source: Path,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> nn.Module:
     # Building on the meta device skips the random init of ~900M parameters; assign=True then adopts the loaded
     # tensors, so nothing is allocated twice.
@@ -234,7 +237,9 @@ def load_unet(
                       torch.device(device), dtype)
 
 
-_LEGACY_ATTENTION = re.compile(r"^(?P<block>.+\.attentions\.\d+)\.(?P<old>query|key|value|proj_attn)\.(?P<kind>weight|bias)$")
+_LEGACY_ATTENTION = re.compile(
+    r"^(?P<block>.+\.attentions\.\d+)\.(?P<old>query|key|value|proj_attn)\.(?P<kind>weight|bias)$"
+)
 _NEW_ATTENTION_NAME = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 

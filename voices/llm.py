@@ -183,7 +183,9 @@ class Conversation:
     async def reply(self, user_text: str) -> AsyncIterator[str]:
         """Stream the answer. The exchange is recorded with the text actually
         produced, also when the consumer stops early or the model fails;
-        an exchange that produced no text at all is not recorded."""
+        an exchange that produced no text at all is not recorded. A consumer
+        that stops early should ``aclose()`` the iterator (contextlib.aclosing)
+        so the exchange is recorded and the request closed right away."""
         if not user_text.strip():
             raise ValueError("user_text is empty")
         produced: list[str] = []

@@ -28,8 +28,10 @@ class TTS(Protocol):
     def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
         """Yield float32 mono 16 kHz audio chunks as they are synthesised.
 
-        Implemented as an async generator: stopping the iteration (or
-        cancelling the consuming task) stops the synthesis."""
+        Implemented as an async generator: closing it (``aclose()``, e.g.
+        via ``contextlib.aclosing``) or cancelling the consuming task stops
+        the synthesis; a plain ``break`` only stops it when the generator is
+        garbage collected."""
         ...
 
 

@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from musetalk.audio_features import (StreamingFeatures, encode_steps, frame_chunks, num_frames, num_steps,
-                                     whisper_steps)
+from musetalk.audio_features import (StreamingFeatures, encode_steps, encode_window, frame_chunks, mel_segments,
+                                     num_frames, num_steps, whisper_steps, window_mel)
 
 
-def _local_steps(audio: np.ndarray) -> np.ndarray:
+def _local_steps(audio: np.ndarray, offset_steps: int = 0) -> np.ndarray:
     """A step function where step s depends only on samples [320 s, 320 s + 320): windowing cannot change it."""
     n = len(audio) // 320
     frames = audio[:n * 320].reshape(n, 320).astype(np.float32)
@@ -19,7 +19,8 @@ def _local_steps(audio: np.ndarray) -> np.ndarray:
 
 
 def _stream(streamer: StreamingFeatures, audio: np.ndarray) -> np.ndarray:
-    """Feed the utterance batch by batch, each call seeing only its window (and knowing the end only at the end)."""
+    """Feed the utterance batch by batch, each call seeing only its window; the end is known once a window reaches
+    it, and a batch with fewer than B frames (possibly none) is the last."""
     out, f0 = [], 0
     while True:
         start, end = streamer.window(f0)
@@ -27,7 +28,7 @@ def _stream(streamer: StreamingFeatures, audio: np.ndarray) -> np.ndarray:
         batch = streamer.chunks(audio[start:min(end, len(audio))], f0, final=final)
         out.append(batch)
         f0 += streamer.batch_frames
-        if final:
+        if len(batch) < streamer.batch_frames:
             return np.concatenate(out)
 
 
@@ -64,8 +65,8 @@ def test_windows_never_reach_past_the_stated_lookahead(speech_like):
     audio = speech_like(3 * 16000)
     seen = []
 
-    def spy(window: np.ndarray) -> np.ndarray:
-        seen.append(len(window))
+    def spy(window: np.ndarray, offset_steps: int) -> np.ndarray:
+        seen.append((len(window), offset_steps))
         return _local_steps(window)
 
     streamer = StreamingFeatures.with_step_function(spy, "v15", batch_frames=4)
@@ -74,6 +75,8 @@ def test_windows_never_reach_past_the_stated_lookahead(speech_like):
         assert end - (f0 + 4) * 640 == streamer.lookahead_ms * 16
         streamer.chunks(audio[start:end], f0)
     assert len(seen) == 15
+    # Each window sits at the encoder positions its steps have in a whole-utterance pass.
+    assert [o for _, o in seen] == [max(0, 2 * f0 - 4 - 25) for f0 in range(0, 60, 4)]
 
 
 def test_bad_windows_are_refused(speech_like):
@@ -88,14 +91,19 @@ def test_bad_windows_are_refused(speech_like):
         streamer.window(-1)
     with pytest.raises(ValueError, match="exceeds"):
         StreamingFeatures.with_step_function(_local_steps, "v1", batch_frames=700, left_context_s=2.0)
-    assert streamer.chunks(audio[:100], 0, final=True).shape == (0, 50, 384)  # v1 needs no frames of 100 samples
+    with pytest.raises(ValueError, match="one step"):  # as offline: v1 cannot clamp into an empty utterance
+        streamer.chunks(audio[:100], 0, final=True)
+    v15 = StreamingFeatures.with_step_function(_local_steps, "v15", batch_frames=4)
+    assert v15.chunks(audio[:100], 0, final=True).shape == (0, 50, 384)  # under 40 ms: no frame
 
 
-def _windowed_offline(audio: np.ndarray, encoder, version: str, batch: int, left: int, right: int) -> np.ndarray:
+def _windowed_offline(audio: np.ndarray, encoder, version: str, batch: int, left: int, right: int,
+                      aligned: bool) -> np.ndarray:
     """The windowed procedure restated over the whole utterance at 25 fps.
 
     Batch b covers frames f0 = b*B ..; it reads steps 2 f0 - 4 .. 2 (f0+B) + 3. Its encoder input is the utterance
-    audio of steps [2 f0 - 4 - left, 2 (f0+B) + 4 + right) clipped to the utterance; those step features fill an
+    audio of steps [2 f0 - 4 - left, 2 (f0+B) + 4 + right) clipped to the utterance, at encoder position s0 % 1500
+    (pulled back to fit in 1500) when aligned, else 0; those step features fill an
     utterance-length array (NaN elsewhere) that the offline chunker slices for the batch's frames.
     """
     n = len(audio)
@@ -104,7 +112,8 @@ def _windowed_offline(audio: np.ndarray, encoder, version: str, batch: int, left
     for f0 in range(0, num_frames(n, version), batch):
         s0 = max(0, 2 * f0 - 4 - left)
         s1 = 2 * (f0 + batch) + 4 + right
-        window_steps = encode_steps(audio[s0 * 320:min(s1 * 320, n)], encoder, version)
+        offset = min(s0 % 1500, 1500 - (s1 - s0)) if aligned else 0
+        window_steps = encode_window(audio[s0 * 320:min(s1 * 320, n)], encoder, version, offset)
         utterance = np.full((T,) + window_steps.shape[1:], np.nan, np.float32)
         lo, hi = max(0, 2 * f0 - 4), min(T, 2 * (f0 + batch) + 4)
         utterance[lo:hi] = window_steps[lo - s0:hi - s0]
@@ -112,21 +121,23 @@ def _windowed_offline(audio: np.ndarray, encoder, version: str, batch: int, left
     return np.concatenate(chunks)
 
 
-@pytest.mark.parametrize("version, batch, seconds", [("v15", 1, 0.3), ("v15", 4, 0.83), ("v15", 8, 1.41),
-                                                     ("v1", 3, 0.37), ("v1", 8, 1.13)])
-def test_streamed_encoder_equals_windowed_offline(version, batch, seconds, micro_encoder, speech_like):
+@pytest.mark.parametrize("version, batch, seconds, aligned", [("v15", 1, 0.3, True), ("v15", 4, 0.83, False),
+                                                              ("v15", 8, 1.41, True), ("v1", 3, 0.37, True),
+                                                              ("v1", 8, 1.13, False)])
+def test_streamed_encoder_equals_windowed_offline(version, batch, seconds, aligned, micro_encoder, speech_like):
     audio = speech_like(int(seconds * 16000), seed=7)
     left_s, right_s = 0.3, 0.1
     streamer = StreamingFeatures(micro_encoder, version, batch_frames=batch, left_context_s=left_s,
-                                 right_context_s=right_s)
+                                 right_context_s=right_s, align_positions=aligned)
     streamed = _stream(streamer, audio)
-    want = _windowed_offline(audio, micro_encoder, version, batch, round(left_s * 50), round(right_s * 50))
+    want = _windowed_offline(audio, micro_encoder, version, batch, round(left_s * 50), round(right_s * 50), aligned)
     assert streamed.shape == (num_frames(len(audio), version), 50, 64)
     assert not np.isnan(want).any()
     np.testing.assert_array_equal(streamed, want)
-    # Sanity: the windowed features are close to, but not the same as, one pass over the whole utterance.
+    # Each window really is encoded on its own: the result is not that of one pass over the whole utterance
+    # (how far it is depends on the weights; see the report for full-size numbers).
     whole = frame_chunks(whisper_steps(audio, micro_encoder, version), len(audio), version)
-    assert 0 < np.abs(streamed - whole).max() < 0.5 * np.abs(whole).max()
+    assert np.abs(streamed - whole).max() > 0
 
 
 def test_windowed_encoding_of_a_long_utterance_stays_in_one_window(micro_encoder, speech_like):
@@ -136,9 +147,28 @@ def test_windowed_encoding_of_a_long_utterance_stays_in_one_window(micro_encoder
     start, end = streamer.window(64)
     assert (start, end) == ((128 - 4 - 25) * 320, (2 * 72 + 4 + 10) * 320)
     got = streamer.chunks(audio[start:end], 64)
-    steps = encode_steps(audio[start:end], micro_encoder, "v15")
     first = start // 320
+    steps = encode_window(audio[start:end], micro_encoder, "v15", first)
     for j, frame in enumerate(range(64, 72)):
         want = steps[2 * frame - 4 - first:2 * frame + 6 - first].reshape(50, 64)
         np.testing.assert_array_equal(got[j], want)
     assert math.isclose(streamer.lookahead_ms, 280.0)
+
+
+@pytest.mark.parametrize("version", ["v15", "v1"])
+def test_window_placement(version, micro_encoder, speech_like):
+    audio = speech_like(16000 + 50, seed=2)
+    # At position 0 a window is encoded exactly as the offline path encodes a short utterance.
+    np.testing.assert_array_equal(encode_window(audio, micro_encoder, version), encode_steps(audio, micro_encoder, version))
+    # At offset o it occupies mel frames 2o.. of the input: v1 pads in the normalised mel domain, v15 in the waveform.
+    o = 37
+    placed = window_mel(audio, version, o)[0].numpy()
+    if version == "v1":
+        ref = mel_segments(audio, "v1")[0][0].numpy()
+        np.testing.assert_array_equal(placed[:, 2 * o:2 * o + 100], ref[:, :100])
+        assert np.all(placed[:, :2 * o] == 0) and np.all(placed[:, 2 * o + 100:] == 0)
+    else:
+        waveform = np.concatenate([np.zeros(o * 320, np.float32), audio])
+        np.testing.assert_allclose(placed, mel_segments(waveform, "v15")[0][0].numpy(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="does not fit"):
+        window_mel(audio, version, 1500 - 50)

@@ -24,6 +24,15 @@ from musetalk import config  # noqa: E402
 from musetalk.models import build_unet, build_vae  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """The test machine's 2 cores are shared between test runs; more threads only add contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @dataclass
 class TinyLayout:
     root: Path
@@ -41,7 +50,8 @@ def _write_tiny_layout(root: Path, seed: int = 0) -> TinyLayout:
     )
     torch.save(unet.state_dict(), root / "musetalkV15" / "unet.pth")
     (root / "sd-vae").mkdir()
-    (root / "sd-vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", **config.vae_tiny_config()}))
+    vae_config = {"_class_name": "AutoencoderKL", **config.vae_tiny_config()}
+    (root / "sd-vae" / "config.json").write_text(json.dumps(vae_config))
     torch.save(vae.state_dict(), root / "sd-vae" / "diffusion_pytorch_model.bin")
     whisper = root / "whisper"
     whisper.mkdir()
@@ -52,7 +62,6 @@ def _write_tiny_layout(root: Path, seed: int = 0) -> TinyLayout:
 
 @pytest.fixture(scope="module")
 def tiny_layout(tmp_path_factory: pytest.TempPathFactory) -> TinyLayout:
-    torch.set_num_threads(2)
     return _write_tiny_layout(tmp_path_factory.mktemp("models"))
 
 
@@ -64,6 +73,7 @@ class Hosted:
     data: bytes
     lfs: bool  # big files: HEAD/GET answer 302 to /cdn/<sha256> with X-Linked-Size
     claimed_size: int | None = None  # lie about the size, to test the size check
+    cut_once_after: int | None = None  # drop the connection after this many body bytes, once
 
     @property
     def sha256(self) -> str:
@@ -100,7 +110,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 hosted = hub.cdn(self.path.removeprefix("/cdn/"))
                 if hosted is None:
                     return self._status(404)
-                return self._serve_bytes(hosted.data, body)
+                return self._serve_bytes(hosted, body)
             hosted = hub.files.get(self.path)
             if hosted is None:
                 return self._status(404)
@@ -112,9 +122,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return None
-            return self._serve_bytes(hosted.data, body, hosted.claimed_size)
+            return self._serve_bytes(hosted, body, hosted.claimed_size)
 
-        def _serve_bytes(self, data: bytes, body: bool, claimed: int | None = None) -> None:
+        def _serve_bytes(self, hosted: Hosted, body: bool, claimed: int | None = None) -> None:
+            data = hosted.data
             start = 0
             match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
             if match:
@@ -129,7 +140,11 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             length = claimed if (claimed is not None and not body) else len(payload)
             self.send_header("Content-Length", str(length))
             self.end_headers()
-            if body:
+            if body and hosted.cut_once_after is not None:
+                self.wfile.write(payload[:hosted.cut_once_after])
+                hosted.cut_once_after = None
+                self.close_connection = True
+            elif body:
                 self.wfile.write(payload)
             return None
 

@@ -108,6 +108,20 @@ def test_partial_file_is_resumed_with_a_range_request(fake_hub, tmp_path):
     assert ranges == ["bytes=1000000-", "bytes=1000000-"]  # sent to the Hub URL, kept across the redirect
 
 
+def test_a_dropped_connection_keeps_the_part_and_the_next_run_resumes(fake_hub, tmp_path, capsys):
+    expected = host(fake_hub, V15)
+    fake_hub.files["/openai/whisper-tiny/resolve/main/pytorch_model.bin"].cut_once_after = 700_000
+    args = ["--models-dir", str(tmp_path), "--endpoint", fake_hub.url]
+    assert main(args) == 1
+    assert "received 700000 of 2500005 bytes; run again to resume" in capsys.readouterr().err
+    assert (tmp_path / "whisper/pytorch_model.bin.part").stat().st_size == 700_000
+    assert not (tmp_path / "whisper/pytorch_model.bin").exists()
+    fake_hub.requests.clear()
+    assert main(args) == 0
+    assert_tree(tmp_path, expected)
+    assert [r for method, _, r in fake_hub.requests if method == "GET"] == ["bytes=700000-"] * 2 + [None]
+
+
 @pytest.mark.parametrize("claimed,message", [(3_000_000, "received 2500001 of 3000000 bytes; run again"),
                                              (2_000_000, "received 2500001 bytes, expected 2000000")])
 def test_size_mismatch_is_an_error(fake_hub, tmp_path, capsys, claimed, message):

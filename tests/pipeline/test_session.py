@@ -8,7 +8,7 @@ from pipeline.actions import ActionClip
 from pipeline.items import TICK_SAMPLES, Event
 from pipeline.session import Session, SessionClosed, SessionOptions
 
-from fakes.probe import FACE_BOX, ProbeEngine, face_value, probe_audio, probe_value, synthetic_avatar
+from testing.probe import FACE_BOX, ProbeEngine, face_value, probe_audio, probe_value, synthetic_avatar
 
 NO_FADE = SessionOptions(crossfade_ticks=0)
 

@@ -1,3 +1,4 @@
+import asyncio
 import socket
 import time
 from contextlib import aclosing
@@ -58,7 +59,6 @@ async def test_openai_tts_stopping_closes_the_response(openai_server):
         async with aclosing(tts.synthesize("A long text.")) as audio:
             async for _ in audio:
                 break
-        import asyncio
 
         await asyncio.wait_for(rec.client_gone.wait(), 3)
     assert rec.sent_chunks < 100  # 5 s of audio would have been ~160 pieces

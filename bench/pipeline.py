@@ -1,0 +1,177 @@
+"""Session pipeline numbers: latency into the session, A/V offset and drift at an aiortc receiver, interrupt.
+
+    unshare -n sh -c 'ip link set lo up && .venv/bin/python -m bench.pipeline --minutes 10'
+
+1. latency: first speech sample pushed -> its first lip-synced frame leaves the session (lite engine).
+2. sync: tone bursts after silence; at the receiver, the audio onset vs the mouth-motion onset, both on the
+   receiver's clock (RTP time + per-stream arrival offset, as a player does); drift = slope over the run.
+3. interrupt: interrupt during speech -> first idle (closed-mouth) frame arriving at the receiver.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import numpy as np
+
+from bench.common import machine, summary
+from engines.lite import LiteEngine
+from musetalk.avatar import Avatar, ensure_demo, load_avatar
+from pipeline.session import Session
+from server.media import SessionTracks
+from testing.rtc import LoopbackReceiver, Received, media_time_ms, require_loopback_namespace
+
+SR = 16000
+TONE_AMPLITUDE = 0.3
+AUDIO_ONSET = 0.05  # received sample level that counts as "sound started"
+IDLE_MATCH = 3.0  # below this the mouth region is back to the idle picture (half-open is ~6, open ~12)
+MOUTH_ONSET = 2.0  # mean |difference| in the mouth region that counts as "mouth moved" (VP8 noise is ~0.6)
+
+
+def tone(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (TONE_AMPLITUDE * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+def mouth_region(avatar: Avatar) -> tuple[slice, slice]:
+    x1, y1, x2, y2 = (int(v) for v in avatar.face_boxes[0])
+    return slice(y1 + (y2 - y1) // 2, y2), slice(x1, x2)
+
+
+async def session_latency(avatar: Avatar, engine: LiteEngine, trials: int) -> list[float]:
+    session = Session("latency", avatar, engine)
+    first_speech: list[float] = []
+    session.add_sink(lambda out: out.source == "speech" and not first_speech and first_speech.append(time.monotonic()))
+    await session.start()
+    results = []
+    for _ in range(trials):
+        while session.speaking:  # the previous burst has fully played
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        first_speech.clear()
+        t_in = time.monotonic()
+        await session.push_audio(tone(0.3))
+        await session.end_speech()
+        while not first_speech:
+            await asyncio.sleep(0.002)
+        results.append(1000 * (first_speech[0] - t_in))
+    await session.close()
+    return results
+
+
+def audio_onsets(frames: list[Received], after_ms: list[float]) -> list[float | None]:
+    times = media_time_ms(frames, 48000)
+    out = []
+    for start in after_ms:
+        onset = None
+        for f, t in zip(frames, times):
+            if t + 20 < start:
+                continue
+            loud = np.nonzero(np.abs(f.data) > AUDIO_ONSET)[0]
+            if loud.size:
+                onset = t + 1000.0 * loud[0] / 48000
+                break
+        out.append(onset)
+    return out
+
+
+def video_onsets(frames: list[Received], after_ms: list[float], region: tuple[slice, slice]) -> list[float | None]:
+    """Per burst: the first frame whose mouth region differs from the last frame before the burst."""
+    times = media_time_ms(frames, 90000)
+    out = []
+    for start in after_ms:
+        onset, ref = None, None
+        for f, t in zip(frames, times):
+            if t + 40 < start:
+                ref = f.data[region].astype(np.float32)
+                continue
+            if ref is not None and np.abs(f.data[region].astype(np.float32) - ref).mean() > MOUTH_ONSET:
+                onset = t
+                break
+        out.append(onset)
+    return out
+
+
+async def sync_run(avatar: Avatar, engine: LiteEngine, minutes: float, period: float) -> tuple[list[float], list[float]]:
+    session = Session("sync", avatar, engine)
+    tracks = SessionTracks(session)
+    receiver = LoopbackReceiver()
+    server_pc = await receiver.connect(tracks)
+    await session.start()
+    await asyncio.sleep(2.0)  # connection up, encoder settled on the idle picture
+    burst_times: list[float] = []
+    end = time.monotonic() + minutes * 60
+    while time.monotonic() < end:
+        burst_times.append(time.monotonic() * 1000.0)
+        await session.push_audio(tone(0.4))
+        await session.end_speech()
+        await asyncio.sleep(period)
+    await asyncio.sleep(1.0)
+    await receiver.close()
+    await server_pc.close()
+    tracks.close()
+    await session.close()
+    video, audio = receiver.frames["video"], receiver.frames["audio"]
+    a_on = audio_onsets(audio, burst_times)
+    v_on = video_onsets(video, burst_times, mouth_region(avatar))
+    offsets, at = [], []
+    for b, a, v in zip(burst_times, a_on, v_on):
+        if a is not None and v is not None:
+            offsets.append(v - a)
+            at.append((b - burst_times[0]) / 60000.0)
+    return offsets, at
+
+
+async def interrupt_run(avatar: Avatar, engine: LiteEngine, trials: int) -> list[float]:
+    session = Session("interrupt", avatar, engine)
+    tracks = SessionTracks(session)
+    receiver = LoopbackReceiver()
+    server_pc = await receiver.connect(tracks)
+    await session.start()
+    await asyncio.sleep(2.0)
+    region = mouth_region(avatar)
+    results = []
+    for _ in range(trials):
+        idle = receiver.frames["video"][-1].data
+        await session.push_audio(tone(3.0))
+        await asyncio.sleep(1.0)
+        t_int = time.monotonic() * 1000.0
+        session.interrupt()
+        await asyncio.sleep(0.6)
+        for f in receiver.frames["video"]:
+            if f.arrival_ms > t_int and np.abs(f.data[region].astype(np.float32) - idle[region]).mean() < IDLE_MATCH:
+                results.append(f.arrival_ms - t_int)
+                break
+    await receiver.close()
+    await server_pc.close()
+    tracks.close()
+    await session.close()
+    return results
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10.0, help="length of the sync run (default 10)")
+    parser.add_argument("--period", type=float, default=2.0, help="seconds between tone bursts")
+    parser.add_argument("--trials", type=int, default=10)
+    args = parser.parse_args()
+    require_loopback_namespace()
+    ensure_demo(progress=False)
+    avatar, engine = load_avatar("demo"), LiteEngine()
+    print(f"machine: {machine()}")
+    print(f"engine: lite (batch {engine.batch_size}, lead {engine.lead_ticks} ticks = {engine.lead_ticks * 40} ms)")
+    lat = await session_latency(avatar, engine, args.trials)
+    print(f"1. latency, first speech sample in -> first lip-synced frame out of the session: {summary(lat)}"
+          f"  [target <= 250 ms]")
+    offsets, at = await sync_run(avatar, engine, args.minutes, args.period)
+    slope = float(np.polyfit(at, offsets, 1)[0]) if len(offsets) > 2 else float("nan")
+    print(f"2. A/V offset at the aiortc receiver (video onset - audio onset), {args.minutes:g} min, "
+          f"{len(offsets)} bursts: mean {np.mean(offsets):+.1f} ms, max |offset| {np.max(np.abs(offsets)):.1f} ms, "
+          f"first {offsets[0]:+.1f} / last {offsets[-1]:+.1f} ms, drift {slope:+.3f} ms/min  [target |offset| <= 20 ms]")
+    intr = await interrupt_run(avatar, engine, args.trials)
+    print(f"3. interrupt -> first idle frame at the receiver: {summary(intr)}  [target <= 150 ms]")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

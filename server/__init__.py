@@ -1,0 +1,1 @@
+"""The aiohttp + aiortc server: routes, session registry, WebRTC signalling and media tracks."""

@@ -1,0 +1,1 @@
+"""Harness shared by tests and benchmarks: fakes, a loopback WebRTC receiver, the network-namespace guard."""

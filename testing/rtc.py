@@ -1,0 +1,119 @@
+"""A loopback aiortc receiver for tests and benchmarks, and the guard that keeps them on 127.0.0.1."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiortc import RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+from server.media import SessionTracks
+from server.webrtc import IceOptions, answer, use_host_addresses
+
+NETNS_HINT = ("WebRTC tests and benchmarks run only inside a loopback-only network namespace, e.g.\n"
+              "  unshare -n sh -c 'ip link set lo up && .venv/bin/python -m pytest'")
+
+
+def in_loopback_namespace() -> bool:
+    return [name for _, name in socket.if_nameindex()] == ["lo"]
+
+
+def require_loopback_namespace() -> None:
+    if not in_loopback_namespace():
+        raise SystemExit(NETNS_HINT)
+    use_host_addresses(["127.0.0.1"])
+
+
+# Arrival time (monotonic ms) of every RTP packet, by (receiver id, RTP timestamp): decoded frames carry the
+# RTP timestamp as pts, so their arrival can be looked up. An aiortc receiver buffers audio and video
+# differently before recv() returns, so the time recv() returns says nothing about sync.
+_ARRIVALS: dict[tuple[int, int], float] = {}
+_original_handle = RTCRtpReceiver._handle_rtp_packet
+
+
+_FIRST_TS: dict[int, int] = {}
+
+
+async def _recording_handle(self: RTCRtpReceiver, packet, arrival_time_ms: int) -> None:  # noqa: ANN001
+    # Decoded frames come out with pts relative to the stream's first RTP timestamp.
+    first = _FIRST_TS.setdefault(id(self), packet.timestamp)
+    _ARRIVALS.setdefault((id(self), (packet.timestamp - first) % 2**32), time.monotonic() * 1000.0)
+    await _original_handle(self, packet, arrival_time_ms)
+
+
+RTCRtpReceiver._handle_rtp_packet = _recording_handle  # type: ignore[method-assign]
+
+
+@dataclass
+class Received:
+    kind: str
+    rtp_ts: int
+    arrival_ms: float  # when the first packet of this frame arrived (monotonic ms)
+    data: np.ndarray  # video: (H, W, 3) BGR; audio: (samples,) float32 mono 48 kHz
+
+
+@dataclass
+class LoopbackReceiver:
+    """An aiortc client that receives the avatar's tracks and keeps every decoded frame."""
+
+    keep_video: bool = True
+    pc: RTCPeerConnection = field(default_factory=RTCPeerConnection)
+    frames: dict[str, list[Received]] = field(default_factory=lambda: {"video": [], "audio": []})
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+    unmatched: int = 0  # frames whose packet arrival was not found (should stay 0)
+
+    async def connect(self, tracks: SessionTracks, ice: IceOptions = IceOptions()) -> RTCPeerConnection:
+        server_pc = RTCPeerConnection(ice.configuration())
+        self.pc = RTCPeerConnection(ice.configuration())
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.pc.addTransceiver("audio", direction="recvonly")
+
+        @self.pc.on("track")
+        def on_track(track) -> None:  # noqa: ANN001
+            receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
+            self._tasks.append(asyncio.create_task(self._consume(track, id(receiver))))
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        local = self.pc.localDescription
+        reply = await answer(server_pc, local.sdp, local.type, [tracks.video, tracks.audio])
+        await self.pc.setRemoteDescription(reply)
+        return server_pc
+
+    async def _consume(self, track, receiver_id: int) -> None:  # noqa: ANN001
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            arrival = _ARRIVALS.get((receiver_id, frame.pts % 2**32))
+            if arrival is None:
+                self.unmatched += 1
+                arrival = time.monotonic() * 1000.0
+            if track.kind == "video":
+                data = frame.to_ndarray(format="bgr24") if self.keep_video else np.zeros((0, 0, 3), np.uint8)
+            else:
+                pcm = frame.to_ndarray().astype(np.float32).reshape(-1, len(frame.layout.channels))
+                data = pcm.mean(axis=1) / 32768.0
+            self.frames[track.kind].append(Received(track.kind, frame.pts, arrival, data))
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def media_time_ms(frames: list[Received], clock_rate: int) -> list[float]:
+    """Receiver-clock time of each frame: its RTP time shifted by the stream's typical arrival offset.
+
+    This is what a player does with RTCP sender reports; using the median arrival offset per stream keeps
+    one late packet from moving the whole stream.
+    """
+    ts = np.unwrap(np.array([f.rtp_ts for f in frames], np.float64), period=2.0**32)  # 32-bit RTP wrap-around
+    rtp_ms = (ts - ts[0]) * 1000.0 / clock_rate
+    base = float(np.median([f.arrival_ms for f in frames] - rtp_ms))
+    return list(rtp_ms + base)

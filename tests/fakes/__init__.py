@@ -1,1 +1,0 @@
-"""Fakes and tiny stand-ins shared by tests and benchmarks."""
