@@ -159,7 +159,8 @@ def test_windowed_encoding_of_a_long_utterance_stays_in_one_window(micro_encoder
 def test_window_placement(version, micro_encoder, speech_like):
     audio = speech_like(16000 + 50, seed=2)
     # At position 0 a window is encoded exactly as the offline path encodes a short utterance.
-    np.testing.assert_array_equal(encode_window(audio, micro_encoder, version), encode_steps(audio, micro_encoder, version))
+    np.testing.assert_array_equal(encode_window(audio, micro_encoder, version),
+                                  encode_steps(audio, micro_encoder, version))
     # At offset o it occupies mel frames 2o.. of the input: v1 pads in the normalised mel domain, v15 in the waveform.
     o = 37
     placed = window_mel(audio, version, o)[0].numpy()

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Run the whole test suite (fast and slow tests) inside a loopback-only network namespace, so that no test,
+# WebRTC included, can send a packet anywhere but 127.0.0.1. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec unshare -n -- sh -c 'ip link set lo up && exec .venv/bin/python -m pytest "$@"' sh "$@"
