@@ -172,6 +172,11 @@ class Session:
     def unsubscribe(self, q: asyncio.Queue) -> None:
         self._listeners.discard(q)
 
+    def publish(self, event: Event) -> None:
+        """An event not tied to audio (e.g. a TTS failure): delivered to listeners right away."""
+        for q in self._listeners:
+            self._offer(q, event)
+
     def step(self, wait_for_video: float = 10.0) -> OutputTick:
         """Stepped mode: produce the next tick now, waiting for its rendered frame if it is speech."""
         if not self.stepped:

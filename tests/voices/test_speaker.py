@@ -1,0 +1,142 @@
+"""Speaker -> session: sentences become audio with timed events; interrupt stops LLM and TTS at once."""
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+
+from pipeline.session import Session
+from testing.probe import ProbeEngine, synthetic_avatar
+from voices.llm import Conversation, LLMError
+from voices.speaker import Speaker
+from voices.tts import TTSError
+
+
+class ToneTTS:
+    """0.1 s of tone per word, in one chunk per word, with a small synthesis delay per chunk."""
+
+    def __init__(self, delay: float = 0.0, fail_on: str | None = None) -> None:
+        self.delay, self.fail_on = delay, fail_on
+        self.spoken: list[str] = []
+        self.closed_early = 0
+
+    async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
+        if self.fail_on and self.fail_on in text:
+            raise TTSError("voice server answered 503")
+        self.spoken.append(text)
+        words = text.split()
+        done = 0
+        try:
+            for _ in words:
+                await asyncio.sleep(self.delay)
+                yield np.full(1600, 0.2, np.float32)
+                done += 1
+        finally:
+            if done < len(words):
+                self.closed_early += 1
+
+
+class ScriptedLLM:
+    def __init__(self, deltas: Sequence[str], delay: float = 0.0, fail: bool = False) -> None:
+        self.deltas, self.delay, self.fail = deltas, delay, fail
+        self.cancelled = False
+
+    async def stream(self, messages) -> AsyncIterator[str]:  # noqa: ANN001
+        try:
+            for d in self.deltas:
+                await asyncio.sleep(self.delay)
+                yield d
+            if self.fail:
+                raise LLMError("chat endpoint answered 500")
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled = True
+            raise
+
+
+async def drain(session: Session, ticks: int) -> list:
+    return [session.step(wait_for_video=1.0) for _ in range(ticks)]
+
+
+async def wait_until(cond, timeout: float = 5.0) -> None:  # noqa: ANN001
+    for _ in range(int(timeout / 0.01)):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def make() -> Session:
+    session = Session("sp", synthetic_avatar(), ProbeEngine(), stepped=True)
+    await session.start()
+    return session
+
+
+async def test_echo_speaks_each_sentence_with_events_in_order() -> None:
+    session = await make()
+    tts = ToneTTS()
+    speaker = Speaker(session, tts)
+    events = session.subscribe()
+    await speaker.say("Hello there, my friend. How are you doing today?")
+    await wait_until(lambda: len(tts.spoken) == 2 and session.output.scheduled_ticks >= 22)  # 0.9 s of audio
+    assert tts.spoken == ["Hello there, my friend.", "How are you doing today?"]
+    await drain(session, 60)
+    got = []
+    while not events.empty():
+        e = events.get_nowait()
+        got.append((e.name, e.text))
+    assert got == [("sentence_start", "Hello there, my friend."), ("sentence_end", "Hello there, my friend."),
+                   ("sentence_start", "How are you doing today?"), ("sentence_end", "How are you doing today?")]
+    await speaker.close()
+    await session.close()
+
+
+async def test_chat_streams_sentences_to_tts_before_the_answer_is_complete() -> None:
+    session = await make()
+    tts = ToneTTS()
+    llm = ScriptedLLM(["The sky is ", "blue today. ", "And the sea ", "is calm."], delay=0.3)
+    speaker = Speaker(session, tts, Conversation(llm))
+    task = speaker.chat("How is the weather?")
+    await wait_until(lambda: tts.spoken == ["The sky is blue today."], timeout=2.0)
+    assert not task.done()  # the first sentence is being spoken while the LLM still streams
+    await task
+    await wait_until(lambda: tts.spoken == ["The sky is blue today.", "And the sea is calm."])
+    await speaker.close()
+    await session.close()
+
+
+async def test_interrupt_cancels_llm_and_tts_in_flight_and_drops_queued_audio() -> None:
+    session = await make()
+    tts = ToneTTS(delay=0.2)
+    llm = ScriptedLLM(["One two three four five six. "] * 20, delay=0.05)
+    speaker = Speaker(session, tts, Conversation(llm))
+    speaker.chat("talk a lot")
+    await wait_until(lambda: session.output.scheduled_ticks > 0)
+    turn = await speaker.interrupt()
+    assert turn == session.turn == 1
+    assert llm.cancelled and tts.closed_early == 1
+    assert session.output.scheduled_ticks == 0
+    await asyncio.sleep(0.5)
+    assert session.output.scheduled_ticks == 0  # nothing of the old turn arrives later
+    # the speaker keeps working for the new turn
+    await speaker.say("Back again.")
+    await wait_until(lambda: session.output.scheduled_ticks > 0)
+    await speaker.close()
+    await session.close()
+
+
+async def test_tts_and_llm_failures_are_reported_as_events_and_the_session_survives() -> None:
+    session = await make()
+    tts = ToneTTS(fail_on="broken")
+    speaker = Speaker(session, tts, Conversation(ScriptedLLM(["Fine words here. "], fail=True)))
+    events = session.subscribe()
+    await speaker.say("This one is broken. This one works fine.")
+    await wait_until(lambda: tts.spoken == ["This one works fine."])
+    await speaker.chat("hi")
+    first = events.get_nowait()
+    assert (first.name, first.text) == ("tts_error", "voice server answered 503")
+    await wait_until(lambda: not events.empty())
+    names = []
+    while not events.empty():
+        names.append(events.get_nowait().name)
+    assert "llm_error" in names
+    await speaker.close()
+    await session.close()

@@ -1,0 +1,144 @@
+"""The bridge from words to a session: text (echo) or an LLM answer (chat) -> sentences -> TTS -> audio.
+
+Everything streams: the LLM answer is split into sentences as it arrives and each sentence is spoken as soon
+as it is complete, while the LLM goes on. Each sentence's audio carries `sentence_start` / `sentence_end`
+events, which the session fires when that audio is actually played. Interrupt cancels the LLM stream and
+the TTS in flight and starts a new turn in the session, whose older audio is then dropped everywhere.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.items import Event
+from voices.llm import Conversation, LLMError
+from voices.sentences import SentenceSplitter
+from voices.tts import TTS, TTSError
+
+log = logging.getLogger(__name__)
+
+
+
+class SpeechSink(Protocol):
+    """What a Speaker needs of a session (pipeline.session.Session has it)."""
+
+    @property
+    def turn(self) -> int: ...
+    async def push_audio(self, pcm: np.ndarray, events: list[Event] | None = None, turn: int | None = None) -> bool: ...
+    async def end_speech(self, events: list[Event] | None = None, turn: int | None = None) -> bool: ...
+    def interrupt(self) -> int: ...
+    def publish(self, event: Event) -> None: ...
+
+
+class Speaker:
+    def __init__(self, sink: SpeechSink, tts: TTS, conversation: Conversation | None = None,
+                 max_pending: int = 64) -> None:
+        self.sink = sink
+        self.tts = tts
+        self.conversation = conversation
+        self._sentences: asyncio.Queue = asyncio.Queue(max_pending)
+        self._producers: set[asyncio.Task] = set()
+        self._voice = asyncio.create_task(self._speak_loop(), name="speaker")
+        self._errors_reported: set[str] = set()
+
+    # -- what the server calls ------------------------------------------------------------------------------
+    async def say(self, text: str) -> None:
+        """Speak `text` verbatim, sentence by sentence, after whatever is already queued."""
+        splitter = SentenceSplitter()
+        for sentence in splitter.feed(text) + splitter.flush():
+            await self._sentences.put((self.sink.turn, sentence))
+
+    def chat(self, text: str) -> asyncio.Task:
+        """Ask the LLM and speak its answer as it streams; returns the producing task."""
+        if self.conversation is None:
+            raise RuntimeError("no LLM configured for chat")
+        task = asyncio.create_task(self._chat(text, self.sink.turn), name="chat")
+        self._producers.add(task)
+        task.add_done_callback(self._producers.discard)
+        return task
+
+    async def push_audio_file(self, pcm: np.ndarray, label: str = "") -> None:
+        """Speak prepared audio (an uploaded file) as one 'sentence' after what is queued."""
+        await self._sentences.put((self.sink.turn, pcm, label))
+
+    async def interrupt(self) -> int:
+        """Stop talking now: cancel the LLM and TTS in flight, drop queued sentences, new session turn."""
+        for task in list(self._producers):
+            task.cancel()
+        await asyncio.gather(*self._producers, return_exceptions=True)
+        while not self._sentences.empty():
+            self._sentences.get_nowait()
+        turn = self.sink.interrupt()
+        # The speaking loop may be inside a TTS call of the old turn: restart it so that call is closed now.
+        self._voice.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._voice
+        self._voice = asyncio.create_task(self._speak_loop(), name="speaker")
+        return turn
+
+    async def close(self) -> None:
+        for task in [*self._producers, self._voice]:
+            task.cancel()
+        await asyncio.gather(*self._producers, self._voice, return_exceptions=True)
+
+    # -- internals ------------------------------------------------------------------------------------------
+    async def _chat(self, text: str, turn: int) -> None:
+        assert self.conversation is not None
+        splitter = SentenceSplitter()
+        try:
+            async with contextlib.aclosing(self.conversation.reply(text)) as deltas:
+                async for delta in deltas:
+                    for sentence in splitter.feed(delta):
+                        await self._sentences.put((turn, sentence))
+            for sentence in splitter.flush():
+                await self._sentences.put((turn, sentence))
+        except LLMError as e:
+            self._report("llm_error", str(e))
+
+    async def _speak_loop(self) -> None:
+        while True:
+            item = await self._sentences.get()
+            turn = item[0]
+            if turn != self.sink.turn:
+                continue  # queued before an interrupt
+            if isinstance(item[1], str):
+                await self._speak(item[1], turn)
+            else:
+                await self._play(item[1], item[2], turn)
+
+    async def _speak(self, sentence: str, turn: int) -> None:
+        start, end = Event("sentence_start", sentence, turn), Event("sentence_end", sentence, turn)
+        try:
+            async with contextlib.aclosing(self.tts.synthesize(sentence)) as chunks:
+                await self._push(chunks, start, end, turn)
+        except TTSError as e:
+            self._report("tts_error", str(e))
+
+    async def _play(self, pcm: np.ndarray, label: str, turn: int) -> None:
+        async def one() -> AsyncIterator[np.ndarray]:
+            yield pcm
+
+        await self._push(one(), Event("sentence_start", label, turn), Event("sentence_end", label, turn), turn)
+
+    async def _push(self, chunks: AsyncIterator[np.ndarray], start: Event, end: Event, turn: int) -> None:
+        first = True
+        async for chunk in chunks:
+            if not await self.sink.push_audio(chunk, events=[start] if first else None, turn=turn):
+                return  # interrupted
+            first = False
+        if not first:
+            await self.sink.end_speech(events=[end], turn=turn)
+
+    def _report(self, name: str, message: str) -> None:
+        """Tell the client (as an event) every time; log each distinct failure once."""
+        if message not in self._errors_reported:
+            self._errors_reported.add(message)
+            log.warning("%s: %s", name, message)
+        self.sink.publish(Event(name, message, self.sink.turn))
+
+
