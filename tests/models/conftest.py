@@ -3,9 +3,7 @@ and a local HTTP server that answers like the Hugging Face Hub (LFS files redire
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,13 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# pytest runs with --import-mode=importlib, which does not put the repository root on sys.path.
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from musetalk import config  # noqa: E402
-from musetalk.models import build_unet, build_vae  # noqa: E402
+from testing.tiny_models import TinyLayout, write_tiny_layout
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,36 +25,9 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-@dataclass
-class TinyLayout:
-    root: Path
-    unet: torch.nn.Module  # the in-memory originals the files were written from
-    vae: torch.nn.Module
-
-
-def _write_tiny_layout(root: Path, seed: int = 0) -> TinyLayout:
-    torch.manual_seed(seed)
-    unet = build_unet(config.unet_tiny_config()).eval()
-    vae = build_vae(config.vae_tiny_config()).eval()
-    (root / "musetalkV15").mkdir(parents=True)
-    (root / "musetalkV15" / "musetalk.json").write_text(
-        json.dumps({"_class_name": "UNet2DConditionModel", **config.unet_tiny_config()})
-    )
-    torch.save(unet.state_dict(), root / "musetalkV15" / "unet.pth")
-    (root / "sd-vae").mkdir()
-    vae_config = {"_class_name": "AutoencoderKL", **config.vae_tiny_config()}
-    (root / "sd-vae" / "config.json").write_text(json.dumps(vae_config))
-    torch.save(vae.state_dict(), root / "sd-vae" / "diffusion_pytorch_model.bin")
-    whisper = root / "whisper"
-    whisper.mkdir()
-    for name in ("config.json", "pytorch_model.bin", "preprocessor_config.json"):
-        (whisper / name).write_bytes(b"{}")  # whisper is loaded elsewhere; only its presence is checked here
-    return TinyLayout(root, unet, vae)
-
-
 @pytest.fixture(scope="module")
 def tiny_layout(tmp_path_factory: pytest.TempPathFactory) -> TinyLayout:
-    return _write_tiny_layout(tmp_path_factory.mktemp("models"))
+    return write_tiny_layout(tmp_path_factory.mktemp("models"), whisper=False)
 
 
 # ------------------------------------------------------------------------------------------- fake Hub

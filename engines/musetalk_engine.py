@@ -1,0 +1,116 @@
+"""`musetalk`: the real model. Whisper features for a window of audio -> UNet + VAE decode -> faces.
+
+Models load once per process and are shared by every session; GPU calls of different sessions are
+serialised by one lock (one model, one stream). The per-session state is only the feature windowing.
+
+Latency budget (lead_ticks): the worker renders a batch once its B ticks and the features' look-ahead
+(80 ms of whisper window + right context) are there, or when the deadline comes; the lead covers that
+look-ahead plus the measured time of one batch, so on-time audio is rendered before it is played.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.base import AvatarBinding, Engine, RenderRequest, Renderer
+from musetalk.audio_features import StreamingFeatures
+from musetalk.avatar import Avatar, face_crops
+from musetalk.inference import faces_to_latents, infer_faces
+from musetalk.models import ModelPaths, MuseTalkModels, load_models
+from musetalk.whisper import load_encoder_v1, load_encoder_v15
+from pipeline.items import TICK_SAMPLES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_GPU = 8
+DEFAULT_BATCH_CPU = 4
+
+
+class MuseTalkEngine(Engine):
+    name = "musetalk"
+
+    def __init__(self, models_dir: Path = Path("models"), version: str = "v15", batch_size: int | None = None,
+                 device: str | None = None, left_context_s: float = 0.5, right_context_s: float = 0.2) -> None:
+        super().__init__()
+        started = time.perf_counter()
+        self.version = version
+        self.models: MuseTalkModels = load_models(models_dir, version, device)
+        paths = ModelPaths(Path(models_dir), version)
+        load = load_encoder_v1 if version == "v1" else load_encoder_v15
+        self.encoder = load(paths.whisper, self.models.device, self.models.dtype)
+        self.batch_size = batch_size or (DEFAULT_BATCH_GPU if self.models.device.type == "cuda" else DEFAULT_BATCH_CPU)
+        self.context = (left_context_s, right_context_s)
+        self.lock = threading.Lock()
+        self._features: dict[int, StreamingFeatures] = {}
+        # Context the worker must hand us, in ticks, for the largest batch (smaller ones need less).
+        probe, far = self.features(self.batch_size), 1000
+        start, end = probe.window(far)
+        self.left_context_ticks = math.ceil((far * TICK_SAMPLES - start) / TICK_SAMPLES)
+        self.right_context_ticks = math.ceil((end - (far + self.batch_size) * TICK_SAMPLES) / TICK_SAMPLES)
+        self.batch_seconds = self._warm_up()
+        self.lead_ticks = self.right_context_ticks + 1 + math.ceil(1.5 * self.batch_seconds / 0.04)
+        log.info("musetalk %s on %s (%s): batch %d, context %d/%d ticks, %.0f ms per batch, lead %d ticks; "
+                 "loaded in %.1f s", version, self.models.device, self.models.dtype, self.batch_size,
+                 self.left_context_ticks, self.right_context_ticks, 1000 * self.batch_seconds, self.lead_ticks,
+                 time.perf_counter() - started)
+
+    def features(self, frames: int) -> StreamingFeatures:
+        if frames not in self._features:
+            self._features[frames] = StreamingFeatures(self.encoder, self.version, batch_frames=frames,
+                                                       left_context_s=self.context[0],
+                                                       right_context_s=self.context[1])
+        return self._features[frames]
+
+    def _warm_up(self) -> float:
+        """One full batch on zeros: first-call costs (kernels, allocations) paid now; returns its time."""
+        latents = torch.zeros(self.batch_size, 8, 32, 32)
+        audio = np.zeros(self.features(self.batch_size).window(0)[1], np.float32)
+        for _ in range(2):
+            started = time.perf_counter()
+            self.faces(audio, 0, self.batch_size, latents)
+        return time.perf_counter() - started
+
+    def faces(self, window_audio: np.ndarray, first_frame: int, frames: int, latents: torch.Tensor) -> np.ndarray:
+        with self.lock, torch.inference_mode():
+            chunks = self.features(frames).chunks(window_audio, first_frame)
+            return infer_faces(self.models, chunks, latents)
+
+    def _bind(self, avatar: Avatar) -> MuseTalkBinding:
+        return MuseTalkBinding(self, avatar)
+
+
+class MuseTalkBinding(AvatarBinding):
+    def __init__(self, engine: MuseTalkEngine, avatar: Avatar) -> None:
+        self.engine = engine
+        latents = avatar.latents(engine.version)
+        if latents is None:  # prepared without weights: encode the face crops once, now
+            started = time.perf_counter()
+            with engine.lock:
+                encoded = faces_to_latents(engine.models.vae, face_crops(np.asarray(avatar.frames), avatar.face_boxes))
+            latents = encoded.numpy()
+            log.info("avatar %s: encoded %d latents in %.1f s (prepare the avatar with weights present to skip this)",
+                     avatar.avatar_id, len(latents), time.perf_counter() - started)
+        self.latents = torch.from_numpy(np.asarray(latents, np.float32))
+
+    def new_renderer(self) -> MuseTalkRenderer:
+        return MuseTalkRenderer(self)
+
+
+class MuseTalkRenderer(Renderer):
+    def __init__(self, binding: MuseTalkBinding) -> None:
+        self.binding = binding
+
+    def render(self, request: RenderRequest) -> list[np.ndarray]:
+        engine, frames = self.binding.engine, len(request.ticks)
+        start, end = engine.features(frames).window(request.seg_pos)
+        # request.audio[0] is utterance sample seg_pos * 640 - left_samples (zeros before the stretch began)
+        offset = start - (request.seg_pos * TICK_SAMPLES - request.left_samples)
+        window = request.audio[offset:offset + (end - start)]
+        latents = self.binding.latents[list(request.cycle_indices)]
+        return list(engine.faces(window, request.seg_pos, frames, latents))
