@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from bench.common import machine, summary
+from engines.base import Engine
 from engines.lite import LiteEngine
 from musetalk.avatar import Avatar, ensure_demo, load_avatar
 from pipeline.session import Session
@@ -39,7 +40,7 @@ def mouth_region(avatar: Avatar) -> tuple[slice, slice]:
     return slice(y1 + (y2 - y1) // 2, y2), slice(x1, x2)
 
 
-async def session_latency(avatar: Avatar, engine: LiteEngine, trials: int) -> list[float]:
+async def session_latency(avatar: Avatar, engine: Engine, trials: int) -> list[float]:
     session = Session("latency", avatar, engine)
     first_speech: list[float] = []
     session.add_sink(lambda out: out.source == "speech" and not first_speech and first_speech.append(time.monotonic()))
@@ -150,6 +151,24 @@ async def interrupt_run(avatar: Avatar, engine: LiteEngine, trials: int) -> list
     return results
 
 
+async def musetalk_latency(avatar: Avatar, trials: int) -> tuple[list[float], str]:
+    """The same latency with the musetalk engine on tiny random weights of the real architecture (CPU)."""
+    import tempfile
+    from pathlib import Path
+
+    from engines.musetalk_engine import MuseTalkEngine
+    from testing.tiny_models import write_tiny_layout
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tiny_layout(Path(tmp))
+        engine = MuseTalkEngine(models_dir=Path(tmp), batch_size=4)
+        budget = (f"batch {engine.batch_size} ({engine.batch_size * 40} ms of audio), look-ahead "
+                  f"{engine.right_context_ticks} ticks ({engine.right_context_ticks * 40} ms: whisper window 80 ms + "
+                  f"0.2 s right context), one batch {1000 * engine.batch_seconds:.0f} ms -> lead {engine.lead_ticks} "
+                  f"ticks = {engine.lead_ticks * 40} ms")
+        return await session_latency(avatar, engine, trials), budget
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the sync run (default 10)")
@@ -164,6 +183,9 @@ async def main() -> None:
     lat = await session_latency(avatar, engine, args.trials)
     print(f"1. latency, first speech sample in -> first lip-synced frame out of the session: {summary(lat)}"
           f"  [target <= 250 ms]")
+    mt, budget = await musetalk_latency(avatar, max(3, args.trials // 2))
+    print(f"1b. same, musetalk engine with the reduced (tiny, random) config on this CPU: {summary(mt)}\n"
+          f"    budget: {budget}")
     offsets, at = await sync_run(avatar, engine, args.minutes, args.period)
     slope = float(np.polyfit(at, offsets, 1)[0]) if len(offsets) > 2 else float("nan")
     print(f"2. A/V offset at the aiortc receiver (video onset - audio onset), {args.minutes:g} min, "

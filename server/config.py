@@ -1,0 +1,196 @@
+"""Command-line options: LiveTalking's names where they exist, ours beside them; parsed into one frozen config."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from musetalk.avatar import validate_avatar_id
+
+TTS_CHOICES = ("piper", "edgetts", "openai", "gpt-sovits", "realtime")
+ENGINE_CHOICES = ("auto", "musetalk", "lite")
+# LiveTalking's --model names the lip-sync model; this server runs MuseTalk, so it picks the weights version.
+MODEL_VERSIONS = {"musetalk": "v15", "musetalkV15": "v15", "v15": "v15", "musetalkV1": "v1", "v1": "v1"}
+DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly, in a spoken, conversational style."
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    listenport: int = 8010
+    engine: str = "auto"
+    version: str = "v15"
+    batch_size: int | None = None
+    device: str | None = None
+    avatar_id: str = "demo"
+    avatars_dir: Path = Path("avatars")
+    models_dir: Path = Path("models")
+    records_dir: Path = Path("records")
+    web_dir: Path = Path("web")
+    max_session: int = 5
+    idle_timeout: float = 60.0
+    tts: str = "piper"
+    REF_FILE: str | None = None
+    REF_TEXT: str | None = None
+    TTS_SERVER: str | None = None
+    llm_base_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: str | None = None
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    realtime_model: str = "gpt-realtime"
+    asr: bool = True
+    asr_model_dir: Path | None = None
+    stun: tuple[str, ...] = ()
+    turn: tuple[str, ...] = ()
+    turn_user: str | None = None
+    turn_password: str | None = None
+    ice_host: tuple[str, ...] = ()
+    max_upload_mb: float = 20.0
+    max_audio_seconds: float = 120.0
+    max_text_chars: int = 4000
+    extra: dict[str, str] = field(default_factory=dict)  # reserved for future options; unused
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    return value
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _avatar_id(text: str) -> str:
+    try:
+        return validate_avatar_id(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _ice_url(scheme: tuple[str, ...]):  # noqa: ANN202
+    def check(text: str) -> str:
+        if not text.startswith(scheme):
+            raise argparse.ArgumentTypeError(f"{text!r} must start with {' or '.join(scheme)}")
+        return text
+    return check
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python app.py",
+        description="Real-time talking-avatar server: WebRTC sessions, the LiveTalking-compatible HTTP API and "
+                    "the demo page. With no options it runs on a CPU with the lite engine, the demo avatar, an "
+                    "offline voice (piper) and an offline chat model (SmolLM2).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    net = p.add_argument_group("network")
+    net.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    net.add_argument("--listenport", type=_port, default=8010, help="HTTP port (LiveTalking name)")
+    net.add_argument("--max_session", type=_positive_int, default=5, help="most concurrent sessions")
+    net.add_argument("--idle_timeout", type=_positive_float, default=60.0,
+                     help="end a session whose client consumed no media for this many seconds")
+    net.add_argument("--transport", choices=("webrtc",), default="webrtc",
+                     help="LiveTalking compatibility: only webrtc is served")
+    ice = p.add_argument_group("ICE (no STUN or TURN server is used unless given)")
+    ice.add_argument("--stun", action="append", type=_ice_url(("stun:", "stuns:")), default=[],
+                     help="STUN server URL, e.g. stun:stun.example.org:3478 (repeatable)")
+    ice.add_argument("--turn", action="append", type=_ice_url(("turn:", "turns:")), default=[],
+                     help="TURN server URL, e.g. turn:turn.example.org:3478 (repeatable)")
+    ice.add_argument("--turn_user", help="TURN user name")
+    ice.add_argument("--turn_password", help="TURN password (or env TURN_PASSWORD)")
+    ice.add_argument("--ice_host", action="append", type=_ip, default=[],
+                     help="offer ICE host candidates only on this address, e.g. 127.0.0.1 (repeatable)")
+    model = p.add_argument_group("lip-sync engine and avatar")
+    model.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+                       help="auto: musetalk with CUDA and weights present, else lite (CPU, no weights)")
+    model.add_argument("--model", default="musetalk", metavar="{" + ",".join(MODEL_VERSIONS) + "}",
+                       help="LiveTalking name of the model; here it picks the MuseTalk weights version "
+                            "(musetalk = v15)")
+    model.add_argument("--batch_size", type=_positive_int, default=None,
+                       help="video frames per inference batch (default: the engine's own)")
+    model.add_argument("--device", default=None, help="torch device for musetalk, e.g. cuda:0")
+    model.add_argument("--avatar_id", type=_avatar_id, default="demo",
+                       help="default avatar (the demo avatar is built on first start if missing)")
+    model.add_argument("--avatars_dir", type=Path, default=Path("avatars"), help="prepared avatars")
+    model.add_argument("--models_dir", type=Path, default=Path("models"), help="MuseTalk weights")
+    model.add_argument("--records_dir", type=Path, default=Path("records"), help="where /record writes mp4 files")
+    model.add_argument("--web_dir", type=Path, default=Path("web"), help="static files served at /")
+    voice = p.add_argument_group("voice and chat")
+    voice.add_argument("--tts", choices=TTS_CHOICES, default="piper",
+                       help="piper: offline; edgetts; openai: OpenAI-compatible /audio/speech; gpt-sovits: "
+                            "api_v2 server; realtime: OpenAI Realtime API (speech to speech, replaces TTS and LLM)")
+    voice.add_argument("--REF_FILE", default=None,
+                       help="voice: edge-tts voice name, OpenAI voice, realtime voice, or GPT-SoVITS reference "
+                            "audio path (on that server)")
+    voice.add_argument("--REF_TEXT", default=None, help="GPT-SoVITS: transcript of the reference audio")
+    voice.add_argument("--TTS_SERVER", default=None,
+                       help="TTS server URL: GPT-SoVITS (default http://127.0.0.1:9880), OpenAI speech base URL "
+                            "with /v1 (default: --llm_base_url), or the realtime WebSocket URL "
+                            f"(default {DEFAULT_REALTIME_URL})")
+    voice.add_argument("--llm_base_url", default=None,
+                       help="OpenAI-compatible chat endpoint incl. /v1; without it chat uses the offline SmolLM2")
+    voice.add_argument("--llm_model", default="gpt-4o-mini", help="chat model name at --llm_base_url")
+    voice.add_argument("--llm_api_key", default=None, help="API key (default: env OPENAI_API_KEY)")
+    voice.add_argument("--system_prompt", default=DEFAULT_SYSTEM_PROMPT, help="the chat model's instructions")
+    voice.add_argument("--realtime_model", default="gpt-realtime", help="model for --tts realtime")
+    voice.add_argument("--no_asr", action="store_true",
+                       help="ignore microphone audio sent by the page (default: transcribe it and chat)")
+    voice.add_argument("--asr_model_dir", type=Path, default=None,
+                       help="CTranslate2 whisper folder (default: the bundled tiny.en)")
+    limits = p.add_argument_group("limits")
+    limits.add_argument("--max_upload_mb", type=_positive_float, default=20.0, help="largest /humanaudio upload")
+    limits.add_argument("--max_audio_seconds", type=_positive_float, default=120.0,
+                        help="longest /humanaudio audio")
+    limits.add_argument("--max_text_chars", type=_positive_int, default=4000, help="longest /human text")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.model not in MODEL_VERSIONS:
+        parser.error(f"--model {a.model!r} is not supported: this server runs MuseTalk; "
+                     f"choose one of {', '.join(MODEL_VERSIONS)}")
+    if a.tts == "gpt-sovits" and not a.REF_FILE:
+        parser.error("--tts gpt-sovits needs --REF_FILE (the reference audio path on the GPT-SoVITS server)")
+    if a.tts == "openai" and not (a.TTS_SERVER or a.llm_base_url):
+        parser.error("--tts openai needs --TTS_SERVER (or --llm_base_url), the base URL incl. /v1")
+    if a.turn and not a.turn_user:
+        parser.error("--turn needs --turn_user and --turn_password")
+    return ServerConfig(
+        host=a.host, listenport=a.listenport, engine=a.engine, version=MODEL_VERSIONS[a.model],
+        batch_size=a.batch_size, device=a.device, avatar_id=a.avatar_id, avatars_dir=a.avatars_dir,
+        models_dir=a.models_dir, records_dir=a.records_dir, web_dir=a.web_dir, max_session=a.max_session,
+        idle_timeout=a.idle_timeout, tts=a.tts, REF_FILE=a.REF_FILE, REF_TEXT=a.REF_TEXT, TTS_SERVER=a.TTS_SERVER,
+        llm_base_url=a.llm_base_url, llm_model=a.llm_model,
+        llm_api_key=a.llm_api_key or os.environ.get("OPENAI_API_KEY") or None,
+        system_prompt=a.system_prompt, realtime_model=a.realtime_model, asr=not a.no_asr,
+        asr_model_dir=a.asr_model_dir, stun=tuple(a.stun), turn=tuple(a.turn), turn_user=a.turn_user,
+        turn_password=a.turn_password or os.environ.get("TURN_PASSWORD") or None, ice_host=tuple(a.ice_host),
+        max_upload_mb=a.max_upload_mb, max_audio_seconds=a.max_audio_seconds, max_text_chars=a.max_text_chars)

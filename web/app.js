@@ -1,0 +1,607 @@
+// Demo page of the avatar server: one WebRTC connection (video + audio, optional microphone) and the
+// LiveTalking-compatible HTTP API. No build step, no dependencies.
+
+const ICE_GATHER_TIMEOUT_MS = 5000;  // non-trickle signalling: wait this long for all local candidates
+const CONNECT_TIMEOUT_MS = 15000;    // offer sent -> ICE/DTLS connected
+const NO_VIDEO_TIMEOUT_MS = 8000;    // connected -> first decoded video frame
+const STATS_INTERVAL_MS = 1000;
+const HEALTH_INTERVAL_MS = 5000;
+const SUBTITLE_LINGER_MS = 1200;     // keep a finished sentence on screen briefly
+
+const $ = (id) => document.getElementById(id);
+
+class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
+
+// POST to the API; resolves with the JSON body, rejects with a readable ApiError
+// (network failure, HTTP error status or a non-zero `code`).
+async function api(path, body) {
+  const isForm = body instanceof FormData;
+  let resp;
+  try {
+    resp = await fetch(path, {
+      method: "POST",
+      headers: isForm ? undefined : { "Content-Type": "application/json" },
+      body: isForm ? body : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new ApiError(`Network error on ${path}: ${e.message}. Is the server running?`, 0);
+  }
+  let json = null;
+  try {
+    json = await resp.json();
+  } catch {
+    // not JSON: the HTTP status says what happened
+  }
+  const code = json && typeof json.code === "number" ? json.code : 0;
+  if (!resp.ok || code !== 0 || json === null) {
+    const detail = (json && (json.msg || json.message)) || `${resp.status} ${resp.statusText}`.trim();
+    throw new ApiError(`${path}: ${detail}`, resp.status);
+  }
+  return json;
+}
+
+function waitForIceGathering(pc, timeoutMs) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    // On timeout the offer goes out with the candidates gathered so far (usually enough on a LAN).
+    const timer = setTimeout(done, timeoutMs);
+    function done() {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    }
+    function check() {
+      if (pc.iceGatheringState === "complete") done();
+    }
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// UI helpers
+
+const ui = {
+  video: $("video"),
+  errors: $("errors"),
+
+  setConnState(state, label = state) {
+    const pill = $("conn-state");
+    pill.dataset.state = state;
+    pill.textContent = label;
+    const busy = state === "connecting" || state === "connected";
+    $("connect").disabled = busy;
+    $("disconnect").disabled = !busy;
+    $("avatar").disabled = busy;
+    for (const el of document.querySelectorAll(".needs-session")) el.disabled = state !== "connected";
+  },
+
+  setSpeaking(speaking) {
+    const pill = $("speak-state");
+    pill.dataset.state = speaking ? "speaking" : "idle";
+    pill.textContent = speaking ? "speaking" : "idle";
+  },
+
+  // kind: "error" | "warn". The same text is shown once at a time.
+  message(text, kind = "error") {
+    for (const el of ui.errors.children) if (el.dataset.text === text) return;
+    const box = document.createElement("div");
+    box.className = `msg ${kind}`;
+    box.dataset.text = text;
+    const span = document.createElement("span");
+    span.textContent = text;
+    const close = document.createElement("button");
+    close.type = "button";
+    close.textContent = "×";
+    close.setAttribute("aria-label", "Dismiss");
+    close.addEventListener("click", () => box.remove());
+    box.append(span, close);
+    ui.errors.append(box);
+    while (ui.errors.children.length > 5) ui.errors.firstChild.remove();
+  },
+
+  clearMessages() {
+    ui.errors.replaceChildren();
+  },
+
+  transcript(text, who) {
+    const li = document.createElement("li");
+    li.className = who;
+    li.textContent = who === "user" ? `You: ${text}` : text;
+    const list = $("transcript");
+    list.append(li);
+    while (list.children.length > 50) list.firstChild.remove();
+    list.scrollTop = list.scrollHeight;
+  },
+
+  subtitle(text) {
+    const el = $("subtitle");
+    el.textContent = text;
+    el.hidden = !text;
+  },
+
+  set(id, text) {
+    $(id).textContent = text;
+  },
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// The client: one session = one peer connection + its server-sent events.
+
+class AvatarClient {
+  constructor(video) {
+    this.video = video;
+    this.state = "idle";
+    this.pc = null;
+    this.sessionId = null;
+    this.events = null;
+    this.mic = null;            // MediaStream from getUserMedia, when the microphone is used
+    this.timers = [];
+    this.speaking = false;
+    this.subtitle = "";
+    this.recording = false;
+    this.prev = null;           // previous getStats sample, for rates
+    this.latest = {};           // last computed stats (what stats() returns between samples)
+    this.server = null;         // last /healthz body
+    this.sentAt = null;         // when the last text was sent (reply latency)
+    this.replyMs = null;
+    this.subtitleTimer = null;
+    this.generation = 0;        // bumps on every connect/disconnect: late callbacks of an old one are ignored
+  }
+
+  // -- connection ----------------------------------------------------------------------------------------
+  async connect({ avatar = "", useMic = false } = {}) {
+    if (this.pc) return;
+    const gen = ++this.generation;
+    ui.clearMessages();
+    this.setState("connecting");
+    this.prepareVideo();
+    try {
+      const pc = new RTCPeerConnection({ iceServers: [] });
+      this.pc = pc;
+      pc.addTransceiver("video", { direction: "recvonly" });  // m-lines: video first, then audio
+      const micTrack = useMic ? await this.openMic() : null;
+      if (gen !== this.generation) return;
+      if (micTrack) {
+        pc.addTransceiver(micTrack, { direction: "sendrecv", streams: [this.mic] });
+      } else {
+        pc.addTransceiver("audio", { direction: "recvonly" });
+      }
+      pc.addEventListener("track", (ev) => this.onTrack(ev));
+      pc.addEventListener("connectionstatechange", () => this.onConnectionState(gen));
+
+      await pc.setLocalDescription(await pc.createOffer());
+      await waitForIceGathering(pc, ICE_GATHER_TIMEOUT_MS);
+      if (gen !== this.generation) return;
+      const body = { sdp: pc.localDescription.sdp, type: pc.localDescription.type };
+      if (avatar) body.avatar = avatar;
+      const answer = await api("/offer", body);
+      if (gen !== this.generation) return;
+      if (typeof answer.sdp !== "string" || !answer.sdp) throw new Error("the server's answer has no SDP");
+      this.sessionId = String(answer.sessionid ?? "");
+      await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+      if (gen !== this.generation) return;
+      this.openEvents();
+      this.every(STATS_INTERVAL_MS, () => this.sample());
+      this.every(HEALTH_INTERVAL_MS, () => this.pollHealth());
+      this.pollHealth();
+      this.after(CONNECT_TIMEOUT_MS, () => {
+        if (this.pc && this.pc.connectionState !== "connected") {
+          this.fail("Could not connect: ICE/DTLS did not complete. A firewall may block UDP between you and the server.");
+        }
+      });
+    } catch (e) {
+      if (gen !== this.generation) return;
+      const text = e instanceof ApiError ? `Connection refused by the server: ${e.message}` : `Connect failed: ${e.message}`;
+      this.fail(text);
+    }
+  }
+
+  disconnect() {
+    this.generation++;
+    this.teardown();
+    this.setState("idle", "disconnected");
+  }
+
+  // Report a fatal problem and drop the connection.
+  fail(text) {
+    this.generation++;
+    ui.message(text);
+    this.teardown();
+    this.setState("failed", "failed");
+  }
+
+  teardown() {
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    clearTimeout(this.subtitleTimer);
+    if (this.events) this.events.close();
+    this.events = null;
+    if (this.mic) for (const t of this.mic.getTracks()) t.stop();
+    this.mic = null;
+    if (this.pc) this.pc.close();  // the server ends the session when the peer connection closes
+    this.pc = null;
+    this.sessionId = null;
+    this.prev = null;
+    this.latest = {};
+    this.recording = false;
+    this.video.srcObject = null;
+    this.setSpeaking(false);
+    this.showSubtitle("");
+    $("placeholder").hidden = false;
+    $("unmute").hidden = true;
+    $("record").textContent = "Start recording";
+  }
+
+  setState(state, label) {
+    this.state = state;
+    ui.setConnState(state, label);
+    const mic = $("mic");
+    // Before connecting the switch chooses whether to use the microphone; while connected it mutes it.
+    mic.disabled = state === "connecting" || (state === "connected" && !this.mic);
+  }
+
+  every(ms, fn) {
+    this.timers.push(setInterval(fn, ms));
+  }
+
+  after(ms, fn) {
+    this.timers.push(setTimeout(fn, ms));
+  }
+
+  // -- media ---------------------------------------------------------------------------------------------
+  // Called inside the Connect click: starting playback here, while the user gesture is fresh, lets the
+  // video play unmuted as soon as the tracks arrive.
+  prepareVideo() {
+    this.stream = new MediaStream();
+    this.video.muted = false;
+    this.video.srcObject = this.stream;
+    this.play();
+  }
+
+  play() {
+    const attempt = this.video.play();
+    if (!attempt) return;
+    attempt.catch((e) => {
+      if (e.name !== "NotAllowedError") return;  // AbortError: a newer load replaced this one
+      // Autoplay with sound blocked: play muted and offer a button to unmute.
+      this.video.muted = true;
+      $("unmute").hidden = false;
+      this.video.play().catch(() => ui.message("The browser refused to play the video.", "warn"));
+    });
+  }
+
+  unmute() {
+    this.video.muted = false;
+    $("unmute").hidden = true;
+    this.play();
+  }
+
+  onTrack(ev) {
+    if (!this.stream.getTracks().includes(ev.track)) this.stream.addTrack(ev.track);
+    if (ev.track.kind === "video") $("placeholder").hidden = true;
+    if (this.video.paused) this.play();
+  }
+
+  async openMic() {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      ui.message("This browser has no microphone access here (it needs https or localhost); continuing without it.", "warn");
+      return null;
+    }
+    try {
+      this.mic = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      });
+      return this.mic.getAudioTracks()[0];
+    } catch (e) {
+      ui.message(`Microphone unavailable (${e.name}: ${e.message}); continuing without it.`, "warn");
+      this.mic = null;
+      return null;
+    }
+  }
+
+  setMicEnabled(on) {
+    if (this.mic) for (const t of this.mic.getAudioTracks()) t.enabled = on;
+  }
+
+  onConnectionState(gen) {
+    if (gen !== this.generation || !this.pc) return;
+    const s = this.pc.connectionState;
+    if (s === "connected") {
+      this.setState("connected", "connected");
+      this.after(NO_VIDEO_TIMEOUT_MS, () => {
+        if (this.pc && !(this.latest.video && this.latest.video.framesDecoded > 0)) {
+          ui.message(`Connected, but no video frame arrived within ${NO_VIDEO_TIMEOUT_MS / 1000} s.`);
+        }
+      });
+    } else if (s === "failed") {
+      this.fail("The connection failed (ICE). The network between you and the server blocks the media path.");
+    } else if (s === "disconnected") {
+      ui.message("Connection interrupted; trying to recover…", "warn");
+      this.setState("connecting", "reconnecting");
+    } else if (s === "closed") {
+      this.disconnect();
+    }
+  }
+
+  // -- server-sent events: subtitles, errors, what the microphone heard -----------------------------------
+  openEvents() {
+    const source = new EventSource(`/sse?sessionid=${encodeURIComponent(this.sessionId)}`);
+    this.events = source;
+    source.onmessage = (ev) => {
+      let data;
+      try {
+        data = JSON.parse(ev.data);
+      } catch {
+        return;  // keep-alive or a comment
+      }
+      this.onEvent(data);
+    };
+    source.onerror = () => {
+      // EventSource retries by itself; a stream that cannot be opened at all is reported once.
+      if (source.readyState === EventSource.CLOSED && this.events === source) {
+        ui.message("Subtitle/event stream unavailable.", "warn");
+        this.events = null;
+      }
+    };
+  }
+
+  onEvent(data) {
+    const kind = data.status ?? data.event ?? data.type ?? data.name ?? "";
+    const text = data.text ?? data.msg ?? data.message ?? "";
+    if (kind === "start") {
+      if (this.sentAt !== null) {
+        this.replyMs = performance.now() - this.sentAt;
+        this.sentAt = null;
+      }
+      this.setSpeaking(true);
+      this.showSubtitle(text);
+      if (text) ui.transcript(text, "avatar");
+    } else if (kind === "end") {
+      clearTimeout(this.subtitleTimer);
+      this.subtitleTimer = setTimeout(() => {
+        this.showSubtitle("");
+        this.setSpeaking(false);
+      }, SUBTITLE_LINGER_MS);
+    } else if (kind === "user_text") {
+      if (text) ui.transcript(text, "user");
+    } else if (kind.endsWith("error")) {
+      const what = { tts_error: "Speech synthesis failed", llm_error: "The language model failed" }[kind] || kind;
+      ui.message(text ? `${what}: ${text}` : what);
+      this.sentAt = null;
+    }
+  }
+
+  showSubtitle(text) {
+    if (text) clearTimeout(this.subtitleTimer);
+    this.subtitle = text;
+    ui.subtitle(text);
+  }
+
+  setSpeaking(on) {
+    this.speaking = on;
+    ui.setSpeaking(on);
+  }
+
+  // -- API calls on the session ---------------------------------------------------------------------------
+  requireSession() {
+    if (!this.sessionId) throw new Error("not connected");
+    return this.sessionId;
+  }
+
+  async say(text, type = "echo", interrupt = true) {
+    const sessionid = this.requireSession();
+    if (!text.trim()) throw new Error("nothing to say");
+    this.sentAt = performance.now();
+    if (type === "chat") ui.transcript(text, "user");
+    await api("/human", { sessionid, text, type, interrupt });
+  }
+
+  async interrupt() {
+    await api("/interrupt_talk", { sessionid: this.requireSession() });
+    this.sentAt = null;
+    this.showSubtitle("");
+    this.setSpeaking(false);
+  }
+
+  async sendAudioFile(file) {
+    const form = new FormData();
+    form.append("file", file, file.name);
+    form.append("sessionid", this.requireSession());
+    await api("/humanaudio", form);
+  }
+
+  async playAction(audiotype) {
+    await api("/set_audiotype", { sessionid: this.requireSession(), audiotype });
+  }
+
+  // Returns the recording's download URL when a recording was stopped, else null.
+  async toggleRecording() {
+    const sessionid = this.requireSession();
+    const type = this.recording ? "end_record" : "start_record";
+    await api("/record", { sessionid, type });
+    this.recording = !this.recording;
+    return this.recording ? null : `/record/${encodeURIComponent(sessionid)}`;
+  }
+
+  // -- stats ---------------------------------------------------------------------------------------------
+  async pollHealth() {
+    try {
+      const resp = await fetch("/healthz");
+      this.server = resp.ok ? await resp.json() : null;
+    } catch {
+      this.server = null;
+    }
+  }
+
+  async sample() {
+    const pc = this.pc;
+    if (!pc) return;
+    const report = await pc.getStats();
+    const now = performance.now();
+    const out = { connectionState: pc.connectionState, video: null, audio: null, rttMs: null };
+    for (const s of report.values()) {
+      if (s.type === "inbound-rtp" && (s.kind === "video" || s.kind === "audio")) {
+        out[s.kind] = { ...s, codec: report.get(s.codecId)?.mimeType ?? "" };
+      } else if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") {
+        if (typeof s.currentRoundTripTime === "number") out.rttMs = s.currentRoundTripTime * 1000;
+      }
+    }
+    const prev = this.prev;
+    const v = out.video;
+    const a = out.audio;
+    if (prev && v && prev.video) {
+      const dt = (now - prev.t) / 1000;
+      out.fps = (v.framesDecoded - prev.video.framesDecoded) / dt;
+      const emitted = v.jitterBufferEmittedCount - prev.video.jitterBufferEmittedCount;
+      if (emitted > 0) out.videoJitterMs = (1000 * (v.jitterBufferDelay - prev.video.jitterBufferDelay)) / emitted;
+    }
+    if (prev && a && prev.audio) {
+      const dt = (now - prev.t) / 1000;
+      const energy = a.totalAudioEnergy - prev.audio.totalAudioEnergy;
+      const seconds = a.totalSamplesDuration - prev.audio.totalSamplesDuration;
+      out.audioRms = seconds > 0 ? Math.sqrt(Math.max(0, energy) / seconds) : 0;  // energy = sum(level^2 * dt)
+      out.samplesPerSecond = (a.totalSamplesReceived - prev.audio.totalSamplesReceived) / dt;
+    }
+    if (v && v.framesDecoded > 0) {
+      // Network half round trip + time in the jitter buffer + decode time: what the browser adds.
+      const decodeMs = (1000 * (v.totalDecodeTime ?? 0)) / v.framesDecoded;
+      out.latencyMs = (out.rttMs ?? 0) / 2 + (out.videoJitterMs ?? 0) + decodeMs;
+    }
+    this.prev = { t: now, video: v, audio: a };
+    this.latest = out;
+    if (this.sessionId) {
+      try {
+        const r = await api("/is_speaking", { sessionid: this.sessionId });
+        if (this.pc === pc && !this.subtitle) this.setSpeaking(Boolean(r.data));
+        out.serverSpeaking = Boolean(r.data);
+      } catch {
+        // the subtitles still show speech; a failing poll is not worth an error box every second
+      }
+    }
+    if (this.pc === pc) this.render(out);
+  }
+
+  render(out) {
+    const v = out.video;
+    const a = out.audio;
+    const fmt = (x, d = 0) => (typeof x === "number" && isFinite(x) ? x.toFixed(d) : "–");
+    ui.set("st-video", v ? `${v.frameWidth ?? "?"}×${v.frameHeight ?? "?"} ${v.codec.replace("video/", "")}` : "–");
+    ui.set("st-fps", v ? `${fmt(out.fps, 1)} (${fmt(v.framesPerSecond)} reported, ${v.framesDecoded} total)` : "–");
+    ui.set("st-dropped", v ? `${v.framesDropped ?? 0} dropped, ${v.packetsLost ?? 0} packets lost` : "–");
+    ui.set("st-latency", v ? `${fmt(out.latencyMs)} ms (rtt ${fmt(out.rttMs)} ms, jitter buffer ${fmt(out.videoJitterMs)} ms)` : "–");
+    ui.set("st-audio", a ? `level ${fmt(a.audioLevel, 3)}, rms ${fmt(out.audioRms, 3)}` : "–");
+    ui.set("st-reply", this.replyMs === null ? "–" : `${fmt(this.replyMs)} ms (send → first sentence played)`);
+    const srv = this.server;
+    if (srv) {
+      const parts = Object.entries(srv)
+        .filter(([k, val]) => k !== "ok" && (typeof val !== "object" || val === null))
+        .map(([k, val]) => `${k} ${val}`);
+      ui.set("st-server", parts.join(", ") || "ok");
+    } else {
+      ui.set("st-server", "–");
+    }
+  }
+
+  // A snapshot for tests and the console: fresh numbers from getStats.
+  async stats() {
+    await this.sample();
+    const out = this.latest;
+    return {
+      state: this.state,
+      sessionId: this.sessionId,
+      connectionState: out.connectionState ?? null,
+      speaking: this.speaking,
+      serverSpeaking: out.serverSpeaking ?? null,
+      subtitle: this.subtitle,
+      playing: !this.video.paused && this.video.readyState >= 2,
+      muted: this.video.muted,
+      fps: out.fps ?? null,
+      latencyMs: out.latencyMs ?? null,
+      replyMs: this.replyMs,
+      video: out.video ? {
+        framesDecoded: out.video.framesDecoded, framesPerSecond: out.video.framesPerSecond ?? null,
+        framesDropped: out.video.framesDropped ?? 0, width: out.video.frameWidth, height: out.video.frameHeight,
+        codec: out.video.codec,
+      } : null,
+      audio: out.audio ? {
+        totalSamplesReceived: out.audio.totalSamplesReceived, audioLevel: out.audio.audioLevel ?? 0,
+        totalAudioEnergy: out.audio.totalAudioEnergy ?? 0, codec: out.audio.codec,
+      } : null,
+      server: this.server,
+    };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Wiring
+
+const client = new AvatarClient(ui.video);
+
+// Run an action from a button; show its failure instead of leaving an unhandled rejection.
+function guarded(fn) {
+  return async (ev) => {
+    if (ev) ev.preventDefault();
+    try {
+      await fn(ev);
+    } catch (e) {
+      ui.message(e.message);
+    }
+  };
+}
+
+$("connect").addEventListener("click", () =>
+  client.connect({ avatar: $("avatar").value.trim(), useMic: $("mic").checked }));
+$("disconnect").addEventListener("click", () => client.disconnect());
+$("unmute").addEventListener("click", () => client.unmute());
+$("mic").addEventListener("change", (ev) => client.setMicEnabled(ev.target.checked));
+
+$("say-form").addEventListener("submit", guarded(async () => {
+  const text = $("text").value;
+  await client.say(text, $("mode").value, $("interrupt-on-send").checked);
+  $("text").value = "";
+}));
+$("text").addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && !ev.shiftKey && !$("send").disabled) {
+    ev.preventDefault();
+    $("say-form").requestSubmit();
+  }
+});
+$("interrupt").addEventListener("click", guarded(() => client.interrupt()));
+$("upload").addEventListener("click", guarded(async () => {
+  const file = $("audio-file").files[0];
+  if (!file) throw new Error("Choose an audio file first.");
+  await client.sendAudioFile(file);
+}));
+$("play-action").addEventListener("click", guarded(async () => {
+  const n = Number.parseInt($("audiotype").value, 10);
+  if (!Number.isInteger(n) || n < 1) throw new Error("The action number must be a whole number ≥ 1.");
+  await client.playAction(n);
+}));
+$("record").addEventListener("click", guarded(async () => {
+  const url = await client.toggleRecording();
+  $("record").textContent = client.recording ? "Stop recording" : "Start recording";
+  const link = $("record-link");
+  link.hidden = !url;
+  if (url) {
+    link.href = url;
+    link.download = `avatar-${client.sessionId}.mp4`;
+  }
+}));
+
+window.addEventListener("pagehide", () => client.disconnect());
+
+// Small surface for tests and the developer console.
+window.avatarClient = {
+  connect: (options) => client.connect(options),
+  disconnect: () => client.disconnect(),
+  say: (text, type = "echo", interrupt = true) => client.say(text, type, interrupt),
+  interrupt: () => client.interrupt(),
+  stats: () => client.stats(),
+  get state() { return client.state; },
+  get sessionId() { return client.sessionId; },
+};
