@@ -20,8 +20,7 @@ from engines.base import Engine
 from engines.lite import LiteEngine
 from musetalk.avatar import Avatar, ensure_demo, load_avatar
 from pipeline.session import Session
-from server.media import SessionTracks
-from testing.rtc import LoopbackReceiver, Received, media_time_ms, require_loopback_namespace
+from testing.rtc import Received, media_time_ms, received, require_loopback_namespace
 
 SR = 16000
 TONE_AMPLITUDE = 0.3
@@ -95,24 +94,17 @@ def video_onsets(frames: list[Received], after_ms: list[float], region: tuple[sl
 
 
 async def sync_run(avatar: Avatar, engine: LiteEngine, minutes: float, period: float) -> tuple[list[float], list[float]]:
-    session = Session("sync", avatar, engine)
-    tracks = SessionTracks(session)
-    receiver = LoopbackReceiver()
-    server_pc = await receiver.connect(tracks)
-    await session.start()
-    await asyncio.sleep(2.0)  # connection up, encoder settled on the idle picture
     burst_times: list[float] = []
-    end = time.monotonic() + minutes * 60
-    while time.monotonic() < end:
-        burst_times.append(time.monotonic() * 1000.0)
-        await session.push_audio(tone(0.4))
-        await session.end_speech()
-        await asyncio.sleep(period)
-    await asyncio.sleep(1.0)
-    await receiver.close()
-    await server_pc.close()
-    tracks.close()
-    await session.close()
+    session = Session("sync", avatar, engine)
+    async with received(session) as receiver:
+        await asyncio.sleep(2.0)  # connection up, encoder settled on the idle picture
+        end = time.monotonic() + minutes * 60
+        while time.monotonic() < end:
+            burst_times.append(time.monotonic() * 1000.0)
+            await session.push_audio(tone(0.4))
+            await session.end_speech()
+            await asyncio.sleep(period)
+        await asyncio.sleep(1.0)
     video, audio = receiver.frames["video"], receiver.frames["audio"]
     a_on = audio_onsets(audio, burst_times)
     v_on = video_onsets(video, burst_times, mouth_region(avatar))
@@ -125,29 +117,22 @@ async def sync_run(avatar: Avatar, engine: LiteEngine, minutes: float, period: f
 
 
 async def interrupt_run(avatar: Avatar, engine: LiteEngine, trials: int) -> list[float]:
-    session = Session("interrupt", avatar, engine)
-    tracks = SessionTracks(session)
-    receiver = LoopbackReceiver()
-    server_pc = await receiver.connect(tracks)
-    await session.start()
-    await asyncio.sleep(2.0)
     region = mouth_region(avatar)
     results = []
-    for _ in range(trials):
-        idle = receiver.frames["video"][-1].data
-        await session.push_audio(tone(3.0))
-        await asyncio.sleep(1.0)
-        t_int = time.monotonic() * 1000.0
-        session.interrupt()
-        await asyncio.sleep(0.6)
-        for f in receiver.frames["video"]:
-            if f.arrival_ms > t_int and np.abs(f.data[region].astype(np.float32) - idle[region]).mean() < IDLE_MATCH:
-                results.append(f.arrival_ms - t_int)
-                break
-    await receiver.close()
-    await server_pc.close()
-    tracks.close()
-    await session.close()
+    session = Session("interrupt", avatar, engine)
+    async with received(session) as receiver:
+        await asyncio.sleep(2.0)
+        for _ in range(trials):
+            idle = receiver.frames["video"][-1].data
+            await session.push_audio(tone(3.0))
+            await asyncio.sleep(1.0)
+            t_int = time.monotonic() * 1000.0
+            session.interrupt()
+            await asyncio.sleep(0.6)
+            for f in receiver.frames["video"]:
+                if f.arrival_ms > t_int and np.abs(f.data[region].astype(np.float32) - idle[region]).mean() < IDLE_MATCH:
+                    results.append(f.arrival_ms - t_int)
+                    break
     return results
 
 

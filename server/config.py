@@ -5,7 +5,7 @@ import argparse
 import ipaddress
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from musetalk.avatar import validate_avatar_id
@@ -52,7 +52,6 @@ class ServerConfig:
     max_upload_mb: float = 20.0
     max_audio_seconds: float = 120.0
     max_text_chars: int = 4000
-    extra: dict[str, str] = field(default_factory=dict)  # reserved for future options; unused
 
     @property
     def max_upload_bytes(self) -> int:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,6 +13,7 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
+from pipeline.session import Session
 from server.media import SessionTracks
 from server.webrtc import IceOptions, answer, use_host_addresses
 
@@ -117,3 +120,19 @@ def media_time_ms(frames: list[Received], clock_rate: int) -> list[float]:
     rtp_ms = (ts - ts[0]) * 1000.0 / clock_rate
     base = float(np.median([f.arrival_ms for f in frames] - rtp_ms))
     return list(rtp_ms + base)
+
+
+@contextlib.asynccontextmanager
+async def received(session: Session, keep_video: bool = True) -> AsyncIterator[LoopbackReceiver]:
+    """Connect a loopback receiver to the session's tracks, start the session; close everything on exit."""
+    tracks = SessionTracks(session)
+    receiver = LoopbackReceiver(keep_video=keep_video)
+    server_pc = await receiver.connect(tracks)
+    try:
+        await session.start()
+        yield receiver
+    finally:
+        await receiver.close()
+        await server_pc.close()
+        tracks.close()
+        await session.close()

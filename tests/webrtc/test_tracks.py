@@ -5,27 +5,20 @@ import numpy as np
 
 from engines.lite import LiteEngine
 from pipeline.session import Session
-from server.media import SessionTracks
-from testing.rtc import LoopbackReceiver, media_time_ms
+from testing.rtc import media_time_ms, received
 
 
 async def test_receiver_gets_25fps_video_and_48khz_audio_and_sees_the_avatar_speak(demo_avatar) -> None:
     session = Session("rtc", demo_avatar, LiteEngine())
-    tracks = SessionTracks(session)
-    receiver = LoopbackReceiver()
-    server_pc = await receiver.connect(tracks)
-    await session.start()
-    await asyncio.sleep(1.5)
-    idle_count = len(receiver.frames["video"])
-    idle = receiver.frames["video"][-1].data
-    speech = (0.3 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000)).astype(np.float32)
-    await session.push_audio(speech)
-    await session.end_speech()
-    await asyncio.sleep(1.5)
-    await receiver.close()
-    await server_pc.close()
-    tracks.close()
-    await session.close()
+    async with received(session) as receiver:
+        await asyncio.sleep(1.5)
+        idle_count = len(receiver.frames["video"])
+        idle = receiver.frames["video"][-1].data
+        speech = (0.3 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000)).astype(np.float32)
+        await session.push_audio(speech)
+        await session.end_speech()
+        await asyncio.sleep(1.5)
+    assert session.closed and not session.worker.alive
 
     video, audio = receiver.frames["video"], receiver.frames["audio"]
     assert receiver.unmatched == 0

@@ -1,0 +1,156 @@
+"""The sessions of one app: the limit on how many, their ids, and ending them (everything they own, once)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiortc import RTCPeerConnection
+
+from pipeline.session import Session
+from server.media import SessionTracks
+from server.recording import Recorder
+from server.voice import Voice
+
+log = logging.getLogger(__name__)
+
+FPS_WINDOW_S = 5.0
+
+
+class SessionLimitError(Exception):
+    pass
+
+
+def new_session_id(taken: set[str]) -> str:
+    """15 random digits: unguessable enough, and the same session whether a client sends it as a string or,
+    like the classic LiveTalking pages (parseInt), as a number (exact in a JavaScript double)."""
+    while True:
+        sid = str(10**14 + secrets.randbelow(9 * 10**14))
+        if sid not in taken:
+            return sid
+
+
+@dataclass
+class LiveSession:
+    """One client's session and everything it owns."""
+
+    id: str
+    session: Session
+    tracks: SessionTracks
+    pc: RTCPeerConnection
+    voice: Voice
+    created: float = field(default_factory=time.monotonic)
+    recorder: Recorder | None = None
+    tasks: list[asyncio.Task] = field(default_factory=list)  # voice input, watchdog
+    _samples: deque = field(default_factory=lambda: deque(maxlen=int(FPS_WINDOW_S) + 2))  # (time, ticks)
+
+    def consumed_frames(self) -> int:
+        """Video frames the peer connection has taken from the track (what was pushed, less what waits or was
+        dropped because nobody took it)."""
+        video = self.tracks.video
+        return self.session.stats.ticks - video.dropped - video.queue.qsize()
+
+    def sample(self, now: float) -> None:
+        self._samples.append((now, self.session.stats.ticks))
+
+    @property
+    def fps(self) -> float:
+        """Output frames per second over the last few seconds."""
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+class SessionRegistry:
+    def __init__(self, max_sessions: int, idle_timeout: float) -> None:
+        self.max_sessions = max_sessions
+        self.idle_timeout = idle_timeout
+        self._sessions: dict[str, LiveSession] = {}
+        self._reserved: set[str] = set()
+        self._ending: dict[str, asyncio.Task] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(list(self._sessions.values()))
+
+    def get(self, session_id: str) -> LiveSession | None:
+        return self._sessions.get(session_id)
+
+    def reserve(self) -> str:
+        """Claim a slot and an id before the (slow, awaiting) setup, so concurrent offers cannot overshoot."""
+        used = len(self._sessions) + len(self._reserved)
+        if used >= self.max_sessions:
+            raise SessionLimitError(f"Maximum session limit reached ({used}/{self.max_sessions})")
+        sid = new_session_id(set(self._sessions) | self._reserved)
+        self._reserved.add(sid)
+        return sid
+
+    def release(self, session_id: str) -> None:
+        self._reserved.discard(session_id)
+
+    def add(self, live: LiveSession) -> None:
+        self._reserved.discard(live.id)
+        self._sessions[live.id] = live
+        live.tasks.append(asyncio.create_task(self._watch(live), name=f"watch-{live.id}"))
+
+    def end(self, session_id: str, reason: str) -> Awaitable[None]:
+        """End a session (idempotent; safe to call from its own tasks and callbacks). Await to wait for it."""
+        task = self._ending.get(session_id)
+        if task is None:
+            live = self._sessions.pop(session_id, None)
+            if live is None:
+                done: asyncio.Future = asyncio.get_running_loop().create_future()
+                done.set_result(None)
+                return done
+            log.info("session %s ends: %s", session_id, reason)
+            task = asyncio.create_task(close_live(live), name=f"end-{session_id}")
+            self._ending[session_id] = task
+            task.add_done_callback(lambda _: self._ending.pop(session_id, None))
+        return asyncio.shield(task)
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(self.end(sid, "server shutdown") for sid in list(self._sessions)),
+                             *list(self._ending.values()), return_exceptions=True)
+
+    async def _watch(self, live: LiveSession, period: float = 1.0) -> None:
+        """Sample the frame rate; end the session when its client has taken no media for idle_timeout."""
+        consumed, since = live.consumed_frames(), time.monotonic()
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            live.sample(now)
+            current = live.consumed_frames()
+            if current != consumed:
+                consumed, since = current, now
+            elif now - since >= self.idle_timeout:
+                self.end(live.id, f"no media consumed for {self.idle_timeout:g} s")
+                return
+
+
+async def _step(what: str, sid: str, action: Callable[[], Awaitable[object] | object]) -> None:
+    """Run one closing step; a failing step is logged and does not keep the others from running."""
+    try:
+        result = action()
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            await result
+    except Exception:
+        log.exception("session %s: closing %s failed", sid, what)
+
+
+async def close_live(live: LiveSession) -> None:
+    for task in live.tasks:
+        task.cancel()
+    await asyncio.gather(*live.tasks, return_exceptions=True)
+    await _step("voice", live.id, live.voice.close)
+    if live.recorder is not None:
+        await _step("recording", live.id, live.recorder.finish)
+    await _step("tracks", live.id, live.tracks.close)
+    await _step("peer connection", live.id, live.pc.close)
+    await _step("session", live.id, live.session.close)

@@ -1,0 +1,115 @@
+"""What the app creates once per process and shares between sessions: the engine, avatars, TTS, LLM, ASR.
+
+Each session gets its own Voice (a Speaker with its own Conversation history, or a RealtimeClient) on top.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from engines.base import Engine
+from engines.factory import create_engine
+from musetalk.avatar import Avatar, load_avatar, validate_avatar_id
+from pipeline.actions import ActionClip, load_actions
+from pipeline.session import Session
+from server.config import DEFAULT_REALTIME_URL, ServerConfig
+from server.voice import RealtimeVoice, Voice
+from voices.asr import Transcriber
+from voices.llm import ChatLLM, ChatModel, Conversation, LocalChatLLM
+from voices.realtime import RealtimeClient
+from voices.speaker import Speaker
+from voices.tts import TTS, PiperTTS
+
+log = logging.getLogger(__name__)
+
+
+def build_tts(config: ServerConfig) -> TTS | None:
+    """The configured TTS backend (None for realtime, which speaks by itself). Blocking (piper loads here)."""
+    if config.tts == "piper":
+        return PiperTTS()
+    if config.tts == "edgetts":
+        from voices.tts_edge import EdgeTTS
+
+        return EdgeTTS(config.REF_FILE) if config.REF_FILE else EdgeTTS()
+    if config.tts == "openai":
+        from voices.tts_http import OpenAITTS
+
+        base = config.TTS_SERVER or config.llm_base_url
+        assert base is not None  # checked when the options were parsed
+        return OpenAITTS(base, voice=config.REF_FILE or "alloy", api_key=config.llm_api_key)
+    if config.tts == "gpt-sovits":
+        from voices.tts_http import GPTSoVITSTTS
+
+        assert config.REF_FILE is not None
+        return GPTSoVITSTTS(config.TTS_SERVER or "http://127.0.0.1:9880", ref_audio_path=config.REF_FILE,
+                            prompt_text=config.REF_TEXT or "")
+    return None
+
+
+def build_llm(config: ServerConfig) -> ChatModel:
+    if config.llm_base_url:
+        return ChatLLM(config.llm_base_url, config.llm_model, config.llm_api_key)
+    return LocalChatLLM()  # loads its weights on the first chat, once per process
+
+
+class Services:
+    def __init__(self, config: ServerConfig, engine: Engine, tts: TTS | None, llm: ChatModel) -> None:
+        self.config = config
+        self.engine = engine
+        self.tts = tts
+        self.llm = llm
+        self._avatars: dict[str, tuple[Avatar, dict[int, ActionClip]]] = {}
+        self._avatar_lock = asyncio.Lock()
+        self._transcriber: Transcriber | None = None
+        self._asr_lock = asyncio.Lock()
+
+    @classmethod
+    async def create(cls, config: ServerConfig, engine: Engine | None = None) -> Services:
+        if engine is None:
+            engine = await asyncio.to_thread(create_engine, config.engine, config.models_dir, config.version,
+                                             config.batch_size, config.device)
+        tts = await asyncio.to_thread(build_tts, config)
+        services = cls(config, engine, tts, build_llm(config))
+        await services.avatar(config.avatar_id)  # a broken default avatar stops the start, not the first visitor
+        return services
+
+    async def avatar(self, avatar_id: str) -> tuple[Avatar, dict[int, ActionClip]]:
+        """A prepared avatar and its action clips, loaded and bound to the engine once (off the event loop).
+
+        ValueError: invalid id; AvatarNotFoundError: no such avatar; AvatarError: a damaged one."""
+        validate_avatar_id(avatar_id)
+        async with self._avatar_lock:
+            if avatar_id not in self._avatars:
+                self._avatars[avatar_id] = await asyncio.to_thread(self._load_avatar, avatar_id)
+            return self._avatars[avatar_id]
+
+    def _load_avatar(self, avatar_id: str) -> tuple[Avatar, dict[int, ActionClip]]:
+        avatar = load_avatar(avatar_id, self.config.avatars_dir)
+        actions = load_actions(avatar.path, avatar.frames.shape[1:3])
+        self.engine.bind(avatar)
+        return avatar, actions
+
+    def new_voice(self, session: Session) -> Voice:
+        """A per-session voice (must be called on the event loop)."""
+        c = self.config
+        if c.tts == "realtime":
+            url = c.TTS_SERVER or DEFAULT_REALTIME_URL
+            return RealtimeVoice(session, lambda: RealtimeClient(url, c.realtime_model, c.llm_api_key),
+                                 c.system_prompt, c.REF_FILE)
+        assert self.tts is not None
+        return Speaker(session, self.tts, Conversation(self.llm, c.system_prompt))
+
+    async def transcriber(self) -> Transcriber:
+        """The speech recogniser, loaded on first use (a few seconds), once per process."""
+        async with self._asr_lock:
+            if self._transcriber is None:
+                model_dir: Path | None = self.config.asr_model_dir
+                self._transcriber = await asyncio.to_thread(Transcriber, model_dir)
+            return self._transcriber
+
+    async def aclose(self) -> None:
+        for backend in (self.tts, self.llm):
+            aclose = getattr(backend, "aclose", None)
+            if aclose is not None:
+                await aclose()

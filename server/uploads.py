@@ -1,0 +1,100 @@
+"""Uploaded audio files (/humanaudio): read with a size cap, decoded off the event loop with bounded cost.
+
+PyAV (FFmpeg) reads every common format (wav, mp3, ogg/opus, flac, m4a, webm) and libswresample downmixes and
+resamples any rate in linear time, so a header claiming an odd rate cannot make resampling expensive. Decoding
+stops as soon as the audio passes the duration limit, so a small file that expands to hours costs little.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+
+import av
+import numpy as np
+from aiohttp import BodyPartReader, MultipartReader
+
+from pipeline.items import SAMPLE_RATE
+
+MIN_RATE, MAX_RATE = 1000, 384_000
+MAX_CHANNELS = 16
+_READ_CHUNK = 64 * 1024
+
+
+class UploadError(Exception):
+    """A bad upload; `status` is the HTTP status to answer with, the message is shown to the user."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def read_form(reader: MultipartReader, max_bytes: int) -> tuple[dict[str, str], bytes | None]:
+    """The text fields and the `file` part of a multipart form, reading at most `max_bytes` of file data."""
+    fields: dict[str, str] = {}
+    data: bytes | None = None
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise UploadError(400, "nested multipart forms are not supported")
+        if part.name == "file":
+            buf = bytearray()
+            while chunk := await part.read_chunk(_READ_CHUNK):
+                buf += chunk
+                if len(buf) > max_bytes:
+                    raise UploadError(413, f"the file is larger than {max_bytes // (1024 * 1024)} MB")
+            data = bytes(buf)
+        elif part.name:
+            value = await part.read(decode=True)
+            if len(value) > 4096:
+                raise UploadError(400, f"form field {part.name!r} is too long")
+            fields[part.name] = value.decode("utf-8", "replace")
+    return fields, data
+
+
+def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
+    """Any common audio file -> float32 mono 16 kHz (blocking: call it in a worker thread)."""
+    if not data:
+        raise UploadError(400, "the file is empty")
+    max_samples = int(max_seconds * SAMPLE_RATE)
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.audio:
+                raise UploadError(400, "the file has no audio stream")
+            stream = container.streams.audio[0]
+            rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
+            if not MIN_RATE <= (rate or 0) <= MAX_RATE:
+                raise UploadError(400, f"unsupported sample rate {rate} Hz (expected {MIN_RATE}..{MAX_RATE})")
+            if not 1 <= (channels or 0) <= MAX_CHANNELS:
+                raise UploadError(400, f"unsupported channel count {channels}")
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            parts: list[np.ndarray] = []
+            total = 0
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    parts.append(out.to_ndarray().reshape(-1))
+                    total += out.samples
+                if total > max_samples:
+                    raise UploadError(413, f"the audio is longer than {max_seconds:g} s")
+            for out in resampler.resample(None):
+                parts.append(out.to_ndarray().reshape(-1))
+                total += out.samples
+    except UploadError:
+        raise
+    except (av.FFmpegError, ValueError, EOFError, MemoryError) as e:
+        raise UploadError(400, f"cannot decode the audio file: {e}") from e
+    if total > max_samples:
+        raise UploadError(413, f"the audio is longer than {max_seconds:g} s")
+    if total == 0:
+        raise UploadError(400, "the file contains no audio samples")
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+class AudioDecoder:
+    """Decodes uploads in worker threads, a few at a time, so a burst of uploads cannot starve the sessions."""
+
+    def __init__(self, max_seconds: float, concurrency: int = 2) -> None:
+        self.max_seconds = max_seconds
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def decode(self, data: bytes) -> np.ndarray:
+        async with self._slots:
+            return await asyncio.to_thread(decode_audio, data, self.max_seconds)

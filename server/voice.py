@@ -1,0 +1,138 @@
+"""What a session speaks with: voices.speaker.Speaker (TTS + LLM), or RealtimeVoice (--tts realtime)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.items import Event
+from pipeline.session import Session
+from voices.realtime import AudioDelta, RealtimeClient, RealtimeError, ResponseDone, ServerError, TranscriptDelta
+
+log = logging.getLogger(__name__)
+
+
+class Voice(Protocol):
+    async def say(self, text: str) -> None: ...
+    def chat(self, text: str) -> asyncio.Task: ...
+    async def push_audio_file(self, pcm: np.ndarray, label: str = "") -> None: ...
+    async def interrupt(self) -> int: ...
+    async def close(self) -> None: ...
+
+
+class RealtimeVoice:
+    """The OpenAI Realtime API as the session's voice: text goes in, the answer's audio deltas go into the
+    session as they arrive (sentence_start with the first, sentence_end with the whole transcript when the
+    response is done), transcript deltas ride on the next audio as `subtitle` events, and interrupt cancels
+    the response. Connects on first use; failures become `llm_error` events."""
+
+    def __init__(self, session: Session, connect: Callable[[], RealtimeClient], instructions: str,
+                 voice: str | None = None) -> None:
+        self.session = session
+        self._new_client = connect
+        self._setup = {"instructions": instructions, "modalities": ["audio", "text"],
+                       **({"voice": voice} if voice else {})}
+        self._client: RealtimeClient | None = None
+        self._reader: asyncio.Task | None = None
+        self._connecting = asyncio.Lock()
+        self._playing = asyncio.Lock()  # one response or audio file goes into the session at a time
+        self._tasks: set[asyncio.Task] = set()
+        self._request_turn = 0
+        self._responding = False  # a response was asked for and is not done: there is something to cancel
+
+    async def say(self, text: str) -> None:
+        await self._request(lambda c: c.send({"type": "response.create", "response": {
+            "instructions": f"Say exactly the following text and nothing else: {text}"}}))
+
+    def chat(self, text: str) -> asyncio.Task:
+        task = asyncio.create_task(self._request(lambda c: c.send_text(text)), name="realtime-chat")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def push_audio_file(self, pcm: np.ndarray, label: str = "") -> None:
+        turn = self.session.turn
+        async with self._playing:
+            if await self.session.push_audio(pcm, [Event("sentence_start", label, turn)], turn):
+                await self.session.end_speech([Event("sentence_end", label, turn)], turn)
+
+    async def interrupt(self) -> int:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._client is not None and self._responding:
+            self._responding = False
+            with contextlib.suppress(RealtimeError):
+                await self._client.cancel()
+        return self.session.interrupt()
+
+    async def close(self) -> None:
+        tasks = [*self._tasks, *([self._reader] if self._reader else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
+
+    async def _request(self, send: Callable[[RealtimeClient], object]) -> None:
+        try:
+            client = await self._connected()
+            self._request_turn = self.session.turn
+            self._responding = True
+            await send(client)  # type: ignore[misc]
+        except RealtimeError as e:
+            self._fail(str(e))
+
+    async def _connected(self) -> RealtimeClient:
+        async with self._connecting:
+            if self._client is None or self._reader is None or self._reader.done():
+                if self._client is not None:
+                    await self._client.close()
+                client = self._new_client()
+                await client.connect()
+                await client.update_session(self._setup)
+                self._client = client
+                self._reader = asyncio.create_task(self._read(client), name="realtime-reader")
+            return self._client
+
+    async def _read(self, client: RealtimeClient) -> None:
+        turns: dict[str, int] = {}
+        transcripts: dict[str, str] = {}
+        subtitles: list[Event] = []
+        try:
+            async for ev in client.events():
+                if isinstance(ev, ServerError):
+                    self._fail(ev.message)
+                    continue
+                if isinstance(ev, TranscriptDelta):
+                    transcripts[ev.response_id] = transcripts.get(ev.response_id, "") + ev.text
+                    subtitles.append(Event("subtitle", ev.text, turns.get(ev.response_id, self._request_turn)))
+                    continue
+                turn = turns.get(ev.response_id)
+                if isinstance(ev, AudioDelta):
+                    events, subtitles = subtitles, []
+                    if turn is None:  # the response's first audio: it now owns the session's voice
+                        turn = turns[ev.response_id] = self._request_turn
+                        await self._playing.acquire()
+                        events.insert(0, Event("sentence_start", "", turn))
+                    await self.session.push_audio(ev.audio, events, turn)
+                elif isinstance(ev, ResponseDone):
+                    self._responding = False
+                    if turn is not None:
+                        end = Event("sentence_end", transcripts.pop(ev.response_id, ""), turn)
+                        await self.session.end_speech([*subtitles, end], turn)
+                        subtitles = []
+                        del turns[ev.response_id]
+                        self._playing.release()
+        except RealtimeError as e:
+            self._fail(str(e))
+        finally:
+            if turns and self._playing.locked():
+                self._playing.release()
+
+    def _fail(self, message: str) -> None:
+        log.warning("realtime: %s", message)
+        self.session.publish(Event("llm_error", message, self.session.turn))

@@ -1,0 +1,73 @@
+"""Microphone audio the page sends over its peer connection: VAD -> transcription -> chat, with barge-in.
+
+Events published to the session: `user_speech_start` (the VAD heard the user begin; if the avatar was
+speaking it is interrupted), `user_text` (the transcript, which is then sent to chat), `asr_error`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from pipeline.items import SAMPLE_RATE, Event
+from pipeline.session import Session
+from server.voice import Voice
+from voices.asr import SpeechStart, Transcriber, VADConfig, VoiceActivityDetector
+
+log = logging.getLogger(__name__)
+
+
+class VoiceInput:
+    def __init__(self, track: MediaStreamTrack, session: Session, voice: Voice,
+                 transcriber: Callable[[], Awaitable[Transcriber]], vad: VADConfig | None = None) -> None:
+        self.track = track
+        self.session = session
+        self.voice = voice
+        self._transcriber = transcriber
+        self._vad = VoiceActivityDetector(vad)
+        # libswresample: any rate / layout / sample format the decoder gives -> float32 mono 16 kHz
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        self._in_order = asyncio.Lock()  # utterances are transcribed and answered in the order spoken
+        self._pending: set[asyncio.Task] = set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    frame = await self.track.recv()
+                except MediaStreamError:
+                    return
+                for out in self._resampler.resample(frame):
+                    await self._feed(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+        finally:
+            for task in self._pending:
+                task.cancel()
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def _feed(self, pcm: np.ndarray) -> None:
+        for event in self._vad.push(pcm):
+            if isinstance(event, SpeechStart):
+                self.session.publish(Event("user_speech_start", "", self.session.turn))
+                if self.session.speaking:
+                    await self.voice.interrupt()  # barge-in
+            else:
+                task = asyncio.create_task(self._answer(event.audio), name="asr")
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+
+    async def _answer(self, audio: np.ndarray) -> None:
+        async with self._in_order:
+            try:
+                text = await (await self._transcriber()).transcribe(audio)
+            except Exception as e:  # a broken ASR model must not end the session
+                log.exception("transcription failed")
+                self.session.publish(Event("asr_error", f"speech recognition failed: {e}", self.session.turn))
+                return
+            if text:
+                self.session.publish(Event("user_text", text, self.session.turn))
+                self.voice.chat(text)

@@ -1,0 +1,202 @@
+"""The demo page in a real browser: headless Chromium connects to app.py over loopback WebRTC and the avatar
+speaks a typed sentence (sound, mouth movement and subtitle all seen by the browser)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from musetalk.avatar import load_avatar
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+    # Inside a loopback-only namespace: allow 127.0.0.1 candidates, and offer raw IPs instead of mDNS names
+    # (without multicast, gathering of mDNS candidates never completes).
+    "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+SENTENCE = "Hello from the browser test."
+
+# Mean grey level of a box of the <video>'s current frame, per pixel (row-major): what the viewer sees.
+GRAB_JS = """([x1, y1, x2, y2]) => {
+  const v = document.getElementById('video');
+  const w = x2 - x1, h = y2 - y1;
+  const c = document.createElement('canvas');
+  c.width = w; c.height = h;
+  const g = c.getContext('2d', {willReadFrequently: true});
+  g.drawImage(v, x1, y1, w, h, 0, 0, w, h);
+  const d = g.getImageData(0, 0, w, h).data;
+  const out = new Array(w * h);
+  for (let i = 0; i < w * h; i++) out[i] = (d[4 * i] + d[4 * i + 1] + d[4 * i + 2]) / 3;
+  return out;
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return json.loads(resp.read())
+
+
+@contextlib.contextmanager
+def running_server(log_path: Path, timeout: float = 45.0) -> Iterator[str]:
+    """app.py in a subprocess on a free loopback port; yields its base URL once /healthz answers."""
+    port = free_port()
+    cmd = [sys.executable, "app.py", "--listenport", str(port), "--host", "127.0.0.1", "--ice_host", "127.0.0.1"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"app.py exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            with contextlib.suppress(OSError):
+                if get_json(f"{base}/healthz").get("ok"):
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"app.py did not answer /healthz within {timeout} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # a clean shutdown closes sessions and joins worker threads
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def stats(page) -> dict:  # noqa: ANN001
+    return page.evaluate("window.avatarClient.stats()")
+
+
+def wait_until(page, predicate, timeout: float, what: str) -> dict:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while True:
+        s = stats(page)
+        if predicate(s):
+            return s
+        if time.monotonic() > deadline:
+            errors = page.locator("#errors").inner_text()
+            pytest.fail(f"timed out waiting for {what}; last stats {s}; page errors: {errors!r}")
+        page.wait_for_timeout(100)
+
+
+def block_change(a: np.ndarray, b: np.ndarray, size: int = 8) -> float:
+    """The largest change of mean brightness of a size x size block: lossy-codec noise averages out within a
+    block (a few grey levels), a mouth opening does not (tens)."""
+    h, w = (a.shape[0] // size) * size, (a.shape[1] // size) * size
+    means = [x[:h, :w].reshape(h // size, size, w // size, size).mean(axis=(1, 3)) for x in (a, b)]
+    return float(np.abs(means[0] - means[1]).max())
+
+
+def grab(page, box: tuple[int, int, int, int]) -> np.ndarray:  # noqa: ANN001
+    x1, y1, x2, y2 = box
+    return np.array(page.evaluate(GRAB_JS, list(box)), dtype=np.float64).reshape(y2 - y1, x2 - x1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing (apt-get install chromium)")
+def test_page_connects_plays_and_the_avatar_speaks(tmp_path: Path) -> None:
+    avatar = load_avatar("demo")
+    height, width = avatar.frames.shape[1:3]
+    x1, y1, x2, y2 = (int(v) for v in avatar.face_boxes[0])
+    mouth = (x1, (y1 + y2) // 2, x2, y2)
+    above_face = (x1, 0, x2, max(1, y1 - 4))  # nothing moves here, speech or not
+
+    console_errors: list[str] = []
+    with running_server(tmp_path / "server.log") as base, playwright_sync.sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 800})
+        try:
+            page = ctx.pages[0] if ctx.pages else ctx.new_page()
+            page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+            page.on("pageerror", lambda e: console_errors.append(str(e)))
+            page.goto(f"{base}/")
+            page.wait_for_function("window.avatarClient !== undefined")
+            page.click("#connect")
+
+            s = wait_until(page, lambda s: s["connectionState"] == "connected" and s["video"]
+                           and s["video"]["framesDecoded"] > 10 and s["playing"], 15, "video to play")
+            assert s["video"]["width"] == width and s["video"]["height"] == height
+            assert not s["muted"]  # autoplay with sound after the Connect click
+            t0, s0 = time.monotonic(), s
+            page.wait_for_timeout(2000)
+            s1 = stats(page)
+            dt = time.monotonic() - t0
+            fps = (s1["video"]["framesDecoded"] - s0["video"]["framesDecoded"]) / dt
+            audio_rate = (s1["audio"]["totalSamplesReceived"] - s0["audio"]["totalSamplesReceived"]) / dt
+            assert 20 <= fps <= 30, fps
+            assert 40_000 <= audio_rate <= 56_000, audio_rate  # 48 kHz Opus decoded
+            idle_energy = (s1["audio"]["totalAudioEnergy"] - s0["audio"]["totalAudioEnergy"]) / dt
+            idle_mouth, idle_above = grab(page, mouth), grab(page, above_face)
+
+            page.fill("#text", SENTENCE)
+            page.click("#send")
+            subtitles: set[str] = set()
+            max_level, max_mouth_change, max_above_change = 0.0, 0.0, 0.0
+            shot = tmp_path / "page.png"
+            e0, t_send = s1["audio"]["totalAudioEnergy"], time.monotonic()
+            deadline = t_send + 15
+            while time.monotonic() < deadline:
+                s = stats(page)
+                max_level = max(max_level, s["audio"]["audioLevel"])
+                max_mouth_change = max(max_mouth_change, block_change(grab(page, mouth), idle_mouth))
+                max_above_change = max(max_above_change, block_change(grab(page, above_face), idle_above))
+                if s["subtitle"]:
+                    if not subtitles:
+                        page.screenshot(path=str(shot))
+                    subtitles.add(s["subtitle"])
+                elif subtitles and not s["speaking"]:
+                    break  # the sentence was spoken and its subtitle went away
+                page.wait_for_timeout(80)
+            speech_energy = (s["audio"]["totalAudioEnergy"] - e0) / (time.monotonic() - t_send)
+
+            assert SENTENCE in subtitles, subtitles
+            assert s["replyMs"] is not None and s["replyMs"] < 5000
+            assert max_level > 0.05 and idle_energy < 1e-4, (max_level, idle_energy)
+            assert speech_energy > 20 * max(idle_energy, 1e-6), (speech_energy, idle_energy)
+            assert max_mouth_change > 40, max_mouth_change  # the mouth opened ...
+            assert max_above_change < 20, max_above_change  # ... and the rest of the picture stayed still
+            assert shot.exists()
+            assert page.locator("#errors").inner_text() == ""
+
+            page.click("#disconnect")
+            assert page.evaluate("window.avatarClient.state") == "idle"
+            assert page.locator("#conn-state").inner_text() == "disconnected"
+            deadline = time.monotonic() + 10
+            while get_json(f"{base}/healthz")["sessions"] and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert get_json(f"{base}/healthz")["sessions"] == 0  # the server ended the session
+        finally:
+            ctx.close()
+    assert console_errors == []
+    print(f"fps {fps:.1f}, audio {audio_rate:.0f} samples/s, reply {s['replyMs']:.0f} ms, mouth change "
+          f"{max_mouth_change:.1f}, screenshot {shot}")
+    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
