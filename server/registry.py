@@ -6,8 +6,9 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiortc import RTCPeerConnection
 
@@ -45,7 +46,14 @@ class LiveSession:
     voice: Voice
     created: float = field(default_factory=time.monotonic)
     recorder: Recorder | None = None
-    tasks: list[asyncio.Task] = field(default_factory=list)  # voice input, watchdog
+    tasks: set[asyncio.Task] = field(default_factory=set)  # watchdog, voice input, queued speech
+
+    def spawn(self, coro: Coroutine[Any, Any, object], name: str) -> asyncio.Task:
+        """Run `coro` for this session; it is cancelled when the session ends."""
+        task = asyncio.create_task(coro, name=f"{name}-{self.id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
     _samples: deque = field(default_factory=lambda: deque(maxlen=int(FPS_WINDOW_S) + 2))  # (time, ticks)
 
     def consumed_frames(self) -> int:
@@ -98,7 +106,7 @@ class SessionRegistry:
     def add(self, live: LiveSession) -> None:
         self._reserved.discard(live.id)
         self._sessions[live.id] = live
-        live.tasks.append(asyncio.create_task(self._watch(live), name=f"watch-{live.id}"))
+        live.spawn(self._watch(live), "watch")
 
     def end(self, session_id: str, reason: str) -> Awaitable[None]:
         """End a session (idempotent; safe to call from its own tasks and callbacks). Await to wait for it."""
@@ -145,9 +153,10 @@ async def _step(what: str, sid: str, action: Callable[[], Awaitable[object] | ob
 
 
 async def close_live(live: LiveSession) -> None:
-    for task in live.tasks:
+    tasks = list(live.tasks)
+    for task in tasks:
         task.cancel()
-    await asyncio.gather(*live.tasks, return_exceptions=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
     await _step("voice", live.id, live.voice.close)
     if live.recorder is not None:
         await _step("recording", live.id, live.recorder.finish)

@@ -11,8 +11,9 @@ const SUBTITLE_LINGER_MS = 1200;     // keep a finished sentence on screen brief
 const $ = (id) => document.getElementById(id);
 
 class ApiError extends Error {
-  constructor(message, status) {
-    super(message);
+  constructor(path, detail, status) {
+    super(`${path}: ${detail}`);
+    this.detail = detail;
     this.status = status;
   }
 }
@@ -29,7 +30,7 @@ async function api(path, body) {
       body: isForm ? body : JSON.stringify(body),
     });
   } catch (e) {
-    throw new ApiError(`Network error on ${path}: ${e.message}. Is the server running?`, 0);
+    throw new ApiError(path, `network error (${e.message}). Is the server running?`, 0);
   }
   let json = null;
   try {
@@ -40,7 +41,7 @@ async function api(path, body) {
   const code = json && typeof json.code === "number" ? json.code : 0;
   if (!resp.ok || code !== 0 || json === null) {
     const detail = (json && (json.msg || json.message)) || `${resp.status} ${resp.statusText}`.trim();
-    throw new ApiError(`${path}: ${detail}`, resp.status);
+    throw new ApiError(path, detail, resp.status);
   }
   return json;
 }
@@ -137,6 +138,7 @@ class AvatarClient {
     this.video = video;
     this.state = "idle";
     this.pc = null;
+    this.stream = null;         // the <video>'s MediaStream: the received tracks
     this.sessionId = null;
     this.events = null;
     this.mic = null;            // MediaStream from getUserMedia, when the microphone is used
@@ -150,6 +152,7 @@ class AvatarClient {
     this.sentAt = null;         // when the last text was sent (reply latency)
     this.replyMs = null;
     this.subtitleTimer = null;
+    this.sentenceLogged = false;  // the current sentence is already in the transcript
     this.generation = 0;        // bumps on every connect/disconnect: late callbacks of an old one are ignored
   }
 
@@ -196,7 +199,9 @@ class AvatarClient {
       });
     } catch (e) {
       if (gen !== this.generation) return;
-      const text = e instanceof ApiError ? `Connection refused by the server: ${e.message}` : `Connect failed: ${e.message}`;
+      const text = e instanceof ApiError && e.status !== 0
+        ? `The server refused the connection: ${e.detail}`
+        : `Connect failed: ${e instanceof ApiError ? e.detail : e.message}`;
       this.fail(text);
     }
   }
@@ -360,17 +365,30 @@ class AvatarClient {
       }
       this.setSpeaking(true);
       this.showSubtitle(text);
+      this.sentenceLogged = Boolean(text);
       if (text) ui.transcript(text, "avatar");
+    } else if (kind === "subtitle") {
+      // Streamed speech (realtime API): the words arrive as deltas while the sentence plays.
+      this.showSubtitle(this.subtitle + text);
     } else if (kind === "end") {
+      if (text && !this.sentenceLogged) ui.transcript(text, "avatar");
+      this.sentenceLogged = true;
       clearTimeout(this.subtitleTimer);
       this.subtitleTimer = setTimeout(() => {
         this.showSubtitle("");
         this.setSpeaking(false);
       }, SUBTITLE_LINGER_MS);
+    } else if (kind === "user_speech_start") {
+      this.showSubtitle("");  // the user barged in: the avatar stops
     } else if (kind === "user_text") {
       if (text) ui.transcript(text, "user");
+      this.sentAt = performance.now();
     } else if (kind.endsWith("error")) {
-      const what = { tts_error: "Speech synthesis failed", llm_error: "The language model failed" }[kind] || kind;
+      const what = {
+        tts_error: "Speech synthesis failed",
+        llm_error: "The language model failed",
+        asr_error: "Speech recognition failed",
+      }[kind] || kind;
       ui.message(text ? `${what}: ${text}` : what);
       this.sentAt = null;
     }

@@ -20,10 +20,7 @@ import pytest
 
 from musetalk.avatar import load_avatar
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
-
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -121,8 +118,9 @@ def grab(page, box: tuple[int, int, int, int]) -> np.ndarray:  # noqa: ANN001
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing (apt-get install chromium)")
-def test_page_connects_plays_and_the_avatar_speaks(tmp_path: Path) -> None:
+def test_page_connects_plays_and_the_avatar_speaks(tmp_path: Path, chromium: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
     avatar = load_avatar("demo")
     height, width = avatar.frames.shape[1:3]
     x1, y1, x2, y2 = (int(v) for v in avatar.face_boxes[0])
@@ -130,9 +128,9 @@ def test_page_connects_plays_and_the_avatar_speaks(tmp_path: Path) -> None:
     above_face = (x1, 0, x2, max(1, y1 - 4))  # nothing moves here, speech or not
 
     console_errors: list[str] = []
-    with running_server(tmp_path / "server.log") as base, playwright_sync.sync_playwright() as pw:
+    with running_server(tmp_path / "server.log") as base, sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+            str(tmp_path / "profile"), executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS,
             viewport={"width": 1280, "height": 800})
         try:
             page = ctx.pages[0] if ctx.pages else ctx.new_page()

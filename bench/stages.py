@@ -1,0 +1,222 @@
+"""Per-frame cost of each stage at 512x512 on this machine, medians over repeats.
+
+    .venv/bin/python -m bench.stages [--no-full] [--threads 2]
+
+a. compositor: BlendPlan.apply on the demo avatar, and the lite engine's face render (LiteRenderer.face)
+b. VP8 encode of a 512x512 frame with aiortc's own encoder (VideoFrame.from_ndarray separately)
+   target: compositor + VP8 encode <= 12 ms per frame
+c. whisper features: StreamingFeatures, whisper-tiny dims, random init, B=8 window (per call, per 20 ms step)
+d. MuseTalk UNet + VAE decode (infer_faces): reduced (tiny) config at B=1,4,8 and, unless --no-full, one B=1
+   batch of the full-size config (random weights, CPU fp32: a one-off, ~5 s per frame)
+"""
+from __future__ import annotations
+
+import argparse
+import fractions
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from aiortc.codecs import get_encoder
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from av import VideoFrame
+
+from bench.common import machine
+from engines.lite import LiteEngine, LiteRenderer
+from musetalk.audio_features import StreamingFeatures
+from musetalk.avatar import Avatar, ensure_demo, load_avatar
+from musetalk.config import unet_config, vae_config
+from musetalk.inference import AUDIO_TOKENS, LATENT_CHANNELS, infer_faces
+from musetalk.models import FEATURE_DIM, MuseTalkModels, PositionalEncoding, build_unet, build_vae, load_models
+from musetalk.whisper import build_encoder, whisper_tiny_config
+from testing.tiny_models import write_tiny_layout
+
+FRAME_MS = 40.0  # one video frame at 25 fps
+STEP_MS = 20.0  # one whisper step = one audio frame
+TARGET_COMPOSE_ENCODE_MS = 12.0
+OPENINGS = np.linspace(0.0, 1.0, 11)  # lite mouth openings cycled through, so frames differ like speech
+
+
+@dataclass
+class Row:
+    stage: str
+    calls_ms: list[float]
+    units_per_call: int = 1  # frames (or steps) one call produces
+    unit: str = "frame"
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.calls_ms))
+
+    @property
+    def per_unit(self) -> float:
+        return self.median / self.units_per_call
+
+    def line(self) -> str:
+        budget = FRAME_MS if self.unit == "frame" else STEP_MS
+        return (f"| {self.stage:<52} | {self.median:10.2f} | {np.percentile(self.calls_ms, 90):8.2f} | "
+                f"{len(self.calls_ms):3d} | {self.units_per_call:2d} {self.unit:<5} | {self.per_unit:10.2f} | "
+                f"{self.per_unit / budget:8.3f} |")
+
+
+HEADER = ("| stage                                                | median/call | p90 ms |   n | per call | ms per unit "
+          "| x budget |\n|" + "|".join("-" * w for w in (54, 12, 10, 5, 10, 12, 10)) + "|\n"
+          "(x budget: ms per unit / 40 ms per frame or 20 ms per step; above 1 cannot keep real time on one core)")
+
+
+def timed(fn: Callable[[int], object], repeats: int, warmup: int = 3) -> list[float]:
+    """Wall ms of fn(i) for i = 0..repeats-1, after `warmup` untimed calls."""
+    for i in range(warmup):
+        fn(i)
+    out = []
+    for i in range(repeats):
+        started = time.perf_counter()
+        fn(i)
+        out.append(1000.0 * (time.perf_counter() - started))
+    return out
+
+
+# ------------------------------------------------------------------------------------- a + b: frame path
+
+def compositor_rows(avatar: Avatar, repeats: int) -> tuple[list[Row], list[np.ndarray]]:
+    """Rows for the face render and the paste-back, and the composited frames (inputs of the encoder bench)."""
+    renderer = LiteRenderer(LiteEngine().bind(avatar))
+    plan = avatar.blend_plan(0)
+    frame = np.asarray(avatar.frames[0])
+    faces = [renderer.face(0, float(o)) for o in OPENINGS]
+    composed = [plan.apply(frame, f) for f in faces]
+    rows = [
+        Row("lite face render (LiteRenderer.face, 256x256)",
+            timed(lambda i: renderer.face(0, float(OPENINGS[i % len(OPENINGS)])), repeats)),
+        Row(f"compositor (BlendPlan.apply, {frame.shape[1]}x{frame.shape[0]})",
+            timed(lambda i: plan.apply(frame, faces[i % len(faces)]), repeats)),
+    ]
+    return rows, composed
+
+
+def vp8_rows(frames: list[np.ndarray], repeats: int) -> list[Row]:
+    """aiortc's VP8 encoder on a stream of moving-mouth frames, as the sender feeds it (one frame per tick)."""
+    encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96))
+    time_base = fractions.Fraction(1, 90000)
+    pts = iter(range(0, 3600 * 10**6, 3600))
+
+    def to_video_frame(i: int) -> VideoFrame:
+        vf = VideoFrame.from_ndarray(frames[i % len(frames)], format="bgr24")
+        vf.pts, vf.time_base = next(pts), time_base
+        return vf
+
+    ready = [to_video_frame(i) for i in range(repeats + 10)]  # encode timed alone, on prepared frames
+    encode_only = timed(lambda i: encoder.encode(ready[i + 10 if i < repeats else i]), repeats, warmup=10)
+    both = timed(lambda i: encoder.encode(to_video_frame(i)), repeats)
+    return [
+        Row("VideoFrame.from_ndarray(bgr24)", timed(to_video_frame, repeats)),
+        Row("VP8 encode (aiortc Vp8Encoder.encode, incl. yuv420p)", encode_only),
+        Row("from_ndarray + VP8 encode", both),
+    ]
+
+
+# ------------------------------------------------------------------------------------- c: whisper features
+
+def whisper_row(repeats: int, batch: int = 8) -> Row:
+    torch.manual_seed(0)
+    feats = StreamingFeatures(build_encoder(whisper_tiny_config()), "v15", batch_frames=batch)
+    first = 100  # mid-utterance: a full left context, no edge padding
+    start, end = feats.window(first)
+    audio = (0.1 * np.random.default_rng(0).standard_normal(end - start)).astype(np.float32)
+
+    def call(_: int) -> None:
+        with torch.inference_mode():
+            feats.chunks(audio, first)
+
+    steps = 2 * batch  # each video frame carries two 20 ms audio frames
+    return Row(f"whisper features, StreamingFeatures B={batch} window ({(end - start) / 16:.0f} ms audio)",
+               timed(call, repeats, warmup=1), steps, "step")
+
+
+# ------------------------------------------------------------------------------------- d: UNet + VAE decode
+
+def infer_row(models: MuseTalkModels, batch: int, repeats: int, warmup: int, label: str) -> Row:
+    gen = torch.Generator().manual_seed(batch)
+    feats = torch.randn(batch, AUDIO_TOKENS, FEATURE_DIM, generator=gen)
+    latents = torch.randn(batch, LATENT_CHANNELS, 32, 32, generator=gen)
+    return Row(f"{label} UNet + VAE decode (infer_faces) B={batch}",
+               timed(lambda _: infer_faces(models, feats, latents), repeats, warmup), batch, "frame")
+
+
+def tiny_rows(batches: list[int], repeats: int) -> list[Row]:
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tiny_layout(Path(tmp), whisper=False)
+        models = load_models(Path(tmp), "v15", device="cpu")
+    return [infer_row(models, b, repeats, 2, "tiny") for b in batches]
+
+
+def full_row(repeats: int) -> Row:
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    unet = build_unet(unet_config()).eval().requires_grad_(False)
+    vae = build_vae(vae_config()).eval().requires_grad_(False)
+    print(f"   full-size UNet + VAE built with random weights in {time.perf_counter() - started:.1f} s "
+          f"({sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M + {sum(p.numel() for p in vae.parameters()) / 1e6:.0f}M"
+          f" parameters)", flush=True)
+    models = MuseTalkModels(unet, vae, PositionalEncoding().eval(), torch.device("cpu"), torch.float32, "v15")
+    return infer_row(models, 1, repeats, 1, "FULL (random weights, CPU fp32)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=200, help="timed calls for the per-frame stages")
+    parser.add_argument("--model-repeats", type=int, default=10, help="timed calls for whisper and the tiny model")
+    parser.add_argument("--full-repeats", type=int, default=2, help="timed B=1 calls of the full model")
+    parser.add_argument("--no-full", action="store_true", help="skip the full-size model (saves ~30 s and 4 GB)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, fp32 on CPU; "
+          f"OpenCV/libvpx at their defaults", flush=True)
+    ensure_demo(progress=False)
+    avatar = load_avatar("demo")
+
+    rows, composed = compositor_rows(avatar, args.repeats)
+    rows += vp8_rows(composed, args.repeats)
+    by_name = {r.stage: r for r in rows}
+    compose = by_name[rows[1].stage].per_unit
+    encode = by_name["from_ndarray + VP8 encode"].per_unit
+    rows.append(whisper_row(args.model_repeats))
+    rows += tiny_rows([1, 4, 8], args.model_repeats)
+    if not args.no_full:
+        print("   building the full-size model ...", flush=True)
+        rows.append(full_row(args.full_repeats))
+
+    print(HEADER)
+    for r in rows:
+        print(r.line())
+
+    render = rows[0].per_unit
+    total = compose + encode
+    print(f"\ncompositor + VP8 encode (incl. from_ndarray): {compose:.2f} + {encode:.2f} = {total:.2f} ms per frame "
+          f"= {total / TARGET_COMPOSE_ENCODE_MS:.2f}x the {TARGET_COMPOSE_ENCODE_MS:g} ms target "
+          f"({'met' if total <= TARGET_COMPOSE_ENCODE_MS else 'MISSED'}); {total / FRAME_MS:.2f} of a 40 ms frame")
+    print(f"lite frame path (face render + compositor + VP8): {render + total:.2f} ms per frame "
+          f"= {(render + total) / FRAME_MS:.2f} of one core at 25 fps -> ~{FRAME_MS / (render + total):.1f} streams "
+          f"per core before RTP/Opus/asyncio overhead")
+    whisper = next(r for r in rows if r.unit == "step")
+    print(f"whisper features: {whisper.median:.1f} ms per B=8 call = {whisper.per_unit:.2f} ms per 20 ms step "
+          f"({whisper.per_unit / STEP_MS:.2f}x real time; the encoder always runs a 30 s input)")
+    tiny = [r for r in rows if r.stage.startswith("tiny")]
+    print("tiny UNet+VAE per frame: " + ", ".join(f"B={r.units_per_call}: {r.per_unit:.1f} ms "
+                                                  f"({r.per_unit / tiny[0].per_unit:.2f}x B=1)" for r in tiny))
+    if not args.no_full:
+        full = rows[-1]
+        print(f"FULL model B=1 (CPU fp32, random weights): {full.per_unit / 1000:.2f} s per frame = "
+              f"{full.per_unit / FRAME_MS:.0f}x slower than 25 fps; {full.per_unit / tiny[0].per_unit:.0f}x the tiny "
+              f"config")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""The HTTP API, LiveTalking-compatible: same routes, fields and `{code, msg, data}` bodies, plus real HTTP
+status codes on errors (400 bad input, 404 unknown session/avatar, 413 too large, 503 session limit)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiortc import RTCPeerConnection
+
+from musetalk.avatar import AvatarError, AvatarNotFoundError
+from pipeline.items import Event
+from pipeline.session import Session
+from server.media import SessionTracks
+from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from server.metrics import render as render_metrics
+from server.recording import Recorder, record_path
+from server.registry import LiveSession, SessionLimitError
+from server.state import STATE, AppState
+from server.uploads import UploadError, read_form
+from server.voice_input import VoiceInput, drain
+from server.webrtc import answer
+
+log = logging.getLogger(__name__)
+
+SSE_HEARTBEAT_S = 15.0
+_TRUE = (True, 1, "true", "1", "yes", "on")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def ok(data: Any = None) -> web.Response:
+    body: dict[str, Any] = {"code": 0, "msg": "ok"}
+    if data is not None:
+        body["data"] = data
+    return web.json_response(body)
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"code": -1, "msg": message}, status=status)
+
+
+# ------------------------------------------------------------------------------------------------- input
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+def session_id_of(value: object) -> str:
+    """LiveTalking clients send the id as a string (current pages) or a number (classic pages, tools)."""
+    if isinstance(value, bool) or value is None or value == "":
+        raise ApiError(400, "'sessionid' is required")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, (str, int)):
+        raise ApiError(400, "'sessionid' must be a string or a number")
+    return str(value).strip()
+
+
+def live_session(state: AppState, value: object) -> LiveSession:
+    live = state.registry.get(session_id_of(value))
+    if live is None:
+        raise ApiError(404, "session not found")
+    return live
+
+
+def text_field(state: AppState, body: dict[str, Any]) -> str:
+    text = body.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "'text' must be a non-empty string")
+    if len(text) > state.config.max_text_chars:
+        raise ApiError(413, f"'text' is longer than {state.config.max_text_chars} characters")
+    return text
+
+
+# ------------------------------------------------------------------------------------------------- routes
+
+async def offer(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await json_body(request)
+    sdp, kind = body.get("sdp"), body.get("type")
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise ApiError(400, "'sdp' (the offer's SDP text) is required")
+    if kind != "offer":
+        raise ApiError(400, "'type' must be \"offer\"")
+    avatar_id = body.get("avatar") or state.config.avatar_id
+    if not isinstance(avatar_id, str):
+        raise ApiError(400, "'avatar' must be a string (an avatar id)")
+    try:
+        sid = state.registry.reserve()
+    except SessionLimitError as e:
+        raise ApiError(503, str(e)) from e
+    try:
+        live, local = await _open_session(state, sid, sdp, avatar_id)
+    finally:
+        state.registry.release(sid)
+    return web.json_response({"sdp": local.sdp, "type": local.type, "sessionid": sid, "code": 0, "msg": "ok"})
+
+
+async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str):  # noqa: ANN202
+    try:
+        avatar, actions = await state.services.avatar(avatar_id)
+    except ValueError as e:
+        raise ApiError(400, str(e)) from e
+    except AvatarNotFoundError as e:
+        raise ApiError(404, f"avatar {avatar_id!r} not found") from e
+    except AvatarError as e:
+        raise ApiError(500, str(e)) from e
+    session = Session(sid, avatar, state.services.engine, actions)
+    tracks = SessionTracks(session)
+    pc = RTCPeerConnection(state.ice.configuration())
+    microphones = []
+    pc.on("track", lambda track: microphones.append(track) if track.kind == "audio" else None)
+    try:
+        local = await answer(pc, sdp, "offer", [tracks.audio, tracks.video])
+    except Exception as e:  # aiortc raises assorted errors for SDP it cannot parse or use
+        tracks.close()
+        await pc.close()
+        await session.close()
+        raise ApiError(400, f"cannot use the offer SDP: {e or type(e).__name__}") from e
+    live = LiveSession(sid, session, tracks, pc, state.services.new_voice(session))
+    await session.start()
+    state.registry.add(live)
+    for mic in microphones:
+        if state.config.asr:
+            live.spawn(VoiceInput(mic, session, live.voice, state.services.transcriber).run(), "voice-input")
+        else:
+            live.spawn(drain(mic), "drain-mic")
+
+    @pc.on("connectionstatechange")
+    def on_state() -> None:
+        if pc.connectionState in ("failed", "closed"):
+            state.registry.end(sid, f"peer connection {pc.connectionState}")
+
+    return live, local
+
+
+async def human(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await json_body(request)
+    live = live_session(state, body.get("sessionid"))
+    text = text_field(state, body)
+    kind = body.get("type")
+    if kind not in ("echo", "chat"):
+        raise ApiError(400, "'type' must be \"echo\" (speak the text) or \"chat\" (answer it)")
+    if body.get("interrupt") in _TRUE:
+        await live.voice.interrupt()
+    if kind == "echo":
+        live.spawn(live.voice.say(text), "say")  # queuing may wait behind earlier sentences: not in the request
+    else:
+        live.voice.chat(text)
+    return ok()
+
+
+async def human_audio(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if not request.content_type.startswith("multipart/"):
+        raise ApiError(400, "send the audio as multipart/form-data with fields 'file' and 'sessionid'")
+    limit = state.config.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit + 64 * 1024:
+        raise ApiError(413, f"the upload is larger than {limit // (1024 * 1024)} MB")
+    try:
+        fields, data = await read_form(await request.multipart(), limit)
+    except UploadError as e:
+        raise ApiError(e.status, str(e)) from e
+    except ValueError as e:  # malformed multipart framing
+        raise ApiError(400, f"malformed multipart form: {e}") from e
+    live = live_session(state, fields.get("sessionid"))
+    if data is None:
+        raise ApiError(400, "the form has no 'file' field")
+    try:
+        pcm = await state.decoder.decode(data)
+    except UploadError as e:
+        raise ApiError(e.status, str(e)) from e
+    live.spawn(live.voice.push_audio_file(pcm), "audio-file")
+    return ok({"seconds": round(len(pcm) / 16000, 3)})
+
+
+async def interrupt_talk(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    live = live_session(state, (await json_body(request)).get("sessionid"))
+    await live.voice.interrupt()
+    return ok()
+
+
+async def is_speaking(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    live = live_session(state, (await json_body(request)).get("sessionid"))
+    return ok(live.session.speaking)
+
+
+async def set_audiotype(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await json_body(request)
+    live = live_session(state, body.get("sessionid"))
+    value = body.get("audiotype")
+    try:
+        audiotype = int(value) if not isinstance(value, bool) and isinstance(value, (int, str)) else None
+    except ValueError:
+        audiotype = None
+    if audiotype is None:
+        raise ApiError(400, "'audiotype' must be an integer")
+    try:
+        live.session.set_audiotype(audiotype)
+    except KeyError as e:
+        have = ", ".join(str(k) for k in sorted(live.session.actions)) or "none"
+        raise ApiError(400, f"avatar {live.session.avatar.avatar_id!r} has no action clip {audiotype} "
+                            f"(available: {have})") from e
+    return ok()
+
+
+async def record(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await json_body(request)
+    live = live_session(state, body.get("sessionid"))
+    kind = body.get("type")
+    if kind == "start_record":
+        if live.recorder is not None:
+            raise ApiError(400, "already recording")
+        live.recorder = Recorder(live.session, record_path(state.config.records_dir, live.id))
+        live.recorder.start()
+        return ok()
+    if kind == "end_record":
+        recorder, live.recorder = live.recorder, None
+        if recorder is None:
+            raise ApiError(400, "not recording (send type start_record first)")
+        try:
+            await recorder.finish()
+        except RuntimeError as e:
+            raise ApiError(500, str(e)) from e
+        return ok({"url": f"/record/{live.id}"})
+    raise ApiError(400, "'type' must be \"start_record\" or \"end_record\"")
+
+
+async def download_record(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    try:
+        path = record_path(state.config.records_dir, request.match_info["sessionid"])
+    except ValueError as e:
+        raise ApiError(400, str(e)) from e
+    if not path.is_file():
+        raise ApiError(404, "Record not found")
+    return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{path.name}"'})
+
+
+def sse_data(event: Event) -> dict[str, Any]:
+    """LiveTalking's eventpoint format for sentences; other events carry their name."""
+    if event.name == "sentence_start":
+        return {"status": "start", "text": event.text}
+    if event.name == "sentence_end":
+        return {"status": "end", "text": event.text}
+    return {"event": event.name, "text": event.text}
+
+
+async def sse(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    live = live_session(state, request.query.get("sessionid"))
+    queue = live.session.subscribe()
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    try:
+        await resp.prepare(request)
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), SSE_HEARTBEAT_S)
+            except asyncio.TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            if event is None:  # the session ended
+                break
+            await resp.write(f"data: {json.dumps(sse_data(event), ensure_ascii=False)}\n\n".encode())
+    except (ConnectionResetError, ConnectionError):
+        pass  # the client went away
+    finally:
+        live.session.unsubscribe(queue)
+    return resp
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response({"ok": True, "sessions": len(state.registry), "max_session": state.registry.max_sessions,
+                              "engine": state.services.engine.describe()})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    text = render_metrics(state.registry, state.registry.max_sessions, state.services.engine.describe())
+    return web.Response(body=text.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+def setup_routes(app: web.Application, web_dir) -> None:  # noqa: ANN001
+    r = app.router
+    r.add_post("/offer", offer)
+    r.add_post("/human", human)
+    r.add_post("/humanaudio", human_audio)
+    r.add_post("/interrupt_talk", interrupt_talk)
+    r.add_post("/is_speaking", is_speaking)
+    r.add_post("/set_audiotype", set_audiotype)
+    r.add_post("/record", record)
+    r.add_get("/record/{sessionid}", download_record)
+    r.add_get("/sse", sse)
+    r.add_get("/healthz", healthz)
+    r.add_get("/metrics", metrics)
+
+    async def index(request: web.Request) -> web.StreamResponse:
+        page = web_dir / "index.html"
+        if not page.is_file():
+            return web.Response(text=f"The demo page is missing ({page}); the API is served.", status=404)
+        return web.FileResponse(page)
+
+    r.add_get("/", index)
+    if web_dir.is_dir():
+        r.add_static("/", web_dir)
