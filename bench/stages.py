@@ -56,16 +56,26 @@ class Row:
     def per_unit(self) -> float:
         return self.median / self.units_per_call
 
-    def line(self) -> str:
+    def cells(self) -> list[str]:
         budget = FRAME_MS if self.unit == "frame" else STEP_MS
-        return (f"| {self.stage:<52} | {self.median:10.2f} | {np.percentile(self.calls_ms, 90):8.2f} | "
-                f"{len(self.calls_ms):3d} | {self.units_per_call:2d} {self.unit:<5} | {self.per_unit:10.2f} | "
-                f"{self.per_unit / budget:8.3f} |")
+        return [self.stage, f"{self.median:.2f}", f"{np.percentile(self.calls_ms, 90):.2f}", str(len(self.calls_ms)),
+                f"{self.units_per_call} {self.unit}", f"{self.per_unit:.2f}", f"{self.per_unit / budget:.3f}"]
 
 
-HEADER = ("| stage                                                | median/call | p90 ms |   n | per call | ms per unit "
-          "| x budget |\n|" + "|".join("-" * w for w in (54, 12, 10, 5, 10, 12, 10)) + "|\n"
-          "(x budget: ms per unit / 40 ms per frame or 20 ms per step; above 1 cannot keep real time on one core)")
+COLUMNS = ["stage", "median ms/call", "p90 ms", "n", "per call", "ms per unit", "x budget"]
+
+
+def table(rows: list[Row]) -> str:
+    cells = [COLUMNS] + [r.cells() for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+
+    def line(c: list[str]) -> str:
+        return "| " + " | ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths))) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), rule, *map(line, cells[1:]),
+                      "(x budget: ms per unit / 40 ms per frame or 20 ms per step; above 1 cannot keep real time "
+                      "on one core)"])
 
 
 def timed(fn: Callable[[int], object], repeats: int, warmup: int = 3) -> list[float]:
@@ -109,8 +119,8 @@ def vp8_rows(frames: list[np.ndarray], repeats: int) -> list[Row]:
         vf.pts, vf.time_base = next(pts), time_base
         return vf
 
-    ready = [to_video_frame(i) for i in range(repeats + 10)]  # encode timed alone, on prepared frames
-    encode_only = timed(lambda i: encoder.encode(ready[i + 10 if i < repeats else i]), repeats, warmup=10)
+    ready = iter([to_video_frame(i) for i in range(repeats + 10)])  # encode timed alone, on prepared frames
+    encode_only = timed(lambda _: encoder.encode(next(ready)), repeats, warmup=10)
     both = timed(lambda i: encoder.encode(to_video_frame(i)), repeats)
     return [
         Row("VideoFrame.from_ndarray(bgr24)", timed(to_video_frame, repeats)),
@@ -133,25 +143,40 @@ def whisper_row(repeats: int, batch: int = 8) -> Row:
             feats.chunks(audio, first)
 
     steps = 2 * batch  # each video frame carries two 20 ms audio frames
-    return Row(f"whisper features, StreamingFeatures B={batch} window ({(end - start) / 16:.0f} ms audio)",
+    return Row(f"whisper, StreamingFeatures B={batch} ({(end - start) / 16:.0f} ms window)",
                timed(call, repeats, warmup=1), steps, "step")
 
 
 # ------------------------------------------------------------------------------------- d: UNet + VAE decode
 
-def infer_row(models: MuseTalkModels, batch: int, repeats: int, warmup: int, label: str) -> Row:
+def infer_call(models: MuseTalkModels, batch: int) -> Callable[[int], object]:
     gen = torch.Generator().manual_seed(batch)
     feats = torch.randn(batch, AUDIO_TOKENS, FEATURE_DIM, generator=gen)
     latents = torch.randn(batch, LATENT_CHANNELS, 32, 32, generator=gen)
-    return Row(f"{label} UNet + VAE decode (infer_faces) B={batch}",
-               timed(lambda _: infer_faces(models, feats, latents), repeats, warmup), batch, "frame")
+    return lambda _: infer_faces(models, feats, latents)
+
+
+def infer_label(label: str, batch: int) -> str:
+    return f"{label} UNet + VAE decode (infer_faces) B={batch}"
 
 
 def tiny_rows(batches: list[int], repeats: int) -> list[Row]:
+    """Batch sizes interleaved round by round, so a burst of load from other processes hits them alike.
+
+    The first calls of each new input shape are slow (seconds: oneDNN builds its kernels per shape), hence the
+    warm-up of every shape before the timed rounds.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         write_tiny_layout(Path(tmp), whisper=False)
         models = load_models(Path(tmp), "v15", device="cpu")
-    return [infer_row(models, b, repeats, 2, "tiny") for b in batches]
+    calls = {b: infer_call(models, b) for b in batches}
+    times: dict[int, list[float]] = {b: [] for b in batches}
+    for b in batches:
+        timed(calls[b], 0, warmup=3)
+    for _ in range(repeats):
+        for b in batches:
+            times[b] += timed(calls[b], 1, warmup=0)
+    return [Row(infer_label("tiny", b), times[b], b, "frame") for b in batches]
 
 
 def full_row(repeats: int) -> Row:
@@ -163,7 +188,7 @@ def full_row(repeats: int) -> Row:
           f"({sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M + {sum(p.numel() for p in vae.parameters()) / 1e6:.0f}M"
           f" parameters)", flush=True)
     models = MuseTalkModels(unet, vae, PositionalEncoding().eval(), torch.device("cpu"), torch.float32, "v15")
-    return infer_row(models, 1, repeats, 1, "FULL (random weights, CPU fp32)")
+    return Row(infer_label("FULL (random weights, CPU fp32)", 1), timed(infer_call(models, 1), repeats, warmup=1))
 
 
 def main() -> None:
@@ -184,20 +209,15 @@ def main() -> None:
 
     rows, composed = compositor_rows(avatar, args.repeats)
     rows += vp8_rows(composed, args.repeats)
-    by_name = {r.stage: r for r in rows}
-    compose = by_name[rows[1].stage].per_unit
-    encode = by_name["from_ndarray + VP8 encode"].per_unit
+    render, compose, encode = rows[0].per_unit, rows[1].per_unit, rows[-1].per_unit
     rows.append(whisper_row(args.model_repeats))
     rows += tiny_rows([1, 4, 8], args.model_repeats)
     if not args.no_full:
         print("   building the full-size model ...", flush=True)
         rows.append(full_row(args.full_repeats))
 
-    print(HEADER)
-    for r in rows:
-        print(r.line())
+    print(table(rows))
 
-    render = rows[0].per_unit
     total = compose + encode
     print(f"\ncompositor + VP8 encode (incl. from_ndarray): {compose:.2f} + {encode:.2f} = {total:.2f} ms per frame "
           f"= {total / TARGET_COMPOSE_ENCODE_MS:.2f}x the {TARGET_COMPOSE_ENCODE_MS:g} ms target "

@@ -109,7 +109,7 @@ class SessionRegistry:
         live.spawn(self._watch(live), "watch")
 
     def end(self, session_id: str, reason: str) -> Awaitable[None]:
-        """End a session (idempotent; safe to call from its own tasks and callbacks). Await to wait for it."""
+        """End a session (idempotent; safe to call from its own tasks and callbacks); await it to wait."""
         task = self._ending.get(session_id)
         if task is None:
             live = self._sessions.pop(session_id, None)
@@ -121,7 +121,7 @@ class SessionRegistry:
             task = asyncio.create_task(close_live(live), name=f"end-{session_id}")
             self._ending[session_id] = task
             task.add_done_callback(lambda _: self._ending.pop(session_id, None))
-        return asyncio.shield(task)
+        return task
 
     async def close_all(self) -> None:
         await asyncio.gather(*(self.end(sid, "server shutdown") for sid in list(self._sessions)),

@@ -71,3 +71,12 @@ class VoiceInput:
             if text:
                 self.session.publish(Event("user_text", text, self.session.turn))
                 self.voice.chat(text)
+
+
+async def drain(track: MediaStreamTrack) -> None:
+    """Take and discard a track's frames (aiortc queues received frames without bound until someone does)."""
+    while True:
+        try:
+            await track.recv()
+        except MediaStreamError:
+            return

@@ -5,6 +5,7 @@ const ICE_GATHER_TIMEOUT_MS = 5000;  // non-trickle signalling: wait this long f
 const CONNECT_TIMEOUT_MS = 15000;    // offer sent -> ICE/DTLS connected
 const NO_VIDEO_TIMEOUT_MS = 8000;    // connected -> first decoded video frame
 const STATS_INTERVAL_MS = 1000;
+const RATE_WINDOW_MS = 1000;
 const HEALTH_INTERVAL_MS = 5000;
 const SUBTITLE_LINGER_MS = 1200;     // keep a finished sentence on screen briefly
 
@@ -146,7 +147,7 @@ class AvatarClient {
     this.speaking = false;
     this.subtitle = "";
     this.recording = false;
-    this.prev = null;           // previous getStats sample, for rates
+    this.history = [];          // recent getStats samples {t, video, audio}: rates are taken over >= 1 s
     this.latest = {};           // last computed stats (what stats() returns between samples)
     this.server = null;         // last /healthz body
     this.sentAt = null;         // when the last text was sent (reply latency)
@@ -231,7 +232,7 @@ class AvatarClient {
     if (this.pc) this.pc.close();  // the server ends the session when the peer connection closes
     this.pc = null;
     this.sessionId = null;
-    this.prev = null;
+    this.history = [];
     this.latest = {};
     this.recording = false;
     this.video.srcObject = null;
@@ -469,7 +470,8 @@ class AvatarClient {
         if (typeof s.currentRoundTripTime === "number") out.rttMs = s.currentRoundTripTime * 1000;
       }
     }
-    const prev = this.prev;
+    // Rates against the newest sample at least RATE_WINDOW_MS old, however often stats() is called.
+    const prev = [...this.history].reverse().find((h) => now - h.t >= RATE_WINDOW_MS) ?? this.history[0];
     const v = out.video;
     const a = out.audio;
     if (prev && v && prev.video) {
@@ -490,7 +492,8 @@ class AvatarClient {
       const decodeMs = (1000 * (v.totalDecodeTime ?? 0)) / v.framesDecoded;
       out.latencyMs = (out.rttMs ?? 0) / 2 + (out.videoJitterMs ?? 0) + decodeMs;
     }
-    this.prev = { t: now, video: v, audio: a };
+    this.history.push({ t: now, video: v, audio: a });
+    this.history = this.history.filter((h) => now - h.t <= 2 * RATE_WINDOW_MS);
     this.latest = out;
     if (this.sessionId) {
       try {

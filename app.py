@@ -1,0 +1,27 @@
+"""Serve the talking avatar: `python app.py` (see `python app.py --help`)."""
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from server.app import create_app
+from server.config import parse_args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    shown = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    url = f"http://{shown}:{config.listenport}/"
+    web.run_app(create_app(config), host=config.host, port=config.listenport,
+                print=lambda _: print(f"Serving on {config.host}:{config.listenport}; open {url} in a browser",
+                                      flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

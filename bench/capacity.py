@@ -1,0 +1,322 @@
+"""How many concurrent lite sessions one server process holds at 25 fps, and the CPU each one costs.
+
+    unshare -n sh -c 'ip link set lo up && .venv/bin/python -m bench.capacity'
+
+For N = 1, 2, 4, 6, ... (stopping at the first N that fails) one server process runs N sessions (shared
+LiteEngine and avatar, each with its SessionTracks and its own aiortc peer connection), each speaking
+continuously (a syllable-modulated tone, so the lite engine renders a moving mouth on every frame). All
+receivers run in ONE separate process (this module with --receiver, driven over stdin/stdout with JSON lines),
+so their decoding is not charged to the server. After a warm-up, for --seconds:
+
+- received video fps per session and missing frames (gaps in the RTP timestamps), at the receiver;
+- the sessions' repeated_frames / dropped_frames / late_ticks and frames the video track dropped because the
+  sender fell behind (deltas over the window), and the share of frames that were rendered speech;
+- server process CPU (psutil cpu_times delta) in total and per session.
+
+A level passes when every session receives >= 24.5 fps with no missing, repeated or dropped frames and no late
+ticks. The receivers share this machine's cores with the server, so the figure is a lower bound for a server
+whose viewers are elsewhere.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psutil
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from bench.common import machine
+from engines.lite import LiteEngine
+from musetalk.avatar import Avatar, ensure_demo, load_avatar
+from pipeline.clock import VIDEO_FPS, VIDEO_PTS_PER_TICK
+from pipeline.session import Session
+from server.media import SessionTracks
+from server.webrtc import IceOptions, answer
+from testing.rtc import require_loopback_namespace
+
+SR = 16000
+MIN_FPS = 24.5  # a 12 s window measures 25 fps to within one frame
+COUNTERS = ("ticks", "speech_frames", "repeated_frames", "dropped_frames", "late_ticks")
+
+
+def speech(seconds: float) -> np.ndarray:
+    """A 220 Hz tone whose loudness swings between near-silence and loud ~3 times a second, like syllables."""
+    t = np.arange(int(seconds * SR)) / SR
+    envelope = 0.01 + 0.29 * (0.5 + 0.5 * np.sin(2 * np.pi * 3.1 * t))
+    return (envelope * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+# ------------------------------------------------------------------------------------------ receiver process
+
+@dataclass
+class Peer:
+    pc: RTCPeerConnection
+    video_pts: list[int] = field(default_factory=list)  # frames decoded since the mark
+    audio_frames: int = 0
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def consume(self, track) -> None:  # noqa: ANN001
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if track.kind == "video":
+                self.video_pts.append(frame.pts)
+            else:
+                self.audio_frames += 1
+
+    def report(self) -> dict[str, int]:
+        gaps = np.diff(np.asarray(self.video_pts, np.int64)) % 2**32
+        missing = int(np.sum(np.maximum(gaps // VIDEO_PTS_PER_TICK - 1, 0))) if gaps.size else 0
+        return {"video": len(self.video_pts), "audio": self.audio_frames, "missing": missing}
+
+
+class ReceiverHost:
+    """All receiving peers of the run, in one process; one request line in, one reply line out."""
+
+    def __init__(self) -> None:
+        self.peers: dict[str, Peer] = {}
+        self.proc = psutil.Process()
+        self.mark_time = time.monotonic()
+        self.mark_cpu = cpu_seconds(self.proc)
+
+    async def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
+        op = msg["op"]
+        if op == "offer":
+            pc = RTCPeerConnection(IceOptions().configuration())
+            peer = self.peers[msg["id"]] = Peer(pc)
+            pc.addTransceiver("video", direction="recvonly")
+            pc.addTransceiver("audio", direction="recvonly")
+            pc.on("track", lambda track: peer.tasks.append(asyncio.create_task(peer.consume(track))))
+            await pc.setLocalDescription(await pc.createOffer())
+            return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+        if op == "answer":
+            await self.peers[msg["id"]].pc.setRemoteDescription(RTCSessionDescription(msg["sdp"], msg["type"]))
+            return {}
+        if op == "mark":
+            for peer in self.peers.values():
+                peer.video_pts.clear()
+                peer.audio_frames = 0
+            self.mark_time, self.mark_cpu = time.monotonic(), cpu_seconds(self.proc)
+            return {}
+        if op == "report":
+            return {"seconds": time.monotonic() - self.mark_time, "cpu": cpu_seconds(self.proc) - self.mark_cpu,
+                    "peers": {k: p.report() for k, p in self.peers.items()}}
+        if op == "close":
+            peers, self.peers = list(self.peers.values()), {}
+            for peer in peers:
+                await peer.pc.close()
+                for task in peer.tasks:
+                    task.cancel()
+                await asyncio.gather(*peer.tasks, return_exceptions=True)
+            return {}
+        raise ValueError(f"unknown op {op!r}")
+
+
+async def receiver_main() -> None:
+    require_loopback_namespace()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    host = ReceiverHost()
+    while line := await reader.readline():
+        reply = await host.handle(json.loads(line))
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+    await host.handle({"op": "close"})
+
+
+# ------------------------------------------------------------------------------------------ server process
+
+class ReceiverClient:
+    """The parent's end of the receiver process."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def spawn(cls) -> ReceiverClient:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.capacity", "--receiver",
+                                                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        return cls(proc)
+
+    async def request(self, **msg: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+        await self.proc.stdin.drain()
+        line = await self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"receiver process exited (code {await self.proc.wait()}) during {msg['op']!r}")
+        return json.loads(line)
+
+    async def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        await self.proc.wait()
+
+
+@dataclass
+class Level:
+    n: int
+    seconds: float
+    fps: list[float]  # received per session
+    missing: list[int]
+    deltas: list[dict[str, int]]  # COUNTERS + "track_dropped", per session
+    server_cpu: float  # seconds over the window
+    receiver_cpu: float
+
+    def total(self, key: str) -> int:
+        return sum(d[key] for d in self.deltas)
+
+    @property
+    def ok(self) -> bool:
+        return (min(self.fps) >= MIN_FPS and sum(self.missing) == 0 and self.total("repeated_frames") == 0
+                and self.total("dropped_frames") == 0 and self.total("late_ticks") == 0
+                and self.total("track_dropped") == 0)
+
+    @property
+    def cpu_per_session(self) -> float:
+        """Fraction of one core."""
+        return self.server_cpu / self.seconds / self.n
+
+    @property
+    def cpu_ms_per_frame(self) -> float:
+        return 1000.0 * self.server_cpu / max(1, self.total("ticks"))
+
+
+def counters(session: Session, tracks: SessionTracks) -> dict[str, int]:
+    c = {k: getattr(session.stats, k) for k in COUNTERS}
+    c["track_dropped"] = tracks.video.dropped + tracks.audio.dropped
+    return c
+
+
+async def run_level(n: int, receivers: ReceiverClient, avatar: Avatar, engine: LiteEngine, warmup: float,
+                    seconds: float) -> Level:
+    sessions: list[Session] = []
+    tracks: list[SessionTracks] = []
+    pcs: list[RTCPeerConnection] = []
+    try:
+        for i in range(n):
+            session = Session(f"n{n}-s{i}", avatar, engine)
+            sessions.append(session)
+            tracks.append(SessionTracks(session))
+            offer = await receivers.request(op="offer", id=session.session_id)
+            pcs.append(RTCPeerConnection(IceOptions().configuration()))
+            reply = await answer(pcs[-1], offer["sdp"], offer["type"], [tracks[-1].video, tracks[-1].audio])
+            await receivers.request(op="answer", id=session.session_id, sdp=reply.sdp, type=reply.type)
+        for session in sessions:
+            await session.start()
+            await session.push_audio(speech(warmup + seconds + 3.0))
+            await session.end_speech()
+        await asyncio.sleep(warmup)  # connections up, first keyframes sent, worker threads running
+
+        proc = psutil.Process()
+        before = [counters(s, t) for s, t in zip(sessions, tracks)]
+        cpu0, t0 = cpu_seconds(proc), time.monotonic()
+        await receivers.request(op="mark")
+        await asyncio.sleep(seconds)
+        report = await receivers.request(op="report")
+        cpu1, t1 = cpu_seconds(proc), time.monotonic()
+        after = [counters(s, t) for s, t in zip(sessions, tracks)]
+    finally:
+        await receivers.request(op="close")
+        for pc in pcs:
+            await pc.close()
+        for t in tracks:
+            t.close()
+        for s in sessions:
+            await s.close()
+
+    peers = [report["peers"][s.session_id] for s in sessions]
+    return Level(n=n, seconds=t1 - t0, fps=[p["video"] / report["seconds"] for p in peers],
+                 missing=[p["missing"] for p in peers],
+                 deltas=[{k: a[k] - b[k] for k in a} for a, b in zip(after, before)],
+                 server_cpu=cpu1 - cpu0, receiver_cpu=report["cpu"])
+
+
+TABLE_HEADER = ("|  N | fps/session min..max | missing | repeated | dropped | late | track drops | speech % | "
+                "server CPU (cores) | per session | CPU ms/frame | receivers CPU | result |\n"
+                "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+
+
+def table_row(lv: Level) -> str:
+    speech_share = 100.0 * lv.total("speech_frames") / max(1, lv.total("ticks"))
+    return (f"| {lv.n:2d} | {min(lv.fps):5.2f} .. {max(lv.fps):5.2f} | {sum(lv.missing)} | "
+            f"{lv.total('repeated_frames')} | {lv.total('dropped_frames')} | {lv.total('late_ticks')} | "
+            f"{lv.total('track_dropped')} | {speech_share:5.1f} | {lv.server_cpu / lv.seconds:.2f} | "
+            f"{100 * lv.cpu_per_session:5.1f} % | {lv.cpu_ms_per_frame:5.2f} | "
+            f"{lv.receiver_cpu / lv.seconds:.2f} | {'ok' if lv.ok else 'FAIL'} |")
+
+
+def levels(maximum: int) -> list[int]:
+    return [n for n in [1, 2, *range(4, maximum + 1, 2)] if n <= maximum]
+
+
+async def server_main(args: argparse.Namespace) -> None:
+    require_loopback_namespace()
+    print(f"machine: {machine()}")
+    ensure_demo(progress=False)
+    avatar, engine = load_avatar("demo"), LiteEngine()
+    print(f"engine: lite (batch {engine.batch_size}), avatar demo {avatar.frames.shape[2]}x{avatar.frames.shape[1]}, "
+          f"VP8 + Opus; {args.warmup:g} s warm-up, {args.seconds:g} s measured per level; receivers in one separate "
+          f"process on the same {os.cpu_count()} cores", flush=True)
+    receivers = await ReceiverClient.spawn()
+    results: list[Level] = []
+    try:
+        for n in levels(args.max_sessions):
+            lv = await run_level(n, receivers, avatar, engine, args.warmup, args.seconds)
+            results.append(lv)
+            print(f"N={n}: {'ok' if lv.ok else 'FAIL'}, fps {min(lv.fps):.2f}..{max(lv.fps):.2f}, server CPU "
+                  f"{lv.server_cpu / lv.seconds:.2f} cores", flush=True)
+            if not lv.ok:
+                break
+            await asyncio.sleep(1.0)  # let the closed connections' tasks finish before the next level
+    finally:
+        await receivers.stop()
+
+    print(TABLE_HEADER)
+    for lv in results:
+        print(table_row(lv))
+    passed = [lv for lv in results if lv.ok]
+    best = passed[-1] if passed else None
+    capped = results[-1].ok  # every level tried passed: the true capacity is higher
+    if best is None:
+        print(f"\nanswer: not even 1 session holds 25 fps here (target >= {args.target}): MISSED")
+        return
+    per = best.cpu_per_session
+    verdict = "met" if best.n >= args.target else ("not reached yet" if capped else "MISSED")
+    print(f"\nanswer: {best.n}{'+' if capped else ''} concurrent lite sessions hold 25 fps with zero dropped/repeated "
+          f"frames on this machine (target >= {args.target}: {verdict})"
+          f"{'; the largest N tried passed (raise --max-sessions)' if capped else f'; N={results[-1].n} failed'}.\n"
+          f"server CPU per session at N={best.n}: {100 * per:.1f} % of one core = {best.cpu_ms_per_frame:.2f} ms per "
+          f"frame (render + composite + VP8 + Opus + RTP/SRTP + asyncio); at that rate the server alone would fit "
+          f"~{os.cpu_count() / per:.0f} sessions on {os.cpu_count()} cores, ~{1 / per:.0f} per core")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--seconds", type=float, default=12.0, help="measured seconds per level (default 12)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (default 3)")
+    parser.add_argument("--max-sessions", type=int, default=16)
+    parser.add_argument("--target", type=int, default=4)
+    args = parser.parse_args()
+    asyncio.run(receiver_main() if args.receiver else server_main(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""What the request handlers share: built at app startup, stored on the aiohttp app (no module globals)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from server.config import ServerConfig
+from server.registry import SessionRegistry
+from server.services import Services
+from server.uploads import AudioDecoder
+from server.webrtc import IceOptions
+
+
+@dataclass
+class AppState:
+    config: ServerConfig
+    services: Services
+    registry: SessionRegistry
+    ice: IceOptions
+    decoder: AudioDecoder
+
+
+STATE = web.AppKey("state", AppState)

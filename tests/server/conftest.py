@@ -1,0 +1,67 @@
+"""Fixtures for the server tests: one demo avatar (with an action clip) and one lite engine per test run, and
+a factory that starts the app on 127.0.0.1 with test options."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.lite import LiteEngine
+from musetalk.avatar import ensure_demo, load_avatar
+from pipeline.actions import save_action
+from server.config import ServerConfig
+from server.services import Services, build_llm, build_tts
+from server.webrtc import use_host_addresses
+from testing.rtc import NETNS_HINT, in_loopback_namespace
+from testing.server_client import running_server
+
+ACTION = 2
+
+
+@pytest.fixture
+def loopback_only() -> None:
+    """WebRTC tests run only where no packet can leave 127.0.0.1; in CI their absence is a failure."""
+    if not in_loopback_namespace():
+        if os.environ.get("CI"):
+            pytest.fail(NETNS_HINT)
+        pytest.skip(NETNS_HINT)
+    use_host_addresses(["127.0.0.1"])
+
+
+@pytest.fixture(scope="session")
+def avatars_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("avatars")
+    ensure_demo(root, progress=False, models_dir=root / "no-models")
+    demo = load_avatar("demo", root)
+    frames = np.ascontiguousarray(demo.frames[[0, 0, 0]])
+    frames[:, :40] = (0, 0, 255)  # a red band: action frames are recognisable
+    save_action(demo.path, ACTION, frames)
+    return root
+
+
+@pytest.fixture(scope="session")
+def engine() -> LiteEngine:
+    return LiteEngine()
+
+
+@pytest.fixture
+def config(avatars_dir: Path, tmp_path: Path) -> ServerConfig:
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "index.html").write_text("<!doctype html><title>avatar test page</title>")
+    (web / "client.js").write_text("// test asset")
+    return ServerConfig(host="127.0.0.1", listenport=0, engine="lite", avatars_dir=avatars_dir,
+                        records_dir=tmp_path / "records", web_dir=web, ice_host=("127.0.0.1",), max_session=3,
+                        idle_timeout=30.0)
+
+
+@pytest.fixture
+def serve(engine: LiteEngine):
+    """serve(config, **changes) -> async context manager yielding a testing.server_client.Server."""
+    def start(config: ServerConfig, **changes):  # noqa: ANN202
+        config = dataclasses.replace(config, **changes)
+        return running_server(config, Services(config, engine, build_tts(config), build_llm(config)))
+    return start
