@@ -102,6 +102,8 @@ class LiteRenderer(Renderer):
 
     def render(self, request: RenderRequest) -> list[np.ndarray]:
         audio = request.audio[request.left_samples:len(request.audio) - request.right_samples]
+        if request.seg_pos == 0:
+            self.opening = 0.0  # a new stretch of speech starts from a closed mouth
         faces = []
         for i, index in enumerate(request.cycle_indices):
             opening = self.advance(audio[i * TICK_SAMPLES:(i + 1) * TICK_SAMPLES])

@@ -60,14 +60,17 @@ class Recorder:
     async def finish(self) -> Path:
         """Stop taking ticks, let the thread drain the queue and close the file (off the event loop)."""
         self.session.remove_sink(self)
-        self._queue.put(_STOP)  # never blocks long: the thread is consuming
-        await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self._stop_and_join)
         if self.error is not None:
             raise RuntimeError(f"recording failed: {self.error}") from self.error
         self._partial.replace(self.path)
         if self.dropped:
             log.warning("recording %s: %d ticks dropped (encoder too slow)", self.path.name, self.dropped)
         return self.path
+
+    def _stop_and_join(self) -> None:
+        self._queue.put(_STOP)  # may wait for the encoder to free a slot: not on the event loop
+        self._thread.join()
 
     def _run(self) -> None:
         try:

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from musetalk.avatar import AvatarError, AvatarNotFoundError
 from pipeline.items import Event
@@ -26,6 +26,7 @@ from server.webrtc import answer
 log = logging.getLogger(__name__)
 
 SSE_HEARTBEAT_S = 15.0
+MAX_JSON_BYTES = 256 * 1024  # an SDP offer is a few KB; /human text is capped far below this
 _TRUE = (True, 1, "true", "1", "yes", "on")
 
 
@@ -49,8 +50,16 @@ def error_response(status: int, message: str) -> web.Response:
 # ------------------------------------------------------------------------------------------------- input
 
 async def json_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object of a request, read with a size cap (uploads may be large; JSON bodies may not)."""
+    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
+        raise ApiError(413, f"the request body is larger than {MAX_JSON_BYTES // 1024} KB")
+    raw = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        raw += chunk
+        if len(raw) > MAX_JSON_BYTES:
+            raise ApiError(413, f"the request body is larger than {MAX_JSON_BYTES // 1024} KB")
     try:
-        body = json.loads(await request.read())
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"the request body is not valid JSON: {e}") from e
     if not isinstance(body, dict):
@@ -103,13 +112,14 @@ async def offer(request: web.Request) -> web.Response:
     except SessionLimitError as e:
         raise ApiError(503, str(e)) from e
     try:
-        live, local = await _open_session(state, sid, sdp, avatar_id)
+        local = await _open_session(state, sid, sdp, avatar_id)
     finally:
         state.registry.release(sid)
     return web.json_response({"sdp": local.sdp, "type": local.type, "sessionid": sid, "code": 0, "msg": "ok"})
 
 
-async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str):  # noqa: ANN202
+async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str) -> RTCSessionDescription:
+    """Create, connect and register session `sid`; on any failure nothing of it is left behind."""
     try:
         avatar, actions = await state.services.avatar(avatar_id)
     except ValueError as e:
@@ -126,12 +136,14 @@ async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str):  #
     try:
         local = await answer(pc, sdp, "offer", [tracks.audio, tracks.video])
     except Exception as e:  # aiortc raises assorted errors for SDP it cannot parse or use
-        tracks.close()
-        await pc.close()
-        await session.close()
+        await _discard(tracks, pc, session)
         raise ApiError(400, f"cannot use the offer SDP: {e or type(e).__name__}") from e
-    live = LiveSession(sid, session, tracks, pc, state.services.new_voice(session))
-    await session.start()
+    try:
+        live = LiveSession(sid, session, tracks, pc, state.services.new_voice(session))
+        await session.start()
+    except BaseException:
+        await _discard(tracks, pc, session)
+        raise
     state.registry.add(live)
     for mic in microphones:
         if state.config.asr:
@@ -144,7 +156,14 @@ async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str):  #
         if pc.connectionState in ("failed", "closed"):
             state.registry.end(sid, f"peer connection {pc.connectionState}")
 
-    return live, local
+    return local
+
+
+async def _discard(tracks: SessionTracks, pc: RTCPeerConnection, session: Session) -> None:
+    """Undo a session that was never registered."""
+    tracks.close()
+    await pc.close()
+    await session.close()
 
 
 async def human(request: web.Request) -> web.Response:

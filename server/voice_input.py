@@ -9,13 +9,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-import av
 import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from pipeline.items import SAMPLE_RATE, Event
+from pipeline.items import Event
 from pipeline.session import Session
+from server.uploads import MonoResampler
 from server.voice import Voice
 from voices.asr import SpeechStart, Transcriber, VADConfig, VoiceActivityDetector
 
@@ -30,8 +30,7 @@ class VoiceInput:
         self.voice = voice
         self._transcriber = transcriber
         self._vad = VoiceActivityDetector(vad)
-        # libswresample: any rate / layout / sample format the decoder gives -> float32 mono 16 kHz
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        self._to_mono = MonoResampler()
         self._in_order = asyncio.Lock()  # utterances are transcribed and answered in the order spoken
         self._pending: set[asyncio.Task] = set()
 
@@ -42,8 +41,7 @@ class VoiceInput:
                     frame = await self.track.recv()
                 except MediaStreamError:
                     return
-                for out in self._resampler.resample(frame):
-                    await self._feed(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+                await self._feed(self._to_mono(frame))
         finally:
             for task in self._pending:
                 task.cancel()

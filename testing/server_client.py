@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import inspect
 import json
 import time
 from collections.abc import AsyncIterator
@@ -179,3 +180,35 @@ async def sse_events(server: Server, sessionid: str, into: list[dict], ready: as
             text = line.decode().strip()
             if text.startswith("data:"):
                 into.append(json.loads(text[5:]))
+
+
+async def until(predicate, timeout: float, step: float = 0.03) -> bool:  # noqa: ANN001
+    """Poll `predicate` (returning a bool or an awaitable bool) until it holds or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return True
+        await asyncio.sleep(step)
+    return False
+
+
+async def is_speaking(server: Server, sessionid: str) -> bool:
+    status, reply = await server.post("/is_speaking", {"sessionid": sessionid})
+    assert status == 200, reply
+    return reply["data"]
+
+
+async def connect_with_events(server: Server, microphone: ScriptedMicrophone | None = None
+                              ) -> tuple[Client, list[dict], asyncio.Task]:
+    """A connected client receiving video, the list its /sse events go into, and the task filling it."""
+    client = Client(server, microphone=microphone)
+    sid = await client.connect()
+    await client.wait_video(3)
+    events: list[dict] = []
+    ready = asyncio.Event()
+    task = asyncio.create_task(sse_events(server, sid, events, ready))
+    await asyncio.wait_for(ready.wait(), 5)
+    return client, events, task

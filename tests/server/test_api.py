@@ -54,6 +54,11 @@ async def test_bad_json_and_bad_fields_get_400_with_an_envelope(serve, config) -
             assert status == 404 and reply == {"code": -1, "msg": "session not found"}
             status, reply = await server.post(route, {"text": "x"})
             assert status == 400 and "sessionid" in reply["msg"]
+        status, reply = await server.post("/offer", {"sdp": "v=0\r\n" * 100_000, "type": "offer"})
+        assert status == 413 and reply["code"] == -1
+        for query, code in (("", 400), ("?sessionid=1", 404)):
+            async with server.http.get(server.url + "/sse" + query) as resp:
+                assert resp.status == code and (await resp.json())["code"] == -1
         assert await server.sessions() == 0
 
 

@@ -2,40 +2,22 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 
 import pytest
 
 from testing import fake_services
-from testing.server_client import Client, sse_events
+from testing.server_client import connect_with_events, is_speaking, until
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
-
-
-async def until(predicate, timeout: float) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return True
-        await asyncio.sleep(0.03)
-    return False
 
 
 async def test_realtime_answers_with_audio_and_subtitles_and_can_be_interrupted(serve, config) -> None:
     async with fake_services.realtime_service() as (url, rec):
         async with serve(config, tts="realtime", TTS_SERVER=url, realtime_model="gpt-realtime",
                          system_prompt="Be a test.", REF_FILE="verse") as server:
-            client = Client(server)
-            sid = await client.connect()
-            await client.wait_video(3)
-            events: list[dict] = []
-            ready = asyncio.Event()
-            sse = asyncio.create_task(sse_events(server, sid, events, ready))
-            await asyncio.wait_for(ready.wait(), 5)
+            client, events, sse = await connect_with_events(server)
+            sid = client.sessionid
 
             status, reply = await server.post("/human", {"sessionid": sid, "text": "Hello", "type": "chat"})
             assert status == 200 and reply["code"] == 0
@@ -50,8 +32,8 @@ async def test_realtime_answers_with_audio_and_subtitles_and_can_be_interrupted(
             assert item["item"]["content"] == [{"type": "input_text", "text": "Hello"}]
             assert create["type"] == "response.create" and rec.query["model"] == "gpt-realtime"
 
-            async def speaking() -> bool:
-                return (await server.post("/is_speaking", {"sessionid": sid}))[1]["data"]
+            def speaking():  # noqa: ANN202
+                return is_speaking(server, sid)
 
             await server.post("/human", {"sessionid": sid, "text": "long", "type": "chat"})
             assert await until(speaking, 5)

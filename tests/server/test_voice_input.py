@@ -2,30 +2,17 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 
 import numpy as np
 import pytest
 
 from testing import fake_services
-from testing.server_client import Client, ScriptedMicrophone, sse_events
+from testing.server_client import ScriptedMicrophone, connect_with_events, is_speaking, until
 from voices.audio import resample
 from voices.tts import PiperTTS
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
-
-
-async def until(predicate, timeout: float) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return True
-        await asyncio.sleep(0.03)
-    return False
 
 
 async def test_spoken_question_interrupts_the_avatar_is_transcribed_and_answered(serve, config) -> None:
@@ -34,17 +21,12 @@ async def test_spoken_question_interrupts_the_avatar_is_transcribed_and_answered
     async with fake_services.openai_service() as (base, rec):
         async with serve(config, llm_base_url=base, llm_model="ok") as server:
             mic = ScriptedMicrophone()
-            client = Client(server, microphone=mic)
-            sid = await client.connect()
-            await client.wait_video(3)
-            events: list[dict] = []
-            ready = asyncio.Event()
-            sse = asyncio.create_task(sse_events(server, sid, events, ready))
-            await asyncio.wait_for(ready.wait(), 5)
+            client, events, sse = await connect_with_events(server, mic)
+            sid = client.sessionid
             asyncio.create_task(server.state.services.transcriber())  # start loading the model meanwhile
 
-            async def speaking() -> bool:
-                return (await server.post("/is_speaking", {"sessionid": sid}))[1]["data"]
+            def speaking():  # noqa: ANN202
+                return is_speaking(server, sid)
 
             long_text = " ".join(f"This is sentence {i}, spoken to keep the avatar busy." for i in range(15))
             await server.post("/human", {"sessionid": sid, "text": long_text, "type": "echo"})

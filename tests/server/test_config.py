@@ -1,0 +1,95 @@
+"""Command-line options: LiveTalking's names, our additions, clear errors, and --help documenting each one."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from server.config import build_parser, parse_args
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_run_offline_on_a_cpu() -> None:
+    c = parse_args([])
+    assert (c.engine, c.tts, c.avatar_id, c.listenport, c.max_session) == ("auto", "piper", "demo", 8010, 5)
+    assert c.llm_base_url is None and c.stun == () and c.turn == () and c.ice_host == ()
+
+
+def test_livetalking_and_own_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+    c = parse_args(["--avatar_id", "alice", "--batch_size", "8", "--max_session", "2", "--listenport", "9000",
+                    "--tts", "gpt-sovits", "--REF_FILE", "ref.wav", "--REF_TEXT", "hello", "--TTS_SERVER",
+                    "http://127.0.0.1:9880", "--model", "musetalkV1", "--engine", "lite", "--stun", "stun:a:1",
+                    "--stun", "stun:b:2", "--turn", "turn:t:3", "--turn_user", "u", "--turn_password", "p",
+                    "--ice_host", "127.0.0.1", "--llm_base_url", "http://127.0.0.1:1/v1", "--idle_timeout", "5"])
+    assert (c.avatar_id, c.batch_size, c.max_session, c.listenport) == ("alice", 8, 2, 9000)
+    assert (c.tts, c.REF_FILE, c.REF_TEXT, c.version, c.engine) == ("gpt-sovits", "ref.wav", "hello", "v1", "lite")
+    assert c.stun == ("stun:a:1", "stun:b:2") and c.turn == ("turn:t:3",) and c.ice_host == ("127.0.0.1",)
+    assert c.llm_api_key == "sk-env" and c.idle_timeout == 5.0
+    assert parse_args(["--llm_api_key", "sk-cli"]).llm_api_key == "sk-cli"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--model", "wav2lip"], "not supported"),
+    (["--avatar_id", "../x"], "invalid avatar id"),
+    (["--max_session", "0"], "at least 1"),
+    (["--listenport", "70000"], "not a TCP port"),
+    (["--ice_host", "localhost"], "does not appear to be an IPv4 or IPv6 address"),
+    (["--stun", "stun.example.org"], "must start with stun:"),
+    (["--turn", "turn:t:3"], "--turn_user"),
+    (["--tts", "gpt-sovits"], "--REF_FILE"),
+    (["--tts", "openai"], "--TTS_SERVER"),
+    (["--tts", "nope"], "invalid choice"),
+    (["--idle_timeout", "-1"], "greater than 0"),
+])
+def test_bad_options_exit_with_a_clear_message(argv: list[str], words: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_help_documents_every_option() -> None:
+    out = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    for action in build_parser()._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.option_strings[0] in text
+            assert action.help and " ".join(action.help.split()).split("(")[0][:30].strip() in text, action.dest
+
+
+def test_app_starts_with_defaults_builds_the_demo_avatar_and_prints_the_url(tmp_path: Path) -> None:
+    """`python app.py` on a fresh CPU machine (here: an empty avatars folder), then a clean stop."""
+    from testing.fake_services import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--listenport", str(port),
+                             "--avatars_dir", str(tmp_path / "avatars"), "--records_dir", str(tmp_path / "rec"),
+                             "--models_dir", str(tmp_path / "models")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+            if "open http://127.0.0.1:" in line:
+                break
+        assert f"open http://127.0.0.1:{port}/ in a browser" in lines[-1]
+        assert any("using lite" in line for line in lines)  # one line says why the engine is lite
+        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with no_proxy.open(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
+            assert json.loads(resp.read()) == {"ok": True, "sessions": 0, "max_session": 5, "engine": "lite"}
+        assert (tmp_path / "avatars" / "demo" / "manifest.json").is_file()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert proc.returncode == 0  # SIGTERM: a graceful shutdown
