@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +24,22 @@ NETNS_HINT = ("WebRTC tests and benchmarks run only inside a loopback-only netwo
 
 def in_loopback_namespace() -> bool:
     return [name for _, name in socket.if_nameindex()] == ["lo"]
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a test that cannot run here; in CI (env CI set) that is a failure instead."""
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def loopback_only() -> None:
+    """WebRTC tests run only where no packet can leave 127.0.0.1, with host candidates on 127.0.0.1."""
+    if not in_loopback_namespace():
+        skip_or_fail(NETNS_HINT)
+    use_host_addresses(["127.0.0.1"])
 
 
 def require_loopback_namespace() -> None:

@@ -3,7 +3,6 @@ a factory that starts the app on 127.0.0.1 with test options."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,21 +13,16 @@ from musetalk.avatar import ensure_demo, load_avatar
 from pipeline.actions import save_action
 from server.config import ServerConfig
 from server.services import Services, build_llm, build_tts
-from server.webrtc import use_host_addresses
-from testing.rtc import NETNS_HINT, in_loopback_namespace
+from testing import rtc
 from testing.server_client import running_server
 
 ACTION = 2
 
 
-@pytest.fixture
-def loopback_only() -> None:
-    """WebRTC tests run only where no packet can leave 127.0.0.1; in CI their absence is a failure."""
-    if not in_loopback_namespace():
-        if os.environ.get("CI"):
-            pytest.fail(NETNS_HINT)
-        pytest.skip(NETNS_HINT)
-    use_host_addresses(["127.0.0.1"])
+@pytest.fixture(name="loopback_only")
+def loopback() -> None:
+    """Requested by the tests that use WebRTC."""
+    rtc.loopback_only()
 
 
 @pytest.fixture(scope="session")

@@ -1,22 +1,14 @@
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from musetalk.avatar import Avatar, ensure_demo, load_avatar
-from testing.rtc import NETNS_HINT, in_loopback_namespace
-from server.webrtc import use_host_addresses
+from testing.rtc import loopback_only
 
 
 @pytest.fixture(autouse=True)
-def loopback_only() -> None:
-    """WebRTC tests run only where no packet can leave 127.0.0.1; in CI their absence is a failure."""
-    if not in_loopback_namespace():
-        if os.environ.get("CI"):
-            pytest.fail(NETNS_HINT)
-        pytest.skip(NETNS_HINT)
-    use_host_addresses(["127.0.0.1"])
+def loopback() -> None:
+    loopback_only()
 
 
 @pytest.fixture(scope="session")
