@@ -53,9 +53,11 @@ async def session_latency(avatar: Avatar, engine: Engine, trials: int) -> list[f
         t_in = time.monotonic()
         await session.push_audio(tone(0.3))
         await session.end_speech()
-        while not first_speech:
+        give_up = t_in + 10.0
+        while not first_speech and time.monotonic() < give_up:
             await asyncio.sleep(0.002)
-        results.append(1000 * (first_speech[0] - t_in))
+        if first_speech:  # else every frame of the burst came too late to be shown (counted as repeats)
+            results.append(1000 * (first_speech[0] - t_in))
     await session.close()
     return results
 

@@ -24,10 +24,11 @@ def frame_kind(pcm: np.ndarray) -> Kind:
 class AudioFramer:
     """Cuts arbitrary chunks into 20 ms frames and pairs them into ticks."""
 
-    def __init__(self, current_tick: Callable[[], int], lead_ticks: int, now: Callable[[], float] = time.monotonic):
+    def __init__(self, current_tick: Callable[[], int], lead_ticks: int | Callable[[], int],
+                 now: Callable[[], float] = time.monotonic):
         self._current_tick = current_tick
         self._now = now
-        self.lead_ticks = lead_ticks
+        self._lead = lead_ticks if callable(lead_ticks) else (lambda: lead_ticks)
         self._partial = np.zeros(0, dtype=np.float32)
         self._partial_t_in = 0.0
         self._pending_events: list[Event] = []
@@ -98,7 +99,7 @@ class AudioFramer:
         first, self._half = self._half, None
         now = self._current_tick()
         if self._next_tick <= now:  # first audio, or its slot has passed: a new stretch starts `lead` ahead
-            self._next_tick = now + self.lead_ticks
+            self._next_tick = now + self._lead()
             self._seg_pos = 0
         tick = TickAudio(tick=self._next_tick, turn=turn, frames=(first, frame), seg_pos=self._seg_pos)
         self._next_tick += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from engines.base import Engine, RenderRequest, Renderer
+from pipeline.clock import TICK_SECONDS
 from pipeline.compositor import Compositor
 from pipeline.items import TICK_SAMPLES, TickAudio, VideoResult
 from pipeline.stats import SessionStats
@@ -106,6 +108,13 @@ class InferenceWorker:
         self._thread.join(timeout=10)
         if self._thread.is_alive():
             log.error("inference thread did not stop within 10 s")
+
+    @property
+    def lead_ticks(self) -> int:
+        """How far ahead new audio must be scheduled so its first batch is rendered in time: the engine's own
+        figure, raised when the batches measured here (this machine, its present load) take longer."""
+        e = self.engine
+        return max(e.lead_ticks, e.right_context_ticks + 1 + math.ceil(self._budget / TICK_SECONDS))
 
     @property
     def alive(self) -> bool:

@@ -47,6 +47,7 @@ class LiveSession:
     created: float = field(default_factory=time.monotonic)
     recorder: Recorder | None = None
     tasks: set[asyncio.Task] = field(default_factory=set)  # watchdog, voice input, queued speech
+    _samples: deque = field(default_factory=lambda: deque(maxlen=int(FPS_WINDOW_S) + 2))  # (time, ticks)
 
     def spawn(self, coro: Coroutine[Any, Any, object], name: str) -> asyncio.Task:
         """Run `coro` for this session; it is cancelled when the session ends."""
@@ -54,7 +55,6 @@ class LiveSession:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
-    _samples: deque = field(default_factory=lambda: deque(maxlen=int(FPS_WINDOW_S) + 2))  # (time, ticks)
 
     def consumed_frames(self) -> int:
         """Video frames the peer connection has taken from the track (what was pushed, less what waits or was

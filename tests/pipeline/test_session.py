@@ -198,6 +198,10 @@ async def test_engine_falling_behind_keeps_real_time_and_counts_it() -> None:
     await asyncio.sleep(1.0)
     session.step()
     assert session.stats.dropped_frames > 0  # the late frames were thrown away, not played late
+    # the next stretch is scheduled further ahead: far enough for the batches measured so far
+    assert session.worker.lead_ticks >= 1 + 0.15 / 0.04 > engine.lead_ticks
+    await session.push_audio(probe_audio(2))
+    assert session.output._audio[-1].tick - session._next_tick >= session.worker.lead_ticks - 1
     await session.close()
 
 
