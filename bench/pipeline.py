@@ -20,23 +20,16 @@ from engines.base import Engine
 from engines.lite import LiteEngine
 from musetalk.avatar import Avatar, ensure_demo, load_avatar
 from pipeline.session import Session
-from testing.rtc import Received, media_time_ms, received, require_loopback_namespace
+from bench.measure import IDLE_MATCH, audio_onsets, mouth_difference, mouth_region, video_onsets
+from testing.rtc import received, require_loopback_namespace
 
 SR = 16000
 TONE_AMPLITUDE = 0.3
-AUDIO_ONSET = 0.05  # received sample level that counts as "sound started"
-IDLE_MATCH = 3.0  # below this the mouth region is back to the idle picture (half-open is ~6, open ~12)
-MOUTH_ONSET = 2.0  # mean |difference| in the mouth region that counts as "mouth moved" (VP8 noise is ~0.6)
 
 
 def tone(seconds: float) -> np.ndarray:
     t = np.arange(int(seconds * SR)) / SR
     return (TONE_AMPLITUDE * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-
-
-def mouth_region(avatar: Avatar) -> tuple[slice, slice]:
-    x1, y1, x2, y2 = (int(v) for v in avatar.face_boxes[0])
-    return slice(y1 + (y2 - y1) // 2, y2), slice(x1, x2)
 
 
 async def session_latency(avatar: Avatar, engine: Engine, trials: int) -> list[float]:
@@ -62,43 +55,10 @@ async def session_latency(avatar: Avatar, engine: Engine, trials: int) -> list[f
     return results
 
 
-def audio_onsets(frames: list[Received], after_ms: list[float]) -> list[float | None]:
-    times = media_time_ms(frames, 48000)
-    out = []
-    for start in after_ms:
-        onset = None
-        for f, t in zip(frames, times):
-            if t + 20 < start:
-                continue
-            loud = np.nonzero(np.abs(f.data) > AUDIO_ONSET)[0]
-            if loud.size:
-                onset = t + 1000.0 * loud[0] / 48000
-                break
-        out.append(onset)
-    return out
-
-
-def video_onsets(frames: list[Received], after_ms: list[float], region: tuple[slice, slice]) -> list[float | None]:
-    """Per burst: the first frame whose mouth region differs from the last frame before the burst."""
-    times = media_time_ms(frames, 90000)
-    out = []
-    for start in after_ms:
-        onset, ref = None, None
-        for f, t in zip(frames, times):
-            if t + 40 < start:
-                ref = f.data[region].astype(np.float32)
-                continue
-            if ref is not None and np.abs(f.data[region].astype(np.float32) - ref).mean() > MOUTH_ONSET:
-                onset = t
-                break
-        out.append(onset)
-    return out
-
-
 async def sync_run(avatar: Avatar, engine: LiteEngine, minutes: float, period: float) -> tuple[list[float], list[float]]:
     burst_times: list[float] = []
     session = Session("sync", avatar, engine)
-    async with received(session) as receiver:
+    async with received(session, video_region=mouth_region(avatar)) as receiver:  # 10 min of full frames: 12 GB
         await asyncio.sleep(2.0)  # connection up, encoder settled on the idle picture
         end = time.monotonic() + minutes * 60
         while time.monotonic() < end:
@@ -109,7 +69,7 @@ async def sync_run(avatar: Avatar, engine: LiteEngine, minutes: float, period: f
         await asyncio.sleep(1.0)
     video, audio = receiver.frames["video"], receiver.frames["audio"]
     a_on = audio_onsets(audio, burst_times)
-    v_on = video_onsets(video, burst_times, mouth_region(avatar))
+    v_on = video_onsets(video, burst_times, (slice(None), slice(None)))
     offsets, at = [], []
     for b, a, v in zip(burst_times, a_on, v_on):
         if a is not None and v is not None:
@@ -132,7 +92,7 @@ async def interrupt_run(avatar: Avatar, engine: LiteEngine, trials: int) -> list
             session.interrupt()
             await asyncio.sleep(0.6)
             for f in receiver.frames["video"]:
-                if f.arrival_ms > t_int and np.abs(f.data[region].astype(np.float32) - idle[region]).mean() < IDLE_MATCH:
+                if f.arrival_ms > t_int and mouth_difference(f.data, idle, region) < IDLE_MATCH:
                     results.append(f.arrival_ms - t_int)
                     break
     return results
@@ -161,26 +121,30 @@ async def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the sync run (default 10)")
     parser.add_argument("--period", type=float, default=2.0, help="seconds between tone bursts")
     parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--only", choices=("latency", "sync", "interrupt"), help="run one of the three parts")
     args = parser.parse_args()
     require_loopback_namespace()
     ensure_demo(progress=False)
     avatar, engine = load_avatar("demo"), LiteEngine()
     print(f"machine: {machine()}")
     print(f"engine: lite (batch {engine.batch_size}, lead {engine.lead_ticks} ticks = {engine.lead_ticks * 40} ms)")
-    lat = await session_latency(avatar, engine, args.trials)
-    print(f"1. latency, first speech sample in -> first lip-synced frame out of the session: {summary(lat)}"
-          f"  [target <= 250 ms]")
-    mt, budget = await musetalk_latency(avatar, max(3, args.trials // 2))
-    print(f"1b. same, musetalk engine with the reduced (tiny, random) config on this CPU: {summary(mt)}\n"
-          f"    budget: {budget}")
-    offsets, at = await sync_run(avatar, engine, args.minutes, args.period)
-    slope = float(np.polyfit(at, offsets, 1)[0]) if len(offsets) > 2 else float("nan")
-    print(f"2. A/V offset at the aiortc receiver (video onset - audio onset), {args.minutes:g} min, "
-          f"{len(offsets)} bursts: mean {np.mean(offsets):+.1f} ms, max |offset| {np.max(np.abs(offsets)):.1f} ms, "
-          f"first {offsets[0]:+.1f} / last {offsets[-1]:+.1f} ms, drift {slope:+.3f} ms/min  [target |offset| <= 20 ms]")
-    intr = await interrupt_run(avatar, engine, args.trials)
-    print(f"3. interrupt -> first idle frame at the receiver: {summary(intr)}  [target <= 150 ms]")
-
+    if args.only in (None, "latency"):
+        lat = await session_latency(avatar, engine, args.trials)
+        print(f"1. latency, first speech sample in -> first lip-synced frame out of the session: {summary(lat)}"
+              f"  [target <= 250 ms]", flush=True)
+        mt, budget = await musetalk_latency(avatar, max(3, args.trials // 2))
+        print(f"1b. same, musetalk engine with the reduced (tiny, random) config on this CPU: {summary(mt)}\n"
+              f"    budget: {budget}", flush=True)
+    if args.only in (None, "sync"):
+        offsets, at = await sync_run(avatar, engine, args.minutes, args.period)
+        slope = float(np.polyfit(at, offsets, 1)[0]) if len(offsets) > 2 else float("nan")
+        print(f"2. A/V offset at the aiortc receiver (video onset - audio onset), {args.minutes:g} min, "
+              f"{len(offsets)} bursts: mean {np.mean(offsets):+.1f} ms, max |offset| {np.max(np.abs(offsets)):.1f} ms, "
+              f"first {offsets[0]:+.1f} / last {offsets[-1]:+.1f} ms, drift {slope:+.3f} ms/min  "
+              f"[target |offset| <= 20 ms, no drift]", flush=True)
+    if args.only in (None, "interrupt"):
+        intr = await interrupt_run(avatar, engine, args.trials)
+        print(f"3. interrupt -> first idle frame at the receiver: {summary(intr)}  [target <= 150 ms]", flush=True)
 
 if __name__ == "__main__":
     asyncio.run(main())

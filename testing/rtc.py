@@ -6,11 +6,12 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 import numpy as np
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
@@ -81,13 +82,38 @@ class LoopbackReceiver:
     """An aiortc client that receives the avatar's tracks and keeps every decoded frame."""
 
     keep_video: bool = True
+    video_region: tuple[slice, slice] | None = None  # keep only this part of each frame (long runs)
     pc: RTCPeerConnection = field(default_factory=RTCPeerConnection)
     frames: dict[str, list[Received]] = field(default_factory=lambda: {"video": [], "audio": []})
     _tasks: list[asyncio.Task] = field(default_factory=list)
     unmatched: int = 0  # frames whose packet arrival was not found (should stay 0)
 
     async def connect(self, tracks: SessionTracks, ice: IceOptions = IceOptions()) -> RTCPeerConnection:
+        """In-process: answer with a server-side peer connection sending `tracks`; returns that connection."""
         server_pc = RTCPeerConnection(ice.configuration())
+
+        async def answerer(offer: RTCSessionDescription) -> RTCSessionDescription:
+            return await answer(server_pc, offer.sdp, offer.type, [tracks.video, tracks.audio])
+
+        await self._negotiate(answerer, ice)
+        return server_pc
+
+    async def connect_http(self, http: aiohttp.ClientSession, url: str, **extra: object) -> str:
+        """Through a running server's POST /offer, as LiveTalking's pages do; returns the session id."""
+        reply: dict = {}
+
+        async def answerer(offer: RTCSessionDescription) -> RTCSessionDescription:
+            async with http.post(f"{url}/offer", json={"sdp": offer.sdp, "type": offer.type, **extra}) as resp:
+                reply.update(await resp.json())
+                if resp.status != 200:
+                    raise RuntimeError(f"/offer answered {resp.status}: {reply}")
+            return RTCSessionDescription(sdp=reply["sdp"], type=reply["type"])
+
+        await self._negotiate(answerer, IceOptions())
+        return str(reply["sessionid"])
+
+    async def _negotiate(self, answerer: Callable[[RTCSessionDescription], Awaitable[RTCSessionDescription]],
+                         ice: IceOptions) -> None:
         self.pc = RTCPeerConnection(ice.configuration())
         self.pc.addTransceiver("video", direction="recvonly")
         self.pc.addTransceiver("audio", direction="recvonly")
@@ -98,10 +124,7 @@ class LoopbackReceiver:
             self._tasks.append(asyncio.create_task(self._consume(track, id(receiver))))
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        local = self.pc.localDescription
-        reply = await answer(server_pc, local.sdp, local.type, [tracks.video, tracks.audio])
-        await self.pc.setRemoteDescription(reply)
-        return server_pc
+        await self.pc.setRemoteDescription(await answerer(self.pc.localDescription))
 
     async def _consume(self, track, receiver_id: int) -> None:  # noqa: ANN001
         while True:
@@ -115,6 +138,8 @@ class LoopbackReceiver:
                 arrival = time.monotonic() * 1000.0
             if track.kind == "video":
                 data = frame.to_ndarray(format="bgr24") if self.keep_video else np.zeros((0, 0, 3), np.uint8)
+                if self.video_region is not None:
+                    data = data[self.video_region].copy()
             else:
                 pcm = frame.to_ndarray().astype(np.float32).reshape(-1, len(frame.layout.channels))
                 data = pcm.mean(axis=1) / 32768.0
@@ -140,10 +165,11 @@ def media_time_ms(frames: list[Received], clock_rate: int) -> list[float]:
 
 
 @contextlib.asynccontextmanager
-async def received(session: Session, keep_video: bool = True) -> AsyncIterator[LoopbackReceiver]:
+async def received(session: Session, keep_video: bool = True,
+                   video_region: tuple[slice, slice] | None = None) -> AsyncIterator[LoopbackReceiver]:
     """Connect a loopback receiver to the session's tracks, start the session; close everything on exit."""
     tracks = SessionTracks(session)
-    receiver = LoopbackReceiver(keep_video=keep_video)
+    receiver = LoopbackReceiver(keep_video=keep_video, video_region=video_region)
     server_pc = await receiver.connect(tracks)
     try:
         await session.start()
