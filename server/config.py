@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="piper: offline; edgetts; openai: OpenAI-compatible /audio/speech; gpt-sovits: "
                             "api_v2 server; realtime: OpenAI Realtime API (speech to speech, replaces TTS and LLM)")
     voice.add_argument("--REF_FILE", default=None,
-                       help="voice: edge-tts voice name, OpenAI voice, realtime voice, or GPT-SoVITS reference "
-                            "audio path (on that server)")
+                       help="voice: a piper .onnx voice file (its .onnx.json beside it), edge-tts voice name, "
+                            "OpenAI voice, realtime voice, or GPT-SoVITS reference audio path (on that server)")
     voice.add_argument("--REF_TEXT", default=None, help="GPT-SoVITS: transcript of the reference audio")
     voice.add_argument("--TTS_SERVER", default=None,
                        help="TTS server URL: GPT-SoVITS (default http://127.0.0.1:9880), OpenAI speech base URL "

@@ -107,18 +107,22 @@ async def offer(request: web.Request) -> web.Response:
     avatar_id = body.get("avatar") or state.config.avatar_id
     if not isinstance(avatar_id, str):
         raise ApiError(400, "'avatar' must be a string (an avatar id)")
+    voice = body.get("voice") or None  # our extension: one of /healthz "voices"
+    if voice is not None and voice not in state.services.voices:
+        raise ApiError(400, f"unknown voice {voice!r}; this server offers {', '.join(state.services.voices)}")
     try:
         sid = state.registry.reserve()
     except SessionLimitError as e:
         raise ApiError(503, str(e)) from e
     try:
-        local = await _open_session(state, sid, sdp, avatar_id)
+        local = await _open_session(state, sid, sdp, avatar_id, voice)
     finally:
         state.registry.release(sid)
     return web.json_response({"sdp": local.sdp, "type": local.type, "sessionid": sid, "code": 0, "msg": "ok"})
 
 
-async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str) -> RTCSessionDescription:
+async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str, voice: str | None
+                        ) -> RTCSessionDescription:
     """Create, connect and register session `sid`; on any failure nothing of it is left behind."""
     try:
         avatar, actions = await state.services.avatar(avatar_id)
@@ -139,7 +143,7 @@ async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str) -> 
         await _discard(tracks, pc, session)
         raise ApiError(400, f"cannot use the offer SDP: {e or type(e).__name__}") from e
     try:
-        live = LiveSession(sid, session, tracks, pc, state.services.new_voice(session))
+        live = LiveSession(sid, session, tracks, pc, await state.services.new_voice(session, voice))
         await session.start()
     except BaseException:
         await _discard(tracks, pc, session)
@@ -310,7 +314,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response({"ok": True, "sessions": len(state.registry), "max_session": state.registry.max_sessions,
-                              "engine": state.services.engine.describe()})
+                              "engine": state.services.engine.describe(), "voices": state.services.voices})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ Each session gets its own Voice (a Speaker with its own Conversation history, or
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 def build_tts(config: ServerConfig) -> TTS | None:
     """The configured TTS backend (None for realtime, which speaks by itself). Blocking (piper loads here)."""
     if config.tts == "piper":
-        return PiperTTS()
+        return PiperTTS(config.REF_FILE)  # a piper .onnx voice by path (its .onnx.json beside it), or the CC0 one
     if config.tts == "edgetts":
         from voices.tts_edge import EdgeTTS
 
@@ -57,7 +58,8 @@ class Services:
     def __init__(self, config: ServerConfig, engine: Engine, tts: TTS | None, llm: ChatModel) -> None:
         self.config = config
         self.engine = engine
-        self.tts = tts
+        self._tts: dict[str, TTS] = {config.tts: tts} if tts is not None else {}
+        self._tts_lock = asyncio.Lock()
         self.llm = llm
         self._avatars: dict[str, tuple[Avatar, dict[int, ActionClip]]] = {}
         self._avatar_lock = asyncio.Lock()
@@ -90,15 +92,38 @@ class Services:
         self.engine.bind(avatar)
         return avatar, actions
 
-    def new_voice(self, session: Session) -> Voice:
-        """A per-session voice (must be called on the event loop)."""
+    @property
+    def voices(self) -> list[str]:
+        """The TTS backends a session may choose in /offer ("voice"); the first is the default (--tts).
+
+        The offline piper voice and edge-tts are always offered; --tts realtime replaces TTS and LLM for all."""
         c = self.config
         if c.tts == "realtime":
+            return ["realtime"]
+        return [c.tts] + [name for name in ("piper", "edgetts") if name != c.tts]
+
+    async def tts(self, name: str) -> TTS:
+        """A TTS backend, built on first use and shared by the sessions that chose it. ValueError if unknown."""
+        if name not in self.voices or name == "realtime":
+            raise ValueError(f"unknown voice {name!r}; this server offers {', '.join(self.voices)}")
+        async with self._tts_lock:
+            if name not in self._tts:
+                # --REF_FILE / --TTS_SERVER describe the --tts backend only; another one starts from its defaults.
+                own = dataclasses.replace(self.config, tts=name, REF_FILE=None, REF_TEXT=None, TTS_SERVER=None)
+                tts = await asyncio.to_thread(build_tts, own)
+                assert tts is not None
+                self._tts[name] = tts
+            return self._tts[name]
+
+    async def new_voice(self, session: Session, name: str | None = None) -> Voice:
+        """A per-session voice: `name` from `voices` (default: the first). ValueError if unknown."""
+        c = self.config
+        name = name or self.voices[0]
+        if name == "realtime" and c.tts == "realtime":
             url = c.TTS_SERVER or DEFAULT_REALTIME_URL
             return RealtimeVoice(session, lambda: RealtimeClient(url, c.realtime_model, c.llm_api_key),
                                  c.system_prompt, c.REF_FILE)
-        assert self.tts is not None
-        return Speaker(session, self.tts, Conversation(self.llm, c.system_prompt))
+        return Speaker(session, await self.tts(name), Conversation(self.llm, c.system_prompt))
 
     async def transcriber(self) -> Transcriber:
         """The speech recogniser, loaded on first use (a few seconds), once per process."""
@@ -109,7 +134,7 @@ class Services:
             return self._transcriber
 
     async def aclose(self) -> None:
-        for backend in (self.tts, self.llm):
+        for backend in (*self._tts.values(), self.llm):
             aclose = getattr(backend, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -79,6 +79,7 @@ const ui = {
     $("connect").disabled = busy;
     $("disconnect").disabled = !busy;
     $("avatar").disabled = busy;
+    $("voice").disabled = busy;
     for (const el of document.querySelectorAll(".needs-session")) el.disabled = state !== "connected";
   },
 
@@ -158,7 +159,7 @@ class AvatarClient {
   }
 
   // -- connection ----------------------------------------------------------------------------------------
-  async connect({ avatar = "", useMic = false } = {}) {
+  async connect({ avatar = "", voice = "", useMic = false } = {}) {
     if (this.pc) return;
     const gen = ++this.generation;
     ui.clearMessages();
@@ -183,6 +184,7 @@ class AvatarClient {
       if (gen !== this.generation) return;
       const body = { sdp: pc.localDescription.sdp, type: pc.localDescription.type };
       if (avatar) body.avatar = avatar;
+      if (voice) body.voice = voice;
       const answer = await api("/offer", body);
       if (gen !== this.generation) return;
       if (typeof answer.sdp !== "string" || !answer.sdp) throw new Error("the server's answer has no SDP");
@@ -576,7 +578,17 @@ function guarded(fn) {
 }
 
 $("connect").addEventListener("click", () =>
-  client.connect({ avatar: $("avatar").value.trim(), useMic: $("mic").checked }));
+  client.connect({ avatar: $("avatar").value.trim(), voice: $("voice").value, useMic: $("mic").checked }));
+
+// The voices (TTS backends) this server offers; the first is its default.
+(async () => {
+  try {
+    const health = await (await fetch("/healthz")).json();
+    for (const name of health.voices ?? []) $("voice").add(new Option(`voice: ${name}`, name));
+  } catch {
+    $("voice").hidden = true;
+  }
+})();
 $("disconnect").addEventListener("click", () => client.disconnect());
 $("unmute").addEventListener("click", () => client.unmute());
 $("mic").addEventListener("change", (ev) => client.setMicEnabled(ev.target.checked));

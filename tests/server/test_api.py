@@ -43,6 +43,7 @@ async def test_bad_json_and_bad_fields_get_400_with_an_envelope(serve, config) -
             ({"sdp": "v=0", "type": "answer"}, "'type'"),
             ({"sdp": "v=0", "type": "offer", "avatar": "../etc"}, "invalid avatar id"),
             ({"sdp": "v=0", "type": "offer", "avatar": 7}, "'avatar'"),
+            ({"sdp": "v=0", "type": "offer", "voice": "nobody"}, "unknown voice 'nobody'; this server offers piper"),
         ]
         for body, words in checks:
             status, reply = await server.post("/offer", body)
@@ -159,7 +160,8 @@ async def test_health_metrics_static_and_cors(serve, config) -> None:
         await client.wait_video(10)
         await asyncio.sleep(2.2)
         status, body = await server.get("/healthz")
-        assert status == 200 and json.loads(body) == {"ok": True, "sessions": 1, "max_session": 3, "engine": "lite"}
+        assert status == 200 and json.loads(body) == {"ok": True, "sessions": 1, "max_session": 3, "engine": "lite",
+                                                      "voices": ["piper", "edgetts"]}
         status, body = await server.get("/metrics")
         samples = parse_prometheus(body.decode())
         sid = client.sessionid
@@ -198,3 +200,16 @@ def parse_prometheus(text: str) -> dict[tuple[str, tuple], float]:
         pairs = tuple(sorted(tuple(p.split("=", 1)) for p in labels.rstrip("}").split(",") if p))
         samples[(name, tuple((k, v.strip('"')) for k, v in pairs))] = float(value)
     return samples
+
+
+async def test_a_session_can_choose_another_offered_voice(serve, config) -> None:
+    async with serve(config) as server:
+        client = Client(server)
+        await client.connect(voice="edgetts")
+        live = server.state.registry.get(client.sessionid)
+        assert type(live.voice.tts).__name__ == "EdgeTTS"
+        default = Client(server)
+        await default.connect()
+        assert type(server.state.registry.get(default.sessionid).voice.tts).__name__ == "PiperTTS"
+        await client.close()
+        await default.close()
