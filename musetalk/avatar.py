@@ -193,7 +193,7 @@ def list_avatars(avatars_dir: Path = DEFAULT_AVATARS_DIR) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------- sources
 
-def _decode_video(path: Path, fps: float, max_frames: int | None) -> Iterator[np.ndarray]:
+def decode_video(path: Path, fps: float, max_frames: int | None) -> Iterator[np.ndarray]:
     """BGR frames resampled to `fps` by nearest timestamp (an avatar cycle must play at the output rate)."""
     import av
 
@@ -234,7 +234,7 @@ def _read_source(source: Path | np.ndarray, fps: float, max_frames: int | None) 
         if img is None:
             raise AvatarError(f"cannot read image {path}")
         return [img], path.name
-    frames = list(_decode_video(path, fps, max_frames))
+    frames = list(decode_video(path, fps, max_frames))
     if not frames:
         raise AvatarError(f"no video frames in {path}")
     return frames, path.name

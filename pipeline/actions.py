@@ -1,13 +1,18 @@
 """Custom action clips ("audiotype" N): frames, optionally with their own audio, played instead of idle."""
 from __future__ import annotations
 
+import argparse
 import re
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from pipeline.items import TICK_SAMPLES
+from musetalk.avatar import DEFAULT_AVATARS_DIR, AvatarError, decode_video, load_avatar
+from pipeline.items import SAMPLE_RATE, TICK_SAMPLES
 
 ACTIONS_DIR = "actions"
 
@@ -57,3 +62,53 @@ def load_actions(avatar_path: Path, frame_shape: tuple[int, int]) -> dict[int, A
         audio = np.load(audio_path, allow_pickle=False).astype(np.float32) if audio_path.exists() else None
         clips[int(folder.name)] = ActionClip(frames=frames, audio=audio)
     return clips
+
+
+def decode_audio(path: Path) -> np.ndarray | None:
+    """The first audio stream of a media file as 16 kHz mono float32, or None if it has none."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return None
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        parts = [f.to_ndarray().reshape(-1) for frame in container.decode(audio=0) for f in resampler.resample(frame)]
+        parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(parts).astype(np.float32) if parts else None
+
+
+def add_action(avatar_id: str, audiotype: int, source: Path, avatars_dir: Path = DEFAULT_AVATARS_DIR,
+               with_audio: bool = True) -> Path:
+    """Make clip `audiotype` of an avatar from a video: its frames at 25 fps (resized to the avatar's size if
+    needed) and, unless with_audio is False, its sound."""
+    avatar = load_avatar(avatar_id, avatars_dir)
+    h, w = avatar.frames.shape[1:3]
+    frames = [f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)
+              for f in decode_video(source, avatar.fps, None)]
+    if not frames:
+        raise AvatarError(f"{source} has no video frames")
+    return save_action(avatar.path, audiotype, np.stack(frames), decode_audio(source) if with_audio else None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.actions",
+                                     description="Add an action clip to a prepared avatar (played by /set_audiotype).")
+    parser.add_argument("avatar_id")
+    parser.add_argument("audiotype", type=int, help="the number /set_audiotype selects it by")
+    parser.add_argument("source", type=Path, help="a video file (its sound plays with it)")
+    parser.add_argument("--no_audio", action="store_true", help="play the frames silently")
+    parser.add_argument("--avatars_dir", type=Path, default=DEFAULT_AVATARS_DIR)
+    args = parser.parse_args(argv)
+    try:
+        folder = add_action(args.avatar_id, args.audiotype, args.source, args.avatars_dir, not args.no_audio)
+    except (AvatarError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    clip = load_actions(folder.parent.parent, np.load(folder / "frames.npy", mmap_mode="r").shape[1:3])[args.audiotype]
+    audio = "no audio" if clip.audio is None else f"{len(clip.audio) / SAMPLE_RATE:.2f} s of audio"
+    print(f"action {args.audiotype} of {args.avatar_id}: {clip.n_ticks} frames, {audio} ({folder})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,7 +34,6 @@ class AudioFrame:
     kind: Kind
     turn: int
     events: list[Event] = field(default_factory=list)
-    action: int = 0
     t_in: float = 0.0  # monotonic time the audio was handed to the session (latency accounting)
 
 

@@ -12,7 +12,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from musetalk.avatar import (
-    AvatarError, AvatarExistsError, AvatarNotFoundError, NoFaceError, _decode_video, face_crops, load_avatar, main,
+    AvatarError, AvatarExistsError, AvatarNotFoundError, NoFaceError, decode_video, face_crops, load_avatar, main,
     prepare_avatar, validate_avatar_id,
 )
 from musetalk.config import vae_tiny_config
@@ -115,10 +115,10 @@ def test_max_frames_and_resampling(tmp_path: Path, media: Any) -> None:
     frames = [np.full((32, 48, 3), 5 * k, np.uint8) for k in range(20)]
     video = media.write_video(tmp_path / "fast.mp4", frames, fps=50)
     every_frame = media.decode_video(video)
-    np.testing.assert_array_equal(np.stack(list(_decode_video(video, 25, None))), every_frame[::2])
+    np.testing.assert_array_equal(np.stack(list(decode_video(video, 25, None))), every_frame[::2])
     assert len(np.unique(every_frame[:, 0, 0, 0])) == 20  # frames are distinguishable
-    assert len(list(_decode_video(video, 25, 3))) == 3
-    assert len(list(_decode_video(video, 50, None))) == 20
+    assert len(list(decode_video(video, 25, 3))) == 3
+    assert len(list(decode_video(video, 50, None))) == 20
 
 
 def test_existing_avatar_needs_overwrite(tmp_path: Path, prepared_demo: Path, astronaut: np.ndarray) -> None:
