@@ -150,7 +150,8 @@ async def main() -> None:
               f"   drift: median of the first tenth {np.median(off[:tenth]):+.1f} ms, of the last tenth "
               f"{np.median(off[-tenth:]):+.1f} ms, fitted slope {slope:+.3f} ms/min  [target: no drift]\n"
               f"   session counters: {stats.ticks} ticks, {stats.repeated_frames} repeated, "
-              f"{stats.dropped_frames} dropped, {stats.late_ticks} late ticks", flush=True)
+              f"{stats.dropped_frames} dropped, {stats.late_ticks} late (caught up), {stats.skipped_ticks} skipped ticks",
+              flush=True)
     if args.only in (None, "interrupt"):
         intr = await interrupt_run(avatar, engine, args.trials)
         print(f"3. interrupt -> first idle frame at the receiver: {summary(intr)}  [target <= 150 ms]", flush=True)

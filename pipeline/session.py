@@ -27,6 +27,7 @@ from pipeline.worker import InferenceWorker
 log = logging.getLogger(__name__)
 
 Sink = Callable[[OutputTick], None]
+MAX_CATCH_UP_TICKS = 10  # 400 ms
 
 
 @dataclass(frozen=True)
@@ -194,9 +195,13 @@ class Session:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 behind = self.clock.current_tick() - k
-                if behind > 2:  # the loop stalled: skip ahead instead of bursting (keeps real time)
-                    self.stats.late_ticks += behind
+                if behind > 0:
+                    self.stats.late_ticks += 1
+                if behind > MAX_CATCH_UP_TICKS:  # a long stall: skip what cannot be sent in time any more
+                    self.stats.skipped_ticks += behind
                     k += behind
+                # A short stall (the event loop was busy) is caught up by sending the missed ticks back to back:
+                # receivers' jitter buffers absorb that, and no audio is lost.
                 self._emit(self.output.tick(k))
                 k += 1
         except asyncio.CancelledError:

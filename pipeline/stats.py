@@ -13,7 +13,8 @@ class SessionStats:
     repeated_frames: int = 0  # speech audio played while its video was not ready: last frame shown again
     dropped_frames: int = 0  # rendered frames that arrived after their tick had been played
     dropped_stale: int = 0  # items of an interrupted turn discarded at some stage
-    late_ticks: int = 0  # ticks the output clock had to catch up on (event loop stalled)
+    late_ticks: int = 0  # ticks sent after their slot because the event loop was busy (then caught up)
+    skipped_ticks: int = 0  # ticks never sent: the event loop stalled for longer than the catch-up limit
     silent_batches: int = 0
     rendered_frames: int = 0
     render_errors: int = 0

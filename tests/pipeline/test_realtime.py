@@ -88,3 +88,19 @@ async def test_interrupt_reaches_idle_within_100_ms(demo_avatar) -> None:
     assert silent - t_interrupt <= 0.05
     assert idle - t_interrupt <= 0.1, f"pure idle frame {1000 * (idle - t_interrupt):.0f} ms after interrupt"
     assert all(out.source == "idle" for _, out in after)
+
+
+async def test_a_stalled_event_loop_is_caught_up_without_losing_ticks() -> None:
+    session = Session("stall", synthetic_avatar(), ProbeEngine(batch_size=2, lead_ticks=3))
+    seen: list[tuple[float, int]] = []
+    session.add_sink(lambda out: seen.append((time.monotonic(), out.tick)))
+    await session.start()
+    await asyncio.sleep(0.3)
+    time.sleep(0.2)  # the event loop is blocked for 5 ticks
+    await asyncio.sleep(0.5)
+    await session.close()
+    ticks = [k for _, k in seen]
+    assert ticks == list(range(len(ticks)))  # nothing skipped, nothing lost
+    assert session.stats.late_ticks >= 3 and session.stats.skipped_ticks == 0
+    # and it is back on its own clock afterwards
+    assert seen[-1][0] - session.clock.tick_time(seen[-1][1]) < 0.03
