@@ -87,7 +87,8 @@ def test_app_starts_with_defaults_builds_the_demo_avatar_and_prints_the_url(tmp_
         assert any("using lite" in line for line in lines)  # one line says why the engine is lite
         no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with no_proxy.open(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
-            assert json.loads(resp.read()) == {"ok": True, "sessions": 0, "max_session": 5, "engine": "lite"}
+            assert json.loads(resp.read()) == {"ok": True, "sessions": 0, "max_session": 5, "engine": "lite",
+                                               "voices": ["piper", "edgetts"]}
         assert (tmp_path / "avatars" / "demo" / "manifest.json").is_file()
     finally:
         proc.terminate()
