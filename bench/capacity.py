@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import psutil
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
 
 from bench.common import machine
 from engines.lite import LiteEngine
@@ -40,7 +39,7 @@ from pipeline.clock import VIDEO_PTS_PER_TICK
 from pipeline.session import Session
 from server.media import SessionTracks
 from server.webrtc import IceOptions, answer
-from testing.rtc import require_loopback_namespace
+from testing.rtc import frames_of, require_loopback_namespace
 
 SR = 16000
 MIN_FPS = 24.5  # a 12 s window measures 25 fps to within one frame
@@ -69,11 +68,7 @@ class Peer:
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def consume(self, track) -> None:  # noqa: ANN001
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
+        async for frame in frames_of(track):
             if track.kind == "video":
                 self.video_pts.append(frame.pts)
             else:

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import numpy as np
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from av.frame import Frame
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
 from pipeline.session import Session
@@ -127,11 +128,7 @@ class LoopbackReceiver:
         await self.pc.setRemoteDescription(await answerer(self.pc.localDescription))
 
     async def _consume(self, track, receiver_id: int) -> None:  # noqa: ANN001
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
+        async for frame in frames_of(track):
             arrival = _ARRIVALS.get((receiver_id, frame.pts % 2**32))
             if arrival is None:
                 self.unmatched += 1
@@ -150,6 +147,15 @@ class LoopbackReceiver:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def frames_of(track: MediaStreamTrack) -> AsyncIterator[Frame]:
+    """The frames a received track delivers, until it ends."""
+    while True:
+        try:
+            yield await track.recv()
+        except MediaStreamError:
+            return
 
 
 def media_time_ms(frames: list[Received], clock_rate: int) -> list[float]:

@@ -25,6 +25,7 @@ from server.app import create_app
 from server.config import ServerConfig
 from server.services import Services
 from server.state import STATE, AppState
+from testing.rtc import frames_of
 
 MIC_RATE = 48000
 MIC_FRAME = 960  # 20 ms
@@ -154,11 +155,7 @@ class Client:
         return n / (t1 - t0)
 
     async def _consume(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
+        async for frame in frames_of(track):
             if track.kind == "video":
                 self.video_times.append(time.monotonic())
             else:
