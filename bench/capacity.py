@@ -5,7 +5,7 @@
 For N = 1, 2, 4, 6, ... (stopping at the first N that fails) one server process runs N sessions (shared
 LiteEngine and avatar, each with its SessionTracks and its own aiortc peer connection), each speaking
 continuously (a syllable-modulated tone, so the lite engine renders a moving mouth on every frame). All
-receivers run in ONE separate process (this module with --receiver, driven over stdin/stdout with JSON lines),
+receivers run in ONE separate process (bench.receivers, driven over stdin/stdout with JSON lines),
 so their decoding is not charged to the server. After a warm-up, for --seconds:
 
 - received video fps per session and missing frames (gaps in the RTP timestamps), at the receiver;
@@ -21,25 +21,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import psutil
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 
 from bench.common import machine
+from bench.receivers import ReceiverClient, cpu_seconds
 from engines.lite import LiteEngine
 from musetalk.avatar import Avatar, ensure_demo, load_avatar
-from pipeline.clock import VIDEO_PTS_PER_TICK
 from pipeline.session import Session
 from server.media import SessionTracks
 from server.webrtc import IceOptions, answer
-from testing.rtc import frames_of, require_loopback_namespace
+from testing.rtc import require_loopback_namespace
 
 SR = 16000
 MIN_FPS = 24.5  # a 12 s window measures 25 fps to within one frame
@@ -51,117 +48,6 @@ def speech(seconds: float) -> np.ndarray:
     t = np.arange(int(seconds * SR)) / SR
     envelope = 0.01 + 0.29 * (0.5 + 0.5 * np.sin(2 * np.pi * 3.1 * t))
     return (envelope * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-
-
-def cpu_seconds(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system
-
-
-# ------------------------------------------------------------------------------------------ receiver process
-
-@dataclass
-class Peer:
-    pc: RTCPeerConnection
-    video_pts: list[int] = field(default_factory=list)  # frames decoded since the mark
-    audio_frames: int = 0
-    tasks: list[asyncio.Task] = field(default_factory=list)
-
-    async def consume(self, track) -> None:  # noqa: ANN001
-        async for frame in frames_of(track):
-            if track.kind == "video":
-                self.video_pts.append(frame.pts)
-            else:
-                self.audio_frames += 1
-
-    def report(self) -> dict[str, int]:
-        gaps = np.diff(np.asarray(self.video_pts, np.int64)) % 2**32
-        missing = int(np.sum(np.maximum(gaps // VIDEO_PTS_PER_TICK - 1, 0))) if gaps.size else 0
-        return {"video": len(self.video_pts), "audio": self.audio_frames, "missing": missing}
-
-
-class ReceiverHost:
-    """All receiving peers of the run, in one process; one request line in, one reply line out."""
-
-    def __init__(self) -> None:
-        self.peers: dict[str, Peer] = {}
-        self.proc = psutil.Process()
-        self.mark_time = time.monotonic()
-        self.mark_cpu = cpu_seconds(self.proc)
-
-    async def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
-        op = msg["op"]
-        if op == "offer":
-            pc = RTCPeerConnection(IceOptions().configuration())
-            peer = self.peers[msg["id"]] = Peer(pc)
-            pc.addTransceiver("video", direction="recvonly")
-            pc.addTransceiver("audio", direction="recvonly")
-            pc.on("track", lambda track: peer.tasks.append(asyncio.create_task(peer.consume(track))))
-            await pc.setLocalDescription(await pc.createOffer())
-            return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
-        if op == "answer":
-            await self.peers[msg["id"]].pc.setRemoteDescription(RTCSessionDescription(msg["sdp"], msg["type"]))
-            return {}
-        if op == "mark":
-            for peer in self.peers.values():
-                peer.video_pts.clear()
-                peer.audio_frames = 0
-            self.mark_time, self.mark_cpu = time.monotonic(), cpu_seconds(self.proc)
-            return {}
-        if op == "report":
-            return {"seconds": time.monotonic() - self.mark_time, "cpu": cpu_seconds(self.proc) - self.mark_cpu,
-                    "peers": {k: p.report() for k, p in self.peers.items()}}
-        if op == "close":
-            peers, self.peers = list(self.peers.values()), {}
-            for peer in peers:
-                await peer.pc.close()
-                for task in peer.tasks:
-                    task.cancel()
-                await asyncio.gather(*peer.tasks, return_exceptions=True)
-            return {}
-        raise ValueError(f"unknown op {op!r}")
-
-
-async def receiver_main() -> None:
-    require_loopback_namespace()
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    host = ReceiverHost()
-    while line := await reader.readline():
-        reply = await host.handle(json.loads(line))
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
-    await host.handle({"op": "close"})
-
-
-# ------------------------------------------------------------------------------------------ server process
-
-class ReceiverClient:
-    """The parent's end of the receiver process."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    async def spawn(cls) -> ReceiverClient:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.capacity", "--receiver",
-                                                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        return cls(proc)
-
-    async def request(self, **msg: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
-        await self.proc.stdin.drain()
-        line = await self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"receiver process exited (code {await self.proc.wait()}) during {msg['op']!r}")
-        return json.loads(line)
-
-    async def stop(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        await self.proc.wait()
 
 
 @dataclass
@@ -310,13 +196,12 @@ async def server_main(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--seconds", type=float, default=12.0, help="measured seconds per level (default 12)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (default 3)")
     parser.add_argument("--max-sessions", type=int, default=16)
     parser.add_argument("--target", type=int, default=4)
     args = parser.parse_args()
-    asyncio.run(receiver_main() if args.receiver else server_main(args))
+    asyncio.run(server_main(args))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """MuseTalk full model on a CUDA GPU: fp16 UNet + VAE decode per batch, eager vs torch.compile vs CUDA graphs.
 
     .venv/bin/python -m bench.gpu [--models-dir models] [--batches 1,2,4,8,16,32,64] [--modes eager,compile,cudagraphs]
+    .venv/bin/python -m bench.gpu --cpu-check   # the same code on this CPU, reduced-width models: checks the script
 
 Loads the official weights from --models-dir when they are all there (musetalk.models.load_models), otherwise
 builds the same architectures with random weights (speed does not depend on the values). Per batch size B and
@@ -9,7 +10,9 @@ the host as uint8 BGR) and, separately, the whisper features of the B frames (St
 Modes: eager; compile = torch.compile (default mode) of the UNet and the VAE decoder; cudagraphs =
 torch.compile(mode="reduce-overhead"). Each shape is compiled on its own (dynamic=False).
 Target to beat: 72 fps, LiveTalking's best published MuseTalk figure (RTX 4090, one session).
-On a machine without CUDA it prints one line and exits 0.
+On a machine without CUDA it prints one line and exits 0. --cpu-check runs every step on the CPU in fp32 instead,
+with the models under --models-dir or the reduced-width configs: its figures say nothing about a GPU, it shows
+that the script (loading, each compile mode, the table) works before GPU time is spent on it.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import torch
 
 from bench.common import machine
 from musetalk.audio_features import StreamingFeatures
-from musetalk.config import LATENT_SIZE, unet_config, vae_config
+from musetalk.config import LATENT_SIZE, unet_config, unet_tiny_config, vae_config, vae_tiny_config
 from musetalk.inference import AUDIO_TOKENS, LATENT_CHANNELS, infer_faces
 from musetalk.models import (FEATURE_DIM, MissingWeightsError, ModelPaths, MuseTalkModels, PositionalEncoding,
                              build_unet, build_vae, load_models)
@@ -44,22 +47,25 @@ def no_cuda_reason() -> str | None:
 
 # ------------------------------------------------------------------------------------------------- models
 
-def cuda_models(models_dir: Path, version: str) -> tuple[MuseTalkModels, torch.nn.Module, str]:
-    """(UNet/VAE/PE, whisper encoder, where the weights came from), fp16 on cuda:0."""
+def bench_models(models_dir: Path, version: str, device: torch.device
+                 ) -> tuple[MuseTalkModels, torch.nn.Module, str]:
+    """(UNet/VAE/PE, whisper encoder, where the weights came from): fp16 on CUDA, fp32 on the CPU."""
     try:
-        models = load_models(models_dir, version, device="cuda")
+        models = load_models(models_dir, version, device=device.type)
         encoder = load_encoder_v15(ModelPaths(models_dir, version).whisper, models.device, models.dtype)
         return models, encoder, f"official {version} weights from {models_dir}"
     except MissingWeightsError as e:
         missing = f"{len(e.missing)} file(s) missing under {models_dir}"
-    device, dtype = torch.device("cuda"), torch.float16
+    cuda = device.type == "cuda"
+    dtype = torch.float16 if cuda else torch.float32
+    size = "full-size" if cuda else "reduced-width"
     torch.manual_seed(0)
     with device:  # initialise on the GPU: seconds instead of ~15 s of CPU init for 0.9 B parameters
-        unet = build_unet(unet_config()).half().eval().requires_grad_(False)
-        vae = build_vae(vae_config()).half().eval().requires_grad_(False)
-        encoder = build_encoder(whisper_tiny_config()).half()
+        unet = build_unet(unet_config() if cuda else unet_tiny_config()).to(dtype).eval().requires_grad_(False)
+        vae = build_vae(vae_config() if cuda else vae_tiny_config()).to(dtype).eval().requires_grad_(False)
+        encoder = build_encoder(whisper_tiny_config()).to(dtype)
     models = MuseTalkModels(unet, vae, PositionalEncoding().to(device, dtype).eval(), device, dtype, version)
-    return models, encoder, f"random weights of the full-size architectures ({missing})"
+    return models, encoder, f"random weights of the {size} architectures ({missing})"
 
 
 @contextmanager
@@ -85,16 +91,21 @@ def compiled(models: MuseTalkModels, mode: str | None) -> Iterator[MuseTalkModel
 
 # ------------------------------------------------------------------------------------------------- timing
 
-def cuda_ms(fn: Callable[[], object], repeats: int, warmup: int) -> float:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
     """Median wall ms of fn(), synchronising the device around every call."""
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    synchronize(device)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        synchronize(device)
         times.append(1000.0 * (time.perf_counter() - started))
     return float(np.median(times))
 
@@ -122,7 +133,7 @@ def infer_cell(models: MuseTalkModels, batch: int, repeats: int, warmup: int, gr
         return infer_faces(models, feats, latents)
 
     try:
-        return Cell(cuda_ms(call, repeats, warmup))
+        return Cell(device_ms(call, models.device, repeats, warmup))
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         return Cell(None, "out of memory")
@@ -131,6 +142,7 @@ def infer_cell(models: MuseTalkModels, batch: int, repeats: int, warmup: int, gr
 
 
 def whisper_ms(encoder: torch.nn.Module, batch: int, version: str, repeats: int) -> float:
+    device = next(encoder.parameters()).device
     feats = StreamingFeatures(encoder, version, batch_frames=batch)
     first = 100  # mid-utterance: full left context
     start, end = feats.window(first)
@@ -140,7 +152,7 @@ def whisper_ms(encoder: torch.nn.Module, batch: int, version: str, repeats: int)
         with torch.inference_mode():
             feats.chunks(audio, first)
 
-    return cuda_ms(call, repeats, warmup=2)
+    return device_ms(call, device, repeats, warmup=2)
 
 
 def main() -> None:
@@ -151,6 +163,9 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per shape (compiles happen here)")
+    parser.add_argument("--cpu-check", action="store_true",
+                        help="run on the CPU (fp32, reduced-width models unless --models-dir has weights) to check "
+                             "the script; the figures say nothing about a GPU")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     modes = args.modes.split(",")
@@ -159,17 +174,20 @@ def main() -> None:
         parser.error(f"modes must be among {', '.join(MODES)} and batches >= 1 (got {args.modes!r}, {args.batches!r})")
 
     reason = no_cuda_reason()
-    if reason is not None:
-        print(f"no CUDA device: {reason}; this benchmark needs a GPU (CPU figures: python -m bench.stages)")
+    if reason is not None and not args.cpu_check:
+        print(f"no CUDA device: {reason}; this benchmark needs a GPU (CPU figures: python -m bench.stages; "
+              f"--cpu-check runs this script on the CPU to check it)")
         return
+    device = torch.device("cpu" if args.cpu_check else "cuda")
 
     print(f"machine: {machine()}")
+    if args.cpu_check:
+        print("CPU CHECK RUN: fp32 on the CPU; these figures say nothing about a GPU")
     torch.backends.cudnn.benchmark = True  # fixed shapes per batch size: let cuDNN pick its fastest convolutions
     torch._dynamo.config.recompile_limit = 2 * len(batches)  # one specialisation per batch size and module
-    models, encoder, source = cuda_models(args.models_dir, args.version)
-    print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}, {models.dtype}; "
-          f"{source}",
-          flush=True)
+    models, encoder, source = bench_models(args.models_dir, args.version, device)
+    where = f"CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}" if device.type == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, {where}, {models.dtype}; {source}", flush=True)
 
     results: dict[str, dict[int, Cell]] = {}
     for mode in modes:

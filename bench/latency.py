@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from bench.common import machine, summary
-from bench.measure import MOUTH_ONSET, mouth_difference, mouth_region
+from bench.measure import MOUTH_ONSET, mouth_darkening, mouth_region
 from musetalk.avatar import ensure_demo, load_avatar
 from server.config import ServerConfig
 from server.services import Services
@@ -64,7 +64,7 @@ async def main() -> None:
                 t_emit = next((t for t, src in emitted if t > t0 and src == "speech"), None)
                 if t_emit is not None:
                     t_arrive = next((f.arrival_ms for f in receiver.frames["video"] if f.arrival_ms > t_emit
-                                     and mouth_difference(f.data, reference, region) > MOUTH_ONSET), None)
+                                     and mouth_darkening(f.data, reference, region) > MOUTH_ONSET), None)
             if t_emit is None or t_arrive is None:
                 print(f"trial {i}: no lip-synced frame within 10 s")
                 continue

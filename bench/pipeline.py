@@ -12,16 +12,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import numpy as np
+from aiortc import RTCPeerConnection
 
 from bench.common import machine, summary
+from bench.measure import (
+    IDLE_MATCH,
+    audio_onsets,
+    mouth_difference,
+    mouth_region,
+    video_onsets,
+)
+from bench.receivers import ReceiverClient
 from engines.base import Engine
 from engines.lite import LiteEngine
 from musetalk.avatar import Avatar, ensure_demo, load_avatar
 from pipeline.session import Session
 from pipeline.stats import SessionStats
-from bench.measure import IDLE_MATCH, audio_onsets, mouth_difference, mouth_region, video_onsets
+from server.media import SessionTracks
+from server.webrtc import IceOptions, answer
 from testing.rtc import received, require_loopback_namespace
 
 SR = 16000
@@ -56,11 +67,17 @@ async def session_latency(avatar: Avatar, engine: Engine, trials: int) -> list[f
     return results
 
 
-async def sync_run(avatar: Avatar, engine: LiteEngine, minutes: float, period: float
+async def sync_run(avatar: Avatar, engine: LiteEngine, minutes: float, period: float, inline: bool
                    ) -> tuple[list[float], list[float], SessionStats]:
+    """Tone bursts every `period` s for `minutes`; (offset per burst, minutes into the run, session counters).
+
+    The receiver runs in a process of its own (bench.receivers) unless `inline`: in this process its decoding
+    shares the event loop with the session it measures.
+    """
     burst_times: list[float] = []
     session = Session("sync", avatar, engine)
-    async with received(session, video_region=mouth_region(avatar)) as receiver:  # 10 min of full frames: 12 GB
+
+    async def bursts() -> None:
         await asyncio.sleep(2.0)  # connection up, encoder settled on the idle picture
         end = time.monotonic() + minutes * 60
         while time.monotonic() < end:
@@ -69,15 +86,46 @@ async def sync_run(avatar: Avatar, engine: LiteEngine, minutes: float, period: f
             await session.end_speech()
             await asyncio.sleep(period)
         await asyncio.sleep(1.0)
-    video, audio = receiver.frames["video"], receiver.frames["audio"]
-    a_on = audio_onsets(audio, burst_times)
-    v_on = video_onsets(video, burst_times, (slice(None), slice(None)))
+
+    region = mouth_region(avatar)
+    if inline:
+        async with received(session, video_region=region) as receiver:  # 10 min of full frames would be 12 GB
+            await bursts()
+        video, audio = receiver.frames["video"], receiver.frames["audio"]
+        a_on = audio_onsets(audio, burst_times)
+        v_on = video_onsets(video, burst_times, (slice(None), slice(None)))
+    else:
+        a_on, v_on = await remote_onsets(session, region, bursts, burst_times)
     offsets, at = [], []
     for b, a, v in zip(burst_times, a_on, v_on):
         if a is not None and v is not None:
             offsets.append(v - a)
             at.append((b - burst_times[0]) / 60000.0)
     return offsets, at, session.stats
+
+
+async def remote_onsets(session: Session, region: tuple[slice, slice], run: Callable[[], Awaitable[None]],
+                        after_ms: list[float]) -> tuple[list[float | None], list[float | None]]:
+    """Run `run()` with the session sent to a receiver in another process; its audio and video onsets."""
+    receivers = await ReceiverClient.spawn()
+    tracks = SessionTracks(session)
+    pc = RTCPeerConnection(IceOptions().configuration())
+    try:
+        rows, cols = region
+        offer = await receivers.request(op="offer", id="sync", region=[rows.start, rows.stop, cols.start, cols.stop])
+        reply = await answer(pc, offer["sdp"], offer["type"], [tracks.video, tracks.audio])
+        await receivers.request(op="answer", id="sync", sdp=reply.sdp, type=reply.type)
+        await session.start()
+        await run()
+        onsets = await receivers.request(op="onsets", id="sync", after_ms=after_ms)
+        if onsets["unmatched"]:
+            print(f"   warning: {onsets['unmatched']} received frames had no packet arrival time", flush=True)
+        return onsets["audio"], onsets["video"]
+    finally:
+        await receivers.stop()
+        await pc.close()
+        tracks.close()
+        await session.close()
 
 
 async def interrupt_run(avatar: Avatar, engine: LiteEngine, trials: int) -> list[float]:
@@ -123,6 +171,8 @@ async def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the sync run (default 10)")
     parser.add_argument("--period", type=float, default=2.0, help="seconds between tone bursts")
     parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--inline-receiver", action="store_true",
+                        help="sync: decode in this process instead of a separate receiver process")
     parser.add_argument("--only", choices=("latency", "sync", "interrupt"), help="run one of the three parts")
     args = parser.parse_args()
     require_loopback_namespace()
@@ -138,7 +188,7 @@ async def main() -> None:
         print(f"1b. same, musetalk engine with the reduced (tiny, random) config on this CPU: {summary(mt)}\n"
               f"    budget: {budget}", flush=True)
     if args.only in (None, "sync"):
-        offsets, at, stats = await sync_run(avatar, engine, args.minutes, args.period)
+        offsets, at, stats = await sync_run(avatar, engine, args.minutes, args.period, args.inline_receiver)
         off = np.asarray(offsets)
         slope = float(np.polyfit(at, off, 1)[0]) if len(off) > 2 else float("nan")
         tenth = max(1, len(off) // 10)

@@ -115,6 +115,10 @@ class LoopbackReceiver:
 
     async def _negotiate(self, answerer: Callable[[RTCSessionDescription], Awaitable[RTCSessionDescription]],
                          ice: IceOptions) -> None:
+        await self.accept(await answerer(await self.offer(ice)))
+
+    async def offer(self, ice: IceOptions = IceOptions()) -> RTCSessionDescription:
+        """A receive-only offer for video + audio; pass the sender's answer to accept()."""
         self.pc = RTCPeerConnection(ice.configuration())
         self.pc.addTransceiver("video", direction="recvonly")
         self.pc.addTransceiver("audio", direction="recvonly")
@@ -125,7 +129,10 @@ class LoopbackReceiver:
             self._tasks.append(asyncio.create_task(self._consume(track, id(receiver))))
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        await self.pc.setRemoteDescription(await answerer(self.pc.localDescription))
+        return self.pc.localDescription
+
+    async def accept(self, reply: RTCSessionDescription) -> None:
+        await self.pc.setRemoteDescription(reply)
 
     async def _consume(self, track, receiver_id: int) -> None:  # noqa: ANN001
         async for frame in frames_of(track):

@@ -1,0 +1,161 @@
+"""Benchmark receivers in a process of their own, so their decoding does not load the server being measured.
+
+The parent (the process with the sessions) spawns `python -m bench.receivers` and drives it with one JSON
+request line per reply line over stdin/stdout (ReceiverClient). Two kinds of peer:
+- counting (capacity): counts decoded frames and finds gaps in the video RTP timestamps;
+- recording (sync): keeps every audio frame and the mouth region of every video frame (testing.rtc's
+  LoopbackReceiver), and answers with the audio and mouth-motion onsets after given start times.
+Start times are time.monotonic() milliseconds, a clock both processes share.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psutil
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from bench.measure import audio_onsets, video_onsets
+from pipeline.clock import VIDEO_PTS_PER_TICK
+from server.webrtc import IceOptions
+from testing.rtc import LoopbackReceiver, frames_of, require_loopback_namespace
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+@dataclass
+class CountingPeer:
+    pc: RTCPeerConnection
+    video_pts: list[int] = field(default_factory=list)  # frames decoded since the mark
+    audio_frames: int = 0
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def consume(self, track) -> None:  # noqa: ANN001
+        async for frame in frames_of(track):
+            if track.kind == "video":
+                self.video_pts.append(frame.pts)
+            else:
+                self.audio_frames += 1
+
+    def report(self) -> dict[str, int]:
+        gaps = np.diff(np.asarray(self.video_pts, np.int64)) % 2**32
+        missing = int(np.sum(np.maximum(gaps // VIDEO_PTS_PER_TICK - 1, 0))) if gaps.size else 0
+        return {"video": len(self.video_pts), "audio": self.audio_frames, "missing": missing}
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class ReceiverHost:
+    """All receiving peers of a run, in one process; one request in, one reply out."""
+
+    def __init__(self) -> None:
+        self.counting: dict[str, CountingPeer] = {}
+        self.recording: dict[str, LoopbackReceiver] = {}
+        self.proc = psutil.Process()
+        self.mark_time = time.monotonic()
+        self.mark_cpu = cpu_seconds(self.proc)
+
+    async def offer(self, peer_id: str, region: list[int] | None) -> RTCSessionDescription:
+        """region [y0, y1, x0, x1]: a recording peer keeping that part of each video frame; None: counting."""
+        if region is not None:
+            receiver = self.recording[peer_id] = LoopbackReceiver(
+                video_region=(slice(region[0], region[1]), slice(region[2], region[3])))
+            return await receiver.offer()
+        pc = RTCPeerConnection(IceOptions().configuration())
+        peer = self.counting[peer_id] = CountingPeer(pc)
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        pc.on("track", lambda track: peer.tasks.append(asyncio.create_task(peer.consume(track))))
+        await pc.setLocalDescription(await pc.createOffer())
+        return pc.localDescription
+
+    async def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
+        op = msg["op"]
+        if op == "offer":
+            sdp = await self.offer(msg["id"], msg.get("region"))
+            return {"sdp": sdp.sdp, "type": sdp.type}
+        if op == "answer":
+            reply = RTCSessionDescription(msg["sdp"], msg["type"])
+            if msg["id"] in self.recording:
+                await self.recording[msg["id"]].accept(reply)
+            else:
+                await self.counting[msg["id"]].pc.setRemoteDescription(reply)
+            return {}
+        if op == "mark":
+            for peer in self.counting.values():
+                peer.video_pts.clear()
+                peer.audio_frames = 0
+            self.mark_time, self.mark_cpu = time.monotonic(), cpu_seconds(self.proc)
+            return {}
+        if op == "report":
+            return {"seconds": time.monotonic() - self.mark_time, "cpu": cpu_seconds(self.proc) - self.mark_cpu,
+                    "peers": {k: p.report() for k, p in self.counting.items()}}
+        if op == "onsets":
+            frames = self.recording[msg["id"]].frames
+            return {"audio": audio_onsets(frames["audio"], msg["after_ms"]),
+                    "video": video_onsets(frames["video"], msg["after_ms"], (slice(None), slice(None))),
+                    "unmatched": self.recording[msg["id"]].unmatched}
+        if op == "close":
+            peers = [*self.counting.values(), *self.recording.values()]
+            self.counting, self.recording = {}, {}
+            for peer in peers:
+                await peer.close()
+            return {}
+        raise ValueError(f"unknown op {op!r}")
+
+
+async def receiver_main() -> None:
+    require_loopback_namespace()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    host = ReceiverHost()
+    while line := await reader.readline():
+        reply = await host.handle(json.loads(line))
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+    await host.handle({"op": "close"})
+
+
+class ReceiverClient:
+    """The parent's end of the receiver process."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def spawn(cls) -> ReceiverClient:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.receivers",
+                                                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                                    limit=2**24)  # onsets of a long run come back as one line
+        return cls(proc)
+
+    async def request(self, **msg: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+        await self.proc.stdin.drain()
+        line = await self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"receiver process exited (code {await self.proc.wait()}) during {msg['op']!r}")
+        return json.loads(line)
+
+    async def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        await self.proc.wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(receiver_main())

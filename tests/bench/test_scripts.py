@@ -1,0 +1,134 @@
+"""Every benchmark script runs as the README says (short settings) and prints the figures it promises.
+
+These check that the scripts work and parse their own output; they do not judge the figures (BENCHMARKS.md
+does), except where a figure is a correctness property rather than a speed.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from testing.rtc import in_loopback_namespace, skip_or_fail, NETNS_HINT
+from testing.tiny_models import write_tiny_layout
+
+ROOT = Path(__file__).resolve().parents[2]
+NUMBER = r"[-+]?\d+(?:\.\d+)?"
+
+
+def run_bench(*args: str, timeout: float = 300) -> str:
+    done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr[-3000:]}"
+    assert done.stdout.startswith("machine: ") or args[0] == "bench.gpu", done.stdout
+    return done.stdout
+
+
+@pytest.fixture
+def loopback() -> None:
+    if not in_loopback_namespace():
+        skip_or_fail(NETNS_HINT)
+
+
+def test_gpu_says_plainly_that_it_needs_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = run_bench("bench.gpu")
+    assert out.startswith("no CUDA device: ") and "--cpu-check" in out and out.count("\n") == 1
+
+
+def test_gpu_rejects_an_unknown_mode() -> None:
+    done = subprocess.run([sys.executable, "-m", "bench.gpu", "--modes", "eager,fast"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "modes must be among eager, compile, cudagraphs" in done.stderr
+
+
+def table_rows(out: str, columns: int) -> dict[int, list[str]]:
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0].isdigit():
+            assert len(cells) == columns, line
+            rows[int(cells[0])] = cells[1:]
+    return rows
+
+
+@pytest.mark.slow
+def test_gpu_cpu_check_loads_weights_compiles_and_prints_the_table(tmp_path: Path) -> None:
+    write_tiny_layout(tmp_path)
+    out = run_bench("bench.gpu", "--cpu-check", "--models-dir", str(tmp_path), "--batches", "1",
+                    "--modes", "eager,compile", "--repeats", "2", "--warmup", "1", timeout=900)  # compiling: ~1 min
+    assert "CPU CHECK RUN" in out and f"official v15 weights from {tmp_path}" in out
+    rows = table_rows(out, columns=1 + 2 * 3 + 1)
+    assert list(rows) == [1] and all(re.fullmatch(NUMBER, c) for c in rows[1]), rows  # every mode timed
+    assert re.search(r"^best: \d+ fps .* with (eager|compile) at B=1 ", out, re.M)
+
+
+@pytest.mark.slow
+def test_gpu_cpu_check_without_weights_uses_random_reduced_models(tmp_path: Path) -> None:
+    out = run_bench("bench.gpu", "--cpu-check", "--models-dir", str(tmp_path), "--batches", "1,2", "--modes", "eager",
+                    "--repeats", "2", "--warmup", "0")
+    assert "random weights of the reduced-width architectures" in out
+    rows = table_rows(out, columns=1 + 3 + 1)
+    assert sorted(rows) == [1, 2]
+    for batch, cells in rows.items():
+        ms_batch, ms_frame, fps, _whisper = (float(c) for c in cells)
+        assert ms_frame == pytest.approx(ms_batch / batch, abs=0.06) and fps == pytest.approx(1000 / ms_frame, rel=0.01)
+
+
+@pytest.mark.slow
+def test_stages_prints_every_stage() -> None:
+    out = run_bench("bench.stages", "--repeats", "5", "--model-repeats", "1", "--no-full")
+    for stage in ("lite face render", "compositor, demo avatar", "VP8 encode", "whisper, StreamingFeatures",
+                  "tiny UNet + VAE decode (infer_faces) B=8"):
+        assert re.search(rf"^\| {re.escape(stage)}.*\| {NUMBER} \|", out, re.M), stage
+    assert re.search(rf"^compositor \+ VP8 encode .* = {NUMBER} ms per frame", out, re.M)
+
+
+@pytest.mark.slow
+def test_avatar_prints_prepare_and_load_times() -> None:
+    out = run_bench("bench.avatar")
+    assert re.search(r"^demo: 1 frames .* prepare [\d.]+ s .* load median", out, re.M)
+    assert re.search(r"^video100: 100 frames .* load median", out, re.M)
+
+
+@pytest.mark.slow
+def test_latency_breaks_the_figure_down_by_stage(loopback: None) -> None:
+    out = run_bench("bench.latency", "--trials", "2")
+    assert re.search(r"first lip-synced frame at the receiver: median [\d.]+ ms.*\(n=2\)", out)
+    for stage in ("tts", "pipeline", "transport"):
+        assert re.search(rf"^  {stage} +median [\d.]+ ms", out, re.M), stage
+
+
+@pytest.mark.slow
+def test_pipeline_sync_with_the_receiver_in_another_process(loopback: None) -> None:
+    out = run_bench("bench.pipeline", "--only", "sync", "--minutes", "0.2", "--period", "1.5")
+    found = re.search(rf", (\d+) bursts: median ({NUMBER}) ms", out)
+    assert found, out
+    # A/V offset is a correctness property: both onsets come from one tick counter, so it is within one frame.
+    assert int(found.group(1)) >= 6 and abs(float(found.group(2))) <= 20, out
+    assert "session counters:" in out and "warning" not in out
+
+
+@pytest.mark.slow
+def test_pipeline_interrupt(loopback: None) -> None:
+    out = run_bench("bench.pipeline", "--only", "interrupt", "--trials", "2")
+    assert re.search(r"^3\. interrupt -> first idle frame at the receiver: median [\d.]+ ms.*\(n=2\)", out, re.M), out
+
+
+@pytest.mark.slow
+def test_capacity_one_session(loopback: None) -> None:
+    out = run_bench("bench.capacity", "--max-sessions", "1", "--seconds", "2", "--warmup", "1")
+    assert re.search(r"^\|  1 \| ", out, re.M) and re.search(r"^answer: ", out, re.M), out
+
+
+@pytest.mark.slow
+def test_pipeline_latency_lite_and_musetalk(loopback: None) -> None:
+    out = run_bench("bench.pipeline", "--only", "latency", "--trials", "2")
+    assert re.search(r"^1\. latency, .*: median [\d.]+ ms.*\(n=2\)", out, re.M), out
+    assert re.search(r"^1b\. same, musetalk engine .*: median [\d.]+ ms.*\(n=3\)", out, re.M), out
+    assert re.search(r"budget: batch \d+ .* -> lead \d+ ticks", out), out
