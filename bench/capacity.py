@@ -35,7 +35,6 @@ from engines.lite import LiteEngine
 from musetalk.avatar import Avatar, ensure_demo, load_avatar
 from pipeline.session import Session
 from server.media import SessionTracks
-from server.webrtc import IceOptions, answer
 from testing.rtc import require_loopback_namespace
 
 SR = 16000
@@ -96,10 +95,7 @@ async def run_level(n: int, receivers: ReceiverClient, avatar: Avatar, engine: L
             session = Session(f"n{n}-s{i}", avatar, engine)
             sessions.append(session)
             tracks.append(SessionTracks(session))
-            offer = await receivers.request(op="offer", id=session.session_id)
-            pcs.append(RTCPeerConnection(IceOptions().configuration()))
-            reply = await answer(pcs[-1], offer["sdp"], offer["type"], [tracks[-1].video, tracks[-1].audio])
-            await receivers.request(op="answer", id=session.session_id, sdp=reply.sdp, type=reply.type)
+            pcs.append(await receivers.connect(session.session_id, tracks[-1]))
         for session in sessions:
             await session.start()
             await session.push_audio(speech(warmup + seconds + 3.0))

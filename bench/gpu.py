@@ -28,10 +28,24 @@ import torch
 
 from bench.common import machine
 from musetalk.audio_features import StreamingFeatures
-from musetalk.config import LATENT_SIZE, unet_config, unet_tiny_config, vae_config, vae_tiny_config
+from musetalk.config import (
+    LATENT_SIZE,
+    unet_config,
+    unet_tiny_config,
+    vae_config,
+    vae_tiny_config,
+)
 from musetalk.inference import AUDIO_TOKENS, LATENT_CHANNELS, infer_faces
-from musetalk.models import (FEATURE_DIM, MissingWeightsError, ModelPaths, MuseTalkModels, PositionalEncoding,
-                             build_unet, build_vae, load_models)
+from musetalk.models import (
+    FEATURE_DIM,
+    MissingWeightsError,
+    ModelPaths,
+    MuseTalkModels,
+    PositionalEncoding,
+    build_unet,
+    build_vae,
+    load_models,
+)
 from musetalk.whisper import build_encoder, load_encoder_v15, whisper_tiny_config
 
 TARGET_FPS = 72.0

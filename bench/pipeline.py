@@ -18,13 +18,7 @@ import numpy as np
 from aiortc import RTCPeerConnection
 
 from bench.common import machine, summary
-from bench.measure import (
-    IDLE_MATCH,
-    audio_onsets,
-    mouth_difference,
-    mouth_region,
-    video_onsets,
-)
+from bench.measure import IDLE_MATCH, audio_onsets, mouth_difference, mouth_region, video_onsets
 from bench.receivers import ReceiverClient
 from engines.base import Engine
 from engines.lite import LiteEngine
@@ -32,7 +26,6 @@ from musetalk.avatar import Avatar, ensure_demo, load_avatar
 from pipeline.session import Session
 from pipeline.stats import SessionStats
 from server.media import SessionTracks
-from server.webrtc import IceOptions, answer
 from testing.rtc import received, require_loopback_namespace
 
 SR = 16000
@@ -109,12 +102,9 @@ async def remote_onsets(session: Session, region: tuple[slice, slice], run: Call
     """Run `run()` with the session sent to a receiver in another process; its audio and video onsets."""
     receivers = await ReceiverClient.spawn()
     tracks = SessionTracks(session)
-    pc = RTCPeerConnection(IceOptions().configuration())
+    pc: RTCPeerConnection | None = None
     try:
-        rows, cols = region
-        offer = await receivers.request(op="offer", id="sync", region=[rows.start, rows.stop, cols.start, cols.stop])
-        reply = await answer(pc, offer["sdp"], offer["type"], [tracks.video, tracks.audio])
-        await receivers.request(op="answer", id="sync", sdp=reply.sdp, type=reply.type)
+        pc = await receivers.connect("sync", tracks, region)
         await session.start()
         await run()
         onsets = await receivers.request(op="onsets", id="sync", after_ms=after_ms)
@@ -123,7 +113,8 @@ async def remote_onsets(session: Session, region: tuple[slice, slice], run: Call
         return onsets["audio"], onsets["video"]
     finally:
         await receivers.stop()
-        await pc.close()
+        if pc is not None:
+            await pc.close()
         tracks.close()
         await session.close()
 

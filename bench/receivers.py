@@ -22,7 +22,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from bench.measure import audio_onsets, video_onsets
 from pipeline.clock import VIDEO_PTS_PER_TICK
-from server.webrtc import IceOptions
+from server.media import SessionTracks
+from server.webrtc import IceOptions, answer
 from testing.rtc import LoopbackReceiver, frames_of, require_loopback_namespace
 
 
@@ -32,13 +33,13 @@ def cpu_seconds(proc: psutil.Process) -> float:
 
 
 @dataclass
-class CountingPeer:
-    pc: RTCPeerConnection
+class CountingPeer(LoopbackReceiver):
+    """Counts decoded frames instead of keeping them: N of these run beside the server being measured."""
+
     video_pts: list[int] = field(default_factory=list)  # frames decoded since the mark
     audio_frames: int = 0
-    tasks: list[asyncio.Task] = field(default_factory=list)
 
-    async def consume(self, track) -> None:  # noqa: ANN001
+    async def _consume(self, track, receiver_id: int) -> None:  # noqa: ANN001
         async for frame in frames_of(track):
             if track.kind == "video":
                 self.video_pts.append(frame.pts)
@@ -49,12 +50,6 @@ class CountingPeer:
         gaps = np.diff(np.asarray(self.video_pts, np.int64)) % 2**32
         missing = int(np.sum(np.maximum(gaps // VIDEO_PTS_PER_TICK - 1, 0))) if gaps.size else 0
         return {"video": len(self.video_pts), "audio": self.audio_frames, "missing": missing}
-
-    async def close(self) -> None:
-        await self.pc.close()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 class ReceiverHost:
@@ -69,17 +64,12 @@ class ReceiverHost:
 
     async def offer(self, peer_id: str, region: list[int] | None) -> RTCSessionDescription:
         """region [y0, y1, x0, x1]: a recording peer keeping that part of each video frame; None: counting."""
-        if region is not None:
-            receiver = self.recording[peer_id] = LoopbackReceiver(
-                video_region=(slice(region[0], region[1]), slice(region[2], region[3])))
-            return await receiver.offer()
-        pc = RTCPeerConnection(IceOptions().configuration())
-        peer = self.counting[peer_id] = CountingPeer(pc)
-        pc.addTransceiver("video", direction="recvonly")
-        pc.addTransceiver("audio", direction="recvonly")
-        pc.on("track", lambda track: peer.tasks.append(asyncio.create_task(peer.consume(track))))
-        await pc.setLocalDescription(await pc.createOffer())
-        return pc.localDescription
+        if region is None:
+            counter = self.counting[peer_id] = CountingPeer()
+            return await counter.offer()
+        recorder = self.recording[peer_id] = LoopbackReceiver(
+            video_region=(slice(region[0], region[1]), slice(region[2], region[3])))
+        return await recorder.offer()
 
     async def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
         op = msg["op"]
@@ -87,11 +77,8 @@ class ReceiverHost:
             sdp = await self.offer(msg["id"], msg.get("region"))
             return {"sdp": sdp.sdp, "type": sdp.type}
         if op == "answer":
-            reply = RTCSessionDescription(msg["sdp"], msg["type"])
-            if msg["id"] in self.recording:
-                await self.recording[msg["id"]].accept(reply)
-            else:
-                await self.counting[msg["id"]].pc.setRemoteDescription(reply)
+            peer = self.recording.get(msg["id"]) or self.counting[msg["id"]]
+            await peer.accept(RTCSessionDescription(msg["sdp"], msg["type"]))
             return {}
         if op == "mark":
             for peer in self.counting.values():
@@ -150,6 +137,21 @@ class ReceiverClient:
         if not line:
             raise RuntimeError(f"receiver process exited (code {await self.proc.wait()}) during {msg['op']!r}")
         return json.loads(line)
+
+    async def connect(self, peer_id: str, tracks: SessionTracks, region: tuple[slice, slice] | None = None
+                      ) -> RTCPeerConnection:
+        """Send `tracks` to a new receiving peer (recording `region` of each frame, or counting if None); returns
+        the sending peer connection, which the caller closes."""
+        rows_cols = None if region is None else [region[0].start, region[0].stop, region[1].start, region[1].stop]
+        offer = await self.request(op="offer", id=peer_id, region=rows_cols)
+        pc = RTCPeerConnection(IceOptions().configuration())
+        try:
+            reply = await answer(pc, offer["sdp"], offer["type"], [tracks.video, tracks.audio])
+            await self.request(op="answer", id=peer_id, sdp=reply.sdp, type=reply.type)
+        except BaseException:
+            await pc.close()
+            raise
+        return pc
 
     async def stop(self) -> None:
         assert self.proc.stdin is not None

@@ -33,7 +33,14 @@ from musetalk.avatar import Avatar, ensure_demo, load_avatar
 from musetalk.blending import BlendPlan, prepare_blend
 from musetalk.config import unet_config, vae_config
 from musetalk.inference import AUDIO_TOKENS, LATENT_CHANNELS, infer_faces
-from musetalk.models import FEATURE_DIM, MuseTalkModels, PositionalEncoding, build_unet, build_vae, load_models
+from musetalk.models import (
+    FEATURE_DIM,
+    MuseTalkModels,
+    PositionalEncoding,
+    build_unet,
+    build_vae,
+    load_models,
+)
 from musetalk.whisper import build_encoder, whisper_tiny_config
 from testing.tiny_models import write_tiny_layout
 

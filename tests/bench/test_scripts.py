@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from testing.rtc import in_loopback_namespace, skip_or_fail, NETNS_HINT
+from testing.rtc import loopback_only
 from testing.tiny_models import write_tiny_layout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,8 +28,7 @@ def run_bench(*args: str, timeout: float = 300) -> str:
 
 @pytest.fixture
 def loopback() -> None:
-    if not in_loopback_namespace():
-        skip_or_fail(NETNS_HINT)
+    loopback_only()
 
 
 def test_gpu_says_plainly_that_it_needs_cuda() -> None:
