@@ -80,7 +80,8 @@ class AudioFramer:
                 # the last tick is already played (or of another turn): one silent tick carries the events
                 ticks += self._add_frames(np.zeros(2 * FRAME_SAMPLES, np.float32), turn)
                 carrier = ticks[-1]
-            carrier.frames[1].events.extend(events or [])
+            carrier.frames[1].events.extend(self._pending_events + (events or []))
+            self._pending_events = []
         if carrier is not None:
             carrier.last = True
         return ticks

@@ -80,6 +80,17 @@ def test_end_event_without_pending_audio_joins_the_last_unplayed_tick_or_gets_a_
     assert framer.flush(0) == []
 
 
+def test_events_pushed_without_audio_ride_on_the_end_too_and_are_not_left_for_the_next_utterance() -> None:
+    framer = AudioFramer(Ticks(), lead_ticks=1)
+    (last,) = framer.push(np.full(640, 0.1, np.float32), 0)
+    start, end = Event("sentence_start", "Hi."), Event("sentence_end", "Hi.")
+    assert framer.push(np.zeros(0, np.float32), 0, events=[start]) == []
+    assert framer.flush(0, events=[end]) == []
+    assert last.frames[1].events == [start, end]
+    (following,) = framer.push(np.full(640, 0.1, np.float32), 0)
+    assert not any(f.events for f in following.frames)
+
+
 def test_reset_forgets_unscheduled_audio() -> None:
     framer = AudioFramer(Ticks(), lead_ticks=1)
     assert framer.push(np.full(500, 0.1, np.float32), 0) == []
