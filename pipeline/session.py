@@ -86,7 +86,7 @@ class Session:
             self._ticker.cancel()
             try:
                 await self._ticker
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, Exception):  # a failed ticker has logged its error already
                 pass
         if self._started:
             await asyncio.to_thread(self.worker.stop)
@@ -204,15 +204,11 @@ class Session:
                 # receivers' jitter buffers absorb that, and no audio is lost.
                 self._emit(self.output.tick(k))
                 k += 1
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("session %s: output clock failed", self.session_id)
             raise
 
     def _emit(self, out: OutputTick) -> OutputTick:
-        self.stats.queue_depths = {"scheduled": self.output.scheduled_ticks, "inference": len(self.worker.inbox),
-                                   "rendered": len(self.worker.outbox)}
         for sink in list(self._sinks):
             try:
                 sink(out)

@@ -1,7 +1,7 @@
 """Per-session counters, readable by the server (health page, metrics)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -20,7 +20,6 @@ class SessionStats:
     render_errors: int = 0
     render_seconds: float = 0.0
     last_latency_ms: float | None = None  # first speech sample in -> its frame out, for the latest stretch
-    queue_depths: dict[str, int] = field(default_factory=dict)
 
     def record_batch(self, frames: int, seconds: float) -> None:
         self.rendered_frames += frames
@@ -29,8 +28,3 @@ class SessionStats:
     @property
     def inference_fps(self) -> float:
         return self.rendered_frames / self.render_seconds if self.render_seconds > 0 else 0.0
-
-    def snapshot(self) -> dict:
-        d = asdict(self)
-        d["inference_fps"] = round(self.inference_fps, 1)
-        return d

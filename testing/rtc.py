@@ -96,7 +96,11 @@ class LoopbackReceiver:
         async def answerer(offer: RTCSessionDescription) -> RTCSessionDescription:
             return await answer(server_pc, offer.sdp, offer.type, [tracks.video, tracks.audio])
 
-        await self._negotiate(answerer, ice)
+        try:
+            await self._negotiate(answerer, ice)
+        except BaseException:
+            await server_pc.close()
+            raise
         return server_pc
 
     async def connect_http(self, http: aiohttp.ClientSession, url: str, **extra: object) -> str:
@@ -183,12 +187,14 @@ async def received(session: Session, keep_video: bool = True,
     """Connect a loopback receiver to the session's tracks, start the session; close everything on exit."""
     tracks = SessionTracks(session)
     receiver = LoopbackReceiver(keep_video=keep_video, video_region=video_region)
-    server_pc = await receiver.connect(tracks)
+    server_pc: RTCPeerConnection | None = None
     try:
+        server_pc = await receiver.connect(tracks)
         await session.start()
         yield receiver
     finally:
         await receiver.close()
-        await server_pc.close()
+        if server_pc is not None:
+            await server_pc.close()
         tracks.close()
         await session.close()

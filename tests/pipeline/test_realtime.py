@@ -104,3 +104,20 @@ async def test_a_stalled_event_loop_is_caught_up_without_losing_ticks() -> None:
     assert session.stats.late_ticks >= 3 and session.stats.skipped_ticks == 0
     # and it is back on its own clock afterwards
     assert seen[-1][0] - session.clock.tick_time(seen[-1][1]) < 0.03
+
+
+async def test_close_stops_the_worker_even_after_the_output_clock_failed() -> None:
+    session = Session("broken", synthetic_avatar(), ProbeEngine())
+
+    def failing_tick(k: int):  # noqa: ANN202 - a fault injected into the output clock
+        raise RuntimeError("output broke")
+
+    session.output.tick = failing_tick  # type: ignore[method-assign]
+    await session.start()
+    for _ in range(100):
+        if session._ticker is not None and session._ticker.done():
+            break
+        await asyncio.sleep(0.01)
+    assert session.worker.alive
+    await session.close()  # the failure was logged by the ticker; closing still releases everything
+    assert not session.worker.alive and session.closed

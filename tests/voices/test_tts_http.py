@@ -111,5 +111,5 @@ async def test_edge_tts_connection_failure_is_quick_tts_error():
     with pytest.raises(TTSError, match="edge-tts failed"):
         await collect(EdgeTTS("en-US-AriaNeural", resolver=_ToLoopback()).synthesize("Hello."))
     assert time.monotonic() - start < 3
-    with pytest.raises(TTSError, match="edge-tts"):
+    with pytest.raises(TTSError, match="edge-tts: Invalid voice 'not a voice'"):
         await collect(EdgeTTS("not a voice", resolver=_ToLoopback()).synthesize("Hello."))
