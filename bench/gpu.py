@@ -46,7 +46,7 @@ from musetalk.models import (
     build_vae,
     load_models,
 )
-from musetalk.whisper import build_encoder, load_encoder_v15, whisper_tiny_config
+from musetalk.whisper import build_encoder, load_encoder, whisper_tiny_config
 
 TARGET_FPS = 72.0
 MODES = {"eager": None, "compile": "default", "cudagraphs": "reduce-overhead"}
@@ -66,7 +66,7 @@ def bench_models(models_dir: Path, version: str, device: torch.device
     """(UNet/VAE/PE, whisper encoder, where the weights came from): fp16 on CUDA, fp32 on the CPU."""
     try:
         models = load_models(models_dir, version, device=device.type)
-        encoder = load_encoder_v15(ModelPaths(models_dir, version).whisper, models.device, models.dtype)
+        encoder = load_encoder(ModelPaths(models_dir, version).whisper, version, models.device, models.dtype)
         return models, encoder, f"official {version} weights from {models_dir}"
     except MissingWeightsError as e:
         missing = f"{len(e.missing)} file(s) missing under {models_dir}"

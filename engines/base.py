@@ -7,12 +7,20 @@ per-session state (e.g. smoothing).
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from musetalk.avatar import Avatar
+from pipeline.clock import TICK_SECONDS
+
+
+def lead_ticks_for(right_context_ticks: int, batch_seconds: float) -> int:
+    """How many ticks ahead new audio must be scheduled: the look-ahead a batch waits for, the tick being
+    played, and the time one batch takes (margin included by the caller)."""
+    return right_context_ticks + 1 + math.ceil(batch_seconds / TICK_SECONDS)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,12 @@ ENGINES = ("auto", "musetalk", "lite")
 
 def musetalk_unavailable(models_dir: Path, version: str) -> str | None:
     """Why the musetalk engine cannot run here, or None if it can."""
-    from musetalk.models import ModelPaths
+    from musetalk.models import MissingWeightsError, ModelPaths
 
     missing = ModelPaths(models_dir, version).missing()
     if missing:
-        return f"MuseTalk {version} weights are missing in {models_dir}/ (python -m musetalk.download --version {version})"
+        return (f"MuseTalk {version} weights are missing in {models_dir}/ "
+                f"({MissingWeightsError(missing, version, models_dir).command})")
     import torch
 
     if not torch.cuda.is_available():

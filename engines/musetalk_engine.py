@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.base import AvatarBinding, Engine, RenderRequest, Renderer
+from engines.base import AvatarBinding, Engine, RenderRequest, Renderer, lead_ticks_for
 from musetalk.audio_features import StreamingFeatures
 from musetalk.avatar import Avatar, face_crops
 from musetalk.inference import faces_to_latents, infer_faces
 from musetalk.models import ModelPaths, MuseTalkModels, load_models
-from musetalk.whisper import load_encoder_v1, load_encoder_v15
+from musetalk.whisper import load_encoder
 from pipeline.items import TICK_SAMPLES
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,8 @@ class MuseTalkEngine(Engine):
         started = time.perf_counter()
         self.version = version
         self.models: MuseTalkModels = load_models(models_dir, version, device)
-        paths = ModelPaths(Path(models_dir), version)
-        load = load_encoder_v1 if version == "v1" else load_encoder_v15
-        self.encoder = load(paths.whisper, self.models.device, self.models.dtype)
+        self.encoder = load_encoder(ModelPaths(Path(models_dir), version).whisper, version, self.models.device,
+                                    self.models.dtype)
         self.batch_size = batch_size or (DEFAULT_BATCH_GPU if self.models.device.type == "cuda" else DEFAULT_BATCH_CPU)
         self.context = (left_context_s, right_context_s)
         self.lock = threading.Lock()
@@ -54,7 +53,7 @@ class MuseTalkEngine(Engine):
         self.left_context_ticks = math.ceil((far * TICK_SAMPLES - start) / TICK_SAMPLES)
         self.right_context_ticks = math.ceil((end - (far + self.batch_size) * TICK_SAMPLES) / TICK_SAMPLES)
         self.batch_seconds = self._warm_up()
-        self.lead_ticks = self.right_context_ticks + 1 + math.ceil(1.5 * self.batch_seconds / 0.04)
+        self.lead_ticks = lead_ticks_for(self.right_context_ticks, 1.5 * self.batch_seconds)
         log.info("musetalk %s on %s (%s): batch %d, context %d/%d ticks, %.0f ms per batch, lead %d ticks; "
                  "loaded in %.1f s", version, self.models.device, self.models.dtype, self.batch_size,
                  self.left_context_ticks, self.right_context_ticks, 1000 * self.batch_seconds, self.lead_ticks,
@@ -91,8 +90,9 @@ class MuseTalkBinding(AvatarBinding):
         latents = avatar.latents(engine.version)
         if latents is None:  # prepared without weights: encode the face crops once, now
             started = time.perf_counter()
+            crops = face_crops(avatar.frames, avatar.face_boxes)  # CPU work: outside the models' lock
             with engine.lock:
-                encoded = faces_to_latents(engine.models.vae, face_crops(np.asarray(avatar.frames), avatar.face_boxes))
+                encoded = faces_to_latents(engine.models.vae, crops)
             latents = encoded.numpy()
             log.info("avatar %s: encoded %d latents in %.1f s (prepare the avatar with weights present to skip this)",
                      avatar.avatar_id, len(latents), time.perf_counter() - started)

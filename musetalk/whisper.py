@@ -119,6 +119,12 @@ def config_from_openai_dims(dims: dict[str, int]) -> WhisperConfig:
         raise ValueError(f"openai-whisper 'dims' lacks {e.args[0]!r}") from e
 
 
+def load_encoder(path: str | Path, version: str, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> WhisperEncoder:
+    """The whisper encoder a MuseTalk version uses (ModelPaths.whisper): v1 tiny.pt, v1.5 a HF folder."""
+    return (load_encoder_v1 if version == "v1" else load_encoder_v15)(path, device, dtype)
+
+
 def load_encoder_v1(tiny_pt_path: str | Path, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> WhisperEncoder:
     """The encoder of an openai-whisper checkpoint (MuseTalk v1's models/whisper/tiny.pt), as a HF WhisperEncoder."""

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-from engines.base import Engine, RenderRequest, Renderer
-from pipeline.clock import TICK_SECONDS
+from engines.base import Engine, RenderRequest, Renderer, lead_ticks_for
 from pipeline.compositor import Compositor
 from pipeline.items import TICK_SAMPLES, TickAudio, VideoResult
 from pipeline.stats import SessionStats
@@ -114,7 +112,7 @@ class InferenceWorker:
         """How far ahead new audio must be scheduled so its first batch is rendered in time: the engine's own
         figure, raised when the batches measured here (this machine, its present load) take longer."""
         e = self.engine
-        return max(e.lead_ticks, e.right_context_ticks + 1 + math.ceil(self._budget / TICK_SECONDS))
+        return max(e.lead_ticks, lead_ticks_for(e.right_context_ticks, self._budget))
 
     @property
     def alive(self) -> bool:
