@@ -9,13 +9,14 @@ receivers run in ONE separate process (bench.receivers, driven over stdin/stdout
 so their decoding is not charged to the server. After a warm-up, for --seconds:
 
 - received video fps per session and missing frames (gaps in the RTP timestamps), at the receiver;
-- the sessions' repeated_frames / dropped_frames / late_ticks / skipped_ticks and frames the video / audio tracks dropped because the
-  sender fell behind (deltas over the window), and the share of frames that were rendered speech;
+- the sessions' repeated_frames / dropped_frames / late_ticks / skipped_ticks and frames the video / audio
+  tracks dropped because the sender fell behind (deltas over the window), and the share of frames that were
+  rendered speech;
 - server process CPU (psutil cpu_times delta) in total and per session.
 
 A level passes when every session receives >= 24.5 fps with no missing, repeated or dropped frames and no skipped
-ticks (late ticks, sent late and caught up, are shown but lose nothing). The receivers share this machine's cores with the server, so the figure is a lower bound for a server
-whose viewers are elsewhere.
+ticks (late ticks, sent late and caught up, are shown but lose nothing). The receivers share this machine's cores
+with the server, so the figure is a lower bound for a server whose viewers are elsewhere.
 """
 from __future__ import annotations
 

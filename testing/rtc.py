@@ -50,20 +50,27 @@ def require_loopback_namespace() -> None:
     use_host_addresses(["127.0.0.1"])
 
 
-# Arrival time (monotonic ms) of every RTP packet, by (receiver id, RTP timestamp): decoded frames carry the
-# RTP timestamp as pts, so their arrival can be looked up. An aiortc receiver buffers audio and video
-# differently before recv() returns, so the time recv() returns says nothing about sync.
-_ARRIVALS: dict[tuple[int, int], float] = {}
+@dataclass
+class _Arrivals:
+    """Arrival time (monotonic ms) of the first RTP packet of each timestamp of one stream. Decoded frames carry
+    the RTP timestamp, relative to the stream's first, as pts, so their arrival can be looked up: an aiortc
+    receiver buffers audio and video differently before recv() returns, so that time says nothing about sync."""
+
+    first_ts: int | None = None
+    by_pts: dict[int, float] = field(default_factory=dict)
+
+
+# The streams of open LoopbackReceivers, by id(RTCRtpReceiver); other receivers' packets are not recorded.
+_RECORDED: dict[int, _Arrivals] = {}
 _original_handle = RTCRtpReceiver._handle_rtp_packet
 
 
-_FIRST_TS: dict[int, int] = {}
-
-
 async def _recording_handle(self: RTCRtpReceiver, packet, arrival_time_ms: int) -> None:  # noqa: ANN001
-    # Decoded frames come out with pts relative to the stream's first RTP timestamp.
-    first = _FIRST_TS.setdefault(id(self), packet.timestamp)
-    _ARRIVALS.setdefault((id(self), (packet.timestamp - first) % 2**32), time.monotonic() * 1000.0)
+    arrivals = _RECORDED.get(id(self))
+    if arrivals is not None:
+        if arrivals.first_ts is None:
+            arrivals.first_ts = packet.timestamp
+        arrivals.by_pts.setdefault((packet.timestamp - arrivals.first_ts) % 2**32, time.monotonic() * 1000.0)
     await _original_handle(self, packet, arrival_time_ms)
 
 
@@ -82,11 +89,11 @@ class Received:
 class LoopbackReceiver:
     """An aiortc client that receives the avatar's tracks and keeps every decoded frame."""
 
-    keep_video: bool = True
     video_region: tuple[slice, slice] | None = None  # keep only this part of each frame (long runs)
     pc: RTCPeerConnection = field(default_factory=RTCPeerConnection)
     frames: dict[str, list[Received]] = field(default_factory=lambda: {"video": [], "audio": []})
     _tasks: list[asyncio.Task] = field(default_factory=list)
+    _recorded: list[int] = field(default_factory=list)  # keys of this receiver's streams in _RECORDED
     unmatched: int = 0  # frames whose packet arrival was not found (should stay 0)
 
     async def connect(self, tracks: SessionTracks, ice: IceOptions = IceOptions()) -> RTCPeerConnection:
@@ -124,13 +131,15 @@ class LoopbackReceiver:
     async def offer(self, ice: IceOptions = IceOptions()) -> RTCSessionDescription:
         """A receive-only offer for video + audio; pass the sender's answer to accept()."""
         self.pc = RTCPeerConnection(ice.configuration())
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.pc.addTransceiver("audio", direction="recvonly")
+        for kind in ("video", "audio"):
+            rtp_receiver = self.pc.addTransceiver(kind, direction="recvonly").receiver
+            self._recorded.append(id(rtp_receiver))
+            _RECORDED[id(rtp_receiver)] = _Arrivals()
 
         @self.pc.on("track")
         def on_track(track) -> None:  # noqa: ANN001
             receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
-            self._tasks.append(asyncio.create_task(self._consume(track, id(receiver))))
+            self._tasks.append(asyncio.create_task(self._consume(track, _RECORDED[id(receiver)])))
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return self.pc.localDescription
@@ -138,14 +147,14 @@ class LoopbackReceiver:
     async def accept(self, reply: RTCSessionDescription) -> None:
         await self.pc.setRemoteDescription(reply)
 
-    async def _consume(self, track, receiver_id: int) -> None:  # noqa: ANN001
+    async def _consume(self, track, arrivals: _Arrivals) -> None:  # noqa: ANN001
         async for frame in frames_of(track):
-            arrival = _ARRIVALS.get((receiver_id, frame.pts % 2**32))
+            arrival = arrivals.by_pts.get(frame.pts % 2**32)
             if arrival is None:
                 self.unmatched += 1
                 arrival = time.monotonic() * 1000.0
             if track.kind == "video":
-                data = frame.to_ndarray(format="bgr24") if self.keep_video else np.zeros((0, 0, 3), np.uint8)
+                data = frame.to_ndarray(format="bgr24")
                 if self.video_region is not None:
                     data = data[self.video_region].copy()
             else:
@@ -158,6 +167,8 @@ class LoopbackReceiver:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for key in self._recorded:
+            _RECORDED.pop(key, None)
 
 
 async def frames_of(track: MediaStreamTrack) -> AsyncIterator[Frame]:
@@ -182,11 +193,11 @@ def media_time_ms(frames: list[Received], clock_rate: int) -> list[float]:
 
 
 @contextlib.asynccontextmanager
-async def received(session: Session, keep_video: bool = True,
+async def received(session: Session,
                    video_region: tuple[slice, slice] | None = None) -> AsyncIterator[LoopbackReceiver]:
     """Connect a loopback receiver to the session's tracks, start the session; close everything on exit."""
     tracks = SessionTracks(session)
-    receiver = LoopbackReceiver(keep_video=keep_video, video_region=video_region)
+    receiver = LoopbackReceiver(video_region=video_region)
     server_pc: RTCPeerConnection | None = None
     try:
         server_pc = await receiver.connect(tracks)
