@@ -206,7 +206,6 @@ async def _realtime(request: web.Request) -> web.WebSocketResponse:
     text_name = "response.audio_transcript.delta" if beta else "response.output_audio_transcript.delta"
     audio = np.frombuffer(tone_pcm16(24000, sum(REALTIME_SAMPLES) / 24000), "<i2")
     responses = 0
-    sender: asyncio.Task | None = None
 
     async def respond(rid: str, repeats: int, delay: float) -> None:
         await ws.send_json({"type": "response.created", "response": {"id": rid}})
@@ -223,23 +222,30 @@ async def _realtime(request: web.Request) -> web.WebSocketResponse:
             await asyncio.sleep(delay)
         await ws.send_json({"type": "response.done", "response": {"id": rid, "status": "completed"}})
 
-    async for msg in ws:
-        event = json.loads(msg.data)
-        rec.events.append(event)
-        if event["type"] == "response.create":
-            responses += 1
-            slow = rec.events[-2].get("item", {}).get("content", [{}])[0].get("text") == "long"
-            sender = asyncio.create_task(respond(f"resp_{responses}", 40 if slow else 1, 0.02 if slow else 0))
-        elif event["type"] == "response.cancel" and sender is not None:
-            sender.cancel()
-            rec.cancelled.set()
-            rid = f"resp_{responses}"
-            # A delta that was already in flight when the cancel arrived.
-            await ws.send_json({"type": audio_name, "response_id": rid,
-                                "delta": base64.b64encode(audio[:480].tobytes()).decode()})
-            await ws.send_json({"type": "response.done", "response": {"id": rid, "status": "cancelled"}})
-        elif event["type"] == "session.update" and event["session"].get("fail"):
-            await ws.send_json({"type": "error", "error": {"message": "bad session", "code": "invalid_value"}})
+    senders: list[asyncio.Task] = []
+    try:
+        async for msg in ws:
+            event = json.loads(msg.data)
+            rec.events.append(event)
+            if event["type"] == "response.create":
+                responses += 1
+                slow = rec.events[-2].get("item", {}).get("content", [{}])[0].get("text") == "long"
+                senders.append(asyncio.create_task(
+                    respond(f"resp_{responses}", 40 if slow else 1, 0.02 if slow else 0)))
+            elif event["type"] == "response.cancel" and senders:
+                senders[-1].cancel()
+                rec.cancelled.set()
+                rid = f"resp_{responses}"
+                # A delta that was already in flight when the cancel arrived.
+                await ws.send_json({"type": audio_name, "response_id": rid,
+                                    "delta": base64.b64encode(audio[:480].tobytes()).decode()})
+                await ws.send_json({"type": "response.done", "response": {"id": rid, "status": "cancelled"}})
+            elif event["type"] == "session.update" and event["session"].get("fail"):
+                await ws.send_json({"type": "error", "error": {"message": "bad session", "code": "invalid_value"}})
+    finally:  # the connection ended: no response keeps sending on it
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
     return ws
 
 

@@ -36,6 +36,15 @@ class Server:
     url: str
     app: web.Application
     http: aiohttp.ClientSession
+    clients: list[Client] = field(default_factory=list)  # closed by running_server, also when a test fails
+    tasks: list[asyncio.Task] = field(default_factory=list)  # e.g. /sse readers; cancelled likewise
+
+    async def close_clients(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for client in self.clients:
+            await client.close()
 
     @property
     def state(self) -> AppState:
@@ -55,12 +64,10 @@ class Server:
         return json.loads(body)["sessions"]
 
     async def wait_sessions(self, n: int, timeout: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if await self.sessions() == n:
-                return True
-            await asyncio.sleep(0.1)
-        return False
+        async def reached() -> bool:
+            return await self.sessions() == n
+
+        return await until(reached, timeout, step=0.1)
 
 
 @asynccontextmanager
@@ -70,7 +77,11 @@ async def running_server(config: ServerConfig, services: Services) -> AsyncItera
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as http:
-            yield Server(f"http://127.0.0.1:{server.port}", app, http)
+            running = Server(f"http://127.0.0.1:{server.port}", app, http)
+            try:
+                yield running
+            finally:
+                await running.close_clients()
     finally:
         await server.close()
         await services.aclose()
@@ -123,6 +134,9 @@ class Client:
     video_times: list[float] = field(default_factory=list)
     audio_levels: list[float] = field(default_factory=list)  # peak per 20 ms frame
     _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.server.clients.append(self)
 
     async def offer(self, **extra: Any) -> tuple[int, dict]:
         """Negotiate as LiveTalking's client.js does; returns the /offer status and body."""
@@ -207,5 +221,6 @@ async def connect_with_events(server: Server, microphone: ScriptedMicrophone | N
     events: list[dict] = []
     ready = asyncio.Event()
     task = asyncio.create_task(sse_events(server, sid, events, ready))
+    server.tasks.append(task)
     await asyncio.wait_for(ready.wait(), 5)
     return client, events, task

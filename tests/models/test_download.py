@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from musetalk.download import WHISPER_URL_ENV, main
+from testing.fake_services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,9 +145,7 @@ def test_404_is_one_line_without_traceback(fake_hub, tmp_path):
 
 
 def test_connection_refused_is_one_line(tmp_path):
-    with socket.socket() as s:  # a port that nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     result = run_cli("--models-dir", str(tmp_path), "--endpoint", f"http://127.0.0.1:{port}")
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: cannot reach http://127.0.0.1:{port}/")
