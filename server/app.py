@@ -9,7 +9,7 @@ from aiohttp import web
 
 from musetalk.avatar import DEMO_ID, ensure_demo
 from server.config import ServerConfig
-from server.registry import SessionRegistry
+from server.registry import SessionEndedError, SessionLimitError, SessionRegistry
 from server.routes import ApiError, error_response, setup_routes
 from server.services import Services
 from server.state import STATE, AppState
@@ -31,6 +31,10 @@ async def api_errors(request: web.Request, handler) -> web.StreamResponse:  # no
         return await handler(request)
     except ApiError as e:
         return error_response(e.status, str(e))
+    except SessionLimitError as e:
+        return error_response(503, str(e))
+    except SessionEndedError as e:
+        return error_response(404, str(e))
     except web.HTTPRequestEntityTooLarge as e:
         return error_response(413, f"the request is too large ({e.text})")
     except web.HTTPException:

@@ -62,6 +62,7 @@ class Recorder:
         self.session.remove_sink(self)
         await asyncio.to_thread(self._stop_and_join)
         if self.error is not None:
+            self._partial.unlink(missing_ok=True)
             raise RuntimeError(f"recording failed: {self.error}") from self.error
         self._partial.replace(self.path)
         if self.dropped:

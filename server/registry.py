@@ -23,7 +23,11 @@ FPS_WINDOW_S = 5.0
 
 
 class SessionLimitError(Exception):
-    pass
+    """No slot for a new session: the limit is reached, or the server is shutting down (503)."""
+
+
+class SessionEndedError(Exception):
+    """The session ended while a request for it was under way (404)."""
 
 
 def new_session_id(taken: set[str]) -> str:
@@ -47,10 +51,18 @@ class LiveSession:
     created: float = field(default_factory=time.monotonic)
     recorder: Recorder | None = None
     tasks: set[asyncio.Task] = field(default_factory=set)  # watchdog, voice input, queued speech
+    closed: bool = False  # set when closing starts: nothing new may be started for it after that
     _samples: deque = field(default_factory=lambda: deque(maxlen=int(FPS_WINDOW_S) + 2))  # (time, ticks)
 
+    def check_open(self) -> None:
+        if self.closed:
+            raise SessionEndedError(f"session {self.id} has ended")
+
     def spawn(self, coro: Coroutine[Any, Any, object], name: str) -> asyncio.Task:
-        """Run `coro` for this session; it is cancelled when the session ends."""
+        """Run `coro` for this session; it is cancelled when the session ends (refused once it has)."""
+        if self.closed:
+            coro.close()
+            self.check_open()
         task = asyncio.create_task(coro, name=f"{name}-{self.id}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -81,6 +93,7 @@ class SessionRegistry:
         self._sessions: dict[str, LiveSession] = {}
         self._reserved: set[str] = set()
         self._ending: dict[str, asyncio.Task] = {}
+        self._shutting_down = False
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -93,6 +106,8 @@ class SessionRegistry:
 
     def reserve(self) -> str:
         """Claim a slot and an id before the (slow, awaiting) setup, so concurrent offers cannot overshoot."""
+        if self._shutting_down:
+            raise SessionLimitError("the server is shutting down")
         used = len(self._sessions) + len(self._reserved)
         if used >= self.max_sessions:
             raise SessionLimitError(f"Maximum session limit reached ({used}/{self.max_sessions})")
@@ -104,7 +119,11 @@ class SessionRegistry:
         self._reserved.discard(session_id)
 
     def add(self, live: LiveSession) -> None:
+        """Register a reserved session; refused once shutdown has begun (the caller then closes it: offers
+        still being set up when on_shutdown runs are awaited by aiohttp afterwards)."""
         self._reserved.discard(live.id)
+        if self._shutting_down:
+            raise SessionLimitError("the server is shutting down")
         self._sessions[live.id] = live
         live.spawn(self._watch(live), "watch")
 
@@ -124,6 +143,7 @@ class SessionRegistry:
         return task
 
     async def close_all(self) -> None:
+        self._shutting_down = True
         await asyncio.gather(*(self.end(sid, "server shutdown") for sid in list(self._sessions)),
                              *list(self._ending.values()), return_exceptions=True)
 
@@ -153,6 +173,7 @@ async def _step(what: str, sid: str, action: Callable[[], Awaitable[object] | ob
 
 
 async def close_live(live: LiveSession) -> None:
+    live.closed = True
     tasks = list(live.tasks)
     for task in tasks:
         task.cancel()
@@ -160,6 +181,10 @@ async def close_live(live: LiveSession) -> None:
     await _step("voice", live.id, live.voice.close)
     if live.recorder is not None:
         await _step("recording", live.id, live.recorder.finish)
-    await _step("tracks", live.id, live.tracks.close)
-    await _step("peer connection", live.id, live.pc.close)
-    await _step("session", live.id, live.session.close)
+    await close_media(live.id, live.tracks, live.pc, live.session)
+
+
+async def close_media(sid: str, tracks: SessionTracks, pc: RTCPeerConnection, session: Session) -> None:
+    await _step("tracks", sid, tracks.close)
+    await _step("peer connection", sid, pc.close)
+    await _step("session", sid, session.close)

@@ -17,7 +17,7 @@ from server.media import SessionTracks
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import render as render_metrics
 from server.recording import Recorder, record_path
-from server.registry import LiveSession, SessionLimitError
+from server.registry import LiveSession, close_live, close_media
 from server.state import STATE, AppState
 from server.uploads import UploadError, read_form
 from server.voice_input import VoiceInput, drain
@@ -110,10 +110,7 @@ async def offer(request: web.Request) -> web.Response:
     voice = body.get("voice") or None  # our extension: one of /healthz "voices"
     if voice is not None and voice not in state.services.voices:
         raise ApiError(400, f"unknown voice {voice!r}; this server offers {', '.join(state.services.voices)}")
-    try:
-        sid = state.registry.reserve()
-    except SessionLimitError as e:
-        raise ApiError(503, str(e)) from e
+    sid = state.registry.reserve()  # SessionLimitError: 503
     try:
         local = await _open_session(state, sid, sdp, avatar_id, voice)
     finally:
@@ -140,15 +137,16 @@ async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str, voi
     try:
         local = await answer(pc, sdp, "offer", [tracks.audio, tracks.video])
     except Exception as e:  # aiortc raises assorted errors for SDP it cannot parse or use
-        await _discard(tracks, pc, session)
+        await close_media(sid, tracks, pc, session)
         raise ApiError(400, f"cannot use the offer SDP: {e or type(e).__name__}") from e
+    live: LiveSession | None = None
     try:
         live = LiveSession(sid, session, tracks, pc, await state.services.new_voice(session, voice))
         await session.start()
+        state.registry.add(live)
     except BaseException:
-        await _discard(tracks, pc, session)
+        await (close_live(live) if live is not None else close_media(sid, tracks, pc, session))
         raise
-    state.registry.add(live)
     for mic in microphones:
         if state.config.asr:
             live.spawn(VoiceInput(mic, session, live.voice, state.services.transcriber).run(), "voice-input")
@@ -161,13 +159,6 @@ async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str, voi
             state.registry.end(sid, f"peer connection {pc.connectionState}")
 
     return local
-
-
-async def _discard(tracks: SessionTracks, pc: RTCPeerConnection, session: Session) -> None:
-    """Undo a session that was never registered."""
-    tracks.close()
-    await pc.close()
-    await session.close()
 
 
 async def human(request: web.Request) -> web.Response:
@@ -183,6 +174,7 @@ async def human(request: web.Request) -> web.Response:
     if kind == "echo":
         live.spawn(live.voice.say(text), "say")  # queuing may wait behind earlier sentences: not in the request
     else:
+        live.check_open()  # the interrupt above may have been awaited while the session ended
         live.voice.chat(text)
     return ok()
 
@@ -252,8 +244,9 @@ async def record(request: web.Request) -> web.Response:
     if kind == "start_record":
         if live.recorder is not None:
             raise ApiError(400, "already recording")
-        live.recorder = Recorder(live.session, record_path(state.config.records_dir, live.id))
-        live.recorder.start()
+        recorder = Recorder(live.session, record_path(state.config.records_dir, live.id))
+        recorder.start()
+        live.recorder = recorder
         return ok()
     if kind == "end_record":
         recorder, live.recorder = live.recorder, None

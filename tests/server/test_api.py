@@ -213,3 +213,51 @@ async def test_a_session_can_choose_another_offered_voice(serve, config) -> None
         assert type(server.state.registry.get(default.sessionid).voice.tts).__name__ == "PiperTTS"
         await client.close()
         await default.close()
+
+
+async def test_offers_during_shutdown_get_503_and_nothing_is_left_running(serve, config) -> None:
+    from server.registry import SessionLimitError
+
+    async with serve(config) as server:
+        registry = server.state.registry
+        in_flight = registry.reserve()  # an offer still being set up when shutdown begins
+        await registry.close_all()
+        with pytest.raises(SessionLimitError, match="shutting down"):
+            registry.add(type("Live", (), {"id": in_flight})())  # refused: its handler closes it
+        client = Client(server)
+        status, reply = await client.offer()
+        assert status == 503 and "shutting down" in reply["msg"]
+        assert len(registry) == 0
+
+
+async def test_nothing_new_starts_for_a_session_that_has_ended(serve, config) -> None:
+    import inspect
+
+    from server.registry import SessionEndedError
+
+    async with serve(config) as server:
+        client = Client(server)
+        sid = await client.connect()
+        live = server.state.registry.get(sid)
+        await server.state.registry.end(sid, "test")
+
+        async def work() -> None:
+            pass
+
+        coro = work()
+        with pytest.raises(SessionEndedError, match=f"session {sid} has ended"):
+            live.spawn(coro, "late")
+        assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED and not live.tasks
+
+
+async def test_a_recording_that_cannot_start_is_not_left_half_started(serve, config, tmp_path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the records folder should be")
+    async with serve(config, records_dir=blocker / "records") as server:
+        client = Client(server)
+        sid = await client.connect()
+        for _ in range(2):  # the second attempt fails the same way, not with "already recording"
+            status, reply = await server.post("/record", {"sessionid": sid, "type": "start_record"})
+            assert status == 500 and "internal error" in reply["msg"]
+        status, reply = await server.post("/record", {"sessionid": sid, "type": "end_record"})
+        assert status == 400 and "not recording" in reply["msg"]
