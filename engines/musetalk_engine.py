@@ -96,7 +96,8 @@ class MuseTalkBinding(AvatarBinding):
             latents = encoded.numpy()
             log.info("avatar %s: encoded %d latents in %.1f s (prepare the avatar with weights present to skip this)",
                      avatar.avatar_id, len(latents), time.perf_counter() - started)
-        self.latents = torch.from_numpy(np.asarray(latents, np.float32))
+        # On the models' device and dtype once, not copied and cast again for every batch.
+        self.latents = torch.from_numpy(np.asarray(latents, np.float32)).to(engine.models.device, engine.models.dtype)
 
     def new_renderer(self) -> MuseTalkRenderer:
         return MuseTalkRenderer(self)

@@ -63,8 +63,9 @@ def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> np.ndarray:
     with torch.inference_mode():
         image = vae.decode(latents.to(device=weight.device, dtype=weight.dtype) / vae.config.scaling_factor).sample
         image = (image / 2 + 0.5).clamp(0, 1)
-        pixels = (image.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
-    return np.ascontiguousarray(pixels[..., ::-1])
+        # Scaled, rounded and flipped to BGR on the device: a quarter of the bytes cross to the host as uint8.
+        pixels = (image.permute(0, 2, 3, 1).flip(-1).float() * 255).round().to(torch.uint8).contiguous()
+    return pixels.cpu().numpy()
 
 
 def _as_tensor(x: torch.Tensor | np.ndarray, name: str, shape_tail: tuple[int, ...]) -> torch.Tensor:
