@@ -15,6 +15,16 @@ import aiohttp
 _MAX_ERROR_TEXT = 300
 
 
+def bearer(api_key: str | None) -> dict[str, str]:
+    """The Authorization header of an OpenAI-style API key; none without a key (local servers)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The optional request fields that were given (not None), so the server's defaults apply to the rest."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 class HTTPBackend:
     """Owns an aiohttp session; subclasses set ``error_type`` and ``name``."""
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from voices._http import HTTPBackend
+from voices._http import HTTPBackend, bearer, given
 from voices._threads import stream_from_thread
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
@@ -50,12 +50,8 @@ class ChatLLM(HTTPBackend):
         super().__init__(connect_timeout=connect_timeout, read_timeout=read_timeout)
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._options: dict[str, Any] = {}
-        if temperature is not None:
-            self._options["temperature"] = temperature
-        if max_tokens is not None:
-            self._options["max_tokens"] = max_tokens
+        self._headers = bearer(api_key)
+        self._options = given(temperature=temperature, max_tokens=max_tokens)
 
     async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
         payload = {"model": self.model, "messages": list(messages), "stream": True, **self._options}

@@ -20,7 +20,14 @@ from urllib.parse import urlencode
 import aiohttp
 import numpy as np
 
-from voices.audio import SAMPLE_RATE, StreamResampler, float_to_pcm16, pcm16_to_float, resample
+from voices._http import bearer
+from voices.audio import (
+    SAMPLE_RATE,
+    StreamResampler,
+    float_to_pcm16,
+    pcm16_to_float,
+    resample,
+)
 
 API_RATE = 24000
 _AUDIO_DELTA = {"response.output_audio.delta", "response.audio.delta"}
@@ -69,7 +76,7 @@ class RealtimeClient:
         connect_timeout: float = 10.0,
     ) -> None:
         self.url = f"{url}{'&' if '?' in url else '?'}{urlencode({'model': model})}" if model else url
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = bearer(api_key)
         if beta:
             self._headers["OpenAI-Beta"] = "realtime=v1"
         self._connect_timeout = connect_timeout

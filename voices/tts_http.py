@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from voices._http import HTTPBackend
+from voices._http import HTTPBackend, bearer, given
 from voices.audio import StreamResampler, pcm16_to_float
 from voices.tts import TTSError
 
@@ -73,12 +73,8 @@ class OpenAITTS(HTTPBackend):
         super().__init__(connect_timeout=connect_timeout, read_timeout=read_timeout)
         self.url = base_url.rstrip("/") + "/audio/speech"
         self.model, self.voice, self.pcm_rate = model, voice, pcm_rate
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._extra: dict[str, Any] = {}
-        if instructions:
-            self._extra["instructions"] = instructions
-        if speed is not None:
-            self._extra["speed"] = speed
+        self._headers = bearer(api_key)
+        self._extra = given(instructions=instructions or None, speed=speed)  # an empty instruction is none
 
     async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
         if not text.strip():
