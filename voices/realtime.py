@@ -21,13 +21,7 @@ import aiohttp
 import numpy as np
 
 from voices._http import bearer
-from voices.audio import (
-    SAMPLE_RATE,
-    StreamResampler,
-    float_to_pcm16,
-    pcm16_to_float,
-    resample,
-)
+from voices.audio import SAMPLE_RATE, StreamResampler, float_to_pcm16, pcm16_to_float, resample
 
 API_RATE = 24000
 _AUDIO_DELTA = {"response.output_audio.delta", "response.audio.delta"}
