@@ -64,11 +64,17 @@ async def _write_or_note_gone(resp: web.StreamResponse, data: bytes, rec: Record
 # ---------------------------------------------------------------- OpenAI HTTP
 
 
-async def _chat(request: web.Request) -> web.StreamResponse:
+async def _recorded(request: web.Request) -> tuple[Recorder, dict[str, Any]]:
+    """The app's recorder and the request's JSON body, both recorded (with the headers)."""
     rec: Recorder = request.app[REC]
     body = await request.json()
     rec.requests.append(body)
     rec.headers.append(dict(request.headers))
+    return rec, body
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    rec, body = await _recorded(request)
     mode = body.get("model")
     if mode == "unauthorized":
         return web.json_response({"error": {"message": "Invalid API key"}}, status=401)
@@ -96,10 +102,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
 
 
 async def _speech(request: web.Request) -> web.StreamResponse:
-    rec: Recorder = request.app[REC]
-    body = await request.json()
-    rec.requests.append(body)
-    rec.headers.append(dict(request.headers))
+    rec, body = await _recorded(request)
     if body.get("voice") == "bad":
         return web.json_response({"error": {"message": "unknown voice"}}, status=400)
     if body.get("voice") == "boom":
