@@ -100,8 +100,9 @@ class PiperTTS:
             if not phonemes:
                 continue
             ids = self.voice.phoneme_ids_to_audio(self.voice.phonemes_to_ids(phonemes), self._config)
-            audio = np.asarray(ids, dtype=np.float32)  # raw model output in [-1, 1]
+            # Scaled after resampling: the resampler's ringing can overshoot a peak set before it.
+            audio = resample(np.asarray(ids, dtype=np.float32), self.sample_rate)
             peak = float(np.max(np.abs(audio))) if audio.size else 0.0
             if peak > 1e-6:
-                audio = audio * (self._peak / peak)
-            emit(resample(audio, self.sample_rate))
+                audio = audio * np.float32(self._peak / peak)
+            emit(audio)
