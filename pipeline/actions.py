@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
 from musetalk.avatar import DEFAULT_AVATARS_DIR, AvatarError, decode_video, load_avatar
 from pipeline.items import SAMPLE_RATE, TICK_SAMPLES
+from voices.audio import MonoResampler
 
 ACTIONS_DIR = "actions"
 
@@ -66,15 +69,13 @@ def load_actions(avatar_path: Path, frame_shape: tuple[int, int]) -> dict[int, A
 
 def decode_audio(path: Path) -> np.ndarray | None:
     """The first audio stream of a media file as 16 kHz mono float32, or None if it has none."""
-    import av
-
     with av.open(str(path)) as container:
         if not container.streams.audio:
             return None
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-        parts = [f.to_ndarray().reshape(-1) for frame in container.decode(audio=0) for f in resampler.resample(frame)]
-        parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
-    return np.concatenate(parts).astype(np.float32) if parts else None
+        to_mono = MonoResampler()
+        parts = [to_mono(frame) for frame in itertools.chain(container.decode(audio=0), [None])]  # None: flush
+    audio = np.concatenate(parts)
+    return audio if len(audio) else None
 
 
 def add_action(avatar_id: str, audiotype: int, source: Path, avatars_dir: Path = DEFAULT_AVATARS_DIR,

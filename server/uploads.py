@@ -1,6 +1,6 @@
 """Uploaded audio files (/humanaudio): read with a size cap, decoded off the event loop with bounded cost.
 
-PyAV (FFmpeg) reads every common format (wav, mp3, ogg/opus, flac, m4a, webm) and libswresample downmixes and
+PyAV (FFmpeg) reads every common format (wav, mp3, ogg/opus, flac, m4a, webm) and MonoResampler (libswresample)
 resamples any rate in linear time, so a header claiming an odd rate cannot make resampling expensive. Decoding
 stops as soon as the audio passes the duration limit, so a small file that expands to hours costs little.
 """
@@ -15,25 +15,11 @@ import numpy as np
 from aiohttp import BodyPartReader, MultipartReader
 
 from pipeline.items import SAMPLE_RATE
+from voices.audio import MonoResampler
 
 MIN_RATE, MAX_RATE = 1000, 384_000
 MAX_CHANNELS = 16
 _READ_CHUNK = 64 * 1024
-
-
-class MonoResampler:
-    """Decoded frames of any rate, layout and sample format -> float32 mono 16 kHz.
-
-    Channels are averaged here rather than by libswresample, whose stereo->mono matrix adds 3 dB (and clips
-    loud stereo); the rate and format conversion is libswresample's (linear time for any pair of rates)."""
-
-    def __init__(self) -> None:
-        self._swr = av.AudioResampler(format="fltp", layout=None, rate=SAMPLE_RATE)
-
-    def __call__(self, frame: av.AudioFrame | None) -> np.ndarray:
-        """Resample one frame (None: flush the tail)."""
-        parts = [out.to_ndarray().mean(axis=0) for out in self._swr.resample(frame)]
-        return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
 
 
 class UploadError(Exception):

@@ -15,8 +15,8 @@ from aiortc.mediastreams import MediaStreamError
 
 from pipeline.items import Event
 from pipeline.session import Session
-from server.uploads import MonoResampler
 from server.voice import Voice
+from voices.audio import MonoResampler
 from voices.asr import SpeechStart, Transcriber, VADConfig, VoiceActivityDetector
 
 log = logging.getLogger(__name__)

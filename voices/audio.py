@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import av
 import numpy as np
 from scipy.signal import firwin, resample_poly
 
@@ -107,3 +108,18 @@ class StreamResampler:
 def _check_rates(src_rate: int, dst_rate: int) -> None:
     if src_rate <= 0 or dst_rate <= 0:
         raise ValueError(f"sample rates must be positive, got {src_rate} -> {dst_rate}")
+
+
+class MonoResampler:
+    """Decoded frames of any rate, layout and sample format -> float32 mono 16 kHz.
+
+    Channels are averaged here rather than by libswresample, whose stereo->mono matrix adds 3 dB (and clips
+    loud stereo); the rate and format conversion is libswresample's (linear time for any pair of rates)."""
+
+    def __init__(self) -> None:
+        self._swr = av.AudioResampler(format="fltp", layout=None, rate=SAMPLE_RATE)
+
+    def __call__(self, frame: av.AudioFrame | None) -> np.ndarray:
+        """Resample one frame (None: flush the tail)."""
+        parts = [out.to_ndarray().mean(axis=0) for out in self._swr.resample(frame)]
+        return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
