@@ -1,7 +1,9 @@
 """`musetalk`: the real model. Whisper features for a window of audio -> UNet + VAE decode -> faces.
 
 Models load once per process and are shared by every session; GPU calls of different sessions are
-serialised by one lock (one model, one stream). The per-session state is only the feature windowing.
+serialised by one lock (one model, one stream), which covers the model passes only: each session's CPU work
+(the log-mel of its window) runs beside another session's GPU work. The per-session state is only the feature
+windowing.
 
 Latency budget (lead_ticks): the worker renders a batch once its B ticks and the features' look-ahead
 (80 ms of whisper window + right context) are there, or when the deadline comes; the lead covers that
@@ -63,7 +65,8 @@ class MuseTalkEngine(Engine):
         if frames not in self._features:
             self._features[frames] = StreamingFeatures(self.encoder, self.version, batch_frames=frames,
                                                        left_context_s=self.context[0],
-                                                       right_context_s=self.context[1])
+                                                       right_context_s=self.context[1],
+                                                       encoder_lock=self.lock)
         return self._features[frames]
 
     def _warm_up(self) -> float:
@@ -76,9 +79,10 @@ class MuseTalkEngine(Engine):
         return time.perf_counter() - started
 
     def faces(self, window_audio: np.ndarray, first_frame: int, frames: int, latents: torch.Tensor) -> np.ndarray:
-        with self.lock, torch.inference_mode():
-            chunks = self.features(frames).chunks(window_audio, first_frame)
-            return infer_faces(self.models, chunks, latents)
+        with torch.inference_mode():
+            chunks = self.features(frames).chunks(window_audio, first_frame)  # takes the lock for the encoder
+            with self.lock:
+                return infer_faces(self.models, chunks, latents)
 
     def _bind(self, avatar: Avatar) -> MuseTalkBinding:
         return MuseTalkBinding(self, avatar)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache
 from typing import Literal
 
@@ -156,10 +157,16 @@ def window_mel(audio: np.ndarray, version: Version, offset_steps: int) -> torch.
     return out
 
 
-def encode_window(audio: np.ndarray, encoder: WhisperEncoder, version: Version, offset_steps: int = 0) -> np.ndarray:
-    """(n,) samples, n <= 30 s -> (n // 320, 5, D) float32 from one encoder input (see ``window_mel``)."""
-    states = encoder_states(encoder, window_mel(audio, version, offset_steps), layer_norm_last=version == "v15")
-    return states[0, offset_steps:offset_steps + len(audio) // SAMPLES_PER_STEP].float().cpu().numpy()
+def encode_window(audio: np.ndarray, encoder: WhisperEncoder, version: Version, offset_steps: int = 0,
+                  encoder_lock: AbstractContextManager[object] | None = None) -> np.ndarray:
+    """(n,) samples, n <= 30 s -> (n // 320, 5, D) float32 from one encoder input (see ``window_mel``).
+
+    ``encoder_lock`` (a lock shared with other users of the model) is held around the encoder pass only: the
+    log-mel of a 30 s input is CPU work that other sessions' model calls need not wait for."""
+    mel = window_mel(audio, version, offset_steps)
+    with encoder_lock or nullcontext():
+        states = encoder_states(encoder, mel, layer_norm_last=version == "v15")
+        return states[0, offset_steps:offset_steps + len(audio) // SAMPLES_PER_STEP].float().cpu().numpy()
 
 
 def whisper_steps(audio: np.ndarray, encoder: WhisperEncoder, version: Version) -> np.ndarray:
@@ -252,9 +259,9 @@ class StreamingFeatures:
 
     def __init__(self, encoder: WhisperEncoder, version: Version, batch_frames: int = 8,
                  left_context_s: float = 0.5, right_context_s: float = 0.2, fps: int = VIDEO_FPS,
-                 align_positions: bool = True) -> None:
+                 align_positions: bool = True, encoder_lock: AbstractContextManager[object] | None = None) -> None:
         def step_features(window_audio: np.ndarray, offset_steps: int) -> np.ndarray:
-            return encode_window(window_audio, encoder, version, offset_steps)
+            return encode_window(window_audio, encoder, version, offset_steps, encoder_lock)
 
         self._init(step_features, encoder.config.d_model, version, batch_frames, left_context_s, right_context_s,
                    fps, align_positions)
