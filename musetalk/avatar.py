@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,6 +92,8 @@ class Avatar:
     masks: np.ndarray  # (N,S,S) uint8, top-left aligned
     landmarks: np.ndarray  # (N,468,2) float32
     fps: float
+    # Built on first use and shared by every session showing the avatar (a plan's alpha is up to a few MB).
+    _plans: dict[int, BlendPlan] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def n_frames(self) -> int:
@@ -113,9 +115,13 @@ class Avatar:
         return self.masks[i, :y2 - y1, :x2 - x1]
 
     def blend_plan(self, i: int) -> BlendPlan:
-        """The precomputed paste of a generated face into original frame i (worth caching per frame)."""
-        return prepare_blend(tuple(int(v) for v in self.face_boxes[i]), tuple(int(v) for v in self.crop_boxes[i]),
-                             self.mask(i), self.frames.shape[1:3])
+        """The precomputed paste of a generated face into original frame i (built once, then cached)."""
+        plan = self._plans.get(i)
+        if plan is None:  # two sessions may both build it: the same plan, one of them kept
+            plan = prepare_blend(tuple(int(v) for v in self.face_boxes[i]), tuple(int(v) for v in self.crop_boxes[i]),
+                                 self.mask(i), self.frames.shape[1:3])
+            plan = self._plans.setdefault(i, plan)
+        return plan
 
     def latents(self, version: str) -> np.ndarray | None:
         """(N,8,32,32) float16 VAE latents for a model version, or None if they were not prepared."""

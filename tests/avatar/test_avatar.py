@@ -15,6 +15,7 @@ from musetalk.avatar import (
     AvatarError, AvatarExistsError, AvatarNotFoundError, NoFaceError, decode_video, face_crops, load_avatar, main,
     prepare_avatar, validate_avatar_id,
 )
+from musetalk.blending import prepare_blend
 from musetalk.config import vae_tiny_config
 from musetalk.face import FaceLandmarker, blend_mask, crop_box, face_box
 
@@ -140,6 +141,16 @@ def test_cycle_index_is_ping_pong(prepared_video: Path) -> None:
     order = list(range(12)) + list(range(12))[::-1]
     assert avatar.n_cycle == 24
     assert [avatar.cycle_index(i) for i in range(3 * 24)] == order * 3
+
+
+def test_blend_plans_are_built_once_per_frame_and_shared(prepared_video: Path) -> None:
+    avatar = load_avatar("drift", prepared_video.parent)
+    first = avatar.blend_plan(5)
+    assert avatar.blend_plan(5) is first and avatar.blend_plan(6) is not first  # every session uses the same plan
+    fresh = prepare_blend(tuple(int(v) for v in avatar.face_boxes[5]), tuple(int(v) for v in avatar.crop_boxes[5]),
+                          avatar.mask(5), avatar.frames.shape[1:3])
+    assert (first.dst, first.src, first.box_size) == (fresh.dst, fresh.src, fresh.box_size)
+    np.testing.assert_array_equal(first.alpha, fresh.alpha)
 
 
 def test_load_errors(tmp_path: Path, prepared_demo: Path) -> None:
