@@ -73,7 +73,6 @@ class TickQueue:
         return self._items.popleft()
 
 
-
 class InferenceWorker:
     def __init__(self, engine: Engine, renderer: Renderer, compositor: Compositor, cycle_index: Callable[[int], int],
                  tick_time: Callable[[int], float], now: Callable[[], float], current_turn: Callable[[], int], stats: SessionStats,
@@ -129,10 +128,10 @@ class InferenceWorker:
                 log.exception("render failed for ticks %d..%d", batch[0].tick, batch[-1].tick)
                 self.stats.render_errors += 1
 
-    def _contiguous(self) -> int:
-        """Number of queued ticks (from the head) that are consecutive and of the current turn."""
+    def _contiguous(self, limit: int) -> int:
+        """Number of queued ticks (from the head, at most `limit`) that are consecutive and of the current turn."""
         n, prev = 0, None
-        while (item := self.inbox.peek(n)) is not None:
+        while n < limit and (item := self.inbox.peek(n)) is not None:
             if item.turn != self.current_turn() or (prev is not None and item.tick != prev.tick + 1):
                 break
             prev, n = item, n + 1
@@ -151,7 +150,7 @@ class InferenceWorker:
                     q.popleft()
                     self.stats.dropped_stale += 1
                     continue
-                ready = self._contiguous()
+                ready = self._contiguous(need)  # fewer than `need`: the stretch breaks or the queue ends there
                 wait = self.tick_time(head.tick) - self._budget - self.now()
                 # Render now if the batch is complete, its deadline is near, or nothing more can join it.
                 if ready >= need or wait <= 0 or ready < len(q) or q.peek(ready - 1).last:
