@@ -81,6 +81,8 @@ class Services:
 
         ValueError: invalid id; AvatarNotFoundError: no such avatar; AvatarError: a damaged one."""
         validate_avatar_id(avatar_id)
+        if (loaded := self._avatars.get(avatar_id)) is not None:
+            return loaded  # not behind another avatar's load, which can take seconds (latents encoded on bind)
         async with self._avatar_lock:
             if avatar_id not in self._avatars:
                 self._avatars[avatar_id] = await asyncio.to_thread(self._load_avatar, avatar_id)
