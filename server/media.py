@@ -79,10 +79,14 @@ class AvatarVideoTrack(_TickTrack):
     capacity = QUEUE_TICKS
 
     def push(self, out: OutputTick) -> None:
+        self.offer(out)  # made a VideoFrame only when the encoder takes it: a dropped tick costs no conversion
+
+    async def recv(self) -> VideoFrame:  # type: ignore[override]
+        out: OutputTick = await super().recv()
         frame = VideoFrame.from_ndarray(np.ascontiguousarray(out.frame), format="bgr24")
         frame.pts = MediaClock.video_pts(out.tick)
         frame.time_base = VIDEO_TIME_BASE
-        self.offer(frame)
+        return frame
 
 
 class AvatarAudioTrack(_TickTrack):
