@@ -10,7 +10,8 @@ from aiohttp import web
 from musetalk.avatar import DEMO_ID, ensure_demo
 from server.config import ServerConfig
 from server.registry import SessionEndedError, SessionLimitError, SessionRegistry
-from server.routes import ApiError, error_response, setup_routes
+from server.errors import ApiError
+from server.routes import error_response, setup_routes
 from server.services import Services
 from server.state import STATE, AppState
 from server.uploads import AudioDecoder

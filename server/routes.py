@@ -13,13 +13,14 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from musetalk.avatar import AvatarError, AvatarNotFoundError
 from pipeline.items import Event
 from pipeline.session import Session
+from server.errors import ApiError
 from server.media import SessionTracks
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import render as render_metrics
 from server.recording import Recorder, record_path
 from server.registry import LiveSession, close_live, close_media
 from server.state import STATE, AppState
-from server.uploads import UploadError, read_form
+from server.uploads import read_form
 from server.voice_input import VoiceInput, drain
 from server.webrtc import answer
 
@@ -28,12 +29,6 @@ log = logging.getLogger(__name__)
 SSE_HEARTBEAT_S = 15.0
 MAX_JSON_BYTES = 256 * 1024  # an SDP offer is a few KB; /human text is capped far below this
 _TRUE = (True, 1, "true", "1", "yes", "on")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def ok(data: Any = None) -> web.Response:
@@ -188,17 +183,12 @@ async def human_audio(request: web.Request) -> web.Response:
         raise ApiError(413, f"the upload is larger than {limit // (1024 * 1024)} MB")
     try:
         fields, data = await read_form(await request.multipart(), limit)
-    except UploadError as e:
-        raise ApiError(e.status, str(e)) from e
     except ValueError as e:  # malformed multipart framing
         raise ApiError(400, f"malformed multipart form: {e}") from e
     live = live_session(state, fields.get("sessionid"))
     if data is None:
         raise ApiError(400, "the form has no 'file' field")
-    try:
-        pcm = await state.decoder.decode(data)
-    except UploadError as e:
-        raise ApiError(e.status, str(e)) from e
+    pcm = await state.decoder.decode(data)  # UploadError: answered with its own status
     live.spawn(live.voice.push_audio_file(pcm), "audio-file")
     return ok({"seconds": round(len(pcm) / 16000, 3)})
 

@@ -15,6 +15,7 @@ import numpy as np
 from aiohttp import BodyPartReader, MultipartReader
 
 from pipeline.items import SAMPLE_RATE
+from server.errors import ApiError
 from voices.audio import MonoResampler
 
 MIN_RATE, MAX_RATE = 1000, 384_000
@@ -22,12 +23,8 @@ MAX_CHANNELS = 16
 _READ_CHUNK = 64 * 1024
 
 
-class UploadError(Exception):
-    """A bad upload; `status` is the HTTP status to answer with, the message is shown to the user."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+class UploadError(ApiError):
+    """A bad upload (its status: 400 unreadable, 413 too large)."""
 
 
 async def read_form(reader: MultipartReader, max_bytes: int) -> tuple[dict[str, str], bytes | None]:
