@@ -103,8 +103,11 @@ async def offer(request: web.Request) -> web.Response:
     if not isinstance(avatar_id, str):
         raise ApiError(400, "'avatar' must be a string (an avatar id)")
     voice = body.get("voice") or None  # our extension: one of /healthz "voices"
-    if voice is not None and voice not in state.services.voices:
-        raise ApiError(400, f"unknown voice {voice!r}; this server offers {', '.join(state.services.voices)}")
+    if voice is not None:
+        try:
+            state.services.check_voice(voice)  # before a session slot is taken
+        except ValueError as e:
+            raise ApiError(400, str(e)) from e
     sid = state.registry.reserve()  # SessionLimitError: 503
     try:
         local = await _open_session(state, sid, sdp, avatar_id, voice)

@@ -104,10 +104,16 @@ class Services:
             return ["realtime"]
         return [c.tts] + [name for name in ("piper", "edgetts") if name != c.tts]
 
+    def check_voice(self, name: str) -> None:
+        """ValueError, naming the voices offered, unless `name` is one of `voices`."""
+        if name not in self.voices:
+            raise ValueError(f"unknown voice {name!r}; this server offers {', '.join(self.voices)}")
+
     async def tts(self, name: str) -> TTS:
         """A TTS backend, built on first use and shared by the sessions that chose it. ValueError if unknown."""
-        if name not in self.voices or name == "realtime":
-            raise ValueError(f"unknown voice {name!r}; this server offers {', '.join(self.voices)}")
+        self.check_voice(name)
+        if name == "realtime":
+            raise ValueError("the realtime voice is a speech-to-speech model, not a TTS backend")
         async with self._tts_lock:
             if name not in self._tts:
                 # --REF_FILE / --TTS_SERVER describe the --tts backend only; another one starts from its defaults.
