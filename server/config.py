@@ -58,6 +58,9 @@ class ServerConfig:
         return int(self.max_upload_mb * 1024 * 1024)
 
 
+_D = ServerConfig()  # the parser's defaults are the config's: one place to change them
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -109,10 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "offline voice (piper) and an offline chat model (SmolLM2).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     net = p.add_argument_group("network")
-    net.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    net.add_argument("--listenport", type=_port, default=8010, help="HTTP port (LiveTalking name)")
-    net.add_argument("--max_session", type=_positive_int, default=5, help="most concurrent sessions")
-    net.add_argument("--idle_timeout", type=_positive_float, default=60.0,
+    net.add_argument("--host", default=_D.host, help="address to listen on")
+    net.add_argument("--listenport", type=_port, default=_D.listenport, help="HTTP port (LiveTalking name)")
+    net.add_argument("--max_session", type=_positive_int, default=_D.max_session, help="most concurrent sessions")
+    net.add_argument("--idle_timeout", type=_positive_float, default=_D.idle_timeout,
                      help="end a session whose client consumed no media for this many seconds")
     net.add_argument("--transport", choices=("webrtc",), default="webrtc",
                      help="LiveTalking compatibility: only webrtc is served")
@@ -126,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     ice.add_argument("--ice_host", action="append", type=_ip, default=[],
                      help="offer ICE host candidates only on this address, e.g. 127.0.0.1 (repeatable)")
     model = p.add_argument_group("lip-sync engine and avatar")
-    model.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+    model.add_argument("--engine", choices=ENGINE_CHOICES, default=_D.engine,
                        help="auto: musetalk with CUDA and weights present, else lite (CPU, no weights)")
     model.add_argument("--model", default="musetalk", metavar="{" + ",".join(MODEL_VERSIONS) + "}",
                        help="LiveTalking name of the model; here it picks the MuseTalk weights version "
@@ -134,14 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--batch_size", type=_positive_int, default=None,
                        help="video frames per inference batch (default: the engine's own)")
     model.add_argument("--device", default=None, help="torch device for musetalk, e.g. cuda:0")
-    model.add_argument("--avatar_id", type=_avatar_id, default="demo",
+    model.add_argument("--avatar_id", type=_avatar_id, default=_D.avatar_id,
                        help="default avatar (the demo avatar is built on first start if missing)")
-    model.add_argument("--avatars_dir", type=Path, default=Path("avatars"), help="prepared avatars")
-    model.add_argument("--models_dir", type=Path, default=Path("models"), help="MuseTalk weights")
-    model.add_argument("--records_dir", type=Path, default=Path("records"), help="where /record writes mp4 files")
-    model.add_argument("--web_dir", type=Path, default=Path("web"), help="static files served at /")
+    model.add_argument("--avatars_dir", type=Path, default=_D.avatars_dir, help="prepared avatars")
+    model.add_argument("--models_dir", type=Path, default=_D.models_dir, help="MuseTalk weights")
+    model.add_argument("--records_dir", type=Path, default=_D.records_dir, help="where /record writes mp4 files")
+    model.add_argument("--web_dir", type=Path, default=_D.web_dir, help="static files served at /")
     voice = p.add_argument_group("voice and chat")
-    voice.add_argument("--tts", choices=TTS_CHOICES, default="piper",
+    voice.add_argument("--tts", choices=TTS_CHOICES, default=_D.tts,
                        help="piper: offline; edgetts; openai: OpenAI-compatible /audio/speech; gpt-sovits: "
                             "api_v2 server; realtime: OpenAI Realtime API (speech to speech, replaces TTS and LLM)")
     voice.add_argument("--REF_FILE", default=None,
@@ -154,19 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(default {DEFAULT_REALTIME_URL})")
     voice.add_argument("--llm_base_url", default=None,
                        help="OpenAI-compatible chat endpoint incl. /v1; without it chat uses the offline SmolLM2")
-    voice.add_argument("--llm_model", default="gpt-4o-mini", help="chat model name at --llm_base_url")
+    voice.add_argument("--llm_model", default=_D.llm_model, help="chat model name at --llm_base_url")
     voice.add_argument("--llm_api_key", default=None, help="API key (default: env OPENAI_API_KEY)")
-    voice.add_argument("--system_prompt", default=DEFAULT_SYSTEM_PROMPT, help="the chat model's instructions")
-    voice.add_argument("--realtime_model", default="gpt-realtime", help="model for --tts realtime")
+    voice.add_argument("--system_prompt", default=_D.system_prompt, help="the chat model's instructions")
+    voice.add_argument("--realtime_model", default=_D.realtime_model, help="model for --tts realtime")
     voice.add_argument("--no_asr", action="store_true",
                        help="ignore microphone audio sent by the page (default: transcribe it and chat)")
     voice.add_argument("--asr_model_dir", type=Path, default=None,
                        help="CTranslate2 whisper folder (default: the bundled tiny.en)")
     limits = p.add_argument_group("limits")
-    limits.add_argument("--max_upload_mb", type=_positive_float, default=20.0, help="largest /humanaudio upload")
-    limits.add_argument("--max_audio_seconds", type=_positive_float, default=120.0,
+    limits.add_argument("--max_upload_mb", type=_positive_float, default=_D.max_upload_mb,
+                        help="largest /humanaudio upload")
+    limits.add_argument("--max_audio_seconds", type=_positive_float, default=_D.max_audio_seconds,
                         help="longest /humanaudio audio")
-    limits.add_argument("--max_text_chars", type=_positive_int, default=4000, help="longest /human text")
+    limits.add_argument("--max_text_chars", type=_positive_int, default=_D.max_text_chars, help="longest /human text")
     return p
 
 

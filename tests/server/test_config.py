@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from server.config import build_parser, parse_args
+from server.config import ServerConfig, build_parser, parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_defaults_run_offline_on_a_cpu() -> None:
+def test_defaults_run_offline_on_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("TURN_PASSWORD", raising=False)
     c = parse_args([])
+    assert c == ServerConfig()  # the command line's defaults and the config's are the same
     assert (c.engine, c.tts, c.avatar_id, c.listenport, c.max_session) == ("auto", "piper", "demo", 8010, 5)
     assert c.llm_base_url is None and c.stun == () and c.turn == () and c.ice_host == ()
 
