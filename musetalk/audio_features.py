@@ -19,18 +19,15 @@ import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache
-from typing import Literal
 
 import numpy as np
 import torch
 from transformers import WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .config import AUDIO_FRAME_SAMPLES, SAMPLE_RATE, VIDEO_FPS
+from .config import AUDIO_FRAME_SAMPLES, SAMPLE_RATE, VIDEO_FPS, Version, check_version
 from .whisper import N_STATES, encoder_states
 
-Version = Literal["v1", "v15"]
-VERSIONS: tuple[str, ...] = ("v1", "v15")
 
 N_FFT = 400
 MEL_HOP = 160
@@ -47,11 +44,6 @@ TOKENS_PER_CHUNK = STEPS_PER_CHUNK * N_STATES  # 50
 
 # (window samples, encoder position of its first step) -> (samples // 320, 5, 384): every whole 20 ms step.
 StepFunction = Callable[[np.ndarray, int], np.ndarray]
-
-
-def _check_version(version: str) -> None:
-    if version not in VERSIONS:
-        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
 
 
 def _check_fps(fps: int) -> None:
@@ -93,7 +85,7 @@ def normalise_log_mel(log_spec: torch.Tensor) -> torch.Tensor:
 
 def mel_segments(audio: np.ndarray, version: Version) -> tuple[torch.Tensor, list[int]]:
     """Encoder inputs (S, 80, 3000) and, per segment, how many of its steps hold audio (whole 20 ms steps)."""
-    _check_version(version)
+    check_version(version)
     audio = _as_audio(audio)
     if version == "v15":
         mels, steps = [], []
@@ -120,7 +112,7 @@ def mel_segments(audio: np.ndarray, version: Version) -> tuple[torch.Tensor, lis
 
 def num_steps(n_samples: int, version: Version) -> int:
     """Length T of the official step feature array for an utterance of n_samples."""
-    _check_version(version)
+    check_version(version)
     if version == "v15":
         return math.floor(n_samples / SAMPLE_RATE * STEPS_PER_SECOND)  # float formula: sometimes n // 320 - 1
     return n_samples // SAMPLES_PER_STEP  # sum over 3000-frame segments of int(frames / 2), frames = n // 160
@@ -141,7 +133,7 @@ def window_mel(audio: np.ndarray, version: Version, offset_steps: int) -> torch.
     v15 places the waveform at that offset in 30 s of zeros and normalises the whole input; v1 normalises the
     window's log-mel with its own max and places it in a zero (normalised-domain) input, as its segments are padded.
     """
-    _check_version(version)
+    check_version(version)
     audio = _as_audio(audio)
     if offset_steps < 0 or offset_steps * SAMPLES_PER_STEP + len(audio) > SEGMENT_SAMPLES:
         raise ValueError(f"a window of {len(audio)} samples at step {offset_steps} does not fit in 30 s")
@@ -179,7 +171,7 @@ def whisper_steps(audio: np.ndarray, encoder: WhisperEncoder, version: Version) 
 
 def num_frames(n_samples: int, version: Version, fps: int = VIDEO_FPS) -> int:
     """How many chunks the official code makes for an utterance of n_samples."""
-    _check_version(version)
+    check_version(version)
     _check_fps(fps)
     if version == "v15":
         return math.floor(n_samples / SAMPLE_RATE * fps)
@@ -194,7 +186,7 @@ def num_frames(n_samples: int, version: Version, fps: int = VIDEO_FPS) -> int:
 
 def frame_step_indices(frames: np.ndarray, version: Version, fps: int = VIDEO_FPS) -> np.ndarray:
     """(N,) video frame indices -> (N, 10) utterance step indices they read, before zero-padding / clamping."""
-    _check_version(version)
+    check_version(version)
     _check_fps(fps)
     frames = np.asarray(frames, dtype=np.int64)
     if version == "v15":
@@ -212,7 +204,7 @@ def gather_chunks(steps: np.ndarray, indices: np.ndarray, first_step: int, n_ste
     ``steps[j]`` holds utterance step ``first_step + j``; ``n_steps`` is the utterance's T, or None while the
     utterance goes on past every index asked for. v15 reads zeros outside [0, T); v1 clamps into [0, T-1].
     """
-    _check_version(version)
+    check_version(version)
     upper = np.iinfo(np.int64).max if n_steps is None else n_steps
     if version == "v1":
         if upper <= 0:
@@ -279,7 +271,7 @@ class StreamingFeatures:
 
     def _init(self, step_features: StepFunction, feature_dim: int, version: Version, batch_frames: int,
               left_context_s: float, right_context_s: float, fps: int, align_positions: bool) -> None:
-        _check_version(version)
+        check_version(version)
         _check_fps(fps)
         if batch_frames < 1:
             raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")

@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 
 from musetalk.blending import BlendPlan, prepare_blend
-from musetalk.config import FACE_SIZE, LATENT_SIZE, VIDEO_FPS
-from musetalk.face import N_LANDMARKS, FaceLandmarker, Version, blend_mask, crop_box, face_box
+from musetalk.config import FACE_SIZE, LATENT_SIZE, VERSIONS, VIDEO_FPS, Version, check_version
+from musetalk.face import N_LANDMARKS, FaceLandmarker, blend_mask, crop_box, face_box
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -42,7 +42,6 @@ FORMAT_VERSION = 1
 DEFAULT_AVATARS_DIR = Path("avatars")
 DEFAULT_MODELS_DIR = Path("models")
 DEMO_ID = "demo"
-VERSIONS: tuple[str, ...] = ("v1", "v15")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _MANIFEST_KEYS = ("format_version", "avatar_id", "fps", "width", "height", "n_frames", "source", "version",
@@ -70,11 +69,6 @@ def validate_avatar_id(avatar_id: str) -> str:
     if not isinstance(avatar_id, str) or not _ID_RE.fullmatch(avatar_id):
         raise ValueError(f"invalid avatar id {avatar_id!r}: use 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'")
     return avatar_id
-
-
-def _check_version(version: str) -> None:
-    if version not in VERSIONS:
-        raise ValueError(f"unknown MuseTalk version {version!r}; expected one of {', '.join(VERSIONS)}")
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -125,7 +119,7 @@ class Avatar:
 
     def latents(self, version: str) -> np.ndarray | None:
         """(N,8,32,32) float16 VAE latents for a model version, or None if they were not prepared."""
-        _check_version(version)
+        check_version(version)
         path = self.path / f"latents_{version}.safetensors"
         if not path.is_file():
             return None
@@ -336,7 +330,7 @@ def prepare_avatar(
     ``source_name`` overrides the source recorded in the manifest (by default the file name, or "<array>").
     """
     validate_avatar_id(avatar_id)
-    _check_version(version)
+    check_version(version)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be at least 1, got {max_frames}")
     if fps <= 0:

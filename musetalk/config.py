@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 UNET_CONFIG_PATH = Path(__file__).with_name("musetalk.json")
 
@@ -18,6 +18,15 @@ VIDEO_FPS = 25
 FACE_SIZE = 256
 LATENT_SIZE = FACE_SIZE // 8
 VAE_SCALING_FACTOR = 0.18215
+
+Version = Literal["v1", "v15"]
+VERSIONS: tuple[Version, ...] = ("v1", "v15")
+
+
+def check_version(version: str) -> None:
+    """ValueError unless `version` names a MuseTalk release this code supports."""
+    if version not in VERSIONS:
+        raise ValueError(f"unknown MuseTalk version {version!r}; expected one of {', '.join(VERSIONS)}")
 
 
 def unet_config() -> dict[str, Any]:

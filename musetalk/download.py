@@ -25,6 +25,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from musetalk.config import VERSIONS
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 WHISPER_TINY_URL = (
     "https://openaipublic.azureedge.net/main/whisper/models/"
@@ -68,7 +70,7 @@ def sha256_from_url(url: str) -> str | None:
 
 def plan(version: str, models_dir: Path, endpoint: str, whisper_url: str = WHISPER_TINY_URL) -> list[RemoteFile]:
     """The files to fetch for `version` ("v1", "v15" or "all"), each once."""
-    versions = ["v1", "v15"] if version == "all" else [version]
+    versions = list(VERSIONS) if version == "all" else [version]
     files: dict[Path, RemoteFile] = {}
     for v in versions:
         for repo, name, dest in _HUB_FILES[v]:
@@ -212,7 +214,7 @@ def download_file(item: RemoteFile) -> bool:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m musetalk.download", description="Download the MuseTalk weights.")
-    p.add_argument("--version", choices=["v15", "v1", "all"], default="v15")
+    p.add_argument("--version", choices=[*VERSIONS, "all"], default="v15")
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--endpoint", default=None, help=f"Hub endpoint (default: $HF_ENDPOINT or {DEFAULT_ENDPOINT})")
     p.add_argument("--whisper-tiny-url", default=None,

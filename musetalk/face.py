@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import os
 from types import TracebackType
-from typing import Literal
-
 import cv2
 import numpy as np
 
-Version = Literal["v1", "v15"]
+from musetalk.config import Version, check_version
+
 Box = tuple[int, int, int, int]
 
 N_LANDMARKS = 468
@@ -114,8 +113,7 @@ def face_box(landmarks: np.ndarray, frame_shape: tuple[int, ...], version: Versi
     box is empty once clipped (e.g. a face outside the frame).
     """
     _check_landmarks(landmarks)
-    if version not in ("v1", "v15"):
-        raise ValueError(f"version must be 'v1' or 'v15', got {version!r}")
+    check_version(version)
     h, w = frame_shape[:2]
     lm = np.floor(landmarks).astype(np.int64)
     jaw = lm[list(JAW_INDICES)]

@@ -19,9 +19,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
-from .config import UNET_CONFIG_PATH, VAE_SCALING_FACTOR
+from .config import UNET_CONFIG_PATH, VAE_SCALING_FACTOR, check_version
 
-VERSIONS = ("v1", "v15")
 DEFAULT_MODELS_DIR = Path("models")
 FEATURE_DIM = 384  # whisper-tiny width = the UNet's cross_attention_dim
 
@@ -79,8 +78,7 @@ class ModelPaths:
     version: str = "v15"
 
     def __post_init__(self) -> None:
-        if self.version not in VERSIONS:
-            raise ValueError(f"unknown MuseTalk version {self.version!r}; expected one of {', '.join(VERSIONS)}")
+        check_version(self.version)
         object.__setattr__(self, "root", Path(self.root))
 
     @property

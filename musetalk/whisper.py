@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from .config import check_version
+
 N_STATES = 5  # embedding output + the 4 encoder layer outputs
 
 
@@ -122,6 +124,7 @@ def config_from_openai_dims(dims: dict[str, int]) -> WhisperConfig:
 def load_encoder(path: str | Path, version: str, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> WhisperEncoder:
     """The whisper encoder a MuseTalk version uses (ModelPaths.whisper): v1 tiny.pt, v1.5 a HF folder."""
+    check_version(version)
     return (load_encoder_v1 if version == "v1" else load_encoder_v15)(path, device, dtype)
 
 
