@@ -13,6 +13,7 @@ Run ``python -m musetalk.avatar --help`` for the command line.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import re
@@ -220,12 +221,13 @@ def decode_video(path: Path, fps: float, max_frames: int | None) -> Iterator[np.
                     return
 
 
-def _read_source(source: Path | np.ndarray, fps: float, max_frames: int | None) -> tuple[list[np.ndarray], str]:
+def _read_source(source: Path | np.ndarray, fps: float, max_frames: int | None) -> tuple[Iterator[np.ndarray], str]:
+    """The source's frames, one at a time (a video is decoded as they are taken), and its name."""
     if isinstance(source, np.ndarray):
         frames = source[None] if source.ndim == 3 else source
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
             raise AvatarError(f"expected a BGR uint8 (H,W,3) or (N,H,W,3) array, got {source.shape} {source.dtype}")
-        return list(frames[:max_frames]), "<array>"
+        return iter(frames[:max_frames]), "<array>"
     path = Path(source)
     if not path.is_file():
         raise AvatarError(f"source file not found: {path}")
@@ -233,20 +235,50 @@ def _read_source(source: Path | np.ndarray, fps: float, max_frames: int | None) 
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise AvatarError(f"cannot read image {path}")
-        return [img], path.name
-    frames = list(decode_video(path, fps, max_frames))
-    if not frames:
-        raise AvatarError(f"no video frames in {path}")
-    return frames, path.name
+        return iter([img]), path.name
+    return decode_video(path, fps, max_frames), path.name
 
 
 # ---------------------------------------------------------------------------------------------------- preparation
 
-def _detect_all(frames: Sequence[np.ndarray], progress: bool) -> list[np.ndarray | None]:
+_NPY_HEADER_BYTES = 128  # magic, version, length and the padded dict: room for any (N, H, W, 3) shape
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """A .npy (format 1.0) header for a C-order uint8 array of `shape`, always _NPY_HEADER_BYTES long, so that it
+    can be written before the frames are counted and rewritten in place after."""
+    text = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {shape!r}, }}"
+    room = _NPY_HEADER_BYTES - 10
+    return b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little") + (text.ljust(room - 1) + "\n").encode("latin1")
+
+
+def _spool_frames(frames: Iterator[np.ndarray], path: Path, source_name: str,
+                  progress: bool) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """Write the frames to the .npy file `path` one by one, finding each frame's face landmarks on the way.
+
+    Returns the file memory-mapped and the landmarks (None where no face). The frames are never all in memory at
+    once: a minute of 1080p video is 9 GB."""
     from tqdm import tqdm
 
-    with FaceLandmarker(static_image_mode=len(frames) == 1) as detector:
-        return [detector.detect(f) for f in tqdm(frames, desc="face landmarks", unit="frame", disable=not progress)]
+    first = next(frames, None)
+    if first is None:
+        raise AvatarError(f"no video frames in {source_name}")
+    second = next(frames, None)
+    shape = first.shape
+    detected: list[np.ndarray | None] = []
+    # One still image is detected on its own; a sequence is tracked from frame to frame.
+    with open(path, "wb") as out, FaceLandmarker(static_image_mode=second is None) as detector, \
+            tqdm(desc="face landmarks", unit="frame", disable=not progress) as bar:
+        out.write(_npy_header((0, *shape)))
+        for frame in itertools.chain([first] if second is None else [first, second], frames):
+            if frame.shape != shape:
+                raise AvatarError(f"all frames must have the same size ({frame.shape[:2]} after {shape[:2]})")
+            out.write(np.ascontiguousarray(frame, np.uint8).data)
+            detected.append(detector.detect(frame))
+            bar.update()
+        out.seek(0)
+        out.write(_npy_header((len(detected), *shape)))
+    return np.load(path, mmap_mode="r", allow_pickle=False), detected
 
 
 def _nearest(found: np.ndarray, n: int) -> np.ndarray:
@@ -285,7 +317,6 @@ def _encode(vae: AutoencoderKL, crops: np.ndarray) -> np.ndarray:
 
 def _write_avatar(folder: Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray],
                   latents: np.ndarray | None) -> None:
-    folder.mkdir(parents=True)
     for name, arr in arrays.items():
         np.save(folder / f"{name}.npy", arr, allow_pickle=False)
     if latents is not None:
@@ -345,11 +376,23 @@ def prepare_avatar(
 
     frames, read_name = _read_source(source, fps, max_frames)
     source_name = source_name or read_name
-    shape = frames[0].shape
-    if any(f.shape != shape for f in frames):
-        raise AvatarError("all frames must have the same size")
-    n = len(frames)
-    detected = _detect_all(frames, progress)
+    tmp = root / f".{avatar_id}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        _prepare_into(tmp, frames, source_name, avatar_id, version, bbox_shift, extra_margin, fps, vae, progress,
+                      models_dir)
+        _install(tmp, final, overwrite)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return final
+
+
+def _prepare_into(folder: Path, frames: Iterator[np.ndarray], source_name: str, avatar_id: str, version: Version,
+                  bbox_shift: int, extra_margin: int, fps: float, vae: AutoencoderKL | None, progress: bool,
+                  models_dir: Path) -> None:
+    frames_arr, detected = _spool_frames(frames, folder / "frames.npy", source_name, progress)
+    n, shape = len(frames_arr), frames_arr.shape[1:]
     landmarks = np.zeros((n, N_LANDMARKS, 2), np.float32)
     boxes = np.zeros((n, 4), np.int32)
     ok = np.zeros(n, bool)
@@ -371,7 +414,6 @@ def prepare_avatar(
     for i in range(n):
         m = blend_mask(landmarks[i], tuple(boxes[i].tolist()), tuple(crops[i].tolist()))
         masks[i, :m.shape[0], :m.shape[1]] = m
-    frames_arr = np.stack(frames)
 
     if vae is None:
         vae = _official_vae(Path(models_dir))
@@ -382,15 +424,8 @@ def prepare_avatar(
         "extra_margin": extra_margin, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "latents": [version] if latents is not None else [],
     }
-    arrays = {"frames": frames_arr, "face_boxes": boxes, "crop_boxes": crops, "landmarks": landmarks, "masks": masks}
-    tmp = root / f".{avatar_id}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        _write_avatar(tmp, manifest, arrays, latents)
-        _install(tmp, final, overwrite)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return final
+    arrays = {"face_boxes": boxes, "crop_boxes": crops, "landmarks": landmarks, "masks": masks}
+    _write_avatar(folder, manifest, arrays, latents)
 
 
 def demo_image() -> np.ndarray:

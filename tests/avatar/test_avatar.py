@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from diffusers import AutoencoderKL
 
 from musetalk.avatar import (
     AvatarError, AvatarExistsError, AvatarNotFoundError, NoFaceError, decode_video, face_crops, load_avatar, main,
-    prepare_avatar, validate_avatar_id,
+    _npy_header, prepare_avatar, validate_avatar_id,
 )
 from musetalk.blending import prepare_blend
 from musetalk.config import vae_tiny_config
@@ -55,6 +57,32 @@ def test_demo_round_trip(prepared_demo: Path, astronaut: np.ndarray, astronaut_l
     assert avatar.mask(0).shape == (crop[3] - crop[1], crop[2] - crop[0])
     assert avatar.latents("v15") is None and avatar.fps == 25.0 and avatar.n_cycle == 2
     assert not list(prepared_demo.parent.glob(".*"))  # no temp folder left
+
+
+def test_frames_are_written_one_by_one_not_held_in_memory(tmp_path: Path, astronaut: np.ndarray) -> None:
+    frames = np.repeat(astronaut[None], 60, axis=0)  # 45 MB of frames; holding (or stacking) them would show
+    frames[:, :8] = np.arange(60, dtype=np.uint8)[:, None, None, None]  # each frame recognisable
+    prepare_avatar(frames[:2], "warm", tmp_path, progress=False, models_dir=tmp_path / "no-models")  # imports
+    tracemalloc.start()
+    try:
+        path = prepare_avatar(frames, "long", tmp_path, progress=False, models_dir=tmp_path / "no-models")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 15 * 2**20, f"{peak / 2**20:.0f} MB traced"
+    avatar = load_avatar("long", path.parent)
+    assert isinstance(avatar.frames, np.memmap)
+    np.testing.assert_array_equal(avatar.frames, frames)
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_npy_header_has_room_for_any_frame_count() -> None:
+    for shape in [(0, 512, 512, 3), (1, 2160, 3840, 3), (10**12, 10**5, 10**5, 3)]:
+        header = _npy_header(shape)
+        assert len(header) == 128
+        stream = io.BytesIO(header)
+        assert np.lib.format.read_magic(stream) == (1, 0)
+        assert np.lib.format.read_array_header_1_0(stream) == (shape, False, np.dtype(np.uint8))
 
 
 def test_image_file_source(tmp_path: Path, astronaut: np.ndarray) -> None:
