@@ -13,7 +13,6 @@ Run ``python -m musetalk.avatar --help`` for the command line.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import re
@@ -21,7 +20,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -252,33 +251,37 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     return b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little") + (text.ljust(room - 1) + "\n").encode("latin1")
 
 
-def _spool_frames(frames: Iterator[np.ndarray], path: Path, source_name: str,
-                  progress: bool) -> tuple[np.ndarray, list[np.ndarray | None]]:
-    """Write the frames to the .npy file `path` one by one, finding each frame's face landmarks on the way.
+def write_frames(frames: Iterable[np.ndarray], path: Path, source_name: str, progress: bool = False) -> np.ndarray:
+    """Write BGR uint8 frames of one size to the .npy file `path` as they come; returns the file memory-mapped.
 
-    Returns the file memory-mapped and the landmarks (None where no face). The frames are never all in memory at
-    once: a minute of 1080p video is 9 GB."""
+    The frames are never all in memory at once (a minute of 1080p video is 9 GB). AvatarError if there are none
+    or their sizes differ."""
     from tqdm import tqdm
 
-    first = next(frames, None)
-    if first is None:
-        raise AvatarError(f"no video frames in {source_name}")
-    second = next(frames, None)
-    shape = first.shape
-    detected: list[np.ndarray | None] = []
-    # One still image is detected on its own; a sequence is tracked from frame to frame.
-    with open(path, "wb") as out, FaceLandmarker(static_image_mode=second is None) as detector, \
-            tqdm(desc="face landmarks", unit="frame", disable=not progress) as bar:
-        out.write(_npy_header((0, *shape)))
-        for frame in itertools.chain([first] if second is None else [first, second], frames):
-            if frame.shape != shape:
+    shape: tuple[int, ...] | None = None
+    n = 0
+    with open(path, "wb") as out:
+        for frame in tqdm(frames, desc="reading frames", unit="frame", disable=not progress):
+            if shape is None:
+                shape = frame.shape
+                out.write(_npy_header((0, *shape)))
+            elif frame.shape != shape:
                 raise AvatarError(f"all frames must have the same size ({frame.shape[:2]} after {shape[:2]})")
             out.write(np.ascontiguousarray(frame, np.uint8).data)
-            detected.append(detector.detect(frame))
-            bar.update()
+            n += 1
+        if shape is None:
+            raise AvatarError(f"no video frames in {source_name}")
         out.seek(0)
-        out.write(_npy_header((len(detected), *shape)))
-    return np.load(path, mmap_mode="r", allow_pickle=False), detected
+        out.write(_npy_header((n, *shape)))
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _detect_all(frames: np.ndarray, progress: bool) -> list[np.ndarray | None]:
+    from tqdm import tqdm
+
+    # One still image is detected on its own; a sequence is tracked from frame to frame.
+    with FaceLandmarker(static_image_mode=len(frames) == 1) as detector:
+        return [detector.detect(f) for f in tqdm(frames, desc="face landmarks", unit="frame", disable=not progress)]
 
 
 def _nearest(found: np.ndarray, n: int) -> np.ndarray:
@@ -391,8 +394,9 @@ def prepare_avatar(
 def _prepare_into(folder: Path, frames: Iterator[np.ndarray], source_name: str, avatar_id: str, version: Version,
                   bbox_shift: int, extra_margin: int, fps: float, vae: AutoencoderKL | None, progress: bool,
                   models_dir: Path) -> None:
-    frames_arr, detected = _spool_frames(frames, folder / "frames.npy", source_name, progress)
+    frames_arr = write_frames(frames, folder / "frames.npy", source_name, progress)
     n, shape = len(frames_arr), frames_arr.shape[1:]
+    detected = _detect_all(frames_arr, progress)
     landmarks = np.zeros((n, N_LANDMARKS, 2), np.float32)
     boxes = np.zeros((n, 4), np.int32)
     ok = np.zeros(n, bool)

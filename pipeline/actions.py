@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import re
+import shutil
 import sys
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import av
 import cv2
 import numpy as np
 
-from musetalk.avatar import DEFAULT_AVATARS_DIR, AvatarError, decode_video, load_avatar
+from musetalk.avatar import DEFAULT_AVATARS_DIR, AvatarError, decode_video, load_avatar, write_frames
 from pipeline.items import SAMPLE_RATE, TICK_SAMPLES
 from voices.audio import MonoResampler
 
@@ -40,12 +42,25 @@ class ActionClip:
         return out
 
 
-def save_action(avatar_path: Path, audiotype: int, frames: np.ndarray, audio: np.ndarray | None = None) -> Path:
-    folder = avatar_path / ACTIONS_DIR / str(int(audiotype))
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "frames.npy", np.ascontiguousarray(frames, dtype=np.uint8))
-    if audio is not None:
-        np.save(folder / "audio.npy", np.asarray(audio, dtype=np.float32))
+def save_action(avatar_path: Path, audiotype: int, frames: Iterable[np.ndarray], audio: np.ndarray | None = None,
+                source_name: str = "<array>") -> Path:
+    """Write clip `audiotype` (frames one by one, never all in memory), replacing a previous clip of that number
+    whole: nothing of the old one (its sound, say) is left, and on error the old one is kept."""
+    root = avatar_path / ACTIONS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / str(int(audiotype))
+    tmp = root / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write_frames(frames, tmp / "frames.npy", source_name)
+        if audio is not None:
+            np.save(tmp / "audio.npy", np.asarray(audio, dtype=np.float32))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     return folder
 
 
@@ -84,11 +99,10 @@ def add_action(avatar_id: str, audiotype: int, source: Path, avatars_dir: Path =
     needed) and, unless with_audio is False, its sound."""
     avatar = load_avatar(avatar_id, avatars_dir)
     h, w = avatar.frames.shape[1:3]
-    frames = [f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)
-              for f in decode_video(source, avatar.fps, None)]
-    if not frames:
-        raise AvatarError(f"{source} has no video frames")
-    return save_action(avatar.path, audiotype, np.stack(frames), decode_audio(source) if with_audio else None)
+    frames = (f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)
+              for f in decode_video(source, avatar.fps, None))
+    audio = decode_audio(source) if with_audio else None
+    return save_action(avatar.path, audiotype, frames, audio, source_name=str(source))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

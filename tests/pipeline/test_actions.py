@@ -57,3 +57,16 @@ def test_stereo_sound_is_averaged_to_mono_at_the_same_level(tmp_path: Path) -> N
     audio = load_actions(avatar.path, avatar.frames.shape[1:3])[5].audio
     assert audio is not None
     assert 0.27 < np.abs(audio[2000:10000]).max() < 0.33  # a stereo->mono matrix would give 0.42 (+3 dB)
+
+
+def test_a_clip_added_again_replaces_the_old_one_whole(tmp_path: Path) -> None:
+    ensure_demo(tmp_path, progress=False, models_dir=tmp_path / "no-models")
+    with_sound = write_clip(tmp_path / "a.mp4", 10, (512, 512))
+    assert main(["demo", "7", str(with_sound), "--avatars_dir", str(tmp_path)]) == 0
+    assert main(["demo", "7", str(with_sound), "--avatars_dir", str(tmp_path), "--no_audio"]) == 0
+    avatar = load_avatar("demo", tmp_path)
+    clip = load_actions(avatar.path, avatar.frames.shape[1:3])[7]
+    assert clip.audio is None and len(clip.frames) == 10  # the first clip's sound does not linger
+    assert main(["demo", "7", str(tmp_path / "missing.mp4"), "--avatars_dir", str(tmp_path)]) == 1
+    assert len(load_actions(avatar.path, avatar.frames.shape[1:3])[7].frames) == 10  # a failed add keeps the old
+    assert sorted(p.name for p in (avatar.path / "actions").iterdir()) == ["7"]  # no temp folder left
