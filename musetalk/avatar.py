@@ -329,7 +329,7 @@ def _write_avatar(folder: Path, manifest: dict[str, Any], arrays: dict[str, np.n
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def _install(tmp: Path, final: Path, overwrite: bool) -> None:
+def install_folder(tmp: Path, final: Path, overwrite: bool) -> None:
     """Move the finished temp folder into place; an existing avatar is replaced only with overwrite."""
     old = None
     if final.exists():
@@ -384,7 +384,7 @@ def prepare_avatar(
     try:
         _prepare_into(tmp, frames, source_name, avatar_id, version, bbox_shift, extra_margin, fps, vae, progress,
                       models_dir)
-        _install(tmp, final, overwrite)
+        install_folder(tmp, final, overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

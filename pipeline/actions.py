@@ -15,7 +15,7 @@ import av
 import cv2
 import numpy as np
 
-from musetalk.avatar import DEFAULT_AVATARS_DIR, AvatarError, decode_video, load_avatar, write_frames
+from musetalk.avatar import DEFAULT_AVATARS_DIR, AvatarError, decode_video, install_folder, load_avatar, write_frames
 from pipeline.items import SAMPLE_RATE, TICK_SAMPLES
 from voices.audio import MonoResampler
 
@@ -55,9 +55,7 @@ def save_action(avatar_path: Path, audiotype: int, frames: Iterable[np.ndarray],
         write_frames(frames, tmp / "frames.npy", source_name)
         if audio is not None:
             np.save(tmp / "audio.npy", np.asarray(audio, dtype=np.float32))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        install_folder(tmp, folder, overwrite=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
