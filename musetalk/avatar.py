@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -329,17 +330,26 @@ def _write_avatar(folder: Path, manifest: dict[str, Any], arrays: dict[str, np.n
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def install_folder(tmp: Path, final: Path, overwrite: bool) -> None:
-    """Move the finished temp folder into place; an existing avatar is replaced only with overwrite."""
-    old = None
-    if final.exists():
-        if not overwrite:
-            raise AvatarExistsError(f"avatar {final.name!r} already exists in {final.parent} (use --overwrite)")
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        final.rename(old)
-    tmp.rename(final)
-    if old is not None:
-        shutil.rmtree(old)
+@contextmanager
+def building(final: Path, overwrite: bool) -> Iterator[Path]:
+    """A temp folder beside `final` to write into; when the block ends without error it replaces `final` (an
+    existing one only with overwrite, moved aside first so that a failed move keeps it). Removed in any case."""
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        old = None
+        if final.exists():
+            if not overwrite:
+                raise AvatarExistsError(f"avatar {final.name!r} already exists in {final.parent} (use --overwrite)")
+            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+            final.rename(old)
+        tmp.rename(final)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def prepare_avatar(
@@ -379,57 +389,43 @@ def prepare_avatar(
 
     frames, read_name = _read_source(source, fps, max_frames)
     source_name = source_name or read_name
-    tmp = root / f".{avatar_id}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        _prepare_into(tmp, frames, source_name, avatar_id, version, bbox_shift, extra_margin, fps, vae, progress,
-                      models_dir)
-        install_folder(tmp, final, overwrite)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with building(final, overwrite) as folder:
+        frames_arr = write_frames(frames, folder / "frames.npy", source_name, progress)
+        n, shape = len(frames_arr), frames_arr.shape[1:]
+        detected = _detect_all(frames_arr, progress)
+        landmarks = np.zeros((n, N_LANDMARKS, 2), np.float32)
+        boxes = np.zeros((n, 4), np.int32)
+        ok = np.zeros(n, bool)
+        for i, lm in enumerate(detected):
+            if lm is None:
+                continue
+            try:
+                boxes[i] = face_box(lm, shape, version, bbox_shift, extra_margin)
+            except ValueError:  # a face (mostly) outside the frame is as good as none
+                continue
+            landmarks[i], ok[i] = lm, True
+        if not ok.any():
+            raise NoFaceError(f"no face found in any of the {n} frame(s) of {source_name}")
+        nearest = _nearest(np.flatnonzero(ok), n)
+        landmarks, boxes = landmarks[nearest], boxes[nearest]
+        crops = np.array([crop_box(tuple(b)) for b in boxes.tolist()], np.int32)
+        size = int((crops[:, 2] - crops[:, 0]).max())
+        masks = np.zeros((n, size, size), np.uint8)
+        for i in range(n):
+            m = blend_mask(landmarks[i], tuple(boxes[i].tolist()), tuple(crops[i].tolist()))
+            masks[i, :m.shape[0], :m.shape[1]] = m
+        if vae is None:
+            vae = _official_vae(Path(models_dir))
+        latents = _encode(vae, face_crops(frames_arr, boxes)) if vae is not None else None
+        manifest = {
+            "format_version": FORMAT_VERSION, "avatar_id": avatar_id, "fps": fps, "width": shape[1],
+            "height": shape[0], "n_frames": n, "source": source_name, "version": version, "bbox_shift": bbox_shift,
+            "extra_margin": extra_margin, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "latents": [version] if latents is not None else [],
+        }
+        arrays = {"face_boxes": boxes, "crop_boxes": crops, "landmarks": landmarks, "masks": masks}
+        _write_avatar(folder, manifest, arrays, latents)
     return final
-
-
-def _prepare_into(folder: Path, frames: Iterator[np.ndarray], source_name: str, avatar_id: str, version: Version,
-                  bbox_shift: int, extra_margin: int, fps: float, vae: AutoencoderKL | None, progress: bool,
-                  models_dir: Path) -> None:
-    frames_arr = write_frames(frames, folder / "frames.npy", source_name, progress)
-    n, shape = len(frames_arr), frames_arr.shape[1:]
-    detected = _detect_all(frames_arr, progress)
-    landmarks = np.zeros((n, N_LANDMARKS, 2), np.float32)
-    boxes = np.zeros((n, 4), np.int32)
-    ok = np.zeros(n, bool)
-    for i, lm in enumerate(detected):
-        if lm is None:
-            continue
-        try:
-            boxes[i] = face_box(lm, shape, version, bbox_shift, extra_margin)
-        except ValueError:  # a face (mostly) outside the frame is as good as none
-            continue
-        landmarks[i], ok[i] = lm, True
-    if not ok.any():
-        raise NoFaceError(f"no face found in any of the {n} frame(s) of {source_name}")
-    nearest = _nearest(np.flatnonzero(ok), n)
-    landmarks, boxes = landmarks[nearest], boxes[nearest]
-    crops = np.array([crop_box(tuple(b)) for b in boxes.tolist()], np.int32)
-    size = int((crops[:, 2] - crops[:, 0]).max())
-    masks = np.zeros((n, size, size), np.uint8)
-    for i in range(n):
-        m = blend_mask(landmarks[i], tuple(boxes[i].tolist()), tuple(crops[i].tolist()))
-        masks[i, :m.shape[0], :m.shape[1]] = m
-
-    if vae is None:
-        vae = _official_vae(Path(models_dir))
-    latents = _encode(vae, face_crops(frames_arr, boxes)) if vae is not None else None
-    manifest = {
-        "format_version": FORMAT_VERSION, "avatar_id": avatar_id, "fps": fps, "width": shape[1], "height": shape[0],
-        "n_frames": n, "source": source_name, "version": version, "bbox_shift": bbox_shift,
-        "extra_margin": extra_margin, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "latents": [version] if latents is not None else [],
-    }
-    arrays = {"face_boxes": boxes, "crop_boxes": crops, "landmarks": landmarks, "masks": masks}
-    _write_avatar(folder, manifest, arrays, latents)
 
 
 def demo_image() -> np.ndarray:

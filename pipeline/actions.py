@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import re
-import shutil
 import sys
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +13,7 @@ import av
 import cv2
 import numpy as np
 
-from musetalk.avatar import DEFAULT_AVATARS_DIR, AvatarError, decode_video, install_folder, load_avatar, write_frames
+from musetalk.avatar import DEFAULT_AVATARS_DIR, AvatarError, building, decode_video, load_avatar, write_frames
 from pipeline.items import SAMPLE_RATE, TICK_SAMPLES
 from voices.audio import MonoResampler
 
@@ -46,19 +44,11 @@ def save_action(avatar_path: Path, audiotype: int, frames: Iterable[np.ndarray],
                 source_name: str = "<array>") -> Path:
     """Write clip `audiotype` (frames one by one, never all in memory), replacing a previous clip of that number
     whole: nothing of the old one (its sound, say) is left, and on error the old one is kept."""
-    root = avatar_path / ACTIONS_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    folder = root / str(int(audiotype))
-    tmp = root / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    folder = avatar_path / ACTIONS_DIR / str(int(audiotype))
+    with building(folder, overwrite=True) as tmp:
         write_frames(frames, tmp / "frames.npy", source_name)
         if audio is not None:
             np.save(tmp / "audio.npy", np.asarray(audio, dtype=np.float32))
-        install_folder(tmp, folder, overwrite=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return folder
 
 
