@@ -3,7 +3,8 @@
 Audio is scheduled to ticks at input time and never waits for video, so the output keeps real time even
 when rendering falls behind: a speech tick whose frame is not ready shows the last frame again (counted),
 and a frame that arrives after its tick is dropped (counted). Video frame k is always shown with exactly
-the audio of tick k.
+the audio of tick k. Switches between the avatar's own frames and an action clip are crossfaded; the mouth
+starting or stopping to speak is not.
 """
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ from pipeline.worker import TickQueue
 
 SILENCE = np.zeros(TICK_SAMPLES, np.float32)
 SOURCE_CATEGORY = {"speech": "speech", "repeat": "speech", "idle": "idle", "action": "action"}
+# Speech and idle frames are the same picture (the avatar's own frames, the mouth moving or not); an action clip is
+# another. Only a switch of picture is crossfaded: a fade when the mouth starts would damp its first opening
+# frames and make the lips lag the sound.
+CATEGORY_PICTURE = {"speech": "avatar", "idle": "avatar", "action": "action"}
 
 
 class Output:
@@ -38,20 +43,17 @@ class Output:
         self._last_frame: np.ndarray | None = None
         self._last_category = "idle"
         self._fade_from: np.ndarray | None = None
-        self._fade_total = 0
         self._fade_left = 0
-        self._pending_fade_ticks: int | None = None
 
     # -- control (event loop) ------------------------------------------------------------------------------
     def schedule(self, tick_audio: TickAudio) -> None:
         self._audio.append(tick_audio)
 
     def interrupt(self, turn: int) -> int:
-        """Drop everything of older turns; the next tick is idle (with a one-frame crossfade)."""
+        """Drop everything of older turns; the next tick shows the idle frame (or the action clip playing)."""
         self.turn = turn
         dropped = len(self._audio) + self.video_in.purge_turns_before(turn)
         self._audio.clear()
-        self._pending_fade_ticks = 1
         return dropped
 
     def start_action(self, clip: ActionClip, audiotype: int, tick: int) -> None:
@@ -135,14 +137,13 @@ class Output:
                 q.cond.wait(remaining)
 
     def _crossfade(self, frame: np.ndarray, category: str) -> np.ndarray:
-        if category != self._last_category and self._last_frame is not None:
-            n = self._pending_fade_ticks if self._pending_fade_ticks is not None else self.crossfade_ticks
-            self._fade_from, self._fade_total, self._fade_left = self._last_frame, n, n
-        self._pending_fade_ticks = None
+        if CATEGORY_PICTURE[category] != CATEGORY_PICTURE[self._last_category] and self._last_frame is not None:
+            self._fade_from, self._fade_left = self._last_frame, self.crossfade_ticks
         self._last_category = category
         if self._fade_left <= 0 or self._fade_from is None or self._fade_from.shape != frame.shape:
             return frame
-        alpha = (self._fade_total - self._fade_left + 1) / (self._fade_total + 1)  # weight of the new frame
+        n = self.crossfade_ticks
+        alpha = (n - self._fade_left + 1) / (n + 1)  # weight of the new frame
         self._fade_left -= 1
         return cv2.addWeighted(np.asarray(self._fade_from), 1.0 - alpha, np.asarray(frame), alpha, 0.0)
 
