@@ -32,7 +32,7 @@ import numpy as np
 
 from musetalk.blending import BlendPlan, prepare_blend
 from musetalk.config import FACE_SIZE, LATENT_SIZE, VERSIONS, VIDEO_FPS, Version, check_version
-from musetalk.face import N_LANDMARKS, FaceLandmarker, blend_mask, crop_box, face_box
+from musetalk.face import N_LANDMARKS, FaceBoxRejected, FaceLandmarker, blend_mask, crop_box, face_box
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -369,7 +369,8 @@ def prepare_avatar(
 ) -> Path:
     """Build ``avatars_dir/avatar_id`` from a video file, an image file or a BGR array; returns its folder.
 
-    Frames where no face is found take the landmarks and boxes of the nearest frame with one. Latents are written
+    Frames where no face is found, or whose landmark box the official rule rejects (``face_box``), take the
+    landmarks and boxes of the nearest frame with a good one. Latents are written
     when ``vae`` is given or the official sd-vae weights are in ``models_dir``. Nothing is left behind on error.
     ``source_name`` overrides the source recorded in the manifest (by default the file name, or "<array>").
     """
@@ -401,7 +402,7 @@ def prepare_avatar(
                 continue
             try:
                 boxes[i] = face_box(lm, shape, version, bbox_shift, extra_margin)
-            except ValueError:  # a face (mostly) outside the frame is as good as none
+            except FaceBoxRejected:  # upstream falls back to its S3FD box; we have none: as a frame with no face
                 continue
             landmarks[i], ok[i] = lm, True
         if not ok.any():

@@ -52,6 +52,10 @@ JAW_INDICES: tuple[int, ...] = FACE_OVAL_INDICES[FACE_OVAL_INDICES.index(356): F
 CHIN_INDEX = 152
 NOSE_BRIDGE: dict[int, int] = {27: 6, 28: 197, 29: 195, 30: 5}  # iBUG index -> mesh index
 HALF_FACE_INDEX = NOSE_BRIDGE[29]
+# The points face_box reads, standing for the 68 of upstream's rule (brows, eyes and mouth lie inside the jaw's x
+# range and above the chin, so they never set the box); point 29 is among them, at BOX_HALF_FACE.
+BOX_INDICES: tuple[int, ...] = JAW_INDICES + tuple(NOSE_BRIDGE.values())
+BOX_HALF_FACE = BOX_INDICES.index(HALF_FACE_INDEX)
 
 CROP_EXPAND = 1.5  # upstream HEAD (v1 used 1.2)
 UPPER_BOUNDARY_RATIO = 0.5
@@ -103,30 +107,40 @@ def _check_landmarks(landmarks: np.ndarray) -> None:
         raise ValueError(f"expected ({N_LANDMARKS}, 2) landmarks, got {landmarks.shape}")
 
 
+class FaceBoxRejected(ValueError):
+    """The official rule rejects this landmark box (empty, or x1 < 0; see ``face_box``)."""
+
+
 def face_box(landmarks: np.ndarray, frame_shape: tuple[int, ...], version: Version,
              bbox_shift: int = 0, extra_margin: int = 10) -> Box:
-    """MuseTalk's face box (x1, y1, x2, y2) from the mesh, clipped to the frame.
+    """MuseTalk's face box (x1, y1, x2, y2): upstream ``get_landmark_and_bbox`` on the mapped points (musetalk.md 6.1).
 
-    Upstream truncates the landmarks to ints first; x range and bottom come from the jaw, the half-face point 29 is
-    moved down by ``bbox_shift`` (v1 only: v1.5 ignores it, as upstream does) and the top is its mirror of the
-    bottom, ``max(0, 2*y29 - y_bottom)``. v1.5 then adds ``extra_margin`` under the chin. Raises ValueError if the
-    box is empty once clipped (e.g. a face outside the frame).
+    Step by step, as upstream does it on its 68 points (here ``BOX_INDICES``: the jaw arc and the nose ridge):
+    the coordinates are truncated toward zero (``astype(np.int32)``, so -20.5 -> -20); v1 only adds ``bbox_shift``
+    to point 29's y *in place*, so the shifted point takes part in the max below (v1.5 ignores the shift, as
+    upstream); ``y2`` = max y, ``y1 = max(0, 2*y29 - y2)``, ``x1, x2`` = min/max x. Nothing is clipped to the frame:
+    ``y2`` and ``x2`` may lie beyond it (the crop ``frame[y1:y2, x1:x2]`` then holds the part inside, as upstream).
+    The box is rejected (``FaceBoxRejected``) when it is empty or ``x1 < 0`` -- upstream then falls back to its S3FD
+    detector's box; we have no S3FD and the caller uses the nearest good frame -- and, beyond upstream, when it lies
+    wholly right of or below the frame (upstream's crop would be empty). Only after that, v1.5 adds
+    ``extra_margin`` under the chin and clamps that to the frame: ``y2 = min(y2 + extra_margin, H)``.
     """
     _check_landmarks(landmarks)
     check_version(version)
     h, w = frame_shape[:2]
-    lm = np.floor(landmarks).astype(np.int64)
-    jaw = lm[list(JAW_INDICES)]
-    y_half = int(lm[HALF_FACE_INDEX, 1]) + (bbox_shift if version == "v1" else 0)
-    x1, x2 = int(jaw[:, 0].min()), int(jaw[:, 0].max())
-    y2 = int(jaw[:, 1].max())
+    lm = landmarks[list(BOX_INDICES)].astype(np.int32)  # truncation toward zero, not floor
+    if version == "v1" and bbox_shift:
+        lm[BOX_HALF_FACE, 1] += bbox_shift  # in place: the shifted point takes part in the max
+    y_half = int(lm[BOX_HALF_FACE, 1])
+    y2 = int(lm[:, 1].max())
     y1 = max(0, y_half - (y2 - y_half))
+    x1, x2 = int(lm[:, 0].min()), int(lm[:, 0].max())
+    if y2 - y1 <= 0 or x2 - x1 <= 0 or x1 < 0:
+        raise FaceBoxRejected(f"face box {(x1, y1, x2, y2)} rejected by the official rule (empty or x1 < 0)")
+    if x1 >= w or y1 >= h:
+        raise FaceBoxRejected(f"face box {(x1, y1, x2, y2)} lies outside the {w}x{h} frame")
     if version == "v15":
-        y2 += extra_margin
-    x1, x2 = min(max(x1, 0), w), min(max(x2, 0), w)
-    y1, y2 = min(y1, h), min(max(y2, 0), h)
-    if x2 - x1 <= 0 or y2 - y1 <= 0:
-        raise ValueError(f"empty face box {(x1, y1, x2, y2)} in a {w}x{h} frame")
+        y2 = min(y2 + extra_margin, h)
     return x1, y1, x2, y2
 
 

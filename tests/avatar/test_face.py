@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 from mediapipe.python.solutions.face_mesh import FACEMESH_FACE_OVAL
 
 from musetalk.face import (
-    FACE_OVAL_INDICES, HALF_FACE_INDEX, JAW_INDICES, FaceLandmarker, blend_mask, blur_kernel_size, crop_box, face_box,
-    mask_region,
+    FACE_OVAL_INDICES, HALF_FACE_INDEX, JAW_INDICES, FaceBoxRejected, FaceLandmarker, blend_mask, blur_kernel_size,
+    crop_box, face_box, mask_region,
 )
 
 
@@ -66,43 +68,147 @@ def test_face_box_rule() -> None:
     assert face_box(lm, frame, "v15", bbox_shift=5, extra_margin=3) == (100, 140, 200, 303)  # v1.5 ignores shift
 
 
-def test_face_box_clipping() -> None:
-    lm = synthetic_landmarks(-20.5, 90.0, chin=95.2, y29=40.0)  # left edge and bottom outside a 100x80 frame
-    assert face_box(lm, (100, 80, 3), "v1") == (0, 0, 80, 95)  # top = max(0, 80 - 95)
-    assert face_box(lm, (100, 80, 3), "v15", extra_margin=10) == (0, 0, 80, 100)  # margin clipped to height
-    with pytest.raises(ValueError, match="empty face box"):
-        face_box(lm + 500, (100, 80, 3), "v1")
+# ---- the official rule, case by case (reference musetalk.md 6.1; expected boxes computed by hand) ----
+# Upstream, on its 68 points lm (cast with astype(np.int32), i.e. truncated toward zero):
+#   lm[29].y += bbox_shift (v1, in place)     y2 = max(lm.y)       y1 = max(0, lm[29].y - (y2 - lm[29].y))
+#   x1, x2 = min(lm.x), max(lm.x)             rejected (S3FD fallback) if y2-y1 <= 0 or x2-x1 <= 0 or x1 < 0
+#   v1.5 afterwards: y2 = min(y2 + extra_margin, H)
+# Our stand-ins for those points: mesh 127 / 356 the jaw's left / right ends, 152 the chin, 195 point 29.
+
+def face_points(left: float, right: float, chin: float, y29: float) -> np.ndarray:
+    """468 mesh points: 127 at x=left, 356 at x=right, 152 at y=chin, 195 (iBUG 29) at y=y29; every other point
+    (and the unset coordinates) at an inner point that sets no part of the box (x midway, y above chin and 29)."""
+    inner = ((left + right) / 2, min(chin, y29) - 1)
+    lm = np.tile(np.array(inner, np.float32), (468, 1))
+    lm[127, 0], lm[356, 0], lm[152, 1], lm[HALF_FACE_INDEX, 1] = left, right, chin, y29
+    return lm
+
+
+def test_chin_below_the_frame_is_not_clipped_in_v1() -> None:
+    lm = face_points(20.9, 70.2, chin=130.6, y29=80.9)  # ints 20, 70, 130, 80; the frame is 100 high
+    assert face_box(lm, (100, 160, 3), "v1") == (20, 30, 70, 130)  # y1 = 80 - (130 - 80); y2 stays 130
+    # v1.5 clamps only in its margin step: min(130 + 10, 100) = 100.
+    assert face_box(lm, (100, 160, 3), "v15") == (20, 30, 70, 100)
+    lm = face_points(20.9, 70.2, chin=85.0, y29=60.0)
+    assert face_box(lm, (100, 160, 3), "v15") == (20, 35, 70, 95)  # 85 + 10 = 95 < 100
+    assert face_box(lm, (100, 160, 3), "v15", extra_margin=20) == (20, 35, 70, 100)  # 105 -> 100
+    lm = face_points(20.0, 190.0, chin=85.0, y29=60.0)  # x2 beyond a 160 wide frame: kept too
+    assert face_box(lm, (100, 160, 3), "v1") == (20, 35, 190, 85)
+
+
+def test_negative_x1_is_rejected() -> None:
+    lm = face_points(-1.2, 70.0, chin=90.0, y29=50.0)  # int(-1.2) = -1 < 0
+    for version in ("v1", "v15"):
+        with pytest.raises(FaceBoxRejected):
+            face_box(lm, (100, 160, 3), version)
+    with pytest.raises(FaceBoxRejected):
+        face_box(face_points(-35.0, 70.0, chin=90.0, y29=50.0), (100, 160, 3), "v1")
+
+
+def test_empty_box_is_rejected() -> None:
+    # Zero height: point 29 is the lowest point, so y2 = y29 and y1 = y29 - 0.
+    with pytest.raises(FaceBoxRejected):
+        face_box(face_points(20.0, 70.0, chin=40.0, y29=50.0), (100, 160, 3), "v1")
+    # Zero width: both x ends truncate to 50.
+    with pytest.raises(FaceBoxRejected):
+        face_box(face_points(50.2, 50.9, chin=90.0, y29=50.0), (100, 160, 3), "v1")
+    # A positive shift that moves point 29 below the chin: y2 = y1 = 96 + 7.
+    with pytest.raises(FaceBoxRejected):
+        face_box(face_points(20.0, 70.0, chin=100.0, y29=96.0), (200, 160, 3), "v1", bbox_shift=7)
+
+
+def test_v15_margin_comes_after_the_rejection() -> None:
+    # Zero height before the margin: v1.5 rejects it, although y2 + 10 would make a 10 px box.
+    with pytest.raises(FaceBoxRejected):
+        face_box(face_points(20.0, 70.0, chin=40.0, y29=50.0), (100, 160, 3), "v15")
+
+
+def test_shift_minus_7_with_point_29_the_lowest() -> None:
+    lm = face_points(20.0, 70.0, chin=95.0, y29=100.0)
+    # Point 29 moves up to 93 in place, so the max y is now the chin's 95 (not 100): y1 = 93 - (95 - 93) = 91.
+    assert face_box(lm, (200, 160, 3), "v1", bbox_shift=-7) == (20, 91, 70, 95)
+    # Unshifted it is the lowest point: zero height, rejected; v1.5 ignores the shift, so the same.
+    for version, shift in (("v1", 0), ("v15", -7)):
+        with pytest.raises(FaceBoxRejected):
+            face_box(lm, (200, 160, 3), version, bbox_shift=shift)
+
+
+def test_landmarks_are_truncated_toward_zero() -> None:
+    # int(-0.9) = 0 (floor would give -1 and reject the box); int(70.99) = 70; int(60.7) = 60, int(100.3) = 100.
+    lm = face_points(-0.9, 70.99, chin=100.3, y29=60.7)
+    assert face_box(lm, (200, 160, 3), "v1") == (0, 20, 70, 100)
+    assert face_box(lm, (200, 160, 3), "v1", bbox_shift=3) == (0, 26, 70, 100)  # 63 - (100 - 63)
+    assert face_box(lm, (200, 160, 3), "v15") == (0, 20, 70, 110)
+    # A negative point 29 (face cut at the top): int(-2.5) = -2, y1 = max(0, -2 - 42) = 0.
+    assert face_box(face_points(10.5, 60.5, chin=40.8, y29=-2.5), (200, 160, 3), "v1") == (10, 0, 60, 40)
+
+
+def test_box_wholly_outside_the_frame_is_rejected() -> None:
+    # Beyond upstream (whose crop would then be empty and fail): x1 >= W or y1 >= H.
+    with pytest.raises(FaceBoxRejected):
+        face_box(face_points(170.0, 220.0, chin=90.0, y29=50.0), (100, 160, 3), "v1")
+    with pytest.raises(FaceBoxRejected):
+        face_box(face_points(20.0, 70.0, chin=160.0, y29=130.0), (100, 160, 3), "v1")  # y1 = 100 = H
+
+
+def test_bad_arguments() -> None:
+    lm = face_points(20.0, 70.0, chin=90.0, y29=50.0)
     with pytest.raises(ValueError):
         face_box(lm, (100, 80, 3), "v2")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         face_box(lm[:68], (100, 80, 3), "v1")
 
 
-def plain_face_box(lm: np.ndarray, height: int, version: str, shift: int, margin: int) -> tuple[int, ...]:
-    jaw = [(int(np.floor(lm[i, 0])), int(np.floor(lm[i, 1]))) for i in JAW_INDICES]
-    bottom = max(y for _, y in jaw)
-    y29 = int(np.floor(lm[HALF_FACE_INDEX, 1]))
+def test_rejected_frames_use_the_nearest_good_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import musetalk.avatar as avatar_module
+
+    good0, good4 = face_points(20.0, 70.0, chin=90.0, y29=50.0), face_points(30.0, 80.0, chin=95.0, y29=60.0)
+    detected = [good0, face_points(-1.2, 70.0, chin=90.0, y29=50.0), None,
+                face_points(20.0, 70.0, chin=40.0, y29=50.0), good4]  # good, x1 < 0, no face, empty, good
+    monkeypatch.setattr(avatar_module, "_detect_all", lambda frames, progress: detected)
+    frames = np.zeros((5, 120, 160, 3), np.uint8)
+    avatar_module.prepare_avatar(frames, "rej", tmp_path, version="v1", progress=False, models_dir=tmp_path)
+    avatar = avatar_module.load_avatar("rej", tmp_path)
+    # Good boxes: (20, 10, 70, 90) and (30, 25, 80, 95). Frame 2 is as near to 0 as to 4: the earlier one.
+    expected = [(20, 10, 70, 90)] * 3 + [(30, 25, 80, 95)] * 2
+    assert [tuple(int(v) for v in b) for b in avatar.face_boxes] == expected
+    for i, j in enumerate((0, 0, 0, 4, 4)):
+        np.testing.assert_array_equal(avatar.landmarks[i], detected[j])
+    monkeypatch.setattr(avatar_module, "_detect_all", lambda frames, progress: [detected[1], detected[3]])
+    with pytest.raises(avatar_module.NoFaceError):
+        avatar_module.prepare_avatar(frames[:2], "rej2", tmp_path, version="v1", progress=False, models_dir=tmp_path)
+    assert not (tmp_path / "rej2").exists()
+
+
+def plain_face_box(lm: np.ndarray, height: int, version: str, shift: int, margin: int) -> tuple[int, ...] | None:
+    """The rule as the reference states it, on the jaw arc and the nose ridge; None where it rejects the box."""
+    points = [[int(lm[i, 0]), int(lm[i, 1])] for i in (*JAW_INDICES, 6, 197, 195, 5)]
+    y29 = points[-2]
     if version == "v1":
-        y29 += shift
-    top = 2 * y29 - bottom
-    if top < 0:
-        top = 0
+        y29[1] += shift
+    bottom = max(y for _, y in points)
+    top = max(0, y29[1] - (bottom - y29[1]))
+    left, right = min(x for x, _ in points), max(x for x, _ in points)
+    if bottom - top <= 0 or right - left <= 0 or left < 0:
+        return None
     if version == "v15":
-        bottom += margin
-    if bottom > height:
-        bottom = height
-    return min(x for x, _ in jaw), top, max(x for x, _ in jaw), bottom
+        bottom = min(bottom + margin, height)
+    return left, top, right, bottom
 
 
 def test_face_box_random_vs_plain_statement() -> None:
     rng = np.random.default_rng(1)
     for seed in range(30):
-        x_min, chin = rng.uniform(0, 200), rng.uniform(150, 430)
+        x_min, chin = rng.uniform(-3, 200), rng.uniform(150, 430)
         lm = synthetic_landmarks(x_min, x_min + rng.uniform(30, 200), chin, chin - rng.uniform(20, 140), seed)
         shift, margin = int(rng.integers(-9, 10)), int(rng.integers(0, 20))
         for version in ("v1", "v15"):
-            got = face_box(lm, (420, 640, 3), version, bbox_shift=shift, extra_margin=margin)
-            assert got == plain_face_box(lm, 420, version, shift, margin)
+            want = plain_face_box(lm, 420, version, shift, margin)
+            if want is None:
+                with pytest.raises(FaceBoxRejected):
+                    face_box(lm, (420, 640, 3), version, bbox_shift=shift, extra_margin=margin)
+            else:
+                assert face_box(lm, (420, 640, 3), version, bbox_shift=shift, extra_margin=margin) == want
 
 
 def test_crop_box() -> None:
