@@ -4,13 +4,15 @@ The parent (the process with the sessions) spawns `python -m bench.receivers` an
 request line per reply line over stdin/stdout (ReceiverClient). Two kinds of peer:
 - counting (capacity): counts decoded frames and finds gaps in the video RTP timestamps;
 - recording (sync): keeps every audio frame and the mouth region of every video frame (testing.rtc's
-  LoopbackReceiver), and answers with the audio and mouth-motion onsets after given start times.
+  LoopbackReceiver), and answers with the audio and mouth-motion onsets after given start times, and when the
+  mouth reached half of its opening (half_open_times).
 Start times are time.monotonic() milliseconds, a clock both processes share.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,11 +22,41 @@ import numpy as np
 import psutil
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from bench.measure import audio_onsets, video_onsets
+from bench.measure import MOUTH_ONSET, audio_onsets, mouth_darkening, video_onsets
 from pipeline.clock import VIDEO_PTS_PER_TICK
 from server.media import SessionTracks
 from server.webrtc import IceOptions, answer
-from testing.rtc import LoopbackReceiver, frames_of, require_loopback_namespace
+from testing.rtc import LoopbackReceiver, Received, frames_of, media_time_ms, require_loopback_namespace
+
+WHOLE_FRAME = (slice(None), slice(None))  # a recording peer keeps only the mouth region
+
+
+def half_open_times(frames: list[Received], after_ms: list[float], region: tuple[slice, slice]
+                    ) -> list[float | None]:
+    """Per start time: when the mouth region reached half of its opening in that burst, on the receiver clock.
+
+    What a viewer sees: the opening of each decoded frame is the mouth region's darkening against the last frame
+    before the start (an open mouth shows its dark inside, its area grows with the opening), relative to the
+    fully open value (the largest darkening before the next start time). The 50 % crossing is interpolated
+    linearly between the presentation times of the frames on either side of it. None: nothing opened.
+    """
+    times = np.asarray(media_time_ms(frames, 90000))
+    out: list[float | None] = []
+    for start, end in zip(after_ms, [*after_ms[1:], math.inf]):
+        first, stop = (int(i) for i in np.searchsorted(times, [start - 40, end - 40]))
+        if first == 0 or stop <= first:
+            out.append(None)
+            continue
+        ref = frames[first - 1].data
+        opening = np.array([0.0] + [mouth_darkening(f.data, ref, region) for f in frames[first:stop]])
+        t = times[first - 1:stop]
+        half = opening.max() / 2
+        if 2 * half <= MOUTH_ONSET:
+            out.append(None)
+            continue
+        i = int(np.argmax(opening >= half))  # >= 1: opening[0] is the reference itself
+        out.append(float(t[i - 1] + (t[i] - t[i - 1]) * (half - opening[i - 1]) / (opening[i] - opening[i - 1])))
+    return out
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -92,7 +124,8 @@ class ReceiverHost:
         if op == "onsets":
             frames = self.recording[msg["id"]].frames
             return {"audio": audio_onsets(frames["audio"], msg["after_ms"]),
-                    "video": video_onsets(frames["video"], msg["after_ms"], (slice(None), slice(None))),
+                    "video": video_onsets(frames["video"], msg["after_ms"], WHOLE_FRAME),
+                    "half_open": half_open_times(frames["video"], msg["after_ms"], WHOLE_FRAME),
                     "unmatched": self.recording[msg["id"]].unmatched}
         if op == "close":
             peers = [*self.counting.values(), *self.recording.values()]
