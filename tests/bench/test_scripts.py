@@ -114,6 +114,11 @@ def test_pipeline_sync_with_the_receiver_in_another_process(loopback: None) -> N
     # A/V offset is a correctness property: both onsets come from one tick counter, so it is within one frame.
     assert int(found.group(1)) >= 6 and abs(float(found.group(2))) <= 20, out
     assert "session counters:" in out and "warning" not in out
+    # what a viewer sees: the mouth at half of its opening, per burst, against the sound
+    half = re.search(rf"^2b\. mouth at 50 % of its opening .*, (\d+) bursts: \|offset\| min ({NUMBER}) / median "
+                     rf"({NUMBER}) / max ({NUMBER}) ms", out, re.M)
+    assert half and int(half.group(1)) == int(found.group(1)), out
+    assert float(half.group(4)) <= 20, out
 
 
 @pytest.mark.slow
