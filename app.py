@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from server.app import create_app
+from server.app import create_app, runner_options
 from server.config import parse_args
 
 
@@ -17,7 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     shown = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     url = f"http://{shown}:{config.listenport}/"
-    web.run_app(create_app(config), host=config.host, port=config.listenport,
+    web.run_app(create_app(config), host=config.host, port=config.listenport, **runner_options(config),
                 print=lambda _: print(f"Serving on {config.host}:{config.listenport}; open {url} in a browser",
                                       flush=True))
     return 0

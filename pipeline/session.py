@@ -140,6 +140,11 @@ class Session:
         self.output.start_action(clip, audiotype, self.clock.current_tick() + 1)
 
     @property
+    def queued_seconds(self) -> float:
+        """Audio accepted and not yet played."""
+        return self.output.scheduled_ticks * TICK_SECONDS
+
+    @property
     def speaking(self) -> bool:
         return self.output.speaking
 

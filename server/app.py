@@ -1,17 +1,20 @@
 """The aiohttp application: shared services built at startup, the session registry, routes, error bodies,
-CORS (LiveTalking opens it for every route), and closing every session on shutdown."""
+access control (tokens, CORS origins), and closing every session on shutdown."""
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import logging
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from musetalk.avatar import DEMO_ID, ensure_demo
-from server.config import ServerConfig
+from server.config import AUTH_TOKEN_ENV, ServerConfig
 from server.registry import SessionEndedError, SessionLimitError, SessionRegistry
 from server.errors import ApiError
-from server.routes import error_response, setup_routes
+from server.routes import error_response, is_protected, setup_routes
 from server.services import Services
 from server.state import STATE, AppState
 from server.uploads import AudioDecoder
@@ -19,15 +22,57 @@ from server.webrtc import IceOptions, use_host_addresses
 
 log = logging.getLogger(__name__)
 
-_CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-         "Access-Control-Allow-Headers": "*", "Access-Control-Max-Age": "86400"}
+_CORS_HEADERS = {"Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+                 "Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Max-Age": "86400",
+                 "Vary": "Origin"}
+
+
+def _origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+    """Same-origin requests (and those with no Origin header: not from a browser page) always; others only
+    from --cors_origins."""
+    origin = request.headers.get("Origin")
+    if origin is None or "*" in allowed or origin in allowed:
+        return True
+    return urlsplit(origin).netloc == request.host
+
+
+def _token_of(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.query.get("token")
+
+
+def _authorised(request: web.Request, tokens: tuple[str, ...]) -> bool:
+    given = _token_of(request)
+    if given is None:
+        return False
+    given_bytes = given.encode()  # compare_digest on bytes: no early exit that would time-leak a token
+    return any(hmac.compare_digest(given_bytes, token.encode()) for token in tokens)
+
+
+def access_control(config: ServerConfig):  # noqa: ANN201
+    """Origins (CORS) and tokens, checked before any handler runs."""
+    @web.middleware
+    async def check(request: web.Request, handler) -> web.StreamResponse:  # noqa: ANN001
+        if not _origin_allowed(request, config.cors_origins):
+            return error_response(403, f"cross-origin requests from {request.headers['Origin']} are not allowed "
+                                       f"(the server allows: {', '.join(config.cors_origins) or 'same origin only'})")
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            return web.Response(status=204)  # a CORS preflight of an allowed origin; headers added on prepare
+        if config.auth_tokens and is_protected(request) and not _authorised(request, config.auth_tokens):
+            response = error_response(401, "a valid token is required: send 'Authorization: Bearer TOKEN' "
+                                           "(or ?token=TOKEN)" if _token_of(request) is None else
+                                           "the token is not valid")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        return await handler(request)
+    return check
 
 
 @web.middleware
 async def api_errors(request: web.Request, handler) -> web.StreamResponse:  # noqa: ANN001
     """Every failure of an API route becomes a `{code: -1, msg}` body with a fitting HTTP status."""
-    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-        return web.Response(status=204, headers=_CORS)  # CORS preflight
     try:
         return await handler(request)
     except ApiError as e:
@@ -45,8 +90,34 @@ async def api_errors(request: web.Request, handler) -> web.StreamResponse:  # no
         return error_response(500, f"internal error: {e or type(e).__name__}")
 
 
-async def _cors(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers.setdefault("Access-Control-Allow-Origin", "*")
+def _cors(config: ServerConfig):  # noqa: ANN202
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
+        if origin is not None and ("*" in config.cors_origins or origin in config.cors_origins):
+            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in config.cors_origins else origin
+            for name, value in _CORS_HEADERS.items():
+                response.headers.setdefault(name, value)
+    return add_headers
+
+
+def runner_options(config: ServerConfig) -> dict[str, float]:
+    """aiohttp server options: a connection that sends no complete request headers within request_timeout is
+    closed (aiohttp's keep-alive timer also runs from the moment a connection opens)."""
+    return {"keepalive_timeout": config.request_timeout}
+
+
+def open_access_warning(config: ServerConfig) -> str | None:
+    """The one-line warning for a server without tokens that listens beyond loopback, else None."""
+    if config.auth_tokens:
+        return None
+    try:
+        if ipaddress.ip_address(config.host).is_loopback:
+            return None
+    except ValueError:
+        if config.host == "localhost":
+            return None
+    return (f"no --auth_token is set and the server listens on {config.host}: anyone who can reach it can use "
+            f"every session's API; set --auth_token (or {AUTH_TOKEN_ENV}) or listen on 127.0.0.1")
 
 
 def ice_options(config: ServerConfig) -> IceOptions:
@@ -56,10 +127,13 @@ def ice_options(config: ServerConfig) -> IceOptions:
 
 def create_app(config: ServerConfig, services: Services | None = None) -> web.Application:
     """The app; `services` (engine, voices) are built at startup unless given (tests share one set)."""
-    app = web.Application(client_max_size=config.max_upload_bytes + 1024 * 1024, middlewares=[api_errors])
+    app = web.Application(client_max_size=config.max_upload_bytes + 1024 * 1024,
+                          middlewares=[access_control(config), api_errors])
     own_services = services is None
 
     async def startup(app: web.Application) -> None:
+        if (warning := open_access_warning(config)) is not None:
+            log.warning(warning)
         if config.ice_host:
             use_host_addresses(config.ice_host)
         shared = services
@@ -69,19 +143,21 @@ def create_app(config: ServerConfig, services: Services | None = None) -> web.Ap
                 if built:
                     log.info("built the demo avatar in %s", config.avatars_dir / DEMO_ID)
             shared = await Services.create(config)
-        app[STATE] = AppState(config, shared, SessionRegistry(config.max_session, config.idle_timeout),
+        app[STATE] = AppState(config, shared, SessionRegistry(config.max_session, config.idle_timeout,
+                                                              config.connect_timeout),
                               ice_options(config), AudioDecoder(config.max_audio_seconds))
 
     async def shutdown(app: web.Application) -> None:
         await app[STATE].registry.close_all()
 
     async def cleanup(app: web.Application) -> None:
+        app[STATE].decoder.pool.close()
         if own_services:
             await app[STATE].services.aclose()
 
     app.on_startup.append(startup)
     app.on_shutdown.append(shutdown)
     app.on_cleanup.append(cleanup)
-    app.on_response_prepare.append(_cors)
+    app.on_response_prepare.append(_cors(config))
     setup_routes(app, config.web_dir)
     return app

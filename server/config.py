@@ -15,6 +15,8 @@ ENGINE_CHOICES = ("auto", "musetalk", "lite")
 # LiveTalking's --model names the lip-sync model; this server runs MuseTalk, so it picks the weights version.
 MODEL_VERSIONS = {"musetalk": "v15", "musetalkV15": "v15", "v15": "v15", "musetalkV1": "v1", "v1": "v1"}
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
+AUTH_TOKEN_ENV = "AVATAR_AUTH_TOKEN"
+MIN_TOKEN_CHARS = 16
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly, in a spoken, conversational style."
 
 
@@ -32,7 +34,11 @@ class ServerConfig:
     records_dir: Path = Path("records")
     web_dir: Path = Path("web")
     max_session: int = 5
-    idle_timeout: float = 60.0
+    idle_timeout: float = 10.0
+    connect_timeout: float = 15.0
+    request_timeout: float = 15.0
+    auth_tokens: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
     tts: str = "piper"
     REF_FILE: str | None = None
     REF_TEXT: str | None = None
@@ -52,6 +58,9 @@ class ServerConfig:
     max_upload_mb: float = 20.0
     max_audio_seconds: float = 120.0
     max_text_chars: int = 4000
+    max_pending_requests: int = 8
+    max_queued_seconds: float = 180.0
+    max_sse_per_session: int = 8
 
     @property
     def max_upload_bytes(self) -> int:
@@ -104,6 +113,19 @@ def _ice_url(scheme: tuple[str, ...]):  # noqa: ANN202
     return check
 
 
+def auth_tokens(given: Sequence[str], file: Path | None, env: str | None) -> tuple[str, ...]:
+    """The accepted tokens from the command line, a tokens file and the environment (ValueError: a bad one)."""
+    tokens = [*given, *([env] if env else [])]
+    if file is not None:
+        lines = file.read_text(encoding="utf-8").splitlines()
+        tokens += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    for token in tokens:
+        if len(token) < MIN_TOKEN_CHARS or not token.isprintable() or " " in token:
+            raise ValueError(f"an auth token must be at least {MIN_TOKEN_CHARS} printable characters without "
+                             f"spaces (got one of {len(token)})")
+    return tuple(dict.fromkeys(tokens))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python app.py",
@@ -116,7 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--listenport", type=_port, default=_D.listenport, help="HTTP port (LiveTalking name)")
     net.add_argument("--max_session", type=_positive_int, default=_D.max_session, help="most concurrent sessions")
     net.add_argument("--idle_timeout", type=_positive_float, default=_D.idle_timeout,
-                     help="end a session whose client consumed no media for this many seconds")
+                     help="end a session whose client has stopped taking media (no RTCP receiver report, or no "
+                          "frame taken) for this many seconds")
+    net.add_argument("--connect_timeout", type=_positive_float, default=_D.connect_timeout,
+                     help="end a session whose client has not connected (ICE + DTLS) this many seconds after its "
+                          "offer was answered")
+    net.add_argument("--request_timeout", type=_positive_float, default=_D.request_timeout,
+                     help="close an HTTP connection that sends no complete request headers for this many seconds "
+                          "(also the idle keep-alive time)")
+    net.add_argument("--cors_origins", action="append", default=[], metavar="ORIGIN",
+                     help="allow cross-origin API calls from this origin, e.g. https://app.example.org, or * for "
+                          "any (repeatable; default: same origin only)")
+    auth = p.add_argument_group("access (every API route, /sse and /metrics; /healthz and the page stay open)")
+    auth.add_argument("--auth_token", action="append", default=[], metavar="TOKEN",
+                      help=f"accept this token as 'Authorization: Bearer TOKEN' or ?token=TOKEN (repeatable; "
+                           f"env {AUTH_TOKEN_ENV})")
+    auth.add_argument("--auth_tokens_file", type=Path, default=None,
+                      help="a file with one accepted token per line (# comments and blank lines ignored)")
     net.add_argument("--transport", choices=("webrtc",), default="webrtc",
                      help="LiveTalking compatibility: only webrtc is served")
     ice = p.add_argument_group("ICE (no STUN or TURN server is used unless given)")
@@ -171,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max_audio_seconds", type=_positive_float, default=_D.max_audio_seconds,
                         help="longest /humanaudio audio")
     limits.add_argument("--max_text_chars", type=_positive_int, default=_D.max_text_chars, help="longest /human text")
+    limits.add_argument("--max_pending_requests", type=_positive_int, default=_D.max_pending_requests,
+                        help="per session: /human and /humanaudio requests still waiting to be spoken (429 beyond)")
+    limits.add_argument("--max_queued_seconds", type=_positive_float, default=_D.max_queued_seconds,
+                        help="per session: seconds of speech accepted and not yet played (429 beyond)")
+    limits.add_argument("--max_sse_per_session", type=_positive_int, default=_D.max_sse_per_session,
+                        help="per session: concurrent /sse streams (429 beyond)")
     return p
 
 
@@ -186,6 +230,13 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         parser.error("--tts openai needs --TTS_SERVER (or --llm_base_url), the base URL incl. /v1")
     if a.turn and not a.turn_user:
         parser.error("--turn needs --turn_user and --turn_password")
+    if a.max_queued_seconds < a.max_audio_seconds:
+        parser.error(f"--max_queued_seconds ({a.max_queued_seconds:g}) must be at least --max_audio_seconds "
+                     f"({a.max_audio_seconds:g}), or the longest upload could never be accepted")
+    try:
+        tokens = auth_tokens(a.auth_token, a.auth_tokens_file, os.environ.get(AUTH_TOKEN_ENV))
+    except (OSError, ValueError) as e:
+        parser.error(str(e))
     return ServerConfig(
         host=a.host, listenport=a.listenport, engine=a.engine, version=MODEL_VERSIONS[a.model],
         batch_size=a.batch_size, device=a.device, avatar_id=a.avatar_id, avatars_dir=a.avatars_dir,
@@ -196,4 +247,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         system_prompt=a.system_prompt, realtime_model=a.realtime_model, asr=not a.no_asr,
         asr_model_dir=a.asr_model_dir, stun=tuple(a.stun), turn=tuple(a.turn), turn_user=a.turn_user,
         turn_password=a.turn_password or os.environ.get("TURN_PASSWORD") or None, ice_host=tuple(a.ice_host),
-        max_upload_mb=a.max_upload_mb, max_audio_seconds=a.max_audio_seconds, max_text_chars=a.max_text_chars)
+        max_upload_mb=a.max_upload_mb, max_audio_seconds=a.max_audio_seconds, max_text_chars=a.max_text_chars,
+        connect_timeout=a.connect_timeout, request_timeout=a.request_timeout, auth_tokens=tokens,
+        cors_origins=tuple(a.cors_origins), max_pending_requests=a.max_pending_requests,
+        max_queued_seconds=a.max_queued_seconds, max_sse_per_session=a.max_sse_per_session)

@@ -1,8 +1,12 @@
-"""/record: a session sink that writes the output ticks to an mp4 (H.264 + AAC) in a worker thread.
+"""/record: a session sink that writes the output ticks to an mp4 (H.264 + AAC) in a thread of its own.
 
 The sink only hands each tick to a bounded queue (the session's clock must never wait for the encoder); the
 thread encodes video frame and audio of each tick with the same timestamps the tracks use, so the file is in
 sync by construction. If the encoder falls behind by more than the queue, ticks are dropped and counted.
+
+The thread is the recording's one owner: it opens, writes and closes the file, and it alone decides when it is
+done. Stopping is a flag, not a message in the queue, so no failure can leave anyone waiting for a message that
+never comes: finish() sets the flag and awaits the thread's own "done", whatever happened before.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import logging
 import queue
 import re
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -18,13 +23,19 @@ import numpy as np
 
 from pipeline.items import SAMPLE_RATE, TICK_SAMPLES, OutputTick
 from pipeline.session import Session
+from server.errors import ApiError
 
 log = logging.getLogger(__name__)
 
 VIDEO_FPS = 25
 QUEUE_TICKS = 250  # 10 s of output
+DRAIN_SECONDS = 0.8  # after end_record, ticks still queued are encoded for at most this long, then dropped
+_POLL_S = 0.05
 _RECORD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_STOP = object()
+
+
+class RecordingError(ApiError):
+    """A recording that ended without a file: nothing was recorded (409) or writing failed (500)."""
 
 
 def record_path(records_dir: Path, session_id: str) -> Path:
@@ -41,53 +52,91 @@ class Recorder:
         self.session = session
         self.path = path
         self.dropped = 0
+        self.frames = 0
         self.error: Exception | None = None
         self._partial = path.with_name(f".{path.stem}.partial.mp4")
-        self._queue: queue.Queue = queue.Queue(QUEUE_TICKS)
+        self._queue: queue.Queue[OutputTick] = queue.Queue(QUEUE_TICKS)
+        self._stop = threading.Event()
+        self._drain_until = 0.0
+        self._done: asyncio.Future[None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"record-{session.session_id}", daemon=True)
 
     def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._thread.start()
         self.session.add_sink(self)
 
     def __call__(self, out: OutputTick) -> None:
+        if self._stop.is_set():
+            return
         try:
             self._queue.put_nowait(out)
         except queue.Full:
             self.dropped += 1
 
     async def finish(self) -> Path:
-        """Stop taking ticks, let the thread drain the queue and close the file (off the event loop)."""
+        """Stop taking ticks, let the thread encode what is queued (at most DRAIN_SECONDS) and close the file.
+
+        Idempotent. RecordingError when there is no file: nothing was recorded, or writing it failed."""
+        assert self._done is not None, "finish() before start()"
         self.session.remove_sink(self)
-        await asyncio.to_thread(self._stop_and_join)
-        if self.error is not None:
-            self._partial.unlink(missing_ok=True)
-            raise RuntimeError(f"recording failed: {self.error}") from self.error
-        self._partial.replace(self.path)
+        if not self._stop.is_set():
+            self._drain_until = time.monotonic() + DRAIN_SECONDS
+            self._stop.set()
+        await asyncio.shield(self._done)  # the thread resolves it on every path; shielded: a cancelled caller
+        if self.error is not None:        # (session closing) must not leave a half-written file behind
+            raise RecordingError(500, f"recording failed: {self.error}")
+        if self.frames == 0:
+            raise RecordingError(409, "nothing was recorded: end_record came before the session's first video "
+                                      "frame; record for longer")
         if self.dropped:
             log.warning("recording %s: %d ticks dropped (encoder too slow)", self.path.name, self.dropped)
         return self.path
 
-    def _stop_and_join(self) -> None:
-        self._queue.put(_STOP)  # may wait for the encoder to free a slot: not on the event loop
-        self._thread.join()
-
+    # -- the recording thread ------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
             self._encode()
-        except Exception as e:  # reported by finish(); keep draining so the sink never blocks
+            if self.frames:
+                self._partial.replace(self.path)
+        except Exception as e:  # reported by finish()
             log.exception("recording %s failed", self.path.name)
             self.error = e
-            while self._queue.get() is not _STOP:
-                pass
+        finally:
+            self._stop.set()  # after a failure too: the sink stops queueing, and what is queued is freed now
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._partial.unlink(missing_ok=True)
+            self._resolve()
+
+    def _resolve(self) -> None:
+        assert self._done is not None
+        done = self._done
+        try:
+            done.get_loop().call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+        except RuntimeError:  # the event loop is closed: nobody waits any more
+            pass
+
+    def _next(self) -> OutputTick | None:
+        """The next queued tick; None once stopped and drained (or past the drain deadline)."""
+        while True:
+            stopping = self._stop.is_set()
+            if stopping and time.monotonic() > self._drain_until:
+                self.dropped += self._queue.qsize()
+                return None
+            try:
+                return self._queue.get(timeout=_POLL_S)
+            except queue.Empty:
+                if stopping:
+                    return None
 
     def _encode(self) -> None:
         container = video = audio = None
         first = 0
         try:
-            while (item := self._queue.get()) is not _STOP:
-                out: OutputTick = item
+            while (out := self._next()) is not None:
                 if container is None:  # opened on the first tick: its frame gives the video size
                     first = out.tick
                     container, video, audio = self._open(*out.frame.shape[:2])
@@ -101,10 +150,10 @@ class Recorder:
                 pcm.sample_rate = SAMPLE_RATE
                 pcm.pts = (out.tick - first) * TICK_SAMPLES
                 container.mux(audio.encode(pcm))
-            if container is None:
-                raise RuntimeError("nothing was recorded (the session produced no output yet)")
-            container.mux(video.encode(None))
-            container.mux(audio.encode(None))
+                self.frames += 1
+            if container is not None:
+                container.mux(video.encode(None))
+                container.mux(audio.encode(None))
         finally:
             if container is not None:
                 container.close()

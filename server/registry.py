@@ -8,14 +8,19 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+import numpy as np
 from aiortc import RTCPeerConnection
 
+from pipeline.items import SAMPLE_RATE
 from pipeline.session import Session
+from server.errors import ApiError
 from server.media import SessionTracks
 from server.recording import Recorder
 from server.voice import Voice
+from voices.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +36,11 @@ class SessionEndedError(Exception):
 
 
 def new_session_id(taken: set[str]) -> str:
-    """15 random digits: unguessable enough, and the same session whether a client sends it as a string or,
-    like the classic LiveTalking pages (parseInt), as a number (exact in a JavaScript double)."""
+    """128 random bits, URL-safe: a session id is a capability (whoever has it can drive the session), so it
+    must not be guessable. (Classic LiveTalking pages that parseInt() the id cannot use it; current ones send
+    the string.)"""
     while True:
-        sid = str(10**14 + secrets.randbelow(9 * 10**14))
+        sid = secrets.token_urlsafe(16)
         if sid not in taken:
             return sid
 
@@ -50,7 +56,9 @@ class LiveSession:
     voice: Voice
     created: float = field(default_factory=time.monotonic)
     recorder: Recorder | None = None
-    tasks: set[asyncio.Task] = field(default_factory=set)  # watchdog, voice input, queued speech
+    tasks: TaskSet = field(default_factory=TaskSet)  # watchdogs, voice input
+    upload_seconds: float = 0.0  # decoded /humanaudio audio handed to the voice and not yet queued
+    sse_streams: int = 0
     closed: bool = False  # set when closing starts: nothing new may be started for it after that
     _samples: deque = field(default_factory=lambda: deque(maxlen=int(FPS_WINDOW_S) + 2))  # (time, ticks)
 
@@ -63,16 +71,36 @@ class LiveSession:
         if self.closed:
             coro.close()
             self.check_open()
-        task = asyncio.create_task(coro, name=f"{name}-{self.id}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
+        return self.tasks.spawn(coro, f"{name}-{self.id}")
+
+    def push_audio_file(self, pcm: np.ndarray) -> None:
+        """Hand decoded upload audio to the voice, counting its seconds until it has been queued."""
+        seconds = len(pcm) / SAMPLE_RATE
+        task = self.voice.push_audio_file(pcm)
+        self.upload_seconds += seconds
+        task.add_done_callback(lambda _: self._uploaded(seconds))
+
+    def _uploaded(self, seconds: float) -> None:
+        self.upload_seconds = max(0.0, self.upload_seconds - seconds)
+
+    @property
+    def queued_seconds(self) -> float:
+        """Speech accepted but not yet played: scheduled audio plus uploads still waiting to be queued."""
+        return self.session.queued_seconds + self.upload_seconds
 
     def consumed_frames(self) -> int:
         """Video frames the peer connection has taken from the track (what was pushed, less what waits or was
         dropped because nobody took it)."""
         video = self.tracks.video
         return self.session.stats.ticks - video.dropped - video.queue.qsize()
+
+    async def receiver_reports(self) -> tuple[datetime, ...]:
+        """When each of our tracks last got an RTCP receiver report from the peer (aiortc keeps the latest)."""
+        times = []
+        for sender in self.pc.getSenders():
+            stats = await sender.getStats()
+            times += [s.timestamp for s in stats.values() if s.type == "remote-inbound-rtp"]
+        return tuple(sorted(times))
 
     def sample(self, now: float) -> None:
         self._samples.append((now, self.session.stats.ticks))
@@ -87,9 +115,10 @@ class LiveSession:
 
 
 class SessionRegistry:
-    def __init__(self, max_sessions: int, idle_timeout: float) -> None:
+    def __init__(self, max_sessions: int, idle_timeout: float, connect_timeout: float) -> None:
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
         self._sessions: dict[str, LiveSession] = {}
         self._reserved: set[str] = set()
         self._ending: dict[str, asyncio.Task] = {}
@@ -148,18 +177,36 @@ class SessionRegistry:
                              *list(self._ending.values()), return_exceptions=True)
 
     async def _watch(self, live: LiveSession, period: float = 1.0) -> None:
-        """Sample the frame rate; end the session when its client has taken no media for idle_timeout."""
-        consumed, since = live.consumed_frames(), time.monotonic()
+        """End the session when its client does not connect within connect_timeout, or, once connected, stops
+        taking media for idle_timeout; sample the frame rate meanwhile."""
+        if not await self._connected(live, period / 4):
+            self.end(live.id, f"the client did not connect within {self.connect_timeout:g} s")
+            return
+        consumed, reports = live.consumed_frames(), await live.receiver_reports()
+        taken_since = heard_since = time.monotonic()
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
             live.sample(now)
-            current = live.consumed_frames()
+            current, latest = live.consumed_frames(), await live.receiver_reports()
             if current != consumed:
-                consumed, since = current, now
-            elif now - since >= self.idle_timeout:
-                self.end(live.id, f"no media consumed for {self.idle_timeout:g} s")
+                consumed, taken_since = current, now
+            if latest != reports:
+                reports, heard_since = latest, now
+            # Frames taken by the encoder show the track is pulled; RTCP receiver reports show that somebody
+            # receives: aiortc keeps encoding and sending to a vanished client until ICE consent fails (~30 s).
+            if now - min(taken_since, heard_since) >= self.idle_timeout:
+                what = "no RTCP receiver report" if heard_since < taken_since else "no media taken"
+                self.end(live.id, f"{what} for {self.idle_timeout:g} s: the client is gone")
                 return
+
+    async def _connected(self, live: LiveSession, period: float) -> bool:
+        deadline = live.created + self.connect_timeout
+        while live.pc.connectionState != "connected":
+            if time.monotonic() >= deadline or live.pc.connectionState in ("failed", "closed"):
+                return False
+            await asyncio.sleep(period)
+        return True
 
 
 async def _step(what: str, sid: str, action: Callable[[], Awaitable[object] | object]) -> None:
@@ -168,16 +215,15 @@ async def _step(what: str, sid: str, action: Callable[[], Awaitable[object] | ob
         result = action()
         if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
             await result
+    except ApiError as e:  # an expected end, e.g. a recording with nothing in it
+        log.info("session %s: closing %s: %s", sid, what, e)
     except Exception:
         log.exception("session %s: closing %s failed", sid, what)
 
 
 async def close_live(live: LiveSession) -> None:
     live.closed = True
-    tasks = list(live.tasks)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await live.tasks.cancel()
     await _step("voice", live.id, live.voice.close)
     if live.recorder is not None:
         await _step("recording", live.id, live.recorder.finish)

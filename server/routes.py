@@ -10,8 +10,8 @@ from typing import Any
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from musetalk.avatar import AvatarError, AvatarNotFoundError
-from pipeline.items import Event
+from musetalk.avatar import AvatarError, AvatarNotFoundError, validate_avatar_id
+from pipeline.items import SAMPLE_RATE, Event
 from pipeline.session import Session
 from server.errors import ApiError
 from server.media import SessionTracks
@@ -22,7 +22,7 @@ from server.registry import LiveSession, close_live, close_media
 from server.state import STATE, AppState
 from server.uploads import read_form
 from server.voice_input import VoiceInput, drain
-from server.webrtc import answer
+from server.webrtc import answer, check_offer
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"the request body is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise ApiError(400, "the request body is nested too deeply") from e
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     return body
@@ -78,6 +80,19 @@ def live_session(state: AppState, value: object) -> LiveSession:
     if live is None:
         raise ApiError(404, "session not found")
     return live
+
+
+def admit_speech(state: AppState, live: LiveSession, audio_seconds: float = 0.0) -> None:
+    """429 when the session already has as much speech waiting as it may (requests or seconds)."""
+    c = state.config
+    if live.voice.pending >= c.max_pending_requests:
+        raise ApiError(429, f"this session already has {live.voice.pending} requests waiting to be spoken (the "
+                            f"limit is {c.max_pending_requests}); wait for them to play, or /interrupt_talk")
+    queued = live.queued_seconds
+    if queued + audio_seconds > c.max_queued_seconds:
+        raise ApiError(429, f"this session already has {queued:.0f} s of speech waiting to be played; "
+                            f"{'with this audio ' if audio_seconds else ''}that would pass the limit of "
+                            f"{c.max_queued_seconds:g} s; wait for it to play, or /interrupt_talk")
 
 
 def text_field(state: AppState, body: dict[str, Any]) -> str:
@@ -103,11 +118,13 @@ async def offer(request: web.Request) -> web.Response:
     if not isinstance(avatar_id, str):
         raise ApiError(400, "'avatar' must be a string (an avatar id)")
     voice = body.get("voice") or None  # our extension: one of /healthz "voices"
-    if voice is not None:
-        try:
-            state.services.check_voice(voice)  # before a session slot is taken
-        except ValueError as e:
-            raise ApiError(400, str(e)) from e
+    try:  # everything that can be checked before a session slot is taken
+        validate_avatar_id(avatar_id)
+        if voice is not None:
+            state.services.check_voice(voice)
+        check_offer(sdp)
+    except ValueError as e:
+        raise ApiError(400, str(e)) from e
     sid = state.registry.reserve()  # SessionLimitError: 503
     try:
         local = await _open_session(state, sid, sdp, avatar_id, voice)
@@ -136,7 +153,7 @@ async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str, voi
         local = await answer(pc, sdp, "offer", [tracks.audio, tracks.video])
     except Exception as e:  # aiortc raises assorted errors for SDP it cannot parse or use
         await close_media(sid, tracks, pc, session)
-        raise ApiError(400, f"cannot use the offer SDP: {e or type(e).__name__}") from e
+        raise ApiError(400, f"cannot use the offer SDP: {str(e) or type(e).__name__}") from e
     live: LiveSession | None = None
     try:
         live = LiveSession(sid, session, tracks, pc, await state.services.new_voice(session, voice))
@@ -169,10 +186,12 @@ async def human(request: web.Request) -> web.Response:
         raise ApiError(400, "'type' must be \"echo\" (speak the text) or \"chat\" (answer it)")
     if body.get("interrupt") in _TRUE:
         await live.voice.interrupt()
+        live.check_open()  # the interrupt was awaited: the session may have ended meanwhile
+    admit_speech(state, live)
+    # The voice owns the request's task (queueing may wait behind earlier sentences); interrupt cancels it.
     if kind == "echo":
-        live.spawn(live.voice.say(text), "say")  # queuing may wait behind earlier sentences: not in the request
+        live.voice.say(text)
     else:
-        live.check_open()  # the interrupt above may have been awaited while the session ended
         live.voice.chat(text)
     return ok()
 
@@ -184,16 +203,23 @@ async def human_audio(request: web.Request) -> web.Response:
     limit = state.config.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + 64 * 1024:
         raise ApiError(413, f"the upload is larger than {limit // (1024 * 1024)} MB")
+    found: list[LiveSession] = []
+
+    def check_session(fields: dict[str, str]) -> None:
+        """Before the file is read: known session with room for more speech (or it is not worth reading)."""
+        found.append(live_session(state, fields.get("sessionid")))
+        admit_speech(state, found[0])
+
     try:
-        fields, data = await read_form(await request.multipart(), limit)
+        data = await read_form(await request.multipart(), limit, check_session)
     except ValueError as e:  # malformed multipart framing
         raise ApiError(400, f"malformed multipart form: {e}") from e
-    live = live_session(state, fields.get("sessionid"))
-    if data is None:
-        raise ApiError(400, "the form has no 'file' field")
+    live = found[0]
     pcm = await state.decoder.decode(data)  # UploadError: answered with its own status
-    live.spawn(live.voice.push_audio_file(pcm), "audio-file")
-    return ok({"seconds": round(len(pcm) / 16000, 3)})
+    live.check_open()
+    admit_speech(state, live, len(pcm) / SAMPLE_RATE)
+    live.push_audio_file(pcm)
+    return ok({"seconds": round(len(pcm) / SAMPLE_RATE, 3)})
 
 
 async def interrupt_talk(request: web.Request) -> web.Response:
@@ -242,13 +268,14 @@ async def record(request: web.Request) -> web.Response:
         live.recorder = recorder
         return ok()
     if kind == "end_record":
-        recorder, live.recorder = live.recorder, None
+        recorder = live.recorder
         if recorder is None:
             raise ApiError(400, "not recording (send type start_record first)")
-        try:
-            await recorder.finish()
-        except RuntimeError as e:
-            raise ApiError(500, str(e)) from e
+        try:  # a second end_record meanwhile waits for the same end; a start_record is refused until it
+            await recorder.finish()  # RecordingError: answered with its own status and message
+        finally:
+            if live.recorder is recorder:
+                live.recorder = None
         return ok({"url": f"/record/{live.id}"})
     raise ApiError(400, "'type' must be \"start_record\" or \"end_record\"")
 
@@ -276,6 +303,10 @@ def sse_data(event: Event) -> dict[str, Any]:
 async def sse(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     live = live_session(state, request.query.get("sessionid"))
+    if live.sse_streams >= state.config.max_sse_per_session:
+        raise ApiError(429, f"this session already has {live.sse_streams} /sse streams open (the limit is "
+                            f"{state.config.max_sse_per_session}); close one first")
+    live.sse_streams += 1
     queue = live.session.subscribe()
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
@@ -294,6 +325,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
         pass  # the client went away
     finally:
         live.session.unsubscribe(queue)
+        live.sse_streams -= 1
     return resp
 
 
@@ -307,6 +339,17 @@ async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
     text = render_metrics(state.registry, state.registry.max_sessions, state.services.engine.describe())
     return web.Response(body=text.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+# Every route here but /healthz and the page's static files needs the token when tokens are configured.
+API_PATHS = frozenset({"/offer", "/human", "/humanaudio", "/interrupt_talk", "/is_speaking", "/set_audiotype",
+                       "/record", "/record/{sessionid}", "/sse", "/metrics"})
+
+
+def is_protected(request: web.Request) -> bool:
+    """True for the API routes; unmatched paths too (their 404 must not tell what exists)."""
+    resource = request.match_info.route.resource
+    return resource is None or resource.canonical in API_PATHS
 
 
 def setup_routes(app: web.Application, web_dir) -> None:  # noqa: ANN001

@@ -6,9 +6,9 @@ stops as soon as the audio passes the duration limit, so a small file that expan
 """
 from __future__ import annotations
 
-import asyncio
 import io
 import itertools
+from collections.abc import Callable
 
 import av
 import numpy as np
@@ -16,6 +16,7 @@ from aiohttp import BodyPartReader, MultipartReader
 
 from pipeline.items import SAMPLE_RATE
 from server.errors import ApiError
+from voices._threads import Pool
 from voices.audio import MonoResampler
 
 MIN_RATE, MAX_RATE = 1000, 384_000
@@ -27,10 +28,15 @@ class UploadError(ApiError):
     """A bad upload (its status: 400 unreadable, 413 too large)."""
 
 
-async def read_form(reader: MultipartReader, max_bytes: int) -> tuple[dict[str, str], bytes | None]:
-    """The text fields and the `file` part of a multipart form, reading at most `max_bytes` of file data."""
+async def read_form(reader: MultipartReader, max_bytes: int, check: Callable[[dict[str, str]], None],
+                    key: str = "sessionid") -> bytes:
+    """The `file` part of a multipart form, reading at most `max_bytes` of it.
+
+    `check(fields)` runs once on the text fields: as soon as field `key` has arrived, so that a form sending it
+    before the file (our page does) is refused before a byte of the file is read; otherwise after the form."""
     fields: dict[str, str] = {}
     data: bytes | None = None
+    checked = False
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
             raise UploadError(400, "nested multipart forms are not supported")
@@ -46,7 +52,14 @@ async def read_form(reader: MultipartReader, max_bytes: int) -> tuple[dict[str, 
             if len(value) > 4096:
                 raise UploadError(400, f"form field {part.name!r} is too long")
             fields[part.name] = value.decode("utf-8", "replace")
-    return fields, data
+            if part.name == key and not checked:
+                checked = True
+                check(fields)
+    if not checked:
+        check(fields)
+    if data is None:
+        raise UploadError(400, "the form has no 'file' field")
+    return data
 
 
 def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
@@ -59,7 +72,11 @@ def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
             if not container.streams.audio:
                 raise UploadError(400, "the file has no audio stream")
             stream = container.streams.audio[0]
-            rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
+            codec = stream.codec_context
+            if codec is None:  # FFmpeg found no decoder for what the header describes (e.g. 0 bits a sample)
+                raise UploadError(400, "cannot decode the audio file: its audio format is not supported "
+                                       "(the header describes no decodable codec)")
+            rate, channels = codec.sample_rate, codec.channels
             if not MIN_RATE <= (rate or 0) <= MAX_RATE:
                 raise UploadError(400, f"unsupported sample rate {rate} Hz (expected {MIN_RATE}..{MAX_RATE})")
             if not 1 <= (channels or 0) <= MAX_CHANNELS:
@@ -82,12 +99,12 @@ def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
 
 
 class AudioDecoder:
-    """Decodes uploads in worker threads, a few at a time, so a burst of uploads cannot starve the sessions."""
+    """Decodes uploads in a pool of its own, a few at a time, so a burst of uploads can neither starve the
+    sessions nor take the default executor's threads (aiortc's codecs run there)."""
 
     def __init__(self, max_seconds: float, concurrency: int = 2) -> None:
         self.max_seconds = max_seconds
-        self._slots = asyncio.Semaphore(concurrency)
+        self.pool = Pool("uploads", concurrency)
 
     async def decode(self, data: bytes) -> np.ndarray:
-        async with self._slots:
-            return await asyncio.to_thread(decode_audio, data, self.max_seconds)
+        return await self.pool.run(decode_audio, data, self.max_seconds)

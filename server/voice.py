@@ -11,15 +11,21 @@ import numpy as np
 
 from pipeline.items import Event
 from pipeline.session import Session
+from voices.tasks import TaskSet
 from voices.realtime import AudioDelta, RealtimeClient, RealtimeError, ResponseDone, ServerError, TranscriptDelta
 
 log = logging.getLogger(__name__)
 
 
 class Voice(Protocol):
-    async def say(self, text: str) -> None: ...
+    """A session's voice. Each request runs as a task the voice owns (returned for callers to watch), and
+    interrupt cancels every one of them, queued or running."""
+
+    def say(self, text: str) -> asyncio.Task: ...
     def chat(self, text: str) -> asyncio.Task: ...
-    async def push_audio_file(self, pcm: np.ndarray, label: str = "") -> None: ...
+    def push_audio_file(self, pcm: np.ndarray, label: str = "") -> asyncio.Task: ...
+    @property
+    def pending(self) -> int: ...
     async def interrupt(self) -> int: ...
     async def close(self) -> None: ...
 
@@ -40,29 +46,31 @@ class RealtimeVoice:
         self._reader: asyncio.Task | None = None
         self._connecting = asyncio.Lock()
         self._playing = asyncio.Lock()  # one response or audio file goes into the session at a time
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet()  # requests: say, chat, audio files
         self._request_turn = 0
         self._responding = False  # a response was asked for and is not done: there is something to cancel
 
-    async def say(self, text: str) -> None:
-        await self._request(lambda c: c.send({"type": "response.create", "response": {
-            "instructions": f"Say exactly the following text and nothing else: {text}"}}))
+    def say(self, text: str) -> asyncio.Task:
+        return self._tasks.spawn(self._request(lambda c: c.send({"type": "response.create", "response": {
+            "instructions": f"Say exactly the following text and nothing else: {text}"}})), "realtime-say")
 
     def chat(self, text: str) -> asyncio.Task:
-        task = asyncio.create_task(self._request(lambda c: c.send_text(text)), name="realtime-chat")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(self._request(lambda c: c.send_text(text)), "realtime-chat")
 
-    async def push_audio_file(self, pcm: np.ndarray, label: str = "") -> None:
-        turn = self.session.turn
+    def push_audio_file(self, pcm: np.ndarray, label: str = "") -> asyncio.Task:
+        return self._tasks.spawn(self._play(pcm, label, self.session.turn), "realtime-audio-file")
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    async def _play(self, pcm: np.ndarray, label: str, turn: int) -> None:
         async with self._playing:
             if await self.session.push_audio(pcm, [Event("sentence_start", label, turn)], turn):
                 await self.session.end_speech([Event("sentence_end", label, turn)], turn)
 
     async def interrupt(self) -> int:
-        for task in list(self._tasks):
-            task.cancel()
+        await self._tasks.cancel()
         if self._client is not None and self._responding:
             self._responding = False
             with contextlib.suppress(RealtimeError):
@@ -70,10 +78,10 @@ class RealtimeVoice:
         return self.session.interrupt()
 
     async def close(self) -> None:
-        tasks = [*self._tasks, *([self._reader] if self._reader else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
         if self._client is not None:
             await self._client.close()
 

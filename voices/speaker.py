@@ -18,6 +18,7 @@ import numpy as np
 from pipeline.items import Event
 from voices.llm import Conversation, LLMError
 from voices.sentences import SentenceSplitter
+from voices.tasks import TaskSet
 from voices.tts import TTS, TTSError
 
 log = logging.getLogger(__name__)
@@ -42,35 +43,36 @@ class Speaker:
         self.tts = tts
         self.conversation = conversation
         self._sentences: asyncio.Queue = asyncio.Queue(max_pending)
-        self._producers: set[asyncio.Task] = set()
+        self._producers = TaskSet()  # requests still queueing speech: say, chat, audio files
         self._voice = asyncio.create_task(self._speak_loop(), name="speaker")
         self._errors_reported: set[str] = set()
 
     # -- what the server calls ------------------------------------------------------------------------------
-    async def say(self, text: str) -> None:
-        """Speak `text` verbatim, sentence by sentence, after whatever is already queued."""
-        splitter = SentenceSplitter()
-        for sentence in splitter.feed(text) + splitter.flush():
-            await self._sentences.put((self.sink.turn, sentence))
+    def say(self, text: str) -> asyncio.Task:
+        """Speak `text` verbatim, sentence by sentence, after whatever is already queued; returns the request's
+        task (done when its last sentence is queued; cancelled by interrupt)."""
+        return self._producers.spawn(self._say(text, self.sink.turn), "say")
 
     def chat(self, text: str) -> asyncio.Task:
         """Ask the LLM and speak its answer as it streams; returns the producing task."""
         if self.conversation is None:
             raise RuntimeError("no LLM configured for chat")
-        task = asyncio.create_task(self._chat(text, self.sink.turn), name="chat")
-        self._producers.add(task)
-        task.add_done_callback(self._producers.discard)
-        return task
+        return self._producers.spawn(self._chat(text, self.sink.turn), "chat")
 
-    async def push_audio_file(self, pcm: np.ndarray, label: str = "") -> None:
-        """Speak prepared audio (an uploaded file) as one 'sentence' after what is queued."""
-        await self._sentences.put((self.sink.turn, pcm, label))
+    def push_audio_file(self, pcm: np.ndarray, label: str = "") -> asyncio.Task:
+        """Speak prepared audio (an uploaded file) as one 'sentence' after what is queued; returns its task,
+        done once the audio is in the session (until then this voice holds it)."""
+        return self._producers.spawn(self._audio_file(pcm, label, self.sink.turn), "audio-file")
+
+    @property
+    def pending(self) -> int:
+        """Requests (say, chat, audio files) still queueing their speech."""
+        return len(self._producers)
 
     async def interrupt(self) -> int:
-        """Stop talking now: cancel the LLM and TTS in flight, drop queued sentences, new session turn."""
-        for task in list(self._producers):
-            task.cancel()
-        await asyncio.gather(*self._producers, return_exceptions=True)
+        """Stop talking now: cancel every request still queueing speech and the TTS in flight, drop queued
+        sentences, new session turn."""
+        await self._producers.cancel()
         while not self._sentences.empty():
             self._sentences.get_nowait()
         turn = self.sink.interrupt()
@@ -82,11 +84,21 @@ class Speaker:
         return turn
 
     async def close(self) -> None:
-        for task in [*self._producers, self._voice]:
-            task.cancel()
-        await asyncio.gather(*self._producers, self._voice, return_exceptions=True)
+        await self._producers.cancel()
+        self._voice.cancel()
+        await asyncio.gather(self._voice, return_exceptions=True)
 
     # -- internals ------------------------------------------------------------------------------------------
+    async def _say(self, text: str, turn: int) -> None:
+        splitter = SentenceSplitter()
+        for sentence in splitter.feed(text) + splitter.flush():
+            await self._sentences.put((turn, sentence))
+
+    async def _audio_file(self, pcm: np.ndarray, label: str, turn: int) -> None:
+        played: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._sentences.put((turn, pcm, label, played))
+        await played
+
     async def _chat(self, text: str, turn: int) -> None:
         assert self.conversation is not None
         splitter = SentenceSplitter()
@@ -109,7 +121,10 @@ class Speaker:
             if isinstance(item[1], str):
                 await self._speak(item[1], turn)
             else:
-                await self._play(item[1], item[2], turn)
+                _, pcm, label, played = item
+                await self._play(pcm, label, turn)
+                if not played.done():
+                    played.set_result(None)
 
     async def _speak(self, sentence: str, turn: int) -> None:
         start, end = Event("sentence_start", sentence, turn), Event("sentence_end", sentence, turn)

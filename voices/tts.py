@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from voices._threads import stream_from_thread
+from voices._threads import TTS_POOL, stream_from_thread
 from voices.audio import resample
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class PiperTTS:
     async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
         if not text.strip():
             return
-        async for chunk in stream_from_thread(lambda emit, stop: self._run(text, emit, stop)):
+        async for chunk in stream_from_thread(lambda emit, stop: self._run(text, emit, stop), TTS_POOL):
             yield chunk
 
     def _run(self, text: str, emit: Callable[[np.ndarray], None], stop: threading.Event) -> None:

@@ -431,8 +431,8 @@ class AvatarClient {
 
   async sendAudioFile(file) {
     const form = new FormData();
+    form.append("sessionid", this.requireSession());  // first: the server checks it before reading the file
     form.append("file", file, file.name);
-    form.append("sessionid", this.requireSession());
     await api("/humanaudio", form);
   }
 

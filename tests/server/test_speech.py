@@ -54,7 +54,7 @@ async def test_echo_speaks_with_sse_sentence_events_and_interrupt_stops_it(serve
                           {"status": "start", "text": "This is a test."}, {"status": "end", "text": "This is a test."}]
         assert max(client.audio_levels) > 0.2  # the voice reached the client
         long_text = " ".join(f"Sentence number {i} is here to keep the avatar talking." for i in range(20))
-        await server.post("/human", {"sessionid": int(sid), "text": long_text, "type": "echo"})
+        await server.post("/human", {"sessionid": sid, "text": long_text, "type": "echo"})
         assert await until(lambda: is_speaking(server, sid), 5)
         n_before = len(events)
         t0 = time.monotonic()

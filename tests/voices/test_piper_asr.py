@@ -9,7 +9,7 @@ from contextlib import aclosing
 import numpy as np
 import pytest
 
-from voices._threads import stream_from_thread
+from voices._threads import TTS_POOL, stream_from_thread
 from voices.asr import Transcriber, VoiceActivityDetector
 from voices.tts import PiperTTS, TTSError
 
@@ -70,7 +70,7 @@ async def test_stream_from_thread_stops_the_producer_and_reraises():
             emit(i)
             time.sleep(0.001)
 
-    async with aclosing(stream_from_thread(producer)) as items:
+    async with aclosing(stream_from_thread(producer, TTS_POOL)) as items:
         async for item in items:
             if item == 5:
                 break
@@ -82,7 +82,7 @@ async def test_stream_from_thread_stops_the_producer_and_reraises():
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        [x async for x in stream_from_thread(failing)]
+        [x async for x in stream_from_thread(failing, TTS_POOL)]
     assert threading.active_count() < 50
 
 
