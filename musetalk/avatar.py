@@ -3,7 +3,8 @@
 Layout (no pickle anywhere; arrays in frame order, the ping-pong cycle is applied by ``Avatar.cycle_index``):
 
 - ``manifest.json``: format_version, avatar_id, fps, width, height, n_frames, source, version, bbox_shift,
-  extra_margin, created, latents (the model versions with a latents file)
+  extra_margin, created, latents (the model versions with a latents file), mask (which blend mask: "bisenet-jaw",
+  "bisenet-raw", "bisenet-neck" or "face-oval"; avatars from before it have the oval) and, for jaw, cheek_width
 - ``frames.npy`` (N,H,W,3) uint8 BGR; ``face_boxes.npy`` / ``crop_boxes.npy`` (N,4) int32 (x1,y1,x2,y2);
   ``landmarks.npy`` (N,468,2) float32; ``masks.npy`` (N,S,S) uint8, each crop-sized mask top-left aligned
 - ``latents_<version>.safetensors``: "latents" (N,8,32,32) float16, when a VAE was available
@@ -32,10 +33,15 @@ import numpy as np
 
 from musetalk.blending import BlendPlan, prepare_blend
 from musetalk.config import FACE_SIZE, LATENT_SIZE, VERSIONS, VIDEO_FPS, Version, check_version
-from musetalk.face import N_LANDMARKS, FaceBoxRejected, FaceLandmarker, blend_mask, crop_box, face_box
+from musetalk.face import (
+    DEFAULT_CHEEK_WIDTH, DEFAULT_PARSING_MODE, N_LANDMARKS, OVAL_MASK, PARSING_MODES, FaceBoxRejected,
+    FaceLandmarker, blend_mask, check_parsing, crop_box, face_box,
+)
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
+
+    from musetalk.face_parsing import FaceParser
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +319,36 @@ def _official_vae(models_dir: Path) -> AutoencoderKL | None:
     return load_vae(paths.vae_dir, *device_and_dtype())
 
 
+def _face_parser(models_dir: Path, version: Version, required: bool) -> FaceParser | None:
+    """BiSeNet when its weights are in models_dir; otherwise None (the face-oval fallback), or, when a parsing mode
+    was asked for (`required`), MissingWeightsError naming the files and the download command."""
+    from musetalk.face_parsing import load_face_parser, missing_parsing_files
+
+    missing = missing_parsing_files(models_dir)
+    if missing and not required:
+        log.info("no face-parsing weights (%s): using the face-oval blend mask; for MuseTalk's BiSeNet mask run "
+                 "python -m musetalk.download", ", ".join(str(p) for p in missing))
+        return None
+    return load_face_parser(models_dir, version=version)
+
+
+def _blend_masks(frames: np.ndarray, landmarks: np.ndarray, boxes: np.ndarray, crops: np.ndarray,
+                 parser: FaceParser | None, mode: str, cheek_width: int, progress: bool) -> np.ndarray:
+    """(N, S, S) uint8: each frame's crop-sized blend mask, top-left aligned (S = the largest crop)."""
+    from tqdm import tqdm
+
+    size = int((crops[:, 2] - crops[:, 0]).max())
+    masks = np.zeros((len(frames), size, size), np.uint8)
+    for i in tqdm(range(len(frames)), desc="blend masks", unit="frame", disable=not progress):
+        box, crop = tuple(boxes[i].tolist()), tuple(crops[i].tolist())
+        if parser is None:
+            m = blend_mask(landmarks[i], box, crop)
+        else:
+            m = parser.blend_mask(frames[i], box, crop, mode, cheek_width)
+        masks[i, :m.shape[0], :m.shape[1]] = m
+    return masks
+
+
 def _encode(vae: AutoencoderKL, crops: np.ndarray) -> np.ndarray:
     from musetalk.inference import faces_to_latents
 
@@ -366,6 +402,8 @@ def prepare_avatar(
     overwrite: bool = False,
     models_dir: Path = DEFAULT_MODELS_DIR,
     source_name: str | None = None,
+    parsing_mode: str | None = None,
+    cheek_width: int | None = None,
 ) -> Path:
     """Build ``avatars_dir/avatar_id`` from a video file, an image file or a BGR array; returns its folder.
 
@@ -373,9 +411,17 @@ def prepare_avatar(
     landmarks and boxes of the nearest frame with a good one. Latents are written
     when ``vae`` is given or the official sd-vae weights are in ``models_dir``. Nothing is left behind on error.
     ``source_name`` overrides the source recorded in the manifest (by default the file name, or "<array>").
+
+    The blend mask is MuseTalk's BiSeNet face parsing when ``models_dir/face-parse-bisent`` holds its two files
+    (``parsing_mode`` jaw/raw/neck and ``cheek_width``, by default as upstream for ``version``: jaw with 90 px cheeks
+    for v15, raw for v1), else the face-oval polygon; a ``parsing_mode`` given without the weights is an error
+    (MissingWeightsError). The manifest's "mask" says which was used.
     """
     validate_avatar_id(avatar_id)
     check_version(version)
+    mode = parsing_mode or DEFAULT_PARSING_MODE[version]
+    cheek_width = DEFAULT_CHEEK_WIDTH[version] if cheek_width is None else cheek_width
+    check_parsing(mode, cheek_width)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be at least 1, got {max_frames}")
     if fps <= 0:
@@ -388,6 +434,7 @@ def prepare_avatar(
     if final.exists() and not overwrite:
         raise AvatarExistsError(f"avatar {avatar_id!r} already exists in {root} (use --overwrite)")
 
+    parser = _face_parser(Path(models_dir), version, required=parsing_mode is not None)
     frames, read_name = _read_source(source, fps, max_frames)
     source_name = source_name or read_name
     with building(final, overwrite) as folder:
@@ -410,11 +457,9 @@ def prepare_avatar(
         nearest = _nearest(np.flatnonzero(ok), n)
         landmarks, boxes = landmarks[nearest], boxes[nearest]
         crops = np.array([crop_box(tuple(b)) for b in boxes.tolist()], np.int32)
-        size = int((crops[:, 2] - crops[:, 0]).max())
-        masks = np.zeros((n, size, size), np.uint8)
-        for i in range(n):
-            m = blend_mask(landmarks[i], tuple(boxes[i].tolist()), tuple(crops[i].tolist()))
-            masks[i, :m.shape[0], :m.shape[1]] = m
+        masks = _blend_masks(frames_arr, landmarks, boxes, crops, parser, mode, cheek_width, progress)
+        mask_name = OVAL_MASK if parser is None else f"bisenet-{mode}"
+        parser = None  # free it before the VAE loads
         if vae is None:
             vae = _official_vae(Path(models_dir))
         latents = _encode(vae, face_crops(frames_arr, boxes)) if vae is not None else None
@@ -423,7 +468,10 @@ def prepare_avatar(
             "height": shape[0], "n_frames": n, "source": source_name, "version": version, "bbox_shift": bbox_shift,
             "extra_margin": extra_margin, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "latents": [version] if latents is not None else [],
+            "mask": mask_name,
         }
+        if mask_name == "bisenet-jaw":
+            manifest["cheek_width"] = cheek_width
         arrays = {"face_boxes": boxes, "crop_boxes": crops, "landmarks": landmarks, "masks": masks}
         _write_avatar(folder, manifest, arrays, latents)
     return final
@@ -462,6 +510,12 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--version", choices=VERSIONS, default="v15")
     prep.add_argument("--bbox_shift", type=int, default=0, help="v1 only: move the mask's upper edge down (px)")
     prep.add_argument("--extra_margin", type=int, default=10, help="v15 only: pixels added under the chin")
+    prep.add_argument("--parsing_mode", choices=PARSING_MODES, default=None,
+                      help="BiSeNet blend mask (needs MODELS_DIR/face-parse-bisent); default jaw for v15, raw for v1, "
+                           "or the face-oval mask when the weights are absent")
+    prep.add_argument("--cheek_width", type=int, default=None,
+                      help="jaw mode: half-width in px (of 512) of the middle band left unnarrowed; default 90 for "
+                           "v15, 80 for v1")
     prep.add_argument("--fps", type=float, default=VIDEO_FPS)
     prep.add_argument("--max_frames", type=int, default=None)
     prep.add_argument("--overwrite", action="store_true")
@@ -475,7 +529,7 @@ def _describe(avatar: Avatar) -> str:
     m = avatar.manifest
     latents = ",".join(m["latents"]) or "none"
     return (f"{avatar.avatar_id}\t{m['n_frames']} frames\t{m['width']}x{m['height']}\t{m['fps']:g} fps\t"
-            f"{m['version']}\tlatents: {latents}\tsource: {m['source']}")
+            f"{m['version']}\tlatents: {latents}\tmask: {m.get('mask', OVAL_MASK)}\tsource: {m['source']}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -486,7 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             t = time.perf_counter()
             path = prepare_avatar(args.source, args.avatar_id, args.avatars_dir, args.version, args.bbox_shift,
                                   args.extra_margin, args.fps, args.max_frames, overwrite=args.overwrite,
-                                  models_dir=args.models_dir)
+                                  models_dir=args.models_dir, parsing_mode=args.parsing_mode,
+                                  cheek_width=args.cheek_width)
             print(f"prepared {path} in {time.perf_counter() - t:.1f} s")
         elif args.command == "demo":
             path, built = ensure_demo(args.avatars_dir)

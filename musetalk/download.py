@@ -3,7 +3,8 @@
     python -m musetalk.download [--version v15|v1|all] [--models-dir models] [--endpoint URL]
 
 Files come from the Hugging Face Hub (or a mirror given by --endpoint / HF_ENDPOINT) as
-`{endpoint}/{repo}/resolve/main/{filename}`; v1's whisper tiny.pt comes from OpenAI's public bucket.
+`{endpoint}/{repo}/resolve/main/{filename}`; v1's whisper tiny.pt comes from OpenAI's public bucket. Both versions
+also get the BiSeNet face-parsing files (`face-parse-bisent/`) that avatar preparation uses for the blend mask.
 Each file's size is learnt first with a HEAD request, complete files are skipped, partial ones are resumed from
 `<file>.part` with a Range request, and a file is renamed into place only once its size (and sha256, where known)
 is right. Standard library HTTP only.
@@ -41,11 +42,16 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # (Hub repo, file in the repo, destination under the models folder)
 _MUSETALK = "TMElyralab/MuseTalk"
 _VAE_FILES = [("stabilityai/sd-vae-ft-mse", f, f"sd-vae/{f}") for f in ("config.json", "diffusion_pytorch_model.bin")]
+# BiSeNet face parsing for avatar preparation (both versions), from the Hub repo upstream's Windows script uses.
+_PARSING_FILES = [("ManyOtherFunctions/face-parse-bisent", f, f"face-parse-bisent/{f}")
+                  for f in ("79999_iter.pth", "resnet18-5c106cde.pth")]
 _HUB_FILES = {
     "v1": [(_MUSETALK, f"musetalk/{f}", f"musetalk/{f}") for f in ("musetalk.json", "pytorch_model.bin")]
-    + _VAE_FILES,
+    + _VAE_FILES
+    + _PARSING_FILES,
     "v15": [(_MUSETALK, f"musetalkV15/{f}", f"musetalkV15/{f}") for f in ("musetalk.json", "unet.pth")]
     + _VAE_FILES
+    + _PARSING_FILES
     + [("openai/whisper-tiny", f, f"whisper/{f}")
        for f in ("config.json", "pytorch_model.bin", "preprocessor_config.json")],
 }

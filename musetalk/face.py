@@ -25,9 +25,9 @@ y=116.3, i.e. point 195. A picture with the jaw arc, the four ridge points, the 
 drawn on the astronaut was inspected: the arc follows the jaw line from the temples around the chin, 195 sits at
 the middle of the nose, the box runs from the forehead to just under the chin.
 
-The blend mask replaces MuseTalk's BiSeNet face parsing (no weights available) with the filled face-oval polygon of
-the mesh; everything else (face box and lower-half intersection, Gaussian blur with the realtime kernel size) is as
-upstream (musetalk.md 6.3).
+The blend mask: MuseTalk's BiSeNet face parsing (``musetalk.face_parsing``) when its weights are present; without
+them, the filled face-oval polygon of the mesh. Either region then goes through the same upstream steps (face box and
+lower-half intersection, ``lower_face``; Gaussian blur with the realtime kernel size, ``blur_mask``; musetalk.md 6.3).
 """
 from __future__ import annotations
 
@@ -59,6 +59,22 @@ BOX_HALF_FACE = BOX_INDICES.index(HALF_FACE_INDEX)
 
 CROP_EXPAND = 1.5  # upstream HEAD (v1 used 1.2)
 UPPER_BOUNDARY_RATIO = 0.5
+
+# Face parsing modes (musetalk.md 6.2) and, per model version, upstream's realtime default mode and cheek width:
+# v1.5 scripts pass --parsing_mode jaw with 90 px cheeks; v1 blends with "raw" and FaceParsing's class default 80.
+PARSING_MODES = ("jaw", "raw", "neck")
+DEFAULT_PARSING_MODE: dict[str, str] = {"v1": "raw", "v15": "jaw"}
+DEFAULT_CHEEK_WIDTH: dict[str, int] = {"v1": 80, "v15": 90}
+OVAL_MASK = "face-oval"  # the manifest's name for the fallback mask; BiSeNet masks are "bisenet-<mode>"
+
+
+def check_parsing(mode: str, cheek_width: int) -> None:
+    """ValueError unless `mode` is a parsing mode and `cheek_width` fits the 512 px parsing input (0..256)."""
+    if mode not in PARSING_MODES:
+        raise ValueError(f"unknown parsing mode {mode!r}; expected one of {', '.join(PARSING_MODES)}")
+    if not isinstance(cheek_width, int) or not 0 <= cheek_width <= 256:
+        raise ValueError(f"cheek_width must be an integer from 0 to 256 (px of the 512 px parsing input), "
+                         f"got {cheek_width!r}")
 
 
 class FaceLandmarker:
@@ -157,14 +173,13 @@ def blur_kernel_size(crop_width: int) -> int:
     return int(0.1 * crop_width // 2 * 2) + 1
 
 
-def mask_region(landmarks: np.ndarray, box: Box, crop: Box) -> np.ndarray:
-    """The unblurred blend region in crop coordinates, uint8 0/255: face oval ∩ face box ∩ lower half of the crop."""
-    _check_landmarks(landmarks)
+def lower_face(region: np.ndarray, box: Box, crop: Box) -> np.ndarray:
+    """A crop-sized uint8 0/255 region kept only inside the face box and in the lower half of the crop (rows from
+    ``int(crop height * 0.5)``), as upstream get_image_prepare_material does to the parsing mask."""
     cx1, cy1, cx2, cy2 = crop
-    cw, ch = cx2 - cx1, cy2 - cy1
-    region = np.zeros((ch, cw), np.uint8)
-    oval = np.round(landmarks[list(FACE_OVAL_INDICES)] - np.array([cx1, cy1], np.float32)).astype(np.int32)
-    cv2.fillPoly(region, [oval], 255)
+    ch = cy2 - cy1
+    if region.shape != (ch, cx2 - cx1):
+        raise ValueError(f"region shape {region.shape} does not match the crop box {crop}")
     keep = np.zeros_like(region)
     bx1, by1, bx2, by2 = box[0] - cx1, box[1] - cy1, box[2] - cx1, box[3] - cy1
     top = max(by1, int(ch * UPPER_BOUNDARY_RATIO), 0)
@@ -172,7 +187,22 @@ def mask_region(landmarks: np.ndarray, box: Box, crop: Box) -> np.ndarray:
     return cv2.bitwise_and(region, keep)
 
 
+def blur_mask(region: np.ndarray) -> np.ndarray:
+    """The alpha mask: the region Gaussian-blurred with the realtime kernel for its (crop) width."""
+    k = blur_kernel_size(region.shape[1])
+    return cv2.GaussianBlur(region, (k, k), 0)
+
+
+def mask_region(landmarks: np.ndarray, box: Box, crop: Box) -> np.ndarray:
+    """The unblurred blend region in crop coordinates, uint8 0/255: face oval ∩ face box ∩ lower half of the crop."""
+    _check_landmarks(landmarks)
+    cx1, cy1, cx2, cy2 = crop
+    region = np.zeros((cy2 - cy1, cx2 - cx1), np.uint8)
+    oval = np.round(landmarks[list(FACE_OVAL_INDICES)] - np.array([cx1, cy1], np.float32)).astype(np.int32)
+    cv2.fillPoly(region, [oval], 255)
+    return lower_face(region, box, crop)
+
+
 def blend_mask(landmarks: np.ndarray, box: Box, crop: Box) -> np.ndarray:
     """The crop-sized uint8 alpha mask (0..255) used to paste a generated face back (see mask_region)."""
-    k = blur_kernel_size(crop[2] - crop[0])
-    return cv2.GaussianBlur(mask_region(landmarks, box, crop), (k, k), 0)
+    return blur_mask(mask_region(landmarks, box, crop))

@@ -24,11 +24,16 @@ V15 = {
     "/openai/whisper-tiny/resolve/main/pytorch_model.bin": ("whisper/pytorch_model.bin", True),
     "/openai/whisper-tiny/resolve/main/preprocessor_config.json": ("whisper/preprocessor_config.json", False),
 }
+# BiSeNet face parsing (avatar preparation), fetched for either version.
+PARSING = {f"/ManyOtherFunctions/face-parse-bisent/resolve/main/{f}": (f"face-parse-bisent/{f}", True)
+           for f in ("79999_iter.pth", "resnet18-5c106cde.pth")}
+V15.update(PARSING)
 V1 = {
     "/TMElyralab/MuseTalk/resolve/main/musetalk/musetalk.json": ("musetalk/musetalk.json", False),
     "/TMElyralab/MuseTalk/resolve/main/musetalk/pytorch_model.bin": ("musetalk/pytorch_model.bin", True),
     "/stabilityai/sd-vae-ft-mse/resolve/main/config.json": ("sd-vae/config.json", False),
     "/stabilityai/sd-vae-ft-mse/resolve/main/diffusion_pytorch_model.bin": ("sd-vae/diffusion_pytorch_model.bin", True),
+    **PARSING,
 }
 TINY_PT = os.urandom(300_000)
 TINY_PT_PATH = f"/main/whisper/models/{hashlib.sha256(TINY_PT).hexdigest()}/tiny.pt"
@@ -62,7 +67,7 @@ def test_full_download_v15(fake_hub, tmp_path):
     heads = [path for method, path, _ in fake_hub.requests if method == "HEAD"]
     assert sorted(heads) == sorted(V15)  # HEAD is not redirected to the CDN
     cdn_gets = [path for method, path, _ in fake_hub.requests if method == "GET" and path.startswith("/cdn/")]
-    assert len(cdn_gets) == 3  # GET follows the LFS redirects
+    assert len(cdn_gets) == 5  # GET follows the LFS redirects
 
 
 def test_v1_from_hf_endpoint_env_with_whisper_hash_check(fake_hub, tmp_path, monkeypatch):
