@@ -19,7 +19,13 @@ from pipeline.clock import TICK_SECONDS
 
 def lead_ticks_for(right_context_ticks: int, batch_seconds: float) -> int:
     """How many ticks ahead new audio must be scheduled: the look-ahead a batch waits for, the tick being
-    played, and the time one batch takes (margin included by the caller)."""
+    played, and the time one batch takes (margin included by the caller).
+
+    The worker renders a speaking tick only once its right context has arrived (or its utterance has ended), at
+    the latest `batch_seconds` before the tick is due. Audio that arrives at the pace it plays (a streaming voice)
+    brings the context of a tick `right_context_ticks` ticks after the tick itself; a tick is scheduled at least
+    `lead - 1` ticks after its audio came (the tick being played when it came is partly over). So
+    `(lead - 1) * tick >= right_context_ticks * tick + batch_seconds` is what keeps such audio on time."""
     return right_context_ticks + 1 + math.ceil(batch_seconds / TICK_SECONDS)
 
 
@@ -28,8 +34,12 @@ class RenderRequest:
     """B consecutive ticks to render.
 
     `audio` holds the 16 kHz samples of [left context | 2 audio frames per tick | right context]; context
-    that does not exist (start or end of a stretch of audio) is zeros. `seg_pos` is the position of the
-    first tick within its contiguous stretch of audio, so engines that pad features at utterance edges can.
+    that does not exist (before the utterance's start, after its end) is zeros. `seg_pos` is the position of
+    the first tick within its contiguous stretch of audio, `utterance_pos` within its utterance (the audio since
+    the stretch began or the last end of speech: the clip a lip-sync model pads at both ends), so
+    `audio[left_samples]` is utterance sample `utterance_pos * 640`. `utterance_samples` is the utterance's
+    length in samples when it ends within this request's ticks or right context (None: it goes on past them);
+    the ticks' samples beyond it are padding. The right context is complete whenever the utterance goes on.
     """
 
     ticks: Sequence[int]
@@ -38,10 +48,16 @@ class RenderRequest:
     left_samples: int
     right_samples: int
     seg_pos: int
+    utterance_pos: int = 0
+    utterance_samples: int | None = None
 
 
 class Renderer(abc.ABC):
-    """Per-session: turns a RenderRequest into B faces (256x256 BGR uint8) for the avatar's face boxes."""
+    """Per-session: turns a RenderRequest into faces (256x256 BGR uint8) for the avatar's face boxes.
+
+    One face per tick, except that an engine with a frame count of its own per utterance may return fewer: the
+    ticks past its utterance's last frame (the audio tail that officially makes no frame) then show the avatar's
+    own frame."""
 
     @abc.abstractmethod
     def render(self, request: RenderRequest) -> list[np.ndarray]: ...

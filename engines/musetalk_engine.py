@@ -6,8 +6,12 @@ serialised by one lock (one model, one stream), which covers the model passes on
 windowing.
 
 Latency budget (lead_ticks): the worker renders a batch once its B ticks and the features' look-ahead
-(80 ms of whisper window + right context) are there, or when the deadline comes; the lead covers that
-look-ahead plus the measured time of one batch, so on-time audio is rendered before it is played.
+(80 ms of whisper window + right context) are there, or at the deadline the ticks whose look-ahead is there; the
+lead covers that look-ahead plus the measured time of one batch, so on-time audio is rendered before it is played.
+
+Utterance ends: the request says where its utterance ends once that is within reach; the features then take the
+official end (zero steps for v1.5, the replicated last step for v1, from step T = floor(n / 16000 * 50) on) and
+the official number of frames, floor(n / 16000 * 25) for v1.5: a tick past it gets no face.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import torch
 from engines.base import AvatarBinding, Engine, RenderRequest, Renderer, lead_ticks_for
 from musetalk.audio_features import StreamingFeatures
 from musetalk.avatar import Avatar, face_crops
+from musetalk.config import FACE_SIZE
 from musetalk.inference import faces_to_latents, infer_faces
 from musetalk.models import ModelPaths, MuseTalkModels, load_models
 from musetalk.whisper import load_encoder
@@ -78,11 +83,16 @@ class MuseTalkEngine(Engine):
             self.faces(audio, 0, self.batch_size, latents)
         return time.perf_counter() - started
 
-    def faces(self, window_audio: np.ndarray, first_frame: int, frames: int, latents: torch.Tensor) -> np.ndarray:
+    def faces(self, window_audio: np.ndarray, first_frame: int, frames: int, latents: torch.Tensor,
+              final: bool = False) -> np.ndarray:
+        """Faces of utterance frames first_frame.. (``StreamingFeatures.chunks``): `frames` of them, fewer when
+        `final` and the utterance has fewer; `latents` holds one per frame."""
         with torch.inference_mode():
-            chunks = self.features(frames).chunks(window_audio, first_frame)  # takes the lock for the encoder
+            chunks = self.features(frames).chunks(window_audio, first_frame, final)  # takes the lock for the encoder
+            if not len(chunks):
+                return np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
             with self.lock:
-                return infer_faces(self.models, chunks, latents)
+                return infer_faces(self.models, chunks, latents[:len(chunks)])
 
     def _bind(self, avatar: Avatar) -> MuseTalkBinding:
         return MuseTalkBinding(self, avatar)
@@ -112,10 +122,13 @@ class MuseTalkRenderer(Renderer):
         self.binding = binding
 
     def render(self, request: RenderRequest) -> list[np.ndarray]:
-        engine, frames = self.binding.engine, len(request.ticks)
-        start, end = engine.features(frames).window(request.seg_pos)
-        # request.audio[0] is utterance sample seg_pos * 640 - left_samples (zeros before the stretch began)
-        offset = start - (request.seg_pos * TICK_SAMPLES - request.left_samples)
-        window = request.audio[offset:offset + (end - start)]
+        engine, frames, first = self.binding.engine, len(request.ticks), request.utterance_pos
+        start, end = engine.features(frames).window(first)
+        final = request.utterance_samples is not None and request.utterance_samples <= end
+        if final:
+            end = request.utterance_samples  # the padding after the utterance is no audio of it
+        # request.audio[0] is utterance sample utterance_pos * 640 - left_samples (zeros before the utterance)
+        origin = first * TICK_SAMPLES - request.left_samples
+        window = request.audio[start - origin:end - origin]
         latents = self.binding.latents[list(request.cycle_indices)]
-        return list(engine.faces(window, request.seg_pos, frames, latents))
+        return list(engine.faces(window, first, frames, latents, final))

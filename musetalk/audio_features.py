@@ -42,7 +42,7 @@ PAD_LEFT = PAD_RIGHT = 2  # audio_padding_length_left / _right of the official c
 STEPS_PER_CHUNK = 2 * (PAD_LEFT + PAD_RIGHT + 1)  # 10
 TOKENS_PER_CHUNK = STEPS_PER_CHUNK * N_STATES  # 50
 
-# (window samples, encoder position of its first step) -> (samples // 320, 5, 384): every whole 20 ms step.
+# (window samples, utterance step of its first sample) -> (samples // 320, 5, 384): every whole 20 ms step.
 StepFunction = Callable[[np.ndarray, int], np.ndarray]
 
 
@@ -137,28 +137,63 @@ def window_mel(audio: np.ndarray, version: Version, offset_steps: int) -> torch.
     audio = _as_audio(audio)
     if offset_steps < 0 or offset_steps * SAMPLES_PER_STEP + len(audio) > SEGMENT_SAMPLES:
         raise ValueError(f"a window of {len(audio)} samples at step {offset_steps} does not fit in 30 s")
-    start = offset_steps * SAMPLES_PER_STEP
     if version == "v15":
         placed = np.zeros(SEGMENT_SAMPLES, np.float32)
+        start = offset_steps * SAMPLES_PER_STEP
         placed[start:start + len(audio)] = audio
         return normalise_log_mel(log_mel(placed))[None]
+    mel = normalise_log_mel(log_mel(audio)) if len(audio) >= SAMPLES_PER_STEP else torch.zeros(N_MELS, 0)
+    return _placed_mel(mel, offset_steps)
+
+
+def _placed_mel(mel: torch.Tensor, offset_steps: int) -> torch.Tensor:
     out = torch.zeros(1, N_MELS, SEGMENT_MEL_FRAMES)
-    if len(audio) >= SAMPLES_PER_STEP:
-        mel = normalise_log_mel(log_mel(audio))
-        out[0, :, 2 * offset_steps:2 * offset_steps + mel.shape[1]] = mel
+    out[0, :, 2 * offset_steps:2 * offset_steps + mel.shape[1]] = mel
     return out
 
 
-def encode_window(audio: np.ndarray, encoder: WhisperEncoder, version: Version, offset_steps: int = 0,
+def window_mels(audio: np.ndarray, version: Version, first_step: int) -> tuple[torch.Tensor, list[int]]:
+    """Encoder inputs (P, 80, 3000) for a window whose first sample is utterance step ``first_step``, placed where
+    the official segmenting puts its steps: step s at encoder position ``s % 1500`` of 30 s segment ``s // 1500``.
+
+    A window within one segment is one input (``window_mel``). One that straddles a segment boundary is cut
+    there into two inputs, the part before it ending at position 1500 and the part after it starting at 0, as the
+    two official segments hold them; v1 cuts the window's log-mel (one normalisation, as its whole-input log-mel is
+    cut into segments), v15 the waveform (each 30 s segment is its own log-mel). Also returns each input's
+    number of whole steps. Windows are at most 30 s long, so they straddle at most one boundary.
+    """
+    check_version(version)
+    audio = _as_audio(audio)
+    if first_step < 0 or len(audio) > SEGMENT_SAMPLES:
+        raise ValueError(f"a window of {len(audio)} samples at step {first_step} is not a window of at most 30 s")
+    offset = first_step % SEGMENT_STEPS
+    head_steps = SEGMENT_STEPS - offset  # steps before the next segment boundary
+    if len(audio) < (head_steps + 1) * SAMPLES_PER_STEP:
+        # within one segment (samples past a boundary that make no whole step make no feature either)
+        audio = audio[:head_steps * SAMPLES_PER_STEP]
+        return window_mel(audio, version, offset), [len(audio) // SAMPLES_PER_STEP]
+    cut = head_steps * SAMPLES_PER_STEP
+    if version == "v15":
+        mels = [window_mel(audio[:cut], version, offset), window_mel(audio[cut:], version, 0)]
+    else:
+        mel = normalise_log_mel(log_mel(audio))
+        mels = [_placed_mel(mel[:, :2 * head_steps], offset), _placed_mel(mel[:, 2 * head_steps:], 0)]
+    return torch.cat(mels), [head_steps, (len(audio) - cut) // SAMPLES_PER_STEP]
+
+
+def encode_window(audio: np.ndarray, encoder: WhisperEncoder, version: Version, first_step: int = 0,
                   encoder_lock: AbstractContextManager[object] | None = None) -> np.ndarray:
-    """(n,) samples, n <= 30 s -> (n // 320, 5, D) float32 from one encoder input (see ``window_mel``).
+    """(n,) samples, n <= 30 s, starting at utterance step ``first_step`` -> (n // 320, 5, D) float32, encoded at
+    the positions of the official segmenting (see ``window_mels``).
 
     ``encoder_lock`` (a lock shared with other users of the model) is held around the encoder pass only: the
     log-mel of a 30 s input is CPU work that other sessions' model calls need not wait for."""
-    mel = window_mel(audio, version, offset_steps)
+    mels, steps = window_mels(audio, version, first_step)
+    positions = [first_step % SEGMENT_STEPS] + [0] * (len(steps) - 1)
     with encoder_lock or nullcontext():
-        states = encoder_states(encoder, mel, layer_norm_last=version == "v15")
-        return states[0, offset_steps:offset_steps + len(audio) // SAMPLES_PER_STEP].float().cpu().numpy()
+        states = encoder_states(encoder, mels, layer_norm_last=version == "v15")
+        return np.concatenate([states[i, p:p + n].float().cpu().numpy()
+                               for i, (p, n) in enumerate(zip(positions, steps))])
 
 
 def whisper_steps(audio: np.ndarray, encoder: WhisperEncoder, version: Version) -> np.ndarray:
@@ -237,13 +272,15 @@ class StreamingFeatures:
 
     Windowed procedure (what this computes, exactly): for video frames f0 .. f0+B-1, let [s_lo, s_hi) be the
     utterance steps their chunks read (``frame_step_indices``). The window is the audio of steps
-    [w0, w1) = [max(0, s_lo - left), s_hi + right), clipped to the utterance's end. It is encoded as one input of
-    its own (``encode_window``) placed at encoder position ``w0 % 1500`` -- where a whole-utterance pass has those
-    steps -- or, when it would run past position 1500, at ``1500 - (w1 - w0)``; ``align_positions=False`` places
-    it at 0 instead (as rolling-buffer streamers do). The chunks are sliced from its outputs with the official
-    padding / clamping at the utterance's start and end, identically to the offline ``frame_chunks``. The features
-    still differ from one whole-utterance pass: the encoder attends over its whole input and the mel max is taken
-    per input. Aligning positions matters: the embedding state carries the positional embedding directly.
+    [w0, w1) = [max(0, s_lo - left), s_hi + right), clipped to the utterance's end. It is encoded on its own
+    (``encode_window``) at the encoder positions a whole-utterance pass gives those steps: step s at position
+    ``s % 1500`` of 30 s segment ``s // 1500``, a window that straddles a segment boundary cut there into two
+    inputs, as the official segmenting cuts the utterance; ``align_positions=False`` places it at 0 instead (as
+    rolling-buffer streamers do). The chunks are sliced from its outputs with the official padding / clamping at
+    the utterance's start and end (zero steps / replicated edge from step T on once the end is known), identically
+    to the offline ``frame_chunks``. The features still differ from one whole-utterance pass: the encoder attends
+    over its whole input and the mel max is taken per input. Aligning positions matters: the embedding state
+    carries the positional embedding directly.
 
     At 25 fps the batch reads 4 steps (80 ms) beyond its own 2B audio frames, so the audio needed beyond the
     batch is ``lookahead_ms`` = 80 ms + right context.
@@ -252,8 +289,8 @@ class StreamingFeatures:
     def __init__(self, encoder: WhisperEncoder, version: Version, batch_frames: int = 8,
                  left_context_s: float = 0.5, right_context_s: float = 0.2, fps: int = VIDEO_FPS,
                  align_positions: bool = True, encoder_lock: AbstractContextManager[object] | None = None) -> None:
-        def step_features(window_audio: np.ndarray, offset_steps: int) -> np.ndarray:
-            return encode_window(window_audio, encoder, version, offset_steps, encoder_lock)
+        def step_features(window_audio: np.ndarray, first_step: int) -> np.ndarray:
+            return encode_window(window_audio, encoder, version, first_step, encoder_lock)
 
         self._init(step_features, encoder.config.d_model, version, batch_frames, left_context_s, right_context_s,
                    fps, align_positions)
@@ -341,8 +378,6 @@ class StreamingFeatures:
             n_steps = num_steps(n_samples, self.version)
         if count == 0:
             return np.zeros((0, TOKENS_PER_CHUNK, self._feature_dim), np.float32)
-        w0, w1 = self._window_steps(first_frame)
-        offset = min(w0 % SEGMENT_STEPS, SEGMENT_STEPS - (w1 - w0)) if self.align_positions else 0
-        steps = self._step_features(window_audio, offset)
+        steps = self._step_features(window_audio, start // SAMPLES_PER_STEP if self.align_positions else 0)
         indices = frame_step_indices(np.arange(first_frame, first_frame + count), self.version, self.fps)
         return gather_chunks(steps, indices, start // SAMPLES_PER_STEP, n_steps, self.version)

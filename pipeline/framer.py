@@ -2,7 +2,9 @@
 
 A tick is scheduled when both of its audio frames exist. Ticks of one contiguous stretch of audio get
 consecutive numbers; audio that arrives after its slot has passed starts a new stretch `lead` ticks in the
-future, so the output never waits and never builds up delay.
+future, so the output never waits and never builds up delay. An utterance (what a lip-sync model treats as one
+clip, with its own start and end) is the audio of a stretch up to a flush: the flush marks its last tick, and the
+audio that follows, even on time in the same stretch, begins the next one.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class AudioFramer:
         self._half: AudioFrame | None = None  # first frame of a tick waiting for its second
         self._next_tick = 0
         self._seg_pos = 0
+        self._utterance_pos = 0
         self._last_scheduled: TickAudio | None = None  # still owned by later stages, which read it after us
 
     def reset(self) -> None:
@@ -43,6 +46,7 @@ class AudioFramer:
         self._pending_events = []
         self._half = None
         self._next_tick = 0
+        self._utterance_pos = 0
         self._last_scheduled = None
 
     @property
@@ -67,23 +71,29 @@ class AudioFramer:
     def flush(self, turn: int, events: list[Event] | None = None) -> list[TickAudio]:
         """End of a stream (e.g. a sentence): pad the partial frame/tick with silence so nothing is held back.
 
-        `events` ride on the last frame (e.g. sentence end), so they fire when the last audio is played.
+        `events` ride on the last frame (e.g. sentence end), so they fire when the last audio is played. The last
+        tick is marked `last` (its utterance ends there) and says how many of its samples are audio, not padding.
         """
+        tail = self.buffered_samples
         padded = np.concatenate([self._partial, np.zeros(-len(self._partial) % FRAME_SAMPLES, np.float32)])
         self._partial = np.zeros(0, dtype=np.float32)
         ticks = self._add_frames(padded, turn)
         if self._half is not None:
             ticks += self._add_frames(np.zeros(FRAME_SAMPLES, np.float32), turn)
+        if ticks:
+            ticks[-1].samples = tail
         carrier = ticks[-1] if ticks else self._last_scheduled
         if events or self._pending_events:
             if carrier is None or carrier.turn != turn or carrier.tick <= self._current_tick():
                 # the last tick is already played (or of another turn): one silent tick carries the events
                 ticks += self._add_frames(np.zeros(2 * FRAME_SAMPLES, np.float32), turn)
                 carrier = ticks[-1]
+                carrier.samples = 0
             carrier.frames[1].events.extend(self._pending_events + (events or []))
             self._pending_events = []
         if carrier is not None:
             carrier.last = True
+        self._utterance_pos = 0
         return ticks
 
     def _add_frames(self, data: np.ndarray, turn: int) -> list[TickAudio]:
@@ -101,9 +111,11 @@ class AudioFramer:
         now = self._current_tick()
         if self._next_tick <= now:  # first audio, or its slot has passed: a new stretch starts `lead` ahead
             self._next_tick = now + self._lead()
-            self._seg_pos = 0
-        tick = TickAudio(tick=self._next_tick, turn=turn, frames=(first, frame), seg_pos=self._seg_pos)
+            self._seg_pos = self._utterance_pos = 0
+        tick = TickAudio(tick=self._next_tick, turn=turn, frames=(first, frame), seg_pos=self._seg_pos,
+                         utterance_pos=self._utterance_pos)
         self._next_tick += 1
         self._seg_pos += 1
+        self._utterance_pos += 1
         self._last_scheduled = tick
         return tick

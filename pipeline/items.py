@@ -45,7 +45,9 @@ class TickAudio:
     turn: int
     frames: tuple[AudioFrame, AudioFrame]
     seg_pos: int = 0  # position of this tick in its contiguous stretch of audio (0 = stretch start)
-    last: bool = False  # the stream was flushed after this tick: no audio follows it in this stretch
+    utterance_pos: int = 0  # position in its utterance: the audio since the stretch began or the last flush
+    last: bool = False  # the stream was flushed after this tick: its utterance ends here
+    samples: int = TICK_SAMPLES  # how much of the tick is utterance audio (less only for the flush-padded last tick)
 
     @property
     def pcm(self) -> np.ndarray:

@@ -3,6 +3,9 @@
 It takes ticks from a small thread-safe queue, waits for a full batch (plus the engine's right context)
 only as long as the batch's deadline allows, skips the model for silent batches, and hands composited
 frames to the output through a bounded queue (back-pressure: it never runs more than a few batches ahead).
+A speaking tick is never rendered before the engine's right context after it has arrived, unless its utterance
+ends first (flush, or its stretch breaks off): the deadline shrinks a batch to the ticks whose context is there,
+it does not fill missing audio with zeros.
 """
 from __future__ import annotations
 
@@ -76,8 +79,12 @@ class TickQueue:
 class InferenceWorker:
     def __init__(self, engine: Engine, renderer: Renderer, compositor: Compositor, cycle_index: Callable[[int], int],
                  tick_time: Callable[[int], float], now: Callable[[], float], current_turn: Callable[[], int], stats: SessionStats,
-                 queue_capacity: int, out_capacity: int, name: str = "inference") -> None:
+                 queue_capacity: int, out_capacity: int, name: str = "inference",
+                 own_frame: Callable[[int], np.ndarray] | None = None) -> None:
         self.engine = engine
+        # The avatar frame (original index) shown for a tick the engine makes no face for (past its utterance's
+        # last frame); without it such ticks get no video and the output repeats the last frame.
+        self.own_frame = own_frame
         self.renderer = renderer
         self.compositor = compositor
         self.cycle_index = cycle_index
@@ -119,27 +126,37 @@ class InferenceWorker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            batch, right = self._next_batch()
+            batch, right, ends = self._next_batch()
             if not batch:
                 continue
             try:
-                self._render(batch, right)
+                self._render(batch, right, ends)
             except Exception:  # a failed batch must not kill the session: its ticks fall back to idle frames
                 log.exception("render failed for ticks %d..%d", batch[0].tick, batch[-1].tick)
                 self.stats.render_errors += 1
 
-    def _contiguous(self, limit: int) -> int:
-        """Number of queued ticks (from the head, at most `limit`) that are consecutive and of the current turn."""
+    def _utterance_run(self, limit: int) -> tuple[int, bool]:
+        """How many queued ticks from the head (at most `limit`) are consecutive, of the current turn and of the
+        head's utterance, and whether that utterance is known to end with the last of them (flushed there, or
+        its stretch breaks off: the next queued tick is not the next tick)."""
         n, prev = 0, None
         while n < limit and (item := self.inbox.peek(n)) is not None:
-            if item.turn != self.current_turn() or (prev is not None and item.tick != prev.tick + 1):
-                break
+            if prev is not None and (item.tick != prev.tick + 1 or item.utterance_pos == 0
+                                     or item.turn != prev.turn):
+                return n, True
             prev, n = item, n + 1
-        return n
+            if item.last:
+                return n, True
+        return n, False
 
-    def _next_batch(self) -> tuple[list[TickAudio], list[TickAudio]]:
-        q, size = self.inbox, self.engine.batch_size
-        need = size + self.engine.right_context_ticks
+    def _next_batch(self) -> tuple[list[TickAudio], list[TickAudio], bool]:
+        """The next batch, the right context after it, and whether its utterance ends within the two.
+
+        A batch is taken once it is full and its right context has arrived, or at once when its utterance ends
+        within the queued ticks (nothing more can join it). At the deadline it is cut to the ticks whose right
+        context is there; silent ticks need none (the model is skipped for them). A speaking head tick still
+        waiting for its context when its time has come could not be shown any more: it is dropped."""
+        q, size, context = self.inbox, self.engine.batch_size, self.engine.right_context_ticks
         with q.cond:
             while not self._stop.is_set():
                 head = q.peek()
@@ -150,19 +167,30 @@ class InferenceWorker:
                     q.popleft()
                     self.stats.dropped_stale += 1
                     continue
-                ready = self._contiguous(need)  # fewer than `need`: the stretch breaks or the queue ends there
+                run, ended = self._utterance_run(size + context)
+                covered = run if ended else max(0, run - context)  # ticks whose right context has arrived
                 wait = self.tick_time(head.tick) - self._budget - self.now()
-                # Render now if the batch is complete, its deadline is near, or nothing more can join it.
-                if ready >= need or wait <= 0 or ready < len(q) or q.peek(ready - 1).last:
-                    take = min(size, ready)
-                    batch = [q.popleft() for _ in range(take)]
-                    right = [q.peek(i) for i in range(min(self.engine.right_context_ticks, ready - take))]
+                if covered and (covered >= size or ended or wait <= 0):
+                    take = min(size, covered)
+                elif wait <= 0 and head.silent:
+                    take = 1
+                    while take < min(size, run) and q.peek(take).silent:
+                        take += 1
+                elif self.now() > self.tick_time(head.tick):
+                    self._remember([q.popleft()])  # still the left context of the ticks after it
+                    self.stats.dropped_frames += 1
                     q.cond.notify_all()
-                    return batch, right
-                q.cond.wait(min(wait, 0.02))
-        return [], []
+                    continue
+                else:
+                    q.cond.wait(min(wait, 0.02) if wait > 0 else 0.005)  # past the deadline: its context may come
+                    continue
+                batch = [q.popleft() for _ in range(take)]
+                right = [q.peek(i) for i in range(min(context, run - take))]
+                q.cond.notify_all()
+                return batch, right, ended and take + len(right) == run
+        return [], [], False
 
-    def _render(self, batch: list[TickAudio], right: list[TickAudio]) -> None:
+    def _render(self, batch: list[TickAudio], right: list[TickAudio], ends: bool) -> None:
         turn = batch[0].turn
         indices = [self.cycle_index(t.tick) for t in batch]
         if all(t.silent for t in batch):
@@ -170,9 +198,11 @@ class InferenceWorker:
             self._remember(batch)
             return  # silence skips the model: the output plays the avatar's own frames for these ticks
         started = time.perf_counter()
-        request = self._request(batch, right, indices)
+        request = self._request(batch, right, indices, ends)
         faces = self.renderer.render(request)
         frames = [self.compositor.compose(i, f) for i, f in zip(indices, faces)]
+        if self.own_frame is not None:  # past the engine's last frame of the utterance: the avatar's own frame
+            frames += [self.own_frame(i) for i in indices[len(frames):]]
         elapsed = time.perf_counter() - started
         self._budget = 0.8 * self._budget + 0.2 * elapsed * 1.5
         self.stats.record_batch(len(batch), elapsed)
@@ -183,20 +213,24 @@ class InferenceWorker:
     def _remember(self, batch: list[TickAudio]) -> None:
         self._history.extend(batch[-self._history.maxlen:])
 
-    def _request(self, batch: list[TickAudio], right: list[TickAudio], indices: list[int]) -> RenderRequest:
+    def _request(self, batch: list[TickAudio], right: list[TickAudio], indices: list[int],
+                 ends: bool) -> RenderRequest:
         left_ticks = self.engine.left_context_ticks
         first = batch[0]
-        # Left context only from the same contiguous stretch of audio (its earlier ticks, still remembered).
-        wanted = range(first.tick - min(left_ticks, first.seg_pos), first.tick)
+        # Left context only from the same utterance (its earlier ticks, still remembered).
+        wanted = range(first.tick - min(left_ticks, first.utterance_pos), first.tick)
         left = [t for t in self._history if t.tick in wanted and t.turn == first.turn]
         if len(left) != len(wanted):
             left = []
         parts = [np.zeros((left_ticks - len(left)) * TICK_SAMPLES, np.float32)]
         parts += [t.pcm for t in left] + [t.pcm for t in batch] + [t.pcm for t in right]
         parts.append(np.zeros((self.engine.right_context_ticks - len(right)) * TICK_SAMPLES, np.float32))
+        last = (right or batch)[-1]  # the utterance's last tick when it ends here
         return RenderRequest(ticks=[t.tick for t in batch], cycle_indices=indices, audio=np.concatenate(parts),
                              left_samples=left_ticks * TICK_SAMPLES,
-                             right_samples=self.engine.right_context_ticks * TICK_SAMPLES, seg_pos=batch[0].seg_pos)
+                             right_samples=self.engine.right_context_ticks * TICK_SAMPLES, seg_pos=first.seg_pos,
+                             utterance_pos=first.utterance_pos,
+                             utterance_samples=last.utterance_pos * TICK_SAMPLES + last.samples if ends else None)
 
     def _deliver(self, result: VideoResult) -> None:
         def current() -> bool:
