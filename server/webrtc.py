@@ -46,13 +46,12 @@ _MEDIA_LINE = re.compile(r"^m=(audio|video) (\d+) (\S+)", re.MULTILINE)
 def check_offer(sdp: str) -> None:
     """ValueError naming what is missing from an offer that could never connect (so it takes no session slot).
 
-    A browser's offer has a DTLS fingerprint, ICE credentials, candidates (this server does not take trickled
-    candidates: the offer must be sent once gathering is complete) and an RTP audio or video section."""
+    Every offer needs a DTLS fingerprint, ICE credentials and an RTP audio or video section. Candidates it may
+    lack: the client then reaches our candidates itself and is learnt as a peer-reflexive one (a browser with
+    no usable interface of its own does that); an offer that never connects is ended by the connect timeout."""
     missing = [what for what, needle in (("a DTLS fingerprint (a=fingerprint)", "a=fingerprint:"),
                                          ("an ICE user fragment (a=ice-ufrag)", "a=ice-ufrag:"),
-                                         ("an ICE password (a=ice-pwd)", "a=ice-pwd:"),
-                                         ("ICE candidates (a=candidate; send the offer after ICE gathering "
-                                          "completes)", "a=candidate:"))
+                                         ("an ICE password (a=ice-pwd)", "a=ice-pwd:"))
                if needle not in sdp]
     media = [m for m in _MEDIA_LINE.finditer(sdp) if m.group(2) != "0" and "RTP" in m.group(3)]
     if not media:

@@ -73,8 +73,8 @@ class Server:
 @asynccontextmanager
 async def running_server(config: ServerConfig, services: Services) -> AsyncIterator[Server]:
     app = create_app(config, services)
-    server = TestServer(app, host="127.0.0.1", port=0, **runner_options(config))
-    await server.start_server()
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server(**runner_options(config))
     try:
         async with aiohttp.ClientSession() as http:
             running = Server(f"http://127.0.0.1:{server.port}", app, http)

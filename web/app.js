@@ -19,17 +19,49 @@ class ApiError extends Error {
   }
 }
 
+// The access token of a server started with --auth_token: taken from the page's ?token=, or asked for once
+// when the server answers 401, and kept in localStorage for the next visits.
+const TOKEN_KEY = "avatar-server-token";
+const auth = {
+  get token() {
+    return localStorage.getItem(TOKEN_KEY);
+  },
+  set token(value) {
+    if (value) localStorage.setItem(TOKEN_KEY, value);
+    else localStorage.removeItem(TOKEN_KEY);
+  },
+  // A URL for the routes the browser opens itself (EventSource, downloads), which cannot send a header.
+  url(path) {
+    const token = this.token;
+    if (!token) return path;
+    return `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
+  },
+  // After a 401: ask the user (true if a new token was given).
+  ask(wrong) {
+    const answer = window.prompt(wrong ? "That token was not accepted. Access token:" :
+                                         "This server needs an access token:");
+    if (!answer || !answer.trim()) return false;
+    this.token = answer.trim();
+    return true;
+  },
+};
+{
+  const fromPage = new URLSearchParams(location.search).get("token");
+  if (fromPage) auth.token = fromPage;
+}
+
 // POST to the API; resolves with the JSON body, rejects with a readable ApiError
-// (network failure, HTTP error status or a non-zero `code`).
+// (network failure, HTTP error status or a non-zero `code`). A 401 asks for the token and tries again.
 async function api(path, body) {
   const isForm = body instanceof FormData;
   let resp;
   try {
-    resp = await fetch(path, {
-      method: "POST",
-      headers: isForm ? undefined : { "Content-Type": "application/json" },
-      body: isForm ? body : JSON.stringify(body),
-    });
+    for (;;) {
+      const headers = isForm ? {} : { "Content-Type": "application/json" };
+      if (auth.token) headers.Authorization = `Bearer ${auth.token}`;
+      resp = await fetch(path, { method: "POST", headers, body: isForm ? body : JSON.stringify(body) });
+      if (resp.status !== 401 || !auth.ask(Boolean(auth.token))) break;
+    }
   } catch (e) {
     throw new ApiError(path, `network error (${e.message}). Is the server running?`, 0);
   }
@@ -338,7 +370,7 @@ class AvatarClient {
 
   // -- server-sent events: subtitles, errors, what the microphone heard -----------------------------------
   openEvents() {
-    const source = new EventSource(`/sse?sessionid=${encodeURIComponent(this.sessionId)}`);
+    const source = new EventSource(auth.url(`/sse?sessionid=${encodeURIComponent(this.sessionId)}`));
     this.events = source;
     source.onmessage = (ev) => {
       let data;
@@ -446,7 +478,7 @@ class AvatarClient {
     const type = this.recording ? "end_record" : "start_record";
     await api("/record", { sessionid, type });
     this.recording = !this.recording;
-    return this.recording ? null : `/record/${encodeURIComponent(sessionid)}`;
+    return this.recording ? null : auth.url(`/record/${encodeURIComponent(sessionid)}`);
   }
 
   // -- stats ---------------------------------------------------------------------------------------------

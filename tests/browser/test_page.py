@@ -53,7 +53,7 @@ def get_json(url: str) -> dict:
 
 
 @contextlib.contextmanager
-def running_server(tmp_path: Path, timeout: float = 45.0) -> Iterator[str]:
+def running_server(tmp_path: Path, *extra: str, timeout: float = 45.0) -> Iterator[str]:
     """app.py (lite engine, one session at most, an LLM URL where nothing listens) in a subprocess on a free
     loopback port; yields its base URL once /healthz answers."""
     port, no_llm_port = free_port(), free_port()
@@ -61,7 +61,7 @@ def running_server(tmp_path: Path, timeout: float = 45.0) -> Iterator[str]:
     cmd = [sys.executable, "app.py", "--listenport", str(port), "--host", "127.0.0.1", "--ice_host", "127.0.0.1",
            "--engine", "lite", "--max_session", "1", "--avatars_dir", str(ROOT / "avatars"),
            "--records_dir", str(tmp_path / "records"),
-           "--llm_base_url", f"http://127.0.0.1:{no_llm_port}/v1"]
+           "--llm_base_url", f"http://127.0.0.1:{no_llm_port}/v1", *extra]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -243,4 +243,39 @@ def test_page_connects_plays_and_the_avatar_speaks(tmp_path: Path, chromium: Pat
     print(f"fps {fps:.1f}, audio {audio_rate:.0f} samples/s, reply {s['replyMs']:.0f} ms, "
           f"silent {interrupt_s:.2f} s after Interrupt, "
           f"mouth change {max_mouth_change:.0f} (elsewhere {max_above_change:.0f}), screenshot {shot}")
+    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_page_asks_for_the_token_once_and_keeps_it(tmp_path: Path, chromium: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    token = "browser-test-token-0123456789"
+    asked: list[str] = []
+    with running_server(tmp_path, "--auth_token", token) as base, sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = ctx.pages[0] if ctx.pages else ctx.new_page()
+
+            def answer(dialog) -> None:  # noqa: ANN001
+                asked.append(dialog.message)
+                dialog.accept(token)
+
+            page.on("dialog", answer)
+            for visit in range(2):  # the second visit uses the kept token: no question
+                page.goto(f"{base}/")
+                page.wait_for_function("window.avatarClient !== undefined")
+                page.click("#connect")
+                wait_until(page, lambda s: s["connectionState"] == "connected" and s["video"]
+                           and s["video"]["framesDecoded"] > 5, 15, "video to play")
+                page.fill("#text", SENTENCE)
+                page.click("#send")
+                wait_until(page, lambda s: s["subtitle"] == SENTENCE, 15, "the subtitle (via /sse with the token)")
+                page.click("#disconnect")
+            assert len(asked) == 1 and "token" in asked[0], asked
+            assert page.locator("#errors").inner_text() == ""
+        finally:
+            ctx.close()
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
