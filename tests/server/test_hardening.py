@@ -73,6 +73,7 @@ async def test_a_recording_stopped_before_the_first_frame_ends_at_once_with_a_cl
         assert e.value.status == 409 and "nothing was recorded" in str(e.value)
         with pytest.raises(RecordingError):
             await asyncio.wait_for(recorder.finish(), 5)  # idempotent: the same end again
+        recorder._thread.join(5)  # it resolved finish() as its last step
         assert not recorder._thread.is_alive() and not recorder.path.exists()
     assert not list(tmp_path.iterdir())  # no partial files left
     await session.close()
@@ -96,6 +97,7 @@ async def test_a_recording_whose_encoder_fails_ends_with_a_500_and_frees_everyth
     with pytest.raises(RecordingError) as e:
         await asyncio.wait_for(recorder.finish(), 5)
     assert e.value.status == 500 and "No space left" in str(e.value)
+    recorder._thread.join(5)
     assert not recorder._thread.is_alive() and recorder._queue.empty() and not list(tmp_path.iterdir())
     session.step()  # the failed recorder is no longer a sink
     assert recorder._queue.empty()
