@@ -33,13 +33,15 @@ def lead_ticks_for(right_context_ticks: int, batch_seconds: float) -> int:
 class RenderRequest:
     """B consecutive ticks to render.
 
-    `audio` holds the 16 kHz samples of [left context | 2 audio frames per tick | right context]; context
-    that does not exist (before the utterance's start, after its end) is zeros. `seg_pos` is the position of
+    `audio` holds the 16 kHz samples of [left context | 2 audio frames per tick | right context], the contexts
+    only from the same utterance: up to the engine's `left_context_ticks` before, and after it at least
+    `right_context_ticks` (unless the utterance ends first), more when more has arrived, up to
+    `max_right_context_ticks`; `left_samples` and `right_samples` say how long they are. `seg_pos` is the position of
     the first tick within its contiguous stretch of audio, `utterance_pos` within its utterance (the audio since
     the stretch began or the last end of speech: the clip a lip-sync model pads at both ends), so
     `audio[left_samples]` is utterance sample `utterance_pos * 640`. `utterance_samples` is the utterance's
     length in samples when it ends within this request's ticks or right context (None: it goes on past them);
-    the ticks' samples beyond it are padding. The right context is complete whenever the utterance goes on.
+    the ticks' samples beyond it are padding.
     """
 
     ticks: Sequence[int]
@@ -77,6 +79,12 @@ class Engine(abc.ABC):
 
     def __init__(self) -> None:
         self._bindings: dict[str, AvatarBinding] = {}
+
+    @property
+    def max_right_context_ticks(self) -> int:
+        """How many queued ticks after a batch the engine can still use: it waits for `right_context_ticks` of
+        them, and is handed up to this many when they are there already."""
+        return self.right_context_ticks
 
     def bind(self, avatar: Avatar) -> AvatarBinding:
         """Per-avatar data, computed once and shared by all sessions using this avatar."""

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from engines.base import AvatarBinding, Engine, RenderRequest, Renderer, lead_ticks_for
-from musetalk.audio_features import StreamingFeatures
+from musetalk.audio_features import SEGMENT_STEPS, StreamingFeatures
 from musetalk.avatar import Avatar, face_crops
 from musetalk.config import FACE_SIZE
 from musetalk.inference import faces_to_latents, infer_faces
@@ -43,7 +43,7 @@ class MuseTalkEngine(Engine):
     name = "musetalk"
 
     def __init__(self, models_dir: Path = Path("models"), version: str = "v15", batch_size: int | None = None,
-                 device: str | None = None, left_context_s: float = 0.5, right_context_s: float = 0.2) -> None:
+                 device: str | None = None, left_context_s: float | None = None, right_context_s: float = 0.2) -> None:
         super().__init__()
         started = time.perf_counter()
         self.version = version
@@ -54,17 +54,27 @@ class MuseTalkEngine(Engine):
         self.context = (left_context_s, right_context_s)
         self.lock = threading.Lock()
         self._features: dict[int, StreamingFeatures] = {}
-        # Context the worker must hand us, in ticks, for the largest batch (smaller ones need less).
-        probe, far = self.features(self.batch_size), 1000
-        start, end = probe.window(far)
-        self.left_context_ticks = math.ceil((far * TICK_SAMPLES - start) / TICK_SAMPLES)
-        self.right_context_ticks = math.ceil((end - (far + self.batch_size) * TICK_SAMPLES) / TICK_SAMPLES)
+        # Context in ticks for the largest batch (smaller ones need less), the worst case over the frames of a whole
+        # 30 s segment: the left context the worker must hand us, the right context it must wait for, and how far
+        # right queued audio can still be used (to the end of the segment).
+        probe, left, right, usable = self.features(self.batch_size), 0, 0, 0
+        for f in range(SEGMENT_STEPS, 2 * SEGMENT_STEPS):  # a full segment's worth of frames, past the first one
+            (start, end), batch_end = probe.window(f), (f + self.batch_size) * TICK_SAMPLES
+            left = max(left, f * TICK_SAMPLES - start)
+            right = max(right, end - batch_end)
+            usable = max(usable, probe.span_end(f) - batch_end)
+        self.left_context_ticks, self.right_context_ticks, self._usable_right_ticks = (
+            math.ceil(samples / TICK_SAMPLES) for samples in (left, right, usable))
         self.batch_seconds = self._warm_up()
         self.lead_ticks = lead_ticks_for(self.right_context_ticks, 1.5 * self.batch_seconds)
         log.info("musetalk %s on %s (%s): batch %d, context %d/%d ticks, %.0f ms per batch, lead %d ticks; "
                  "loaded in %.1f s", version, self.models.device, self.models.dtype, self.batch_size,
                  self.left_context_ticks, self.right_context_ticks, 1000 * self.batch_seconds, self.lead_ticks,
                  time.perf_counter() - started)
+
+    @property
+    def max_right_context_ticks(self) -> int:
+        return self._usable_right_ticks
 
     def features(self, frames: int) -> StreamingFeatures:
         if frames not in self._features:
@@ -123,12 +133,13 @@ class MuseTalkRenderer(Renderer):
 
     def render(self, request: RenderRequest) -> list[np.ndarray]:
         engine, frames, first = self.binding.engine, len(request.ticks), request.utterance_pos
-        start, end = engine.features(frames).window(first)
-        final = request.utterance_samples is not None and request.utterance_samples <= end
-        if final:
-            end = request.utterance_samples  # the padding after the utterance is no audio of it
-        # request.audio[0] is utterance sample utterance_pos * 640 - left_samples (zeros before the utterance)
+        start = engine.features(frames).window(first)[0]
+        # request.audio[0] is utterance sample utterance_pos * 640 - left_samples; all of it is utterance audio
+        # except the padding past utterance_samples.
         origin = first * TICK_SAMPLES - request.left_samples
-        window = request.audio[start - origin:end - origin]
+        end = origin + len(request.audio)
+        final = request.utterance_samples is not None
+        if final:
+            end = request.utterance_samples
         latents = self.binding.latents[list(request.cycle_indices)]
-        return list(engine.faces(window, first, frames, latents, final))
+        return list(engine.faces(request.audio[start - origin:end - origin], first, frames, latents, final))

@@ -152,48 +152,48 @@ def _placed_mel(mel: torch.Tensor, offset_steps: int) -> torch.Tensor:
     return out
 
 
-def window_mels(audio: np.ndarray, version: Version, first_step: int) -> tuple[torch.Tensor, list[int]]:
-    """Encoder inputs (P, 80, 3000) for a window whose first sample is utterance step ``first_step``, placed where
-    the official segmenting puts its steps: step s at encoder position ``s % 1500`` of 30 s segment ``s // 1500``.
+def window_mels(audio: np.ndarray, version: Version, first_step: int) -> tuple[torch.Tensor, list[int], list[int]]:
+    """Encoder inputs (P, 80, 3000) for audio whose first sample is utterance step ``first_step``, placed where the
+    official segmenting puts its steps: step s at encoder position ``s % 1500`` of 30 s segment ``s // 1500``.
 
-    A window within one segment is one input (``window_mel``). One that straddles a segment boundary is cut
-    there into two inputs, the part before it ending at position 1500 and the part after it starting at 0, as the
-    two official segments hold them; v1 cuts the window's log-mel (one normalisation, as its whole-input log-mel is
-    cut into segments), v15 the waveform (each 30 s segment is its own log-mel). Also returns each input's
-    number of whole steps. Windows are at most 30 s long, so they straddle at most one boundary.
+    The audio is cut at every segment boundary it straddles, each part one input, as the official segments hold
+    them; v1 cuts the log-mel of the whole audio (one normalisation, as its whole-input log-mel is cut into
+    segments), v15 the waveform (each 30 s segment is its own log-mel). Also returns each input's first encoder
+    position and number of whole steps. A partial step at the end stays in its input, as in the official segment;
+    one past a boundary makes no input.
     """
     check_version(version)
     audio = _as_audio(audio)
-    if first_step < 0 or len(audio) > SEGMENT_SAMPLES:
-        raise ValueError(f"a window of {len(audio)} samples at step {first_step} is not a window of at most 30 s")
-    offset = first_step % SEGMENT_STEPS
-    head_steps = SEGMENT_STEPS - offset  # steps before the next segment boundary
-    if len(audio) < (head_steps + 1) * SAMPLES_PER_STEP:
-        # within one segment (samples past a boundary that make no whole step make no feature either)
-        audio = audio[:head_steps * SAMPLES_PER_STEP]
-        return window_mel(audio, version, offset), [len(audio) // SAMPLES_PER_STEP]
-    cut = head_steps * SAMPLES_PER_STEP
+    if first_step < 0:
+        raise ValueError(f"first_step must be >= 0, got {first_step}")
+    total, step = len(audio) // SAMPLES_PER_STEP, 0
+    parts: list[tuple[int, int, int]] = []  # per input: first step into the audio, encoder position, whole steps
+    while step < total or not parts:
+        position = (first_step + step) % SEGMENT_STEPS
+        parts.append((step, position, min(total - step, SEGMENT_STEPS - position)))
+        step += parts[-1][2]
     if version == "v15":
-        mels = [window_mel(audio[:cut], version, offset), window_mel(audio[cut:], version, 0)]
+        mels = [window_mel(audio[start * SAMPLES_PER_STEP:(start + SEGMENT_STEPS - position) * SAMPLES_PER_STEP],
+                           version, position) for start, position, _ in parts]
     else:
-        mel = normalise_log_mel(log_mel(audio))
-        mels = [_placed_mel(mel[:, :2 * head_steps], offset), _placed_mel(mel[:, 2 * head_steps:], 0)]
-    return torch.cat(mels), [head_steps, (len(audio) - cut) // SAMPLES_PER_STEP]
+        mel = normalise_log_mel(log_mel(audio)) if len(audio) >= SAMPLES_PER_STEP else torch.zeros(N_MELS, 0)
+        mels = [_placed_mel(mel[:, 2 * start:2 * (start + SEGMENT_STEPS - position)], position)
+                for start, position, _ in parts]
+    return torch.cat(mels), [p for _, p, _ in parts], [n for _, _, n in parts]
 
 
 def encode_window(audio: np.ndarray, encoder: WhisperEncoder, version: Version, first_step: int = 0,
                   encoder_lock: AbstractContextManager[object] | None = None) -> np.ndarray:
-    """(n,) samples, n <= 30 s, starting at utterance step ``first_step`` -> (n // 320, 5, D) float32, encoded at
-    the positions of the official segmenting (see ``window_mels``).
+    """(n,) samples starting at utterance step ``first_step`` -> (n // 320, 5, D) float32, encoded at the positions
+    of the official segmenting (see ``window_mels``): one encoder input per 30 s segment the audio touches.
 
     ``encoder_lock`` (a lock shared with other users of the model) is held around the encoder pass only: the
     log-mel of a 30 s input is CPU work that other sessions' model calls need not wait for."""
-    mels, steps = window_mels(audio, version, first_step)
-    positions = [first_step % SEGMENT_STEPS] + [0] * (len(steps) - 1)
+    mels, positions, counts = window_mels(audio, version, first_step)
     with encoder_lock or nullcontext():
         states = encoder_states(encoder, mels, layer_norm_last=version == "v15")
         return np.concatenate([states[i, p:p + n].float().cpu().numpy()
-                               for i, (p, n) in enumerate(zip(positions, steps))])
+                               for i, (p, n) in enumerate(zip(positions, counts))])
 
 
 def whisper_steps(audio: np.ndarray, encoder: WhisperEncoder, version: Version) -> np.ndarray:
@@ -268,64 +268,59 @@ def frame_chunks(steps: np.ndarray, n_samples: int, version: Version, fps: int =
 
 
 class StreamingFeatures:
-    """Per-frame chunks for batches of B video frames from 20 ms audio, with bounded look-ahead.
+    """Per-frame chunks for batches of B video frames from the audio of the utterance that has arrived.
 
-    Windowed procedure (what this computes, exactly): for video frames f0 .. f0+B-1, let [s_lo, s_hi) be the
-    utterance steps their chunks read (``frame_step_indices``). The window is the audio of steps
-    [w0, w1) = [max(0, s_lo - left), s_hi + right), clipped to the utterance's end. It is encoded on its own
-    (``encode_window``) at the encoder positions a whole-utterance pass gives those steps: step s at position
-    ``s % 1500`` of 30 s segment ``s // 1500``, a window that straddles a segment boundary cut there into two
-    inputs, as the official segmenting cuts the utterance; ``align_positions=False`` places it at 0 instead (as
-    rolling-buffer streamers do). The chunks are sliced from its outputs with the official padding / clamping at
-    the utterance's start and end (zero steps / replicated edge from step T on once the end is known), identically
-    to the offline ``frame_chunks``. The features still differ from one whole-utterance pass: the encoder attends
-    over its whole input and the mel max is taken per input. Aligning positions matters: the embedding state
-    carries the positional embedding directly.
+    What this computes, exactly: for video frames f0 .. f0+B-1 let [lo, hi) be the utterance steps their chunks
+    read (``frame_step_indices``). Officially each 30 s segment of the utterance is one encoder input, so those
+    steps depend on the audio of their segments, ``lo // 1500`` to ``(hi - 1) // 1500``, and on nothing else. The
+    batch's encoder input is that audio as far as it is given: from the start of lo's segment (or
+    ``left_context_s`` before lo when that is later) to the end of what the caller hands over -- at least
+    ``right_context_s`` past step hi unless the utterance ends before -- and never past the end of (hi - 1)'s
+    segment. It is encoded by segment at the official positions (``encode_window``) and the chunks are sliced from
+    it with the official padding / clamping at the utterance's start and end (zero steps / replicated edge from
+    step T on once the end is known), identically to the offline ``frame_chunks``.
+
+    So once the audio of those segments has all been given (a TTS voice usually delivers a sentence faster than it
+    plays) the features are the official ones. Before that, the audio still to come is zeros in the encoder input
+    and the features differ from the official ones (the encoder attends over its whole 30 s input, and the mel max
+    is taken per input): by how much depends on the weights, see ``BENCHMARKS.md``.
 
     At 25 fps the batch reads 4 steps (80 ms) beyond its own 2B audio frames, so the audio needed beyond the
     batch is ``lookahead_ms`` = 80 ms + right context.
     """
 
     def __init__(self, encoder: WhisperEncoder, version: Version, batch_frames: int = 8,
-                 left_context_s: float = 0.5, right_context_s: float = 0.2, fps: int = VIDEO_FPS,
-                 align_positions: bool = True, encoder_lock: AbstractContextManager[object] | None = None) -> None:
-        def step_features(window_audio: np.ndarray, first_step: int) -> np.ndarray:
-            return encode_window(window_audio, encoder, version, first_step, encoder_lock)
+                 left_context_s: float | None = None, right_context_s: float = 0.2, fps: int = VIDEO_FPS,
+                 encoder_lock: AbstractContextManager[object] | None = None) -> None:
+        def step_features(audio: np.ndarray, first_step: int) -> np.ndarray:
+            return encode_window(audio, encoder, version, first_step, encoder_lock)
 
-        self._init(step_features, encoder.config.d_model, version, batch_frames, left_context_s, right_context_s,
-                   fps, align_positions)
+        self._init(step_features, encoder.config.d_model, version, batch_frames, left_context_s, right_context_s, fps)
 
     @classmethod
     def with_step_function(cls, step_features: StepFunction, version: Version, batch_frames: int = 8,
-                           left_context_s: float = 0.5, right_context_s: float = 0.2,
-                           fps: int = VIDEO_FPS, align_positions: bool = True,
-                           feature_dim: int = FEATURE_DIM) -> StreamingFeatures:
-        """Same windowing with another window -> step-features backend (e.g. an exported encoder)."""
+                           left_context_s: float | None = None, right_context_s: float = 0.2,
+                           fps: int = VIDEO_FPS, feature_dim: int = FEATURE_DIM) -> StreamingFeatures:
+        """Same windowing with another audio -> step-features backend (e.g. an exported encoder)."""
         self = cls.__new__(cls)
-        self._init(step_features, feature_dim, version, batch_frames, left_context_s, right_context_s, fps,
-                   align_positions)
+        self._init(step_features, feature_dim, version, batch_frames, left_context_s, right_context_s, fps)
         return self
 
     def _init(self, step_features: StepFunction, feature_dim: int, version: Version, batch_frames: int,
-              left_context_s: float, right_context_s: float, fps: int, align_positions: bool) -> None:
+              left_context_s: float | None, right_context_s: float, fps: int) -> None:
         check_version(version)
         _check_fps(fps)
         if batch_frames < 1:
             raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
-        if left_context_s < 0 or right_context_s < 0:
+        if (left_context_s is not None and left_context_s < 0) or right_context_s < 0:
             raise ValueError("context lengths must be >= 0")
         self.version = version
         self.batch_frames = batch_frames
         self.fps = fps
-        self.left_steps = round(left_context_s * STEPS_PER_SECOND)
+        self.left_steps = None if left_context_s is None else round(left_context_s * STEPS_PER_SECOND)
         self.right_steps = round(right_context_s * STEPS_PER_SECOND)
         self._step_features = step_features
         self._feature_dim = feature_dim
-        self.align_positions = align_positions
-        # Every window of a period of fps frames (the step pattern repeats every second) must fit one encoder input.
-        longest = max(hi - lo for lo, hi in map(self._needed_steps, range(fps))) + self.left_steps + self.right_steps
-        if longest > SEGMENT_STEPS:
-            raise ValueError(f"a window of {longest} steps exceeds the encoder's {SEGMENT_STEPS} (30 s)")
 
     @property
     def steps_per_second(self) -> int:
@@ -334,50 +329,51 @@ class StreamingFeatures:
     @property
     def lookahead_ms(self) -> float:
         """Audio needed beyond the end of the batch's own audio before its chunks can be made (worst case)."""
-        worst = max(self._window_steps(f0)[1] * SAMPLES_PER_STEP - (f0 + self.batch_frames) * SAMPLE_RATE / self.fps
-                    for f0 in range(self.fps))
+        worst = max(self.window(f0)[1] - (f0 + self.batch_frames) * SAMPLE_RATE / self.fps for f0 in range(self.fps))
         return 1000.0 * worst / SAMPLE_RATE
-
-    @property
-    def left_context_ms(self) -> float:
-        return 1000.0 * self.left_steps / STEPS_PER_SECOND
 
     def _needed_steps(self, first_frame: int) -> tuple[int, int]:
         indices = frame_step_indices(np.array([first_frame, first_frame + self.batch_frames - 1]), self.version,
                                      self.fps)
-        return int(indices.min()), int(indices.max()) + 1
-
-    def _window_steps(self, first_frame: int) -> tuple[int, int]:
-        lo, hi = self._needed_steps(first_frame)
-        return max(0, lo - self.left_steps), hi + self.right_steps
+        return max(0, int(indices.min())), int(indices.max()) + 1
 
     def window(self, first_frame: int) -> tuple[int, int]:
-        """Utterance sample range [start, end) whose audio ``chunks(.., first_frame)`` takes (end not clipped)."""
+        """Utterance samples [start, end) that ``chunks(.., first_frame)`` needs at least (end not clipped to the
+        utterance); more audio after `end` is used up to ``span_end``."""
         if first_frame < 0:
             raise ValueError(f"first_frame must be >= 0, got {first_frame}")
-        lo, hi = self._window_steps(first_frame)
-        return lo * SAMPLES_PER_STEP, hi * SAMPLES_PER_STEP
+        lo, hi = self._needed_steps(first_frame)
+        start = lo // SEGMENT_STEPS * SEGMENT_STEPS
+        if self.left_steps is not None:
+            start = max(start, lo - self.left_steps)
+        return start * SAMPLES_PER_STEP, (hi + self.right_steps) * SAMPLES_PER_STEP
 
-    def chunks(self, window_audio: np.ndarray, first_frame: int, final: bool = False) -> np.ndarray:
-        """Chunks (b, 50, 384) of video frames first_frame .. first_frame+b-1 from the audio of ``window()``.
+    def span_end(self, first_frame: int) -> int:
+        """The utterance sample up to which audio can still change the chunks: the end of the last segment read."""
+        hi = self._needed_steps(first_frame)[1]
+        return ((hi - 1) // SEGMENT_STEPS + 1) * SEGMENT_STEPS * SAMPLES_PER_STEP
 
-        ``final=True`` says the utterance ends within (or exactly at the end of) this window: the audio may then be
-        shorter than the window, the end padding / clamping applies and b may be less than batch_frames (0 past the
-        end). Otherwise b == batch_frames and the audio must be exactly the window.
+    def chunks(self, audio: np.ndarray, first_frame: int, final: bool = False) -> np.ndarray:
+        """Chunks (b, 50, 384) of video frames first_frame .. first_frame+b-1 from utterance audio that starts at
+        ``window(first_frame)[0]``.
+
+        The audio covers the whole window and may go on (what is past ``span_end`` is not used). ``final=True``
+        says the utterance ends where the audio does: it may then be shorter than the window, the end padding /
+        clamping applies and b may be less than batch_frames (0 past the end); otherwise b == batch_frames.
         """
-        window_audio = _as_audio(window_audio)
+        audio = _as_audio(audio)
         start, end = self.window(first_frame)
-        if len(window_audio) > end - start or (not final and len(window_audio) != end - start):
-            raise ValueError(f"frames {first_frame}.. need samples [{start}, {end}) ({end - start} samples"
-                             f"{' or fewer when final' if final else ''}), got {len(window_audio)}")
+        if len(audio) < end - start and not final:
+            raise ValueError(f"frames {first_frame}.. need samples [{start}, {end}) ({end - start} samples, "
+                             f"or fewer when the utterance ends there), got {len(audio)}")
         count = self.batch_frames
         n_steps = None
         if final:
-            n_samples = start + len(window_audio)
+            n_samples = start + len(audio)
             count = max(0, min(count, num_frames(n_samples, self.version, self.fps) - first_frame))
             n_steps = num_steps(n_samples, self.version)
         if count == 0:
             return np.zeros((0, TOKENS_PER_CHUNK, self._feature_dim), np.float32)
-        steps = self._step_features(window_audio, start // SAMPLES_PER_STEP if self.align_positions else 0)
+        steps = self._step_features(audio[:self.span_end(first_frame) - start], start // SAMPLES_PER_STEP)
         indices = frame_step_indices(np.arange(first_frame, first_frame + count), self.version, self.fps)
         return gather_chunks(steps, indices, start // SAMPLES_PER_STEP, n_steps, self.version)

@@ -63,7 +63,7 @@ class Session:
         self.worker = InferenceWorker(
             engine, engine.bind(avatar).new_renderer(), Compositor(avatar), avatar.cycle_index, self.clock.tick_time,
             self.clock.now, lambda: self._turn, self.stats, queue_capacity=self._max_ticks + 64,
-            out_capacity=2 * engine.batch_size + 4, name=f"inference-{session_id}", 
+            out_capacity=2 * engine.batch_size + 4, name=f"inference-{session_id}",
             own_frame=lambda i: avatar.frames[i])
         self.framer = AudioFramer(self.clock.current_tick, lambda: self.worker.lead_ticks, now=self.clock.now)
         self.output = Output(avatar, self.worker.outbox, self.stats, self.clock.tick_time, options.crossfade_ticks)

@@ -10,6 +10,7 @@ it does not fill missing audio with zeros.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -71,6 +72,10 @@ class TickQueue:
     # The following are called with `cond` held.
     def peek(self, i: int = 0) -> object | None:
         return self._items[i] if i < len(self._items) else None
+
+    def first(self, n: int) -> list:
+        """The first n items (fewer if there are fewer), in one pass (indexing a deque's middle is not O(1))."""
+        return list(itertools.islice(self._items, n))
 
     def popleft(self) -> object:
         return self._items.popleft()
@@ -135,60 +140,74 @@ class InferenceWorker:
                 log.exception("render failed for ticks %d..%d", batch[0].tick, batch[-1].tick)
                 self.stats.render_errors += 1
 
-    def _utterance_run(self, limit: int) -> tuple[int, bool]:
-        """How many queued ticks from the head (at most `limit`) are consecutive, of the current turn and of the
+    def _utterance_run(self, limit: int) -> tuple[list[TickAudio], bool]:
+        """The queued ticks from the head (at most `limit`) that are consecutive, of the current turn and of the
         head's utterance, and whether that utterance is known to end with the last of them (flushed there, or
         its stretch breaks off: the next queued tick is not the next tick)."""
-        n, prev = 0, None
-        while n < limit and (item := self.inbox.peek(n)) is not None:
-            if prev is not None and (item.tick != prev.tick + 1 or item.utterance_pos == 0
-                                     or item.turn != prev.turn):
-                return n, True
-            prev, n = item, n + 1
+        run: list[TickAudio] = []
+        for item in self.inbox.first(limit):
+            if run and (item.tick != run[-1].tick + 1 or item.utterance_pos == 0 or item.turn != run[-1].turn):
+                return run, True
+            run.append(item)
             if item.last:
-                return n, True
-        return n, False
+                return run, True
+        return run, False
 
     def _next_batch(self) -> tuple[list[TickAudio], list[TickAudio], bool]:
-        """The next batch, the right context after it, and whether its utterance ends within the two.
-
-        A batch is taken once it is full and its right context has arrived, or at once when its utterance ends
-        within the queued ticks (nothing more can join it). At the deadline it is cut to the ticks whose right
-        context is there; silent ticks need none (the model is skipped for them). A speaking head tick still
-        waiting for its context when its time has come could not be shown any more: it is dropped."""
-        q, size, context = self.inbox, self.engine.batch_size, self.engine.right_context_ticks
+        """The next batch, the right context after it, and whether its utterance ends within the two."""
+        q = self.inbox
         with q.cond:
             while not self._stop.is_set():
-                head = q.peek()
-                if head is None:
-                    q.cond.wait(0.05)
-                    continue
-                if head.turn != self.current_turn():
-                    q.popleft()
-                    self.stats.dropped_stale += 1
-                    continue
-                run, ended = self._utterance_run(size + context)
-                covered = run if ended else max(0, run - context)  # ticks whose right context has arrived
-                wait = self.tick_time(head.tick) - self._budget - self.now()
-                if covered and (covered >= size or ended or wait <= 0):
-                    take = min(size, covered)
-                elif wait <= 0 and head.silent:
-                    take = 1
-                    while take < min(size, run) and q.peek(take).silent:
-                        take += 1
-                elif self.now() > self.tick_time(head.tick):
-                    self._remember([q.popleft()])  # still the left context of the ticks after it
-                    self.stats.dropped_frames += 1
-                    q.cond.notify_all()
-                    continue
-                else:
+                plan = self._plan()
+                if plan is None:
+                    head = q.peek()
+                    wait = self.tick_time(head.tick) - self._budget - self.now() if head is not None else 0.05
                     q.cond.wait(min(wait, 0.02) if wait > 0 else 0.005)  # past the deadline: its context may come
                     continue
+                take, right, ends = plan
                 batch = [q.popleft() for _ in range(take)]
-                right = [q.peek(i) for i in range(min(context, run - take))]
                 q.cond.notify_all()
-                return batch, right, ended and take + len(right) == run
+                return batch, right, ends
         return [], [], False
+
+    def _plan(self) -> tuple[int, list[TickAudio], bool] | None:
+        """With the inbox's lock held: (how many ticks to take now, the right context after them, whether the
+        utterance ends within the two), or None to wait. Drops stale ticks at the head on the way.
+
+        A speaking tick needs the engine's right context after it (or its utterance's end). A full batch with its
+        context is taken once no audio still to come could change it (its utterance ends within what has arrived,
+        or as much has arrived as the engine can use), and else a batch time before its deadline: until then more
+        of a streamed utterance may arrive, which an engine that uses all it is given (MuseTalk: the rest of the
+        30 s segment) turns into the official features. A batch whose utterance ends is taken at once. At the
+        deadline a batch is cut to the ticks whose context is there; silent ticks need none (the model is skipped
+        for them). A speaking head tick still waiting for its context when its time has come could not be shown
+        any more: it is dropped."""
+        q, size, context = self.inbox, self.engine.batch_size, self.engine.right_context_ticks
+        usable = max(context, self.engine.max_right_context_ticks)
+        while (head := q.peek()) is not None:
+            if head.turn != self.current_turn():
+                q.popleft()
+                self.stats.dropped_stale += 1
+                continue
+            run, ended = self._utterance_run(size + usable)
+            covered = len(run) if ended else max(0, len(run) - context)  # ticks whose right context has arrived
+            now, due = self.now(), self.tick_time(head.tick) - self._budget
+            settled = ended or len(run) == size + usable or now >= due - self._budget
+            if covered and (ended or now >= due or (covered >= size and settled)):
+                take = min(size, covered)
+                right = run[take:take + usable]
+                return take, right, ended and take + len(right) == len(run)
+            if now >= due and head.silent:
+                take = 1
+                while take < min(size, len(run)) and run[take].silent:
+                    take += 1
+                return take, [], False
+            if now <= self.tick_time(head.tick):
+                return None
+            self._remember([q.popleft()])  # too late to be shown; still the left context of the ticks after it
+            self.stats.dropped_frames += 1
+            q.cond.notify_all()
+        return None
 
     def _render(self, batch: list[TickAudio], right: list[TickAudio], ends: bool) -> None:
         turn = batch[0].turn
@@ -215,21 +234,17 @@ class InferenceWorker:
 
     def _request(self, batch: list[TickAudio], right: list[TickAudio], indices: list[int],
                  ends: bool) -> RenderRequest:
-        left_ticks = self.engine.left_context_ticks
         first = batch[0]
-        # Left context only from the same utterance (its earlier ticks, still remembered).
-        wanted = range(first.tick - min(left_ticks, first.utterance_pos), first.tick)
-        left = [t for t in self._history if t.tick in wanted and t.turn == first.turn]
+        # Left context only from the same utterance (its earlier ticks, still remembered; zeros if one is not).
+        wanted = range(first.tick - min(self.engine.left_context_ticks, first.utterance_pos), first.tick)
+        left = [t.pcm for t in self._history if t.tick in wanted and t.turn == first.turn]
         if len(left) != len(wanted):
-            left = []
-        parts = [np.zeros((left_ticks - len(left)) * TICK_SAMPLES, np.float32)]
-        parts += [t.pcm for t in left] + [t.pcm for t in batch] + [t.pcm for t in right]
-        parts.append(np.zeros((self.engine.right_context_ticks - len(right)) * TICK_SAMPLES, np.float32))
+            left = [np.zeros(len(wanted) * TICK_SAMPLES, np.float32)]
         last = (right or batch)[-1]  # the utterance's last tick when it ends here
-        return RenderRequest(ticks=[t.tick for t in batch], cycle_indices=indices, audio=np.concatenate(parts),
-                             left_samples=left_ticks * TICK_SAMPLES,
-                             right_samples=self.engine.right_context_ticks * TICK_SAMPLES, seg_pos=first.seg_pos,
-                             utterance_pos=first.utterance_pos,
+        return RenderRequest(ticks=[t.tick for t in batch], cycle_indices=indices,
+                             audio=np.concatenate(left + [t.pcm for t in batch + right]),
+                             left_samples=len(wanted) * TICK_SAMPLES, right_samples=len(right) * TICK_SAMPLES,
+                             seg_pos=first.seg_pos, utterance_pos=first.utterance_pos,
                              utterance_samples=last.utterance_pos * TICK_SAMPLES + last.samples if ends else None)
 
     def _deliver(self, result: VideoResult) -> None:

@@ -5,10 +5,9 @@ import math
 
 import numpy as np
 import pytest
-import torch
-from transformers import WhisperFeatureExtractor
 
 from musetalk.audio_features import frame_chunks, num_frames, num_steps, whisper_steps
+from tests.audio.official import official_chunks, official_steps, token_order
 
 LENGTHS = [8000, 16000, 128000, 496000, 9280, 18560, 1280, 700]  # 0.5 s, 1 s, 8 s, 31 s, float-edge cases, tiny
 
@@ -41,38 +40,13 @@ def test_reference_counts():
     assert (num_steps(9280, "v15"), num_steps(9280, "v1")) == (28, 29)
 
 
-def _token_order(clip: np.ndarray) -> np.ndarray:
-    """(10, 5, D) -> (50, D) with token 5*t + layer, element by element."""
-    out = np.empty((clip.shape[0] * clip.shape[1], clip.shape[2]), clip.dtype)
-    for t in range(clip.shape[0]):
-        for layer in range(clip.shape[1]):
-            out[5 * t + layer] = clip[t, layer]
-    return out
-
-
-def _plain_v15_chunks(steps: np.ndarray, n: int, fps: int) -> np.ndarray:
-    """get_whisper_chunk: trim, zero-pad (zeros_like of slices of the trimmed array), slice [floor(i*m), +10)."""
-    m = 50 / fps
-    feat = steps[:math.floor(n / 16000 * 50)]
-    pad = math.ceil(m)
-    assert len(feat) >= pad * 2, "shorter utterances get less left padding upstream (documented deviation)"
-    feat = np.concatenate([np.zeros_like(feat[:pad * 2]), feat, np.zeros_like(feat[:pad * 3 * 2])])
-    chunks = []
-    for i in range(math.floor(n / 16000 * fps)):
-        a = math.floor(i * m)
-        clip = feat[a:a + 10]
-        assert clip.shape[0] == 10
-        chunks.append(_token_order(clip))
-    return np.stack(chunks) if chunks else np.zeros((0, 50, steps.shape[2]), np.float32)
-
-
 def _plain_v1_chunks(steps: np.ndarray, fps: int) -> np.ndarray:
     """feature2chunks + get_sliced_feature with clamped indices."""
     chunks = []
     for i in range(_plain_v1_chunk_count(len(steps), fps)):
         center = int(i * 50 / fps)
         clip = [steps[min(len(steps) - 1, max(0, idx))] for idx in range(center - 4, center + 6)]
-        chunks.append(_token_order(np.stack(clip)))
+        chunks.append(token_order(np.stack(clip)))
     return np.stack(chunks)
 
 
@@ -86,7 +60,7 @@ def _step_features(n_steps: int, dim: int = 8) -> np.ndarray:
 def test_v15_chunks_equal_get_whisper_chunk(n, fps):
     steps = _step_features(num_steps(n, "v15"))
     got = frame_chunks(steps, n, "v15", fps)
-    np.testing.assert_array_equal(got, _plain_v15_chunks(steps, n, fps))
+    np.testing.assert_array_equal(got, official_chunks(steps, n, fps))
 
 
 @pytest.mark.parametrize("n", [16000, 8000 + 320 * 3 + 17, 128000, 9280, 320])
@@ -125,13 +99,34 @@ def test_chunk_errors():
 def test_whisper_steps_v15_equals_the_official_pipeline(micro_encoder, speech_like):
     """31 s: two segments, HF extractor per 30 s segment, HF hidden_states stacked on dim 2, concatenated, trimmed."""
     audio = speech_like(31 * 16000 + 5)
-    extractor = WhisperFeatureExtractor(feature_size=80)
-    parts = []
-    with torch.no_grad():
-        for s in range(0, len(audio), 480000):
-            feat = extractor(audio[s:s + 480000], sampling_rate=16000, return_tensors="pt").input_features
-            parts.append(torch.stack(micro_encoder(feat, output_hidden_states=True).hidden_states, dim=2))
-    want = torch.cat(parts, dim=1)[0, :math.floor(len(audio) / 16000 * 50)].numpy()
     got = whisper_steps(audio, micro_encoder, "v15")
     assert got.shape == (1550, 5, 64) and got.dtype == np.float32
-    np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
+    np.testing.assert_allclose(got, official_steps(audio, micro_encoder), rtol=0, atol=2e-4)
+
+
+# Upstream (musetalk/utils/audio_processor.py at 0a89dec, reference 5.2) computes both counts in float:
+# num_frames = math.floor((librosa_length / sr) * fps), actual_length = math.floor((librosa_length / sr) * 50).
+# For these lengths the float product falls just under an integer, one below the exact count
+# (37120 / 16000 * 25 = 57.99999999999999, 18560 / 16000 * 50 = 57.99999999999999, ...).
+@pytest.mark.parametrize("n, fps, frames, steps", [(37120, 25, 57, 115), (18560, 25, 28, 57), (65600, 30, 122, 204)])
+def test_counts_follow_the_float_floor_where_it_differs_from_the_exact_one(n, fps, frames, steps):
+    assert (n * fps // 16000, n * 50 // 16000) == (frames + 1, steps + 1)  # the exact floors, for contrast
+    assert num_frames(n, "v15", fps) == frames
+    assert num_steps(n, "v15") == steps
+
+
+@pytest.mark.parametrize("n, fps", [(37120, 25), (18560, 25), (65600, 30)])
+def test_last_frames_read_zero_steps_past_the_kept_steps(n, fps):
+    """Steps from floor((n / 16000) * 50) on are zeros, even the last whole step of audio the float floor drops."""
+    steps = _step_features(n // 320)  # every whole 20 ms step of the audio, all non-zero
+    kept = {37120: 115, 18560: 57, 65600: 204}[n]
+    got = frame_chunks(steps[:kept], n, "v15", fps).reshape(-1, 10, 5, 8)
+    last = len(got) - 1
+    first_read = math.floor(last * 50 / fps) - 2 * math.ceil(50 / fps)  # step read by the last frame's slot 0
+    for k in range(10):
+        step = first_read + k
+        if step >= kept:
+            assert not got[last, k].any()
+        else:
+            np.testing.assert_array_equal(got[last, k], steps[step])
+    assert first_read + 9 >= kept  # the last frame does reach past the kept steps

@@ -1,32 +1,37 @@
-"""Streaming chunks: exact slicing vs the whole utterance, and exact windowed encoding vs an offline restatement."""
+"""Streaming chunks: exact slicing vs the whole utterance and the official restatement, windows and their encoder
+positions (30 s segments included), and the encoded features vs the official features of the audio given."""
 from __future__ import annotations
 
+import copy
 import math
 import threading
 
 import numpy as np
 import pytest
+import torch
 
 from musetalk.audio_features import (StreamingFeatures, encode_steps, encode_window, frame_chunks, mel_segments,
-                                     num_frames, num_steps, whisper_steps, window_mel)
+                                     num_frames, num_steps, window_mel)
+from tests.audio.official import official_chunks, official_step_read, official_steps, relative_l2
 
 
-def _local_steps(audio: np.ndarray, offset_steps: int = 0) -> np.ndarray:
+def _local_steps(audio: np.ndarray, first_step: int = 0) -> np.ndarray:
     """A step function where step s depends only on samples [320 s, 320 s + 320): windowing cannot change it."""
     n = len(audio) // 320
     frames = audio[:n * 320].reshape(n, 320).astype(np.float32)
     d = np.arange(384)
-    return np.stack([frames[:, d % 320] * (layer + 1) + d // 320 + 10 * layer for layer in range(5)], axis=1)
+    steps = [frames[:, d % 320] * (layer + 1) + d // 320 + 10 * layer for layer in range(5)]
+    return np.stack(steps, axis=1).astype(np.float32)
 
 
-def _stream(streamer: StreamingFeatures, audio: np.ndarray) -> np.ndarray:
-    """Feed the utterance batch by batch, each call seeing only its window; the end is known once a window reaches
-    it, and a batch with fewer than B frames (possibly none) is the last."""
+def _stream(streamer: StreamingFeatures, audio: np.ndarray, ahead: int = 0) -> np.ndarray:
+    """Feed the utterance batch by batch, each call given its window and `ahead` more samples (as far as they
+    exist); the end is known once the audio given reaches it, and a batch with fewer than B frames is the last."""
     out, f0 = [], 0
     while True:
         start, end = streamer.window(f0)
-        final = end >= len(audio)
-        batch = streamer.chunks(audio[start:min(end, len(audio))], f0, final=final)
+        given = audio[start:min(end + ahead, len(audio))]
+        batch = streamer.chunks(given, f0, final=start + len(given) == len(audio))
         out.append(batch)
         f0 += streamer.batch_frames
         if len(batch) < streamer.batch_frames:
@@ -49,111 +54,132 @@ def test_streamed_slicing_equals_whole_utterance_slicing(version, batch, n, spee
     np.testing.assert_array_equal(streamed, whole)
 
 
-@pytest.mark.parametrize("batch, left_s, right_s", [(8, 0.5, 0.2), (1, 0.0, 0.0), (5, 0.3, 0.04)])
+@pytest.mark.parametrize("n", [37120, 18560, 36800, 9280 + 17])
+@pytest.mark.parametrize("batch, ahead", [(4, 0), (8, 640 * 5), (3, 10 ** 6)])
+def test_streamed_slicing_equals_the_official_restatement(n, batch, ahead, speech_like):
+    """Frame count floor((n / 16000) * 25), steps kept floor((n / 16000) * 50), zero steps after them, whatever
+    the batches and however much audio has arrived beyond each window."""
+    audio = speech_like(n, seed=3)
+    streamer = StreamingFeatures.with_step_function(_local_steps, "v15", batch_frames=batch)
+    streamed = _stream(streamer, audio, ahead)
+    np.testing.assert_array_equal(streamed, official_chunks(_local_steps(audio), n))
+
+
+@pytest.mark.parametrize("batch, left_s, right_s", [(8, None, 0.2), (1, 0.0, 0.0), (5, 0.3, 0.04)])
 def test_window_bounds_and_lookahead(batch, left_s, right_s):
     streamer = StreamingFeatures.with_step_function(_local_steps, "v15", batch, left_s, right_s)
-    left, right = round(left_s * 50), round(right_s * 50)
-    for f0 in (0, 1, 3, 8, 40):
-        # Frames f0..f0+B-1 read steps 2 f0 - 4 .. 2 (f0+B-1) + 5; plus the encoder context on both sides.
-        assert streamer.window(f0) == (max(0, 2 * f0 - 4 - left) * 320, (2 * (f0 + batch) + 4 + right) * 320)
+    right = round(right_s * 50)
+    for f0 in (0, 1, 3, 8, 40, 745, 749, 760, 1600):
+        # Frames f0..f0+B-1 read steps 2 f0 - 4 .. 2 (f0+B-1) + 5: the window runs from the start of the 30 s
+        # segment of the first (or `left` before it) to `right` after the last; audio can help up to the end of
+        # the last one's segment.
+        lo, hi = max(0, 2 * f0 - 4), 2 * (f0 + batch - 1) + 6
+        start = lo // 1500 * 1500 if left_s is None else max(lo // 1500 * 1500, lo - round(left_s * 50))
+        assert streamer.window(f0) == (start * 320, (hi + right) * 320)
+        assert streamer.span_end(f0) == ((hi - 1) // 1500 + 1) * 1500 * 320
     assert streamer.lookahead_ms == 80 + 20 * right
-    assert streamer.left_context_ms == 20 * left
     assert streamer.steps_per_second == 50
 
 
-def test_windows_never_reach_past_the_stated_lookahead(speech_like):
-    """The step function only ever sees audio up to lookahead_ms beyond the end of the batch's own audio."""
-    audio = speech_like(3 * 16000)
+def test_the_step_function_gets_the_audio_from_the_segment_start_up_to_the_segment_end(speech_like):
+    audio = speech_like(37 * 16000)
     seen = []
 
-    def spy(window: np.ndarray, offset_steps: int) -> np.ndarray:
-        seen.append((len(window), offset_steps))
-        return _local_steps(window)
+    def spy(given: np.ndarray, first_step: int) -> np.ndarray:
+        seen.append((first_step, len(given)))
+        return _local_steps(given)
 
     streamer = StreamingFeatures.with_step_function(spy, "v15", batch_frames=4)
-    for f0 in range(0, 60, 4):
+    for f0, expected in [(0, (0, 22 * 320)), (100, (0, 222 * 320)), (744, (0, 1500 * 320)),
+                         (746, (0, 1800 * 320)), (752, (1500, 300 * 320)), (790, (1500, 300 * 320))]:
         start, end = streamer.window(f0)
-        assert end - (f0 + 4) * 640 == streamer.lookahead_ms * 16
-        streamer.chunks(audio[start:end], f0)
-    assert len(seen) == 15
-    # Each window sits at the encoder positions its steps have in a whole-utterance pass.
-    assert [o for _, o in seen] == [max(0, 2 * f0 - 4 - 25) for f0 in range(0, 60, 4)]
-
-
-def test_bad_windows_are_refused(speech_like):
-    streamer = StreamingFeatures.with_step_function(_local_steps, "v1", batch_frames=4)
-    start, end = streamer.window(10)
-    audio = speech_like(end + 1000)
+        streamer.chunks(audio[start:1800 * 320] if f0 >= 744 else audio[start:end], f0)
+        assert seen[-1] == expected, f0
     with pytest.raises(ValueError, match="need samples"):
-        streamer.chunks(audio[start:end - 320], 10)  # short, and not final
-    with pytest.raises(ValueError, match="need samples"):
-        streamer.chunks(audio[start:end + 320], 10, final=True)
+        streamer.chunks(audio[:streamer.window(8)[1] - 320], 8)  # short, and not final
     with pytest.raises(ValueError, match="first_frame"):
         streamer.window(-1)
-    with pytest.raises(ValueError, match="exceeds"):
-        StreamingFeatures.with_step_function(_local_steps, "v1", batch_frames=700, left_context_s=2.0)
+
+
+def test_utterances_too_short_for_a_frame_or_a_step():
+    v1 = StreamingFeatures.with_step_function(_local_steps, "v1", batch_frames=4)
     with pytest.raises(ValueError, match="one step"):  # as offline: v1 cannot clamp into an empty utterance
-        streamer.chunks(audio[:100], 0, final=True)
+        v1.chunks(np.zeros(100, np.float32), 0, final=True)
     v15 = StreamingFeatures.with_step_function(_local_steps, "v15", batch_frames=4)
-    assert v15.chunks(audio[:100], 0, final=True).shape == (0, 50, 384)  # under 40 ms: no frame
+    assert v15.chunks(np.zeros(100, np.float32), 0, final=True).shape == (0, 50, 384)  # under 40 ms: no frame
 
 
-def _windowed_offline(audio: np.ndarray, encoder, version: str, batch: int, left: int, right: int,
-                      aligned: bool) -> np.ndarray:
-    """The windowed procedure restated over the whole utterance at 25 fps.
-
-    Batch b covers frames f0 = b*B ..; it reads steps 2 f0 - 4 .. 2 (f0+B) + 3. Its encoder input is the utterance
-    audio of steps [2 f0 - 4 - left, 2 (f0+B) + 4 + right) clipped to the utterance, at encoder position s0 % 1500
-    (pulled back to fit in 1500) when aligned, else 0; those step features fill an
-    utterance-length array (NaN elsewhere) that the offline chunker slices for the batch's frames.
-    """
+def test_batches_equal_the_official_features_of_the_audio_given(micro_encoder, speech_like):
+    """What a batch computes, stated officially: the features of the utterance as far as it has been given (the
+    official pipeline run on that much audio), once the whole utterance is given the official features."""
+    audio = speech_like(int(2.3 * 16000), seed=7)
     n = len(audio)
-    T = num_steps(n, version)
-    chunks = []
-    for f0 in range(0, num_frames(n, version), batch):
-        s0 = max(0, 2 * f0 - 4 - left)
-        s1 = 2 * (f0 + batch) + 4 + right
-        offset = min(s0 % 1500, 1500 - (s1 - s0)) if aligned else 0
-        window_steps = encode_window(audio[s0 * 320:min(s1 * 320, n)], encoder, version, offset)
-        utterance = np.full((T,) + window_steps.shape[1:], np.nan, np.float32)
-        lo, hi = max(0, 2 * f0 - 4), min(T, 2 * (f0 + batch) + 4)
-        utterance[lo:hi] = window_steps[lo - s0:hi - s0]
-        chunks.append(frame_chunks(utterance, n, version)[f0:f0 + batch])
-    return np.concatenate(chunks)
+    streamer = StreamingFeatures(micro_encoder, "v15", batch_frames=4)
+    whole = official_chunks(official_steps(audio, micro_encoder), n)
+    streamed = _stream(streamer, audio, ahead=n)
+    assert streamed.shape == whole.shape == (57, 50, 64)
+    assert relative_l2(streamed, whole).max() < 1e-4
+    for f0 in (0, 12, 40):
+        start, end = streamer.window(f0)
+        got = streamer.chunks(audio[start:end], f0)  # only the look-ahead it waits for
+        given = official_chunks(official_steps(audio[:end], micro_encoder), end)[f0:f0 + 4]
+        assert relative_l2(got, given).max() < 1e-4, f0
 
 
-@pytest.mark.parametrize("version, batch, seconds, aligned", [("v15", 1, 0.3, True), ("v15", 4, 0.83, False),
-                                                              ("v15", 8, 1.41, True), ("v1", 3, 0.37, True),
-                                                              ("v1", 8, 1.13, False)])
-def test_streamed_encoder_equals_windowed_offline(version, batch, seconds, aligned, micro_encoder, speech_like):
-    audio = speech_like(int(seconds * 16000), seed=7)
-    left_s, right_s = 0.3, 0.1
-    streamer = StreamingFeatures(micro_encoder, version, batch_frames=batch, left_context_s=left_s,
-                                 right_context_s=right_s, align_positions=aligned)
-    streamed = _stream(streamer, audio)
-    want = _windowed_offline(audio, micro_encoder, version, batch, round(left_s * 50), round(right_s * 50), aligned)
-    assert streamed.shape == (num_frames(len(audio), version), 50, 64)
-    assert not np.isnan(want).any()
-    np.testing.assert_array_equal(streamed, want)
-    # Each window really is encoded on its own: the result is not that of one pass over the whole utterance
-    # (how far it is depends on the weights; see the report for full-size numbers).
-    whole = frame_chunks(whisper_steps(audio, micro_encoder, version), len(audio), version)
-    assert np.abs(streamed - whole).max() > 0
-
-
-def test_windowed_encoding_of_a_long_utterance_stays_in_one_window(micro_encoder, speech_like):
-    """Past the first batches the window starts at 2 f0 - 4 - left: its audio is a plain slice of the utterance."""
-    audio = speech_like(4 * 16000)
+def test_across_30_s_the_batches_equal_the_official_features(micro_encoder, speech_like):
+    """31.5 s given whole: the batches at the start, straddling the 30 s boundary (frames 746..753 read steps on
+    both sides of it) and at the end equal the official two-segment features."""
+    audio = speech_like(int(31.5 * 16000), seed=8)
+    n = len(audio)
+    whole = official_chunks(official_steps(audio, micro_encoder), n)
     streamer = StreamingFeatures(micro_encoder, "v15", batch_frames=8)
-    start, end = streamer.window(64)
-    assert (start, end) == ((128 - 4 - 25) * 320, (2 * 72 + 4 + 10) * 320)
-    got = streamer.chunks(audio[start:end], 64)
-    first = start // 320
-    steps = encode_window(audio[start:end], micro_encoder, "v15", first)
-    for j, frame in enumerate(range(64, 72)):
-        want = steps[2 * frame - 4 - first:2 * frame + 6 - first].reshape(50, 64)
-        np.testing.assert_array_equal(got[j], want)
-    assert math.isclose(streamer.lookahead_ms, 280.0)
+    for f0 in (0, 744, 752, 784):
+        start = streamer.window(f0)[0]
+        got = streamer.chunks(audio[start:], f0, final=True)
+        assert len(got) == min(8, 787 - f0)
+        assert relative_l2(got, whole[f0:f0 + len(got)]).max() < 1e-4, f0
+
+
+def test_windows_straddling_30_s_sit_at_the_official_encoder_positions(micro_encoder, speech_like):
+    """With the convolutions zeroed the embedding state of step s is the positional embedding of its official
+    position s % 1500 (segment s // 1500): every slot of every frame around the boundary and at the end shows it."""
+    encoder = copy.deepcopy(micro_encoder)
+    with torch.no_grad():
+        for conv in (encoder.conv1, encoder.conv2):
+            conv.weight.zero_()
+            conv.bias.zero_()
+    positions = encoder.embed_positions.weight.detach().numpy()
+    audio = speech_like(int(31.5 * 16000), seed=9)
+    n, kept = len(audio), math.floor((len(audio) / 16000) * 50)
+    streamer = StreamingFeatures(encoder, "v15", batch_frames=8, right_context_s=0.2)
+    for f0 in (736, 744, 752, 784):
+        start, end = streamer.window(f0)
+        final = end >= n
+        got = streamer.chunks(audio[start:min(end, n)], f0, final=final).reshape(-1, 10, 5, 64)
+        for j, frame in enumerate(range(f0, f0 + len(got))):
+            for k in range(10):
+                s = official_step_read(frame, k)
+                if 0 <= s < kept:
+                    np.testing.assert_array_equal(got[j, k, 0], positions[s % 1500])
+                else:
+                    assert not got[j, k].any()
+
+
+def test_encode_window_cuts_at_every_segment_boundary(micro_encoder, speech_like):
+    """Audio from step 1400 to 1600 is two inputs: steps 1400..1499 at positions 1400.., 1500.. at 0.."""
+    audio = speech_like(200 * 320 + 100, seed=4)
+    calls = []
+    hook = micro_encoder.conv1.register_forward_pre_hook(lambda _, args: calls.append(args[0].shape[0]))
+    try:
+        got = encode_window(audio, micro_encoder, "v15", 1400)
+    finally:
+        hook.remove()
+    assert calls == [2] and got.shape == (200, 5, 64)
+    # (one input at a time: CPU kernels may round a batch of 2 differently)
+    np.testing.assert_allclose(got[:100], encode_window(audio[:100 * 320], micro_encoder, "v15", 1400), atol=1e-5)
+    np.testing.assert_allclose(got[100:], encode_window(audio[100 * 320:], micro_encoder, "v15", 1500), atol=1e-5)
+    np.testing.assert_array_equal(encode_window(audio[100 * 320:], micro_encoder, "v15", 1500),
+                                  encode_window(audio[100 * 320:], micro_encoder, "v15", 0))
 
 
 @pytest.mark.parametrize("version", ["v15", "v1"])
