@@ -194,6 +194,20 @@ async def offer_sdp() -> str:
         await pc.close()
 
 
+async def upload(server: Server, sid: object, data: bytes | None, name: str = "a.wav", sid_first: bool = True
+                 ) -> tuple[int, dict]:
+    """POST /humanaudio as a multipart form (the session id before the file, as our page sends it, or after)."""
+    form = aiohttp.FormData(default_to_multipart=True)
+    if sid_first:
+        form.add_field("sessionid", str(sid))
+    if data is not None:
+        form.add_field("file", data, filename=name, content_type="application/octet-stream")
+    if not sid_first:
+        form.add_field("sessionid", str(sid))
+    async with server.http.post(server.url + "/humanaudio", data=form) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
 async def sse_events(server: Server, sessionid: str, into: list[dict], ready: asyncio.Event) -> None:
     """Collect the /sse events of a session (until it ends or the task is cancelled)."""
     async with server.http.get(f"{server.url}/sse", params={"sessionid": sessionid}) as resp:

@@ -16,14 +16,13 @@ import threading
 import time
 import tracemalloc
 
-import aiohttp
 import numpy as np
 import pytest
 import soundfile as sf
 
 from pipeline.session import Session
 from server.recording import Recorder, RecordingError
-from testing.server_client import Client, Server, connect_with_events, is_speaking, offer_sdp, until
+from testing.server_client import Client, Server, connect_with_events, is_speaking, offer_sdp, until, upload
 from voices._threads import ASR_POOL, LLM_POOL, TTS_POOL
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
@@ -41,17 +40,6 @@ def silence_flac(seconds: float) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.zeros(int(16000 * seconds), np.float32), 16000, format="FLAC")
     return buf.getvalue()
-
-
-async def upload(server: Server, sid: str, data: bytes, sid_first: bool = True) -> tuple[int, dict]:
-    form = aiohttp.FormData(default_to_multipart=True)
-    if sid_first:
-        form.add_field("sessionid", sid)
-    form.add_field("file", data, filename="a.flac", content_type="application/octet-stream")
-    if not sid_first:
-        form.add_field("sessionid", sid)
-    async with server.http.post(server.url + "/humanaudio", data=form) as resp:
-        return resp.status, await resp.json(content_type=None)
 
 
 # --------------------------------------------------------------------------------------------- recording

@@ -8,13 +8,12 @@ import struct
 import time
 
 import av
-import aiohttp
 import numpy as np
 import pytest
 import soundfile as sf
 
 from testing import fake_services
-from testing.server_client import Client, Server, connect_with_events, is_speaking, until
+from testing.server_client import Client, connect_with_events, is_speaking, until, upload
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 
@@ -30,15 +29,6 @@ def audio_file(fmt: str, rate: int, seconds: float, channels: int = 1) -> bytes:
     subtype = {"WAV": "PCM_16", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}[fmt]
     sf.write(buf, tone(rate, seconds, channels), rate, format=fmt, subtype=subtype)
     return buf.getvalue()
-
-
-async def upload(server: Server, sid: object, data: bytes | None, name: str = "a.wav") -> tuple[int, dict]:
-    form = aiohttp.FormData(default_to_multipart=True)
-    if data is not None:
-        form.add_field("file", data, filename=name, content_type="application/octet-stream")
-    form.add_field("sessionid", str(sid))
-    async with server.http.post(server.url + "/humanaudio", data=form) as resp:
-        return resp.status, await resp.json(content_type=None)
 
 
 async def test_echo_speaks_with_sse_sentence_events_and_interrupt_stops_it(serve, config) -> None:
