@@ -102,3 +102,31 @@ def test_reset_forgets_unscheduled_audio() -> None:
 def test_rejects_non_finite_audio() -> None:
     with pytest.raises(ValueError, match="NaN"):
         AudioFramer(Ticks(), 1).push(np.array([0.0, np.nan], np.float32), 0)
+
+
+def test_a_flush_ends_the_utterance_and_says_how_much_of_its_last_tick_is_audio() -> None:
+    clock = Ticks()
+    framer = AudioFramer(clock, lead_ticks=2)
+    first = framer.push(np.full(3 * 640 + 100, 0.1, np.float32), 0)
+    first += framer.flush(0)  # 100 samples padded to a whole tick
+    assert [(t.tick, t.seg_pos, t.utterance_pos, t.samples, t.last) for t in first] == [
+        (2, 0, 0, 640, False), (3, 1, 1, 640, False), (4, 2, 2, 640, False), (5, 3, 3, 100, True)]
+    # on time: the stretch goes on, the next utterance starts over
+    second = framer.push(np.full(640 + 320 + 7, 0.1, np.float32), 0) + framer.flush(0)
+    assert [(t.tick, t.seg_pos, t.utterance_pos, t.samples, t.last) for t in second] == [
+        (6, 4, 0, 640, False), (7, 5, 1, 327, True)]
+    # a flush with nothing pending marks the last tick scheduled; its audio is whole
+    third = framer.push(np.full(1280, 0.1, np.float32), 0)
+    assert framer.flush(0) == [] and third[-1].last and third[-1].samples == 640
+    clock.now = 20  # late audio starts a new stretch, and a new utterance
+    (late,) = framer.push(np.full(640, 0.1, np.float32), 0)
+    assert (late.tick, late.seg_pos, late.utterance_pos) == (22, 0, 0)
+
+
+def test_an_event_carrier_after_the_utterance_holds_no_audio_of_it() -> None:
+    clock = Ticks()
+    framer = AudioFramer(clock, lead_ticks=1)
+    (last,) = framer.push(np.full(640, 0.1, np.float32), 0)
+    clock.now = last.tick
+    (carrier,) = framer.flush(0, events=[Event("sentence_end", "x")])
+    assert carrier.last and carrier.samples == 0 and carrier.silent
