@@ -207,9 +207,15 @@ async def test_speech_piled_up_is_refused_with_429_and_interrupt_frees_it(serve,
             print(f"held while queued: {held / 1e6:.1f} MB; after interrupt: {after / 1e6:.1f} MB")
             assert after < 20e6
             assert (await upload(server, sid, long_silence))[0] == 200  # room again
+            assert (await upload(server, sid, long_silence))[0] == 429
+            await client.close()  # closing with speech queued frees it too
+            assert await server.wait_sessions(0, timeout=10)
+            gc.collect()
+            closed = tracemalloc.get_traced_memory()[0] - before
+            print(f"after close: {closed / 1e6:.1f} MB")
+            assert closed < 20e6
         finally:
             tracemalloc.stop()
-        await client.close()
 
 
 async def test_interrupt_clears_three_long_queued_echo_requests(serve, config) -> None:
