@@ -59,7 +59,7 @@ def render(sessions: Iterable[LiveSession], max_sessions: int, engine: str) -> s
         *_family("avatar_engine_info", "gauge", "The lip-sync engine in use.",
                  [(f'{{engine="{_escape(engine)}"}}', 1)]),
     ]
-    labels = [(s, f'{{session="{_escape(s.id)}",avatar="{_escape(s.session.avatar.avatar_id)}"}}') for s in sessions]
+    labels = [(s, f'{{session="{s.tag}",avatar="{_escape(s.session.avatar.avatar_id)}"}}') for s in sessions]
     for name, kind, help_text, value in _PER_SESSION:
         lines += _family(name, kind, help_text, [(label, value(s)) for s, label in labels])
     return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import time
@@ -61,6 +62,11 @@ class LiveSession:
     sse_streams: int = 0
     closed: bool = False  # set when closing starts: nothing new may be started for it after that
     _samples: deque = field(default_factory=lambda: deque(maxlen=int(FPS_WINDOW_S) + 2))  # (time, ticks)
+
+    @property
+    def tag(self) -> str:
+        """A name for the session in metrics and logs read by others: the id is a capability, this is not."""
+        return hashlib.sha256(self.id.encode()).hexdigest()[:12]
 
     def check_open(self) -> None:
         if self.closed:

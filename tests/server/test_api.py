@@ -166,7 +166,8 @@ async def test_health_metrics_static_and_cors(serve, config) -> None:
                                                       "voices": ["piper", "edgetts"]}
         status, body = await server.get("/metrics")
         samples = parse_prometheus(body.decode())
-        sid = client.sessionid
+        sid = server.state.registry.get(client.sessionid).tag  # not the id: whoever has that drives the session
+        assert client.sessionid not in body.decode()
         assert samples[("avatar_sessions", ())] == 1
         fps = samples[("avatar_session_fps", (("avatar", "demo"), ("session", sid)))]
         assert 20 <= fps <= 30
@@ -179,6 +180,7 @@ async def test_health_metrics_static_and_cors(serve, config) -> None:
         preflight = {"Origin": "http://elsewhere", "Access-Control-Request-Method": "POST"}
         async with server.http.options(server.url + "/human", headers=preflight) as resp:
             assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers  # same origin only
+        sid = client.sessionid
         async with server.http.post(server.url + "/is_speaking", json={"sessionid": sid},
                                     headers={"Origin": "http://elsewhere"}) as resp:
             assert resp.status == 403 and "not allowed" in (await resp.json())["msg"]

@@ -107,7 +107,13 @@ async def test_start_and_end_record_back_to_back_never_freeze_the_server(serve, 
         assert status == 200
         assert await until(lambda: any(e.get("status") == "end" for e in events), 10)  # TTS still speaks
         assert len(client.video_times) > n + 10  # video still flows
-        await client.close()
+        assert (await post(server, "/record", {"sessionid": sid, "type": "start_record"}))[0] == 200
+        recorder = server.state.registry.get(sid).recorder
+        await asyncio.sleep(0.5)
+        await client.close()  # the session ends mid-recording: the recording is closed with it
+        assert await server.wait_sessions(0, timeout=10)
+        recorder._thread.join(5)
+        assert not recorder._thread.is_alive() and recorder.path.exists() and recorder.frames > 0
 
 
 async def test_filled_pools_do_not_stop_video(serve, config) -> None:
@@ -158,7 +164,8 @@ async def test_with_a_token_nobody_else_can_drive_or_watch_a_session(serve, conf
         status, _ = await post(server, "/human", {"sessionid": sid, "text": "Mine.", "type": "echo"}, AUTH)
         assert status == 200
         async with server.http.get(f"{server.url}/metrics?token={TOKEN}") as resp:  # ?token= as for EventSource
-            assert resp.status == 200 and sid in await resp.text()
+            text = await resp.text()
+            assert resp.status == 200 and server.state.registry.get(sid).tag in text and sid not in text
         assert await until(lambda: any(e.get("status") == "end" for e in events), 10)
         await client.close()
 
