@@ -26,9 +26,14 @@ def speech(seconds: float, seed: int = 0) -> np.ndarray:
 
 def test_context_and_lead_follow_the_feature_window(engine) -> None:
     sf = StreamingFeatures(engine.encoder, "v15", batch_frames=2)
-    start, end = sf.window(100)
-    assert engine.left_context_ticks * 640 >= 100 * 640 - start
-    assert engine.right_context_ticks * 640 >= end - 102 * 640
+    for f in (0, 100, 745, 749, 751, 752, 1490):
+        start, end = sf.window(f)
+        assert engine.left_context_ticks * 640 >= f * 640 - start  # back to the start of the 30 s segment
+        assert engine.right_context_ticks * 640 >= end - (f + 2) * 640
+        assert engine.max_right_context_ticks * 640 >= sf.span_end(f) - (f + 2) * 640  # to the segment's end
+    # frame 751 reads steps 1498..1507: their first segment began 751 ticks (30.04 s) before the frame; a batch
+    # looks 80 ms + 0.2 s past its own audio
+    assert (engine.left_context_ticks, engine.right_context_ticks) == (751, 7)
     assert engine.lead_ticks > engine.right_context_ticks  # covers the look-ahead and a batch
 
 
@@ -43,14 +48,12 @@ async def test_session_frames_are_the_model_output_for_their_own_audio(engine, d
     speech_out = [o for o in outs if o.source == "speech"]
     assert len(speech_out) == 10 and session.stats.render_errors == 0
 
-    # Reference for the first batch (frames 0 and 1): the same windowed features and model, called directly
-    # (as a batch of 2: CPU kernels may round differently for another batch size; threads may flip a rounding).
+    # Reference for the first batch (frames 0 and 1): the features of the whole utterance (it had all arrived) and
+    # the model, called directly (as a batch of 2: CPU kernels may round differently for another batch size;
+    # threads may flip a rounding).
     sf = StreamingFeatures(engine.encoder, "v15", batch_frames=2)
-    start, end = sf.window(0)
-    window = np.zeros(end - start, np.float32)
-    window[: min(len(audio), end) - start] = audio[start:end]
     latents = faces_to_latents(engine.models.vae, face_crops(np.asarray(demo_avatar.frames[:1]), demo_avatar.face_boxes[:1]))
-    faces = infer_faces(engine.models, sf.chunks(window, 0), latents.repeat(2, 1, 1, 1))
+    faces = infer_faces(engine.models, sf.chunks(audio, 0, final=True), latents.repeat(2, 1, 1, 1))
     for out, face in zip(speech_out[:2], faces):
         expected = demo_avatar.blend_plan(0).apply(np.asarray(demo_avatar.frames[0]), face)
         diff = np.abs(out.frame.astype(int) - expected)
