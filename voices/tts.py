@@ -17,6 +17,7 @@ from voices._threads import TTS_POOL, stream_from_thread
 from voices.audio import resample
 
 if TYPE_CHECKING:
+    import onnxruntime
     from piper import PiperVoice
 
 
@@ -58,8 +59,24 @@ def load_piper_voice(model_path: str | Path | None = None, config_path: str | Pa
     key = (str(model.resolve()), str(config.resolve()))
     with _voices_lock:
         if key not in _voices:
-            _voices[key] = PiperVoice.load(model, config_path=config, use_cuda=False)
+            voice = PiperVoice.load(model, config_path=config, use_cuda=False)
+            voice.session = _session_without_arena(model)
+            _voices[key] = voice
         return _voices[key]
+
+
+def _session_without_arena(model: Path) -> "onnxruntime.InferenceSession":
+    """piper's session with onnxruntime's CPU memory arena turned off (PiperVoice.load takes no options).
+
+    The arena keeps the peak of every run, per concurrent run, for good: sentences of every length, and the
+    sentence still finishing after an interrupt beside the next one, grew a server by ~280 MB that never came
+    back. Without it RSS stays flat (250 vs 528 MB after 300 sentences, two at a time, on a 2-core CPU), and a
+    sentence took no longer (476 vs 526 ms)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.enable_cpu_mem_arena = False
+    return onnxruntime.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 class PiperTTS:
