@@ -19,6 +19,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,8 @@ class MuseTalkEngine(Engine):
         self.context = (left_context_s, right_context_s)
         self.lock = threading.Lock()
         self._features: dict[int, StreamingFeatures] = {}
+        # Diagnostics (musetalk.parity): called with (first utterance frame, chunks) of every batch rendered.
+        self.features_observer: Callable[[int, np.ndarray], None] | None = None
         # Context in ticks for the largest batch (smaller ones need less), the worst case over the frames of a whole
         # 30 s segment: the left context the worker must hand us, the right context it must wait for, and how far
         # right queued audio can still be used (to the end of the segment).
@@ -99,6 +102,8 @@ class MuseTalkEngine(Engine):
         `final` and the utterance has fewer; `latents` holds one per frame."""
         with torch.inference_mode():
             chunks = self.features(frames).chunks(window_audio, first_frame, final)  # takes the lock for the encoder
+            if self.features_observer is not None:
+                self.features_observer(first_frame, chunks)
             if not len(chunks):
                 return np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
             with self.lock:

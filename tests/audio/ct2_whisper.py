@@ -108,3 +108,16 @@ def ct2_whisper_encoder(model_dir: Path | None = None, config: WhisperConfig | N
     variables = read_ct2_variables(model_dir / "model.bin")
     encoder.load_state_dict(ct2_encoder_state_dict(variables, config.encoder_layers), strict=True)
     return encoder
+
+
+def write_whisper_folder(folder: Path) -> None:
+    """A Hugging Face whisper folder (as models/whisper) whose encoder is tiny.en's (the decoder is random and
+    unused: MuseTalk takes the encoder only), e.g. to run ``python -m musetalk.parity`` with real whisper weights."""
+    from transformers import WhisperModel
+
+    config = whisper_tiny_config()
+    config.decoder_layers = 1
+    model = WhisperModel(config)
+    model.encoder.load_state_dict(ct2_whisper_encoder(config=config).state_dict(), strict=True)
+    model.save_pretrained(folder)
+    (Path(folder) / "preprocessor_config.json").write_text("{}")
