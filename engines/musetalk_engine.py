@@ -1,13 +1,18 @@
-"""`musetalk`: the real model. Whisper features for a window of audio -> UNet + VAE decode -> faces.
+"""`musetalk`: the real model. Whisper features of the utterance's audio -> UNet + VAE decode -> faces.
 
 Models load once per process and are shared by every session; GPU calls of different sessions are
 serialised by one lock (one model, one stream), which covers the model passes only: each session's CPU work
 (the log-mel of its window) runs beside another session's GPU work. The per-session state is only the feature
 windowing.
 
+Features: a batch is encoded from the start of its official 30 s segment (left context up to ~30 s) to all of
+its utterance the worker has (right context up to the segment's end), so a sentence that has arrived before its
+frames are due gets the official features (``StreamingFeatures``).
+
 Latency budget (lead_ticks): the worker renders a batch once its B ticks and the features' look-ahead
-(80 ms of whisper window + right context) are there, or at the deadline the ticks whose look-ahead is there; the
-lead covers that look-ahead plus the measured time of one batch, so on-time audio is rendered before it is played.
+(80 ms of whisper window + right context) are there and no more audio could change it, at the latest a batch time
+before its deadline, or at the deadline the ticks whose look-ahead is there; the lead covers that look-ahead plus
+the measured time of one batch, so on-time audio is rendered before it is played.
 
 Utterance ends: the request says where its utterance ends once that is within reach; the features then take the
 official end (zero steps for v1.5, the replicated last step for v1, from step T = floor(n / 16000 * 50) on) and

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from musetalk.audio_features import (StreamingFeatures, encode_steps, encode_window, frame_chunks, mel_segments,
-                                     num_frames, num_steps, window_mel)
+                                     num_frames, num_steps, whisper_steps, window_mel)
 from tests.audio.official import official_chunks, official_step_read, official_steps, relative_l2
 
 
@@ -215,3 +215,13 @@ def test_encoder_lock_is_held_for_each_encoder_pass(micro_encoder, speech_like):
     finally:
         hook.remove()
     assert during_pass == [True, False] and not held.locked()
+
+
+def test_v1_batches_given_the_utterance_equal_its_offline_v1_features(micro_encoder, speech_like):
+    """v1 (checked against openai-whisper in test_openai_whisper.py): one log-mel normalisation over the whole
+    utterance, the last step replicated past its end; given all of it, every batch is the offline computation."""
+    audio = speech_like(int(2.3 * 16000), seed=12)
+    whole = frame_chunks(whisper_steps(audio, micro_encoder, "v1"), len(audio), "v1")
+    streamed = _stream(StreamingFeatures(micro_encoder, "v1", batch_frames=8), audio, ahead=len(audio))
+    assert streamed.shape == whole.shape == (59, 50, 64)  # floor(T / 2) + 2 chunks, T = 115
+    np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-5)
