@@ -35,8 +35,8 @@ class RenderRequest:
 
     `audio` holds the 16 kHz samples of [left context | 2 audio frames per tick | right context], the contexts
     only from the same utterance: up to the engine's `left_context_ticks` before, and after it at least
-    `right_context_ticks` (unless the utterance ends first), more when more has arrived, up to
-    `max_right_context_ticks`; `left_samples` and `right_samples` say how long they are. `seg_pos` is the position of
+    `right_context_ticks` (unless the utterance ends first), more when more has arrived, as far as
+    `max_right_context_ticks` past a full batch; `left_samples` and `right_samples` say how long they are. `seg_pos` is the position of
     the first tick within its contiguous stretch of audio, `utterance_pos` within its utterance (the audio since
     the stretch began or the last end of speech: the clip a lip-sync model pads at both ends), so
     `audio[left_samples]` is utterance sample `utterance_pos * 640`. `utterance_samples` is the utterance's
@@ -82,8 +82,8 @@ class Engine(abc.ABC):
 
     @property
     def max_right_context_ticks(self) -> int:
-        """How many queued ticks after a batch the engine can still use: it waits for `right_context_ticks` of
-        them, and is handed up to this many when they are there already."""
+        """How many queued ticks after a full batch the engine can still use: it waits for `right_context_ticks`
+        of them, and is handed up to this many when they are there already."""
         return self.right_context_ticks
 
     def bind(self, avatar: Avatar) -> AvatarBinding:

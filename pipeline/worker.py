@@ -195,8 +195,7 @@ class InferenceWorker:
             settled = ended or len(run) == size + usable or now >= due - self._budget
             if covered and (ended or now >= due or (covered >= size and settled)):
                 take = min(size, covered)
-                right = run[take:take + usable]
-                return take, right, ended and take + len(right) == len(run)
+                return take, run[take:], ended  # all that arrived, as far as the engine can use it
             if now >= due and head.silent:
                 take = 1
                 while take < min(size, len(run)) and run[take].silent:
