@@ -89,7 +89,7 @@ def compare(streamed: list[tuple[np.ndarray, str]], offline: list[np.ndarray], a
         rel = math.nan if feature is None else float(
             np.linalg.norm(feature - offline_features[i]) / np.linalg.norm(offline_features[i]))
         rows.append({"frame": i, "psnr_db": psnr(frame[region], reference[region]), "features_rel_l2": rel,
-                     "streamed": "model" if source == "speech" else "own frame (silent)"})
+                     "streamed": {"speech": "model", "idle": "own frame (silent)"}.get(source, source)})
     return rows
 
 
