@@ -116,13 +116,15 @@ class Speaker:
         while True:
             item = await self._sentences.get()
             turn = item[0]
-            if turn != self.sink.turn:
-                continue  # queued before an interrupt
             if isinstance(item[1], str):
-                await self._speak(item[1], turn)
-            else:
-                _, pcm, label, played = item
-                await self._play(pcm, label, turn)
+                if turn == self.sink.turn:  # else queued before an interrupt
+                    await self._speak(item[1], turn)
+                continue
+            _, pcm, label, played = item
+            try:
+                if turn == self.sink.turn:
+                    await self._play(pcm, label, turn)
+            finally:  # played, skipped or cut short: its request is over either way
                 if not played.done():
                     played.set_result(None)
 

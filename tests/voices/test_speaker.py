@@ -140,3 +140,34 @@ async def test_tts_and_llm_failures_are_reported_as_events_and_the_session_survi
     assert "llm_error" in names
     await speaker.close()
     await session.close()
+
+
+async def test_interrupt_cancels_every_waiting_request_and_their_audio() -> None:
+    """Requests still waiting to queue their sentences (the sentence queue is full) belong to the speaker: an
+    interrupt cancels them all, so none of their sentences is spoken afterwards (they used to be, under the new
+    turn)."""
+    session = await make()
+    tts = ToneTTS(delay=0.01)
+    speaker = Speaker(session, tts, max_pending=4)
+    for r in range(3):
+        speaker.say(" ".join(f"Request {r} sentence {i} waits." for i in range(30)))
+    files = [speaker.push_audio_file(np.full(16000, 0.1, np.float32), f"file {i}") for i in range(2)]
+    await wait_until(lambda: tts.spoken)
+    assert speaker.pending == 5
+    await speaker.interrupt()
+    assert speaker.pending == 0 and all(f.cancelled() for f in files)
+    spoken = len(tts.spoken)
+    await asyncio.sleep(0.3)
+    assert len(tts.spoken) == spoken  # nothing of the interrupted requests is synthesised any more
+    await speaker.close()
+    await session.close()
+
+
+async def test_an_audio_file_request_ends_when_its_audio_is_in_the_session() -> None:
+    session = await make()
+    speaker = Speaker(session, ToneTTS())
+    task = speaker.push_audio_file(np.full(8000, 0.1, np.float32), "file")
+    await asyncio.wait_for(task, 5)  # done once pushed: the voice holds the audio no longer
+    assert speaker.pending == 0 and session.queued_seconds > 0
+    await speaker.close()
+    await session.close()
