@@ -31,12 +31,14 @@ import numpy as np
 import torch
 
 from engines.base import AvatarBinding, Engine, RenderRequest, Renderer, lead_ticks_for
+from engines.batcher import FACES, Batcher, Job, encode_window_batched, musetalk_models
 from musetalk.audio_features import SEGMENT_STEPS, StreamingFeatures
 from musetalk.avatar import Avatar, face_crops
 from musetalk.config import FACE_SIZE
 from musetalk.inference import faces_to_latents, infer_faces
 from musetalk.models import ModelPaths, MuseTalkModels, load_models
 from musetalk.whisper import load_encoder
+from pipeline.clock import TICK_SECONDS
 from pipeline.items import TICK_SAMPLES
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,8 @@ class MuseTalkEngine(Engine):
     name = "musetalk"
 
     def __init__(self, models_dir: Path = Path("models"), version: str = "v15", batch_size: int | None = None,
-                 device: str | None = None, left_context_s: float | None = None, right_context_s: float = 0.2) -> None:
+                 device: str | None = None, left_context_s: float | None = None, right_context_s: float = 0.2,
+                 batcher: bool = False) -> None:
         super().__init__()
         started = time.perf_counter()
         self.version = version
@@ -59,6 +62,17 @@ class MuseTalkEngine(Engine):
         self.batch_size = batch_size or (DEFAULT_BATCH_GPU if self.models.device.type == "cuda" else DEFAULT_BATCH_CPU)
         self.context = (left_context_s, right_context_s)
         self.lock = threading.Lock()
+        # Opt-in (off by default): every session's encoder and UNet+VAE calls go through one cross-session batcher
+        # (engines.batcher), whose owner thread takes `lock` around each model call. `close()` stops it.
+        self.batcher: Batcher | None = None
+        if batcher:
+            def locked(model):
+                def run(inputs, rows):
+                    with self.lock:
+                        return model(inputs, rows)
+                return run
+            models = musetalk_models(self.models, self.encoder, version)
+            self.batcher = Batcher({kind: locked(m) for kind, m in models.items()}, name="musetalk-batcher").start()
         self._features: dict[int, StreamingFeatures] = {}
         # Diagnostics (musetalk.parity): called with (first utterance frame, chunks) of every batch rendered.
         self.features_observer: Callable[[int, np.ndarray], None] | None = None
@@ -84,7 +98,26 @@ class MuseTalkEngine(Engine):
     def max_right_context_ticks(self) -> int:
         return self._usable_right_ticks
 
+    def close(self) -> None:
+        """Stop the batcher's owner thread, if any (sessions' jobs still pending fail with BatcherStopped)."""
+        if self.batcher is not None:
+            self.batcher.stop()
+
+    def _deadline(self) -> float:
+        # The worker asks for a batch about one batch time before it is due; the request carries no deadline or
+        # turn yet, so jobs are ordered by when they are asked for.
+        return time.monotonic() + TICK_SECONDS
+
     def features(self, frames: int) -> StreamingFeatures:
+        if frames not in self._features and self.batcher is not None:
+            batcher = self.batcher
+
+            def step_features(audio: np.ndarray, first_step: int) -> np.ndarray:
+                return encode_window_batched(batcher, audio, self.version, first_step, self._deadline())
+
+            self._features[frames] = StreamingFeatures.with_step_function(
+                step_features, self.version, batch_frames=frames, left_context_s=self.context[0],
+                right_context_s=self.context[1], feature_dim=self.encoder.config.d_model)
         if frames not in self._features:
             self._features[frames] = StreamingFeatures(self.encoder, self.version, batch_frames=frames,
                                                        left_context_s=self.context[0],
@@ -111,6 +144,8 @@ class MuseTalkEngine(Engine):
                 self.features_observer(first_frame, chunks)
             if not len(chunks):
                 return np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
+            if self.batcher is not None:
+                return self.batcher.submit(Job(FACES, (chunks, latents[:len(chunks)]), self._deadline())).result()
             with self.lock:
                 return infer_faces(self.models, chunks, latents[:len(chunks)])
 

@@ -190,6 +190,7 @@ def test_stop_finishes_the_batch_in_flight_and_rejects_the_rest(fake) -> None:
     batcher = Batcher({"fake": fake}, sizes=(1,), gather_s=0).start()
     in_flight = batcher.submit(job(1))
     assert entered.wait(5)
+    assert not in_flight.cancel()  # a session closing mid-batch cannot recall it; its result is just not used
     pending = [batcher.submit(job(i)) for i in range(2, 5)]
     stopper = threading.Thread(target=batcher.stop)
     stopper.start()
@@ -283,3 +284,38 @@ def test_tiny_musetalk_through_the_batcher_matches_direct_calls(loaded, demo_ava
         assert got.shape == want.shape == (2, 256, 256, 3) and got.dtype == np.uint8
         diff = np.abs(got.astype(int) - want)
         assert diff.max() <= 1 and (diff > 0).mean() < 0.001  # CPU kernels may round differently per batch size
+
+
+async def test_musetalk_engine_with_the_batcher_opt_in(tiny_models, demo_avatar) -> None:
+    from engines.musetalk_engine import MuseTalkEngine
+    from musetalk.audio_features import StreamingFeatures
+    from pipeline.session import Session, SessionOptions
+
+    engine = MuseTalkEngine(models_dir=tiny_models.root, version="v15", batch_size=2, device="cpu", batcher=True)
+    try:
+        assert engine.batcher is not None and engine.batcher.stats.batches > 0  # the warm-up went through it
+        audio = (0.1 * np.random.default_rng(1).standard_normal(6400)).astype(np.float32)
+        latents = torch.zeros(2, 8, 32, 32)
+        from musetalk.inference import infer_faces
+
+        direct = infer_faces(engine.models, StreamingFeatures(engine.encoder, "v15", batch_frames=2).chunks(
+            audio, 0, final=True), latents)
+        diff = np.abs(engine.faces(audio, 0, 2, latents, final=True).astype(int) - direct)
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.001
+
+        sessions = [Session(f"s{i}", demo_avatar, engine, options=SessionOptions(crossfade_ticks=0), stepped=True)
+                    for i in range(2)]
+        for s in sessions:
+            await s.start()
+            await s.push_audio(audio)
+            await s.end_speech()
+        outs = [[], []]
+        for _ in range(engine.lead_ticks + 12):  # interleaved: both sessions' workers submit to the batcher
+            for s, out in zip(sessions, outs):
+                out.append(s.step(wait_for_video=30.0))
+        for s, out in zip(sessions, outs):
+            await s.close()
+            assert sum(o.source == "speech" for o in out) == 10 and s.stats.render_errors == 0
+    finally:
+        engine.close()
+    assert not engine.batcher.running and not engine.batcher._thread.is_alive()
