@@ -109,6 +109,19 @@ def test_stale_turns_are_dropped_and_never_run(fake) -> None:
     assert batcher.stats.stale_jobs == 2
 
 
+def test_a_broken_turn_getter_fails_only_its_own_job(fake) -> None:
+    def broken() -> int:
+        raise KeyError("session gone")
+
+    batcher = Batcher({"fake": fake}, sizes=(2,), gather_s=0)
+    bad, good = batcher.submit(job(1, current_turn=broken)), batcher.submit(job(2))
+    with batcher:
+        with pytest.raises(KeyError):
+            bad.result(5)
+        np.testing.assert_array_equal(good.result(5), [[4]])
+    assert fake.firsts() == [2]
+
+
 def test_a_cancelled_job_is_not_run(fake) -> None:
     batcher = Batcher({"fake": fake}, sizes=(1,), gather_s=0)
     gone, kept = batcher.submit(job(1)), batcher.submit(job(2))
@@ -221,7 +234,7 @@ def test_stop_rejects_jobs_of_a_batcher_never_started(fake) -> None:
 def test_concurrent_sessions_get_about_n_times_the_frames(fake) -> None:
     """Per-batch cost dominates (as host overhead does at small batches): 8 sessions that each wait for their
     frame get ~8x the frames per second of one session, because their frames share batches."""
-    fake.per_batch, fake.per_row = 0.02, 0.0005
+    fake.per_batch, fake.per_row = 0.04, 0.0005
     frames = 6
 
     def session(batcher: Batcher, i: int) -> None:
@@ -229,13 +242,14 @@ def test_concurrent_sessions_get_about_n_times_the_frames(fake) -> None:
             batcher.submit(job(100 * i + k, deadline=time.monotonic() + 0.2)).result(10)
 
     def fps(n: int) -> float:
-        with Batcher({"fake": fake}, sizes=(1, 2, 4, 8), gather_s=0.005) as batcher:
+        with Batcher({"fake": fake}, sizes=(1, 2, 4, 8), gather_s=0.01) as batcher:
             started = time.perf_counter()
             with ThreadPoolExecutor(n) as pool:
                 list(pool.map(lambda i: session(batcher, i), range(n)))
             return n * frames / (time.perf_counter() - started)
 
     one, eight = fps(1), fps(8)
+    print(f"1 session {one:.0f} frames/s, 8 sessions {eight:.0f} frames/s")
     assert eight > 3 * one, (one, eight)  # ideally ~7x; loose for a loaded machine
 
 
