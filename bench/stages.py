@@ -6,7 +6,8 @@ a. compositor: BlendPlan.apply on the demo avatar (and on a synthetic large face
    lite engine's face render (LiteRenderer.face)
 b. VP8 encode of a 512x512 frame with aiortc's own encoder (VideoFrame.from_ndarray separately)
    target: compositor + VP8 encode <= 12 ms per frame
-c. whisper features: StreamingFeatures, whisper-tiny dims, random init, B=8 window (per call, per 20 ms step)
+c. whisper features: StreamingFeatures, whisper-tiny dims, random init, B=8 window (per call, per 20 ms step);
+   the v1.5 log-mel of one 30 s encoder input: every STFT frame vs only those reaching the audio (placed_log_mel)
 d. MuseTalk UNet + VAE decode (infer_faces): reduced (tiny) config at B=1,4,8 and, unless --no-full, one B=1
    batch of the full-size config (random weights, CPU fp32: a one-off, ~5 s per frame)
 """
@@ -28,7 +29,7 @@ from av import VideoFrame
 
 from bench.common import machine
 from engines.lite import LiteEngine, LiteRenderer
-from musetalk.audio_features import StreamingFeatures
+from musetalk.audio_features import StreamingFeatures, log_mel, normalise_log_mel, placed_log_mel
 from musetalk.avatar import Avatar, ensure_demo, load_avatar
 from musetalk.blending import BlendPlan, prepare_blend
 from musetalk.config import unet_config, vae_config
@@ -174,6 +175,23 @@ def whisper_row(repeats: int, batch: int = 8) -> Row:
     return Row(name, interleaved({name: call}, repeats, warmup=1)[name], steps, "step")
 
 
+MEL_AUDIO_S = [0.5, 2.3, 10.0]
+
+
+def mel_rows(repeats: int) -> list[Row]:
+    """A v1.5 encoder input's log-mel: its audio from the start of the 30 s input, zeros after (per call = one
+    B=8 batch's input, 16 steps). The full computation costs the same whatever the audio's length."""
+    rng = np.random.default_rng(0)
+    audio = {s: (0.1 * rng.standard_normal(round(s * 16000))).astype(np.float32) for s in MEL_AUDIO_S}
+    placed = np.zeros(30 * 16000, np.float32)
+    placed[:len(audio[2.3])] = audio[2.3]
+    calls: dict[str, Call] = {"v1.5 log-mel, full 30 s (every STFT frame)":
+                              lambda _: normalise_log_mel(log_mel(placed))}
+    calls |= {f"v1.5 log-mel, placed_log_mel, {s:g} s of audio": (lambda _, a=a: placed_log_mel(a))
+              for s, a in audio.items()}
+    return [Row(name, t, 16, "step") for name, t in interleaved(calls, repeats, warmup=2).items()]
+
+
 # ------------------------------------------------------------------------------------- d: UNet + VAE decode
 
 def infer_call(models: MuseTalkModels, batch: int) -> Call:
@@ -229,6 +247,7 @@ def main() -> None:
     rows = [Row(name, t) for name, t in interleaved(frame_path_calls(avatar), args.repeats, warmup=10).items()]
     render, compose, compose_big, encode = rows[0].per_unit, rows[1].per_unit, rows[2].per_unit, rows[-1].per_unit
     rows.append(whisper_row(args.model_repeats))
+    rows += mel_rows(args.repeats)
     rows += tiny_rows([1, 4, 8], args.model_repeats)
     if not args.no_full:
         print("   building the full-size model ...", flush=True)
@@ -249,6 +268,10 @@ def main() -> None:
     whisper = next(r for r in rows if r.unit == "step")
     print(f"whisper features: {whisper.median:.1f} ms per B=8 call = {whisper.per_unit:.2f} ms per 20 ms step "
           f"({whisper.per_unit / STEP_MS:.2f}x real time; the encoder always runs a 30 s input)")
+    full_mel, *fast_mel = [r for r in rows if "log-mel" in r.stage]
+    print(f"v1.5 log-mel of a 30 s input: {full_mel.median:.2f} ms computing every frame; "
+          + ", ".join(f"{r.median:.2f} ms ({full_mel.median / r.median:.0f}x) for {s:g} s of audio"
+                      for s, r in zip(MEL_AUDIO_S, fast_mel)) + " computing the frames that reach it (bit-identical)")
     tiny = [r for r in rows if r.stage.startswith("tiny")]
     print("tiny UNet+VAE per frame: " + ", ".join(f"B={r.units_per_call}: {r.per_unit:.1f} ms "
                                                   f"({r.per_unit / tiny[0].per_unit:.2f}x B=1)" for r in tiny))

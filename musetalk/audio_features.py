@@ -70,17 +70,66 @@ def _mel_filters() -> torch.Tensor:
     return torch.from_numpy(WhisperFeatureExtractor(feature_size=N_MELS).mel_filters.T.astype(np.float32))
 
 
-def log_mel(audio: np.ndarray) -> torch.Tensor:
-    """(n,) samples -> (80, n // 160) log10 mel power, unnormalised; the last STFT frame is dropped as whisper does."""
+def log_mel(audio: np.ndarray, center: bool = True) -> torch.Tensor:
+    """(n,) samples -> (80, n // 160) log10 mel power, unnormalised; the last STFT frame is dropped as whisper does.
+
+    ``center=False``: the samples are already padded, every STFT frame (1 + (n - 400) // 160) is kept."""
     x = torch.from_numpy(_as_audio(audio))
-    stft = torch.stft(x, N_FFT, MEL_HOP, window=torch.hann_window(N_FFT), return_complex=True)
-    power = (stft[..., :-1].abs() ** 2).contiguous()
+    stft = torch.stft(x, N_FFT, MEL_HOP, window=torch.hann_window(N_FFT), center=center, return_complex=True)
+    power = ((stft[..., :-1] if center else stft).abs() ** 2).contiguous()
     return torch.clamp(_mel_filters() @ power, min=1e-10).log10()
 
 
-def normalise_log_mel(log_spec: torch.Tensor) -> torch.Tensor:
-    """Whisper's normalisation with the max taken over the whole given tensor."""
-    return (torch.maximum(log_spec, log_spec.max() - 8.0) + 4.0) / 4.0
+def normalise_log_mel(log_spec: torch.Tensor, peak: torch.Tensor | None = None) -> torch.Tensor:
+    """Whisper's normalisation with the max taken over the whole given tensor (or ``peak``: that of a larger one)."""
+    peak = log_spec.max() if peak is None else peak
+    return (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
+
+
+# Fewer frames than this would make the mel product a matrix-vector product, whose sums are not bit-identical to
+# the columns of the matrix product over all 3000 frames (measured: with 1 frame some of its 80 values differ).
+_MIN_MEL_FRAMES = 16
+
+
+@lru_cache(maxsize=1)
+def _zero_log_mel() -> torch.Tensor:
+    """(80, 1) log-mel frame of silence (every frame of a zero input), taken from the full computation itself."""
+    return log_mel(np.zeros(SEGMENT_SAMPLES, np.float32))[:, :1].clone()
+
+
+def placed_log_mel(audio: np.ndarray, start: int = 0) -> torch.Tensor:
+    """Normalised (80, 3000) log-mel of 30 s of zeros holding ``audio`` from sample ``start`` on (v1.5's encoder
+    input), bit-identical to ``normalise_log_mel(log_mel(placed))`` but computing only the STFT frames whose window
+    (with the STFT's reflect padding at both ends) reaches a sample of ``audio``: every other frame is the log-mel
+    of silence. The clamp at max - 8 still uses the max over all 3000 frames."""
+    audio = _as_audio(audio)
+    n = len(audio)
+    if start < 0 or start + n > SEGMENT_SAMPLES:
+        raise ValueError(f"{n} samples at sample {start} do not fit in 30 s")
+    silence = _zero_log_mel()
+    if n == 0:
+        return normalise_log_mel(silence).expand(N_MELS, SEGMENT_MEL_FRAMES).contiguous()
+    half = N_FFT // 2
+    # Frame t reads samples [160 t - 200, 160 t + 200); frames 0 and 1 also read samples 1 .. 200 reflected.
+    first = 0 if start <= half else (start - half) // MEL_HOP + 1
+    stop = min(SEGMENT_MEL_FRAMES, -(-(start + n + half) // MEL_HOP))
+    first = max(0, min(first, stop - _MIN_MEL_FRAMES))
+    stop = min(SEGMENT_MEL_FRAMES, max(stop, first + _MIN_MEL_FRAMES))
+    # The samples [lo, hi) those frames read; outside the 30 s, reflected as torch.stft(center=True) pads them
+    # (when lo < 0 the part read holds samples 0 .. 200, when hi > 30 s the last 201).
+    lo, hi = first * MEL_HOP - half, (stop - 1) * MEL_HOP + half
+    inner_lo, inner_hi = max(lo, 0), min(hi, SEGMENT_SAMPLES)
+    inner = np.zeros(inner_hi - inner_lo, np.float32)
+    copy_lo, copy_hi = max(inner_lo, start), min(inner_hi, start + n)
+    inner[copy_lo - inner_lo:copy_hi - inner_lo] = audio[copy_lo - start:copy_hi - start]
+    samples = np.pad(inner, (inner_lo - lo, hi - inner_hi), mode="reflect")
+    frames = log_mel(samples, center=False)
+    peak = frames.max()
+    if stop - first < SEGMENT_MEL_FRAMES:
+        peak = torch.maximum(peak, silence.max())
+    out = normalise_log_mel(silence, peak).expand(N_MELS, SEGMENT_MEL_FRAMES).contiguous()
+    out[:, first:stop] = normalise_log_mel(frames, peak)
+    return out
 
 
 def mel_segments(audio: np.ndarray, version: Version) -> tuple[torch.Tensor, list[int]]:
@@ -91,8 +140,7 @@ def mel_segments(audio: np.ndarray, version: Version) -> tuple[torch.Tensor, lis
         mels, steps = [], []
         for start in range(0, len(audio), SEGMENT_SAMPLES):
             segment = audio[start:start + SEGMENT_SAMPLES]
-            padded = np.pad(segment, (0, SEGMENT_SAMPLES - len(segment)))
-            mels.append(normalise_log_mel(log_mel(padded)))
+            mels.append(placed_log_mel(segment))
             steps.append(len(segment) // SAMPLES_PER_STEP)
     else:
         # Under one step there is nothing to keep (and the STFT's reflect padding needs > 200 samples).
@@ -138,10 +186,7 @@ def window_mel(audio: np.ndarray, version: Version, offset_steps: int) -> torch.
     if offset_steps < 0 or offset_steps * SAMPLES_PER_STEP + len(audio) > SEGMENT_SAMPLES:
         raise ValueError(f"a window of {len(audio)} samples at step {offset_steps} does not fit in 30 s")
     if version == "v15":
-        placed = np.zeros(SEGMENT_SAMPLES, np.float32)
-        start = offset_steps * SAMPLES_PER_STEP
-        placed[start:start + len(audio)] = audio
-        return normalise_log_mel(log_mel(placed))[None]
+        return placed_log_mel(audio, offset_steps * SAMPLES_PER_STEP)[None]
     mel = normalise_log_mel(log_mel(audio)) if len(audio) >= SAMPLES_PER_STEP else torch.zeros(N_MELS, 0)
     return _placed_mel(mel, offset_steps)
 
