@@ -86,7 +86,8 @@ def test_gpu_cpu_check_without_weights_uses_random_reduced_models(tmp_path: Path
 def test_stages_prints_every_stage() -> None:
     out = run_bench("bench.stages", "--repeats", "5", "--model-repeats", "1", "--no-full")
     for stage in ("lite face render", "compositor, demo avatar", "VP8 encode", "whisper, StreamingFeatures",
-                  "tiny UNet + VAE decode (infer_faces) B=8"):
+                  "tiny UNet + VAE decode (infer_faces) B=8", "v1.5 log-mel, full 30 s",
+                  "v1.5 log-mel, placed_log_mel, 2.3 s of audio"):
         assert re.search(rf"^\| {re.escape(stage)}.*\| {NUMBER} \|", out, re.M), stage
     assert re.search(rf"^compositor \+ VP8 encode .* = {NUMBER} ms per frame", out, re.M)
 
