@@ -27,13 +27,16 @@ _CORS_HEADERS = {"Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
                  "Vary": "Origin"}
 
 
+def _listed(origin: str, allowed: tuple[str, ...]) -> bool:
+    """Whether --cors_origins lets pages of `origin` call the API."""
+    return "*" in allowed or origin in allowed
+
+
 def _origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
     """Same-origin requests (and those with no Origin header: not from a browser page) always; others only
     from --cors_origins."""
     origin = request.headers.get("Origin")
-    if origin is None or "*" in allowed or origin in allowed:
-        return True
-    return urlsplit(origin).netloc == request.host
+    return origin is None or _listed(origin, allowed) or urlsplit(origin).netloc == request.host
 
 
 def _token_of(request: web.Request) -> str | None:
@@ -93,7 +96,7 @@ async def api_errors(request: web.Request, handler) -> web.StreamResponse:  # no
 def _cors(config: ServerConfig):  # noqa: ANN202
     async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
         origin = request.headers.get("Origin")
-        if origin is not None and ("*" in config.cors_origins or origin in config.cors_origins):
+        if origin is not None and _listed(origin, config.cors_origins):
             response.headers["Access-Control-Allow-Origin"] = "*" if "*" in config.cors_origins else origin
             for name, value in _CORS_HEADERS.items():
                 response.headers.setdefault(name, value)
