@@ -13,6 +13,7 @@ from aiohttp import web
 from musetalk.avatar import DEMO_ID, ensure_demo
 from server.config import AUTH_TOKEN_ENV, ServerConfig
 from server.registry import SessionEndedError, SessionLimitError, SessionRegistry
+from server import ws_audio
 from server.errors import ApiError
 from server.routes import error_response, is_protected, setup_routes
 from server.services import Services
@@ -162,5 +163,6 @@ def create_app(config: ServerConfig, services: Services | None = None) -> web.Ap
     app.on_shutdown.append(shutdown)
     app.on_cleanup.append(cleanup)
     app.on_response_prepare.append(_cors(config))
-    setup_routes(app, config.web_dir)
+    ws_audio.setup(app)
+    setup_routes(app, config.web_dir)  # last: its static files are served at /
     return app

@@ -4,13 +4,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import numpy as np
 
 from pipeline.items import Event
 from pipeline.session import Session
+from voices.speaker import one_chunk
 from voices.tasks import TaskSet
 from voices.realtime import AudioDelta, RealtimeClient, RealtimeError, ResponseDone, ServerError, TranscriptDelta
 
@@ -24,6 +25,7 @@ class Voice(Protocol):
     def say(self, text: str) -> asyncio.Task: ...
     def chat(self, text: str) -> asyncio.Task: ...
     def push_audio_file(self, pcm: np.ndarray, label: str = "") -> asyncio.Task: ...
+    def push_audio_stream(self, chunks: AsyncIterator[np.ndarray], label: str = "") -> asyncio.Task: ...
     @property
     def pending(self) -> int: ...
     async def interrupt(self) -> int: ...
@@ -58,15 +60,23 @@ class RealtimeVoice:
         return self._tasks.spawn(self._request(lambda c: c.send_text(text)), "realtime-chat")
 
     def push_audio_file(self, pcm: np.ndarray, label: str = "") -> asyncio.Task:
-        return self._tasks.spawn(self._play(pcm, label, self.session.turn), "realtime-audio-file")
+        return self.push_audio_stream(one_chunk(pcm), label)
+
+    def push_audio_stream(self, chunks: AsyncIterator[np.ndarray], label: str = "") -> asyncio.Task:
+        return self._tasks.spawn(self._play(chunks, label, self.session.turn), "realtime-audio")
 
     @property
     def pending(self) -> int:
         return len(self._tasks)
 
-    async def _play(self, pcm: np.ndarray, label: str, turn: int) -> None:
+    async def _play(self, chunks: AsyncIterator[np.ndarray], label: str, turn: int) -> None:
         async with self._playing:
-            if await self.session.push_audio(pcm, [Event("sentence_start", label, turn)], turn):
+            events: list[Event] | None = [Event("sentence_start", label, turn)]
+            async for pcm in chunks:
+                if not await self.session.push_audio(pcm, events, turn):
+                    return  # interrupted
+                events = None
+            if events is None:  # something was played
                 await self.session.end_speech([Event("sentence_end", label, turn)], turn)
 
     async def interrupt(self) -> int:

@@ -58,7 +58,7 @@ class StreamResampler:
         g = math.gcd(src_rate, dst_rate)
         self.up, self.down = dst_rate // g, src_rate // g
         self.passthrough = self.up == self.down == 1
-        max_rate = max(self.up, self.down)
+        max_rate = max(self.up, self.down, 2)  # equal rates pass through; the filter is then never used
         half_len = 10 * max_rate  # same design as resample_poly's default
         self._fir = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0))
         half_in = math.ceil(half_len / self.up)  # filter half length in input samples

@@ -62,7 +62,13 @@ class Speaker:
     def push_audio_file(self, pcm: np.ndarray, label: str = "") -> asyncio.Task:
         """Speak prepared audio (an uploaded file) as one 'sentence' after what is queued; returns its task,
         done once the audio is in the session (until then this voice holds it)."""
-        return self._producers.spawn(self._audio_file(pcm, label, self.sink.turn), "audio-file")
+        return self._producers.spawn(self._audio(one_chunk(pcm), label, self.sink.turn), "audio-file")
+
+    def push_audio_stream(self, chunks: AsyncIterator[np.ndarray], label: str = "") -> asyncio.Task:
+        """Speak audio that arrives in pieces (a WebSocket stream) as one 'sentence' after what is queued: its
+        pieces are taken only as fast as the session accepts them. Returns its task, done once the stream has
+        ended and all of it is in the session (or it was skipped or interrupted)."""
+        return self._producers.spawn(self._audio(chunks, label, self.sink.turn), "audio-stream")
 
     @property
     def pending(self) -> int:
@@ -94,9 +100,9 @@ class Speaker:
         for sentence in splitter.feed(text) + splitter.flush():
             await self._sentences.put((turn, sentence))
 
-    async def _audio_file(self, pcm: np.ndarray, label: str, turn: int) -> None:
+    async def _audio(self, chunks: AsyncIterator[np.ndarray], label: str, turn: int) -> None:
         played: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._sentences.put((turn, pcm, label, played))
+        await self._sentences.put((turn, chunks, label, played))
         await played
 
     async def _chat(self, text: str, turn: int) -> None:
@@ -120,10 +126,11 @@ class Speaker:
                 if turn == self.sink.turn:  # else queued before an interrupt
                     await self._speak(item[1], turn)
                 continue
-            _, pcm, label, played = item
+            _, chunks, label, played = item
             try:
                 if turn == self.sink.turn:
-                    await self._play(pcm, label, turn)
+                    await self._push(chunks, Event("sentence_start", label, turn), Event("sentence_end", label, turn),
+                                     turn)
             finally:  # played, skipped or cut short: its request is over either way
                 if not played.done():
                     played.set_result(None)
@@ -135,12 +142,6 @@ class Speaker:
                 await self._push(chunks, start, end, turn)
         except TTSError as e:
             self._report("tts_error", str(e))
-
-    async def _play(self, pcm: np.ndarray, label: str, turn: int) -> None:
-        async def one() -> AsyncIterator[np.ndarray]:
-            yield pcm
-
-        await self._push(one(), Event("sentence_start", label, turn), Event("sentence_end", label, turn), turn)
 
     async def _push(self, chunks: AsyncIterator[np.ndarray], start: Event, end: Event, turn: int) -> None:
         first = True
@@ -159,3 +160,6 @@ class Speaker:
         self.sink.publish(Event(name, message, self.sink.turn))
 
 
+async def one_chunk(pcm: np.ndarray) -> AsyncIterator[np.ndarray]:
+    """Audio that is all there already, as a stream of one piece."""
+    yield pcm
