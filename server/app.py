@@ -13,7 +13,7 @@ from aiohttp import web
 from musetalk.avatar import DEMO_ID, ensure_demo
 from server.config import AUTH_TOKEN_ENV, ServerConfig
 from server.registry import SessionEndedError, SessionLimitError, SessionRegistry
-from server import ws_audio
+from server import admin, ice, ws_audio
 from server.errors import ApiError
 from server.routes import error_response, is_protected, setup_routes
 from server.services import Services
@@ -126,6 +126,7 @@ def open_access_warning(config: ServerConfig) -> str | None:
 
 def ice_options(config: ServerConfig) -> IceOptions:
     return IceOptions(stun=config.stun, turn=config.turn, turn_username=config.turn_user,
+                      turn_secret=config.turn_secret, turn_ttl=config.turn_ttl,
                       turn_password=config.turn_password, host_addresses=config.ice_host)
 
 
@@ -164,5 +165,7 @@ def create_app(config: ServerConfig, services: Services | None = None) -> web.Ap
     app.on_cleanup.append(cleanup)
     app.on_response_prepare.append(_cors(config))
     ws_audio.setup(app)
+    ice.setup(app)
+    admin.setup(app)
     setup_routes(app, config.web_dir)  # last: its static files are served at /
     return app

@@ -54,6 +54,8 @@ class ServerConfig:
     turn: tuple[str, ...] = ()
     turn_user: str | None = None
     turn_password: str | None = None
+    turn_secret: str | None = None
+    turn_ttl: float = 86400.0
     ice_host: tuple[str, ...] = ()
     max_upload_mb: float = 20.0
     max_audio_seconds: float = 120.0
@@ -164,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="TURN server URL, e.g. turn:turn.example.org:3478 (repeatable)")
     ice.add_argument("--turn_user", help="TURN user name")
     ice.add_argument("--turn_password", help="TURN password (or env TURN_PASSWORD)")
+    ice.add_argument("--turn_secret", default=None,
+                     help="TURN REST API secret shared with the TURN server (coturn: use-auth-secret, "
+                          "static-auth-secret); clients and sessions then get time-limited credentials "
+                          "\"<expiry>:<--turn_user or avatar>\" instead of a fixed password (or env TURN_SECRET)")
+    ice.add_argument("--turn_ttl", type=_positive_float, default=_D.turn_ttl,
+                     help="seconds that TURN REST credentials stay valid")
     ice.add_argument("--ice_host", action="append", type=_ip, default=[],
                      help="offer ICE host candidates only on this address, e.g. 127.0.0.1 (repeatable)")
     model = p.add_argument_group("lip-sync engine and avatar")
@@ -228,8 +236,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         parser.error("--tts gpt-sovits needs --REF_FILE (the reference audio path on the GPT-SoVITS server)")
     if a.tts == "openai" and not (a.TTS_SERVER or a.llm_base_url):
         parser.error("--tts openai needs --TTS_SERVER (or --llm_base_url), the base URL incl. /v1")
-    if a.turn and not a.turn_user:
-        parser.error("--turn needs --turn_user and --turn_password")
+    turn_secret = a.turn_secret or os.environ.get("TURN_SECRET") or None
+    if a.turn and not (a.turn_user or turn_secret):
+        parser.error("--turn needs --turn_user and --turn_password, or --turn_secret (TURN REST credentials)")
+    if turn_secret and not a.turn:
+        parser.error("--turn_secret needs --turn (the TURN server URL)")
     if a.max_queued_seconds < a.max_audio_seconds:
         parser.error(f"--max_queued_seconds ({a.max_queued_seconds:g}) must be at least --max_audio_seconds "
                      f"({a.max_audio_seconds:g}), or the longest upload could never be accepted")
@@ -246,7 +257,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         llm_api_key=a.llm_api_key or os.environ.get("OPENAI_API_KEY") or None,
         system_prompt=a.system_prompt, realtime_model=a.realtime_model, asr=not a.no_asr,
         asr_model_dir=a.asr_model_dir, stun=tuple(a.stun), turn=tuple(a.turn), turn_user=a.turn_user,
-        turn_password=a.turn_password or os.environ.get("TURN_PASSWORD") or None, ice_host=tuple(a.ice_host),
+        turn_password=a.turn_password or os.environ.get("TURN_PASSWORD") or None,
+        turn_secret=turn_secret, turn_ttl=a.turn_ttl, ice_host=tuple(a.ice_host),
         max_upload_mb=a.max_upload_mb, max_audio_seconds=a.max_audio_seconds, max_text_chars=a.max_text_chars,
         connect_timeout=a.connect_timeout, request_timeout=a.request_timeout, auth_tokens=tokens,
         cors_origins=tuple(a.cors_origins), max_pending_requests=a.max_pending_requests,

@@ -55,6 +55,7 @@ class LiveSession:
     tracks: SessionTracks
     pc: RTCPeerConnection
     voice: Voice
+    voice_name: str = ""  # what /offer chose (or the default): shown by the admin API
     created: float = field(default_factory=time.monotonic)
     recorder: Recorder | None = None
     tasks: TaskSet = field(default_factory=TaskSet)  # watchdogs, voice input

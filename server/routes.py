@@ -156,7 +156,8 @@ async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str, voi
         raise ApiError(400, f"cannot use the offer SDP: {str(e) or type(e).__name__}") from e
     live: LiveSession | None = None
     try:
-        live = LiveSession(sid, session, tracks, pc, await state.services.new_voice(session, voice))
+        live = LiveSession(sid, session, tracks, pc, await state.services.new_voice(session, voice),
+                           voice_name=voice or state.services.voices[0])
         await session.start()
         state.registry.add(live)
     except BaseException:
@@ -349,7 +350,7 @@ API_PATHS = frozenset({"/offer", "/human", "/humanaudio", "/interrupt_talk", "/i
 def is_protected(request: web.Request) -> bool:
     """True for the API routes; unmatched paths too (their 404 must not tell what exists)."""
     resource = request.match_info.route.resource
-    return resource is None or resource.canonical in API_PATHS
+    return resource is None or resource.canonical in API_PATHS or resource.canonical.startswith("/api/")
 
 
 def setup_routes(app: web.Application, web_dir) -> None:  # noqa: ANN001

@@ -1,13 +1,30 @@
 """WebRTC signalling helpers: ICE configuration (no STUN/TURN unless asked) and answering an offer."""
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import ipaddress
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aioice.ice
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+
+DEFAULT_TURN_REST_USER = "avatar"
+
+
+def turn_rest_credentials(secret: str, user: str, ttl: float, now: float | None = None) -> tuple[str, str]:
+    """Time-limited TURN credentials of the "TURN REST API" scheme (coturn's use-auth-secret): the user name is
+    "<expiry unix time>:<user>", the password base64(HMAC-SHA1(secret, user name)). The TURN server checks the
+    HMAC with the same secret and refuses the name once its expiry has passed."""
+    expiry = int((time.time() if now is None else now) + ttl)
+    username = f"{expiry}:{user}"
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(digest).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -17,13 +34,27 @@ class IceOptions:
     turn_username: str | None = None
     turn_password: str | None = None
     host_addresses: Sequence[str] = field(default_factory=tuple)  # restrict host candidates (empty: all but loopback)
+    turn_secret: str | None = None  # shared with the TURN server: credentials are made per use, time-limited
+    turn_ttl: float = 86400.0
+
+    def turn_credentials(self) -> tuple[str | None, str | None]:
+        """The TURN user name and password: fresh REST credentials with a secret, else the static ones."""
+        if self.turn_secret:
+            return turn_rest_credentials(self.turn_secret, self.turn_username or DEFAULT_TURN_REST_USER,
+                                         self.turn_ttl)
+        return self.turn_username, self.turn_password
+
+    def servers(self) -> list[dict[str, object]]:
+        """The ICE servers as a browser's RTCPeerConnection takes them (RTCIceServer dictionaries)."""
+        servers: list[dict[str, object]] = [{"urls": list(self.stun)}] if self.stun else []
+        if self.turn:
+            username, credential = self.turn_credentials()
+            servers.append({"urls": list(self.turn), "username": username, "credential": credential})
+        return servers
 
     def configuration(self) -> RTCConfiguration:
-        servers = [RTCIceServer(urls=list(self.stun))] if self.stun else []
-        if self.turn:
-            servers.append(RTCIceServer(urls=list(self.turn), username=self.turn_username,
-                                        credential=self.turn_password))
-        return RTCConfiguration(iceServers=servers)  # an empty list: aiortc's default Google STUN is not used
+        # An empty list: aiortc's default Google STUN is not used.
+        return RTCConfiguration(iceServers=[RTCIceServer(**server) for server in self.servers()])
 
 
 def use_host_addresses(addresses: Sequence[str]) -> None:
