@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from musetalk.avatar import Avatar
 from pipeline.clock import TICK_SECONDS
+
+
+# Seconds of audio after a batch (past the features' own look-ahead) that a lip-sync engine waits for before
+# rendering it, unless the utterance ends first: more is closer to the features of the whole utterance, less is
+# lower latency (README: --right_context; BENCHMARKS.md section 9 measures the trade-off).
+DEFAULT_RIGHT_CONTEXT_S = 0.2
 
 
 def lead_ticks_for(right_context_ticks: int, batch_seconds: float) -> int:
@@ -41,7 +47,10 @@ class RenderRequest:
     the stretch began or the last end of speech: the clip a lip-sync model pads at both ends), so
     `audio[left_samples]` is utterance sample `utterance_pos * 640`. `utterance_samples` is the utterance's
     length in samples when it ends within this request's ticks or right context (None: it goes on past them);
-    the ticks' samples beyond it are padding.
+    the ticks' samples beyond it are padding. `deadline` is when the first tick is due (``time.monotonic()``
+    seconds, from the session's media clock; 0: as soon as possible) and `turn` the conversation turn of the
+    ticks, with `current_turn` the session's turn now: an engine that queues work may drop a render whose turn
+    ended (it then raises ``engines.batcher.StaleJob``).
     """
 
     ticks: Sequence[int]
@@ -52,6 +61,9 @@ class RenderRequest:
     seg_pos: int
     utterance_pos: int = 0
     utterance_samples: int | None = None
+    deadline: float = 0.0
+    turn: int = 0
+    current_turn: Callable[[], int] | None = None
 
 
 class Renderer(abc.ABC):
@@ -98,3 +110,6 @@ class Engine(abc.ABC):
 
     def describe(self) -> str:
         return self.name
+
+    def close(self) -> None:
+        """Release what the engine runs beside the sessions (threads, devices); called once at shutdown."""

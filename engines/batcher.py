@@ -2,7 +2,8 @@
 
 Why: sessions that each take a lock around their own small model calls pay the per-call host cost (Python
 dispatch, kernel launches, a blocking copy back) once per session and batch; gathered into one call, it is paid
-once for all of them. One thread owning the models also gives one place for per-size compiled graphs later.
+once for all of them. One thread owning the models also gives one place for per-size captured graphs
+(``engines.musetalk_batch``).
 
 A `Job` is N rows of model input of one *kind* (e.g. "encoder": mel inputs, "faces": audio chunks + avatar latent
 rows), the conversation turn it belongs to with a getter of its session's current turn, and an absolute deadline
@@ -61,6 +62,15 @@ Rows = Any  # np.ndarray | torch.Tensor | list: anything with rows along its fir
 
 class BatchModel(Protocol):
     def __call__(self, inputs: tuple[Rows, ...], rows: int) -> Rows | tuple[Rows, ...]: ...
+
+
+class JobRunner(Protocol):
+    """What a session-side user of the models needs: `Batcher`, or another runner of the same jobs (the bench's
+    lock-serialised baseline; a pool of processes)."""
+
+    def submit(self, job: Job) -> Future: ...
+
+    def stop(self, timeout: float | None = None) -> None: ...
 
 
 class BatcherError(RuntimeError):
@@ -408,58 +418,3 @@ class Batcher:
             pending, self._queue = self._queue, []
             for p in pending:
                 self._fail(p, error)
-
-
-# ------------------------------------------------------------------------------ MuseTalk's models as batch models
-
-ENCODER = "encoder"
-FACES = "faces"
-
-
-class EncoderModel:
-    """Kind ``"encoder"``: rows are whisper encoder inputs of any sessions' windows; inputs (mels (P, 80, 3000),
-    encoder positions (P,), whole steps (P,)) as ``musetalk.audio_features.window_mels`` makes them; out: a list of
-    P float32 arrays (steps, 5, D), each input's states from its position, as ``encode_window`` slices them."""
-
-    def __init__(self, encoder: torch.nn.Module, version: str) -> None:
-        self.encoder, self.version = encoder, version
-
-    def __call__(self, inputs: tuple[Rows, ...], rows: int) -> list[np.ndarray]:
-        from musetalk.whisper import encoder_states
-
-        mels, positions, counts = inputs
-        with torch.inference_mode():
-            states = encoder_states(self.encoder, torch.as_tensor(mels), layer_norm_last=self.version == "v15")
-            return [states[i, p:p + n].float().cpu().numpy()
-                    for i, (p, n) in enumerate(zip(positions[:rows].tolist(), counts[:rows].tolist()))]
-
-
-class FacesModel:
-    """Kind ``"faces"``: rows are frames of any sessions and avatars; inputs (audio chunks (B, 50, 384), avatar
-    latent rows (B, 8, 32, 32)); out: faces (B, 256, 256, 3) uint8 BGR (``musetalk.inference.infer_faces``)."""
-
-    def __init__(self, models: Any) -> None:
-        self.models = models
-
-    def __call__(self, inputs: tuple[Rows, ...], rows: int) -> np.ndarray:
-        from musetalk.inference import infer_faces
-
-        chunks, latents = inputs
-        return infer_faces(self.models, chunks, latents)
-
-
-def musetalk_models(models: Any, encoder: torch.nn.Module, version: str) -> dict[str, BatchModel]:
-    """The batch models of a loaded MuseTalk (``MuseTalkModels`` and its whisper encoder)."""
-    return {ENCODER: EncoderModel(encoder, version), FACES: FacesModel(models)}
-
-
-def encode_window_batched(batcher: Batcher, audio: np.ndarray, version: str, first_step: int, deadline: float,
-                          turn: int = 0, current_turn: Callable[[], int] | None = None) -> np.ndarray:
-    """``musetalk.audio_features.encode_window`` through the batcher: the log-mel here (the caller's thread, CPU),
-    the encoder pass in a batch with other sessions' windows."""
-    from musetalk.audio_features import window_mels
-
-    mels, positions, counts = window_mels(audio, version, first_step)
-    job = Job(ENCODER, (mels, np.asarray(positions, np.int64), np.asarray(counts, np.int64)), deadline, turn,
-              current_turn)
-    return np.concatenate(batcher.submit(job).result())

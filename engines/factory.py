@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from engines.base import Engine
+from engines.base import DEFAULT_RIGHT_CONTEXT_S, Engine
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,8 @@ def musetalk_unavailable(models_dir: Path, version: str) -> str | None:
 
 
 def create_engine(name: str = "auto", models_dir: Path = Path("models"), version: str = "v15",
-                  batch_size: int | None = None, device: str | None = None) -> Engine:
+                  batch_size: int | None = None, device: str | None = None,
+                  right_context_s: float = DEFAULT_RIGHT_CONTEXT_S) -> Engine:
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
     if name == "auto":
@@ -43,4 +44,5 @@ def create_engine(name: str = "auto", models_dir: Path = Path("models"), version
         return LiteEngine()
     from engines.musetalk_engine import MuseTalkEngine
 
-    return MuseTalkEngine(models_dir=models_dir, version=version, batch_size=batch_size, device=device)
+    return MuseTalkEngine(models_dir=models_dir, version=version, batch_size=batch_size, device=device,
+                          right_context_s=right_context_s)

@@ -1,9 +1,11 @@
 """`musetalk`: the real model. Whisper features of the utterance's audio -> UNet + VAE decode -> faces.
 
-Models load once per process and are shared by every session; GPU calls of different sessions are
-serialised by one lock (one model, one stream), which covers the model passes only: each session's CPU work
-(the log-mel of its window) runs beside another session's GPU work. The per-session state is only the feature
-windowing.
+Models load once per process and are owned by one process-wide `engines.batcher.Batcher` (one owner thread, the
+only one that runs them): every session's worker submits its encoder windows and its frames as jobs carrying the
+request's deadline (from the session's media clock) and turn, and the batcher runs them earliest-deadline-first
+in padded batches of several sessions (and avatars), with a captured graph per batch size on CUDA
+(``engines.musetalk_batch``). Each session's CPU work (the log-mel of its window) stays on its own worker thread.
+`close()` stops the batcher (the server does at shutdown). The per-session state is only the feature windowing.
 
 Features: a batch is encoded from the start of its official 30 s segment (left context up to ~30 s) to all of
 its utterance the worker has (right context up to the segment's end), so a sentence that has arrived before its
@@ -22,58 +24,80 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from engines.base import AvatarBinding, Engine, RenderRequest, Renderer, lead_ticks_for
-from engines.batcher import FACES, Batcher, Job, encode_window_batched, musetalk_models
-from musetalk.audio_features import SEGMENT_STEPS, StreamingFeatures
+from engines.base import DEFAULT_RIGHT_CONTEXT_S, AvatarBinding, Engine, RenderRequest, Renderer, lead_ticks_for
+from engines.batcher import Batcher, BatchModel, Job, JobRunner
+from engines.musetalk_batch import (ENCODER, FACES, LATENTS, check_graph_mode, default_graph_mode,
+                                    encode_window_batched, musetalk_models, musetalk_sizes, use_channels_last,
+                                    warm_up)
+from musetalk.audio_features import SEGMENT_STEPS, StreamingFeatures, StepFunction
 from musetalk.avatar import Avatar, face_crops
 from musetalk.config import FACE_SIZE
-from musetalk.inference import faces_to_latents, infer_faces
 from musetalk.models import ModelPaths, MuseTalkModels, load_models
 from musetalk.whisper import load_encoder
-from pipeline.clock import TICK_SECONDS
 from pipeline.items import TICK_SAMPLES
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_GPU = 8
 DEFAULT_BATCH_CPU = 4
+DEFAULT_MAX_SESSIONS = 4  # the faces batch sizes go up to the first fixed size holding this many sessions' batches
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class JobTag:
+    """What every job of one render carries: when its result is due (``time.monotonic()`` seconds) and its turn
+    with a getter of the session's current turn (a job of an ended turn is dropped, not run)."""
+
+    deadline: float
+    turn: int = 0
+    current_turn: Callable[[], int] | None = None
 
 
 class MuseTalkEngine(Engine):
     name = "musetalk"
 
     def __init__(self, models_dir: Path = Path("models"), version: str = "v15", batch_size: int | None = None,
-                 device: str | None = None, left_context_s: float | None = None, right_context_s: float = 0.2,
-                 batcher: bool = False) -> None:
+                 device: str | None = None, left_context_s: float | None = None,
+                 right_context_s: float = DEFAULT_RIGHT_CONTEXT_S, graph_mode: str | None = AUTO,
+                 channels_last: bool | None = None, max_sessions: int = DEFAULT_MAX_SESSIONS,
+                 loaded: tuple[MuseTalkModels, torch.nn.Module] | None = None,
+                 runner: Callable[[dict[str, BatchModel]], JobRunner] | None = None) -> None:
+        """`graph_mode`: ``engines.musetalk_batch.GRAPH_MODES`` or None; "auto": cudagraphs on CUDA, none on a CPU.
+        `channels_last` (None: on CUDA): NHWC UNet and VAE. `loaded`: models already in memory (bench.gpu) instead
+        of loading them from `models_dir`. `runner`: builds what runs the jobs from the batch models (default: a
+        `Batcher`; bench.gpu passes its lock-serialised baseline)."""
         super().__init__()
         started = time.perf_counter()
         self.version = version
-        self.models: MuseTalkModels = load_models(models_dir, version, device)
-        self.encoder = load_encoder(ModelPaths(Path(models_dir), version).whisper, version, self.models.device,
-                                    self.models.dtype)
-        self.batch_size = batch_size or (DEFAULT_BATCH_GPU if self.models.device.type == "cuda" else DEFAULT_BATCH_CPU)
+        if loaded is None:
+            self.models: MuseTalkModels = load_models(models_dir, version, device)
+            self.encoder = load_encoder(ModelPaths(Path(models_dir), version).whisper, version, self.models.device,
+                                        self.models.dtype)
+        else:
+            self.models, self.encoder = loaded
+        cuda = self.models.device.type == "cuda"
+        self.batch_size = batch_size or (DEFAULT_BATCH_GPU if cuda else DEFAULT_BATCH_CPU)
         self.context = (left_context_s, right_context_s)
-        self.lock = threading.Lock()
-        # Opt-in (off by default): every session's encoder and UNet+VAE calls go through one cross-session batcher
-        # (engines.batcher), whose owner thread takes `lock` around each model call. `close()` stops it.
-        self.batcher: Batcher | None = None
-        if batcher:
-            def locked(model):
-                def run(inputs, rows):
-                    with self.lock:
-                        return model(inputs, rows)
-                return run
-            models = musetalk_models(self.models, self.encoder, version)
-            self.batcher = Batcher({kind: locked(m) for kind, m in models.items()}, name="musetalk-batcher").start()
+        self.graph_mode = default_graph_mode(self.models.device) if graph_mode == AUTO else graph_mode
+        check_graph_mode(self.graph_mode)
+        self.channels_last = cuda if channels_last is None else channels_last
+        if self.channels_last:
+            use_channels_last(self.models)
+        self.batch_models = musetalk_models(self.models, self.encoder, version, self.graph_mode, self.channels_last)
+        self.sizes = musetalk_sizes(max_sessions * self.batch_size)
+        self.runner: JobRunner = (runner(self.batch_models) if runner is not None else
+                                  Batcher(self.batch_models, self.sizes, name="musetalk-batcher").start())
         self._features: dict[int, StreamingFeatures] = {}
+        self.batch_seconds = 0.0  # a faces batch (measured by the warm-up): encoder jobs are due this much earlier
         # Diagnostics (musetalk.parity): called with (first utterance frame, chunks) of every batch rendered.
         self.features_observer: Callable[[int, np.ndarray], None] | None = None
         # Context in ticks for the largest batch (smaller ones need less), the worst case over the frames of a whole
@@ -89,65 +113,69 @@ class MuseTalkEngine(Engine):
             math.ceil(samples / TICK_SAMPLES) for samples in (left, right, usable))
         self.batch_seconds = self._warm_up()
         self.lead_ticks = lead_ticks_for(self.right_context_ticks, 1.5 * self.batch_seconds)
-        log.info("musetalk %s on %s (%s): batch %d, context %d/%d ticks, %.0f ms per batch, lead %d ticks; "
-                 "loaded in %.1f s", version, self.models.device, self.models.dtype, self.batch_size,
-                 self.left_context_ticks, self.right_context_ticks, 1000 * self.batch_seconds, self.lead_ticks,
-                 time.perf_counter() - started)
+        log.info("musetalk %s on %s (%s, graphs: %s): batch %d, context %d/%d ticks, %.0f ms per batch, lead %d "
+                 "ticks; loaded in %.1f s", version, self.models.device, self.models.dtype, self.graph_mode or "none",
+                 self.batch_size, self.left_context_ticks, self.right_context_ticks, 1000 * self.batch_seconds,
+                 self.lead_ticks, time.perf_counter() - started)
 
     @property
     def max_right_context_ticks(self) -> int:
         return self._usable_right_ticks
 
     def close(self) -> None:
-        """Stop the batcher's owner thread, if any (sessions' jobs still pending fail with BatcherStopped)."""
-        if self.batcher is not None:
-            self.batcher.stop()
+        """Stop the batcher's owner thread (sessions' jobs still pending fail with BatcherStopped)."""
+        self.runner.stop()
 
-    def _deadline(self) -> float:
-        # The worker asks for a batch about one batch time before it is due; the request carries no deadline or
-        # turn yet, so jobs are ordered by when they are asked for.
-        return time.monotonic() + TICK_SECONDS
+    def _streaming(self, frames: int, step_features: StepFunction) -> StreamingFeatures:
+        return StreamingFeatures.with_step_function(
+            step_features, self.version, batch_frames=frames, left_context_s=self.context[0],
+            right_context_s=self.context[1], feature_dim=self.encoder.config.d_model)
+
+    def _step_features(self, tag: JobTag) -> StepFunction:
+        # The encoder's result is due before the faces that need it: a faces batch's time earlier.
+        deadline = tag.deadline - self.batch_seconds
+
+        def step_features(audio: np.ndarray, first_step: int) -> np.ndarray:
+            return encode_window_batched(self.runner, audio, self.version, first_step, deadline, tag.turn,
+                                         tag.current_turn)
+        return step_features
 
     def features(self, frames: int) -> StreamingFeatures:
-        if frames not in self._features and self.batcher is not None:
-            batcher = self.batcher
-
-            def step_features(audio: np.ndarray, first_step: int) -> np.ndarray:
-                return encode_window_batched(batcher, audio, self.version, first_step, self._deadline())
-
-            self._features[frames] = StreamingFeatures.with_step_function(
-                step_features, self.version, batch_frames=frames, left_context_s=self.context[0],
-                right_context_s=self.context[1], feature_dim=self.encoder.config.d_model)
+        """The windowing of batches of `frames` (what audio they need; ``chunks`` encodes as soon as possible)."""
         if frames not in self._features:
-            self._features[frames] = StreamingFeatures(self.encoder, self.version, batch_frames=frames,
-                                                       left_context_s=self.context[0],
-                                                       right_context_s=self.context[1],
-                                                       encoder_lock=self.lock)
+            self._features[frames] = self._streaming(frames, self._step_features(JobTag(deadline=0.0)))
         return self._features[frames]
 
     def _warm_up(self) -> float:
-        """One full batch on zeros: first-call costs (kernels, allocations) paid now; returns its time."""
-        latents = torch.zeros(self.batch_size, 8, 32, 32)
+        """First-call costs paid now: with graphs, every batch size of the encoder and faces is built (captured /
+        compiled); then one full batch on zeros, twice; returns the time of the second."""
+        if self.graph_mode is not None:
+            config = self.encoder.config
+            mel = np.zeros((1, config.num_mel_bins, 2 * config.max_source_positions), np.float32)
+            warm_up(self.runner, ENCODER, self.sizes[ENCODER],
+                    lambda n: (np.repeat(mel, n, 0), np.zeros(n, np.int64), np.ones(n, np.int64)))
+            warm_up(self.runner, FACES, self.sizes[FACES],
+                    lambda n: (np.zeros((n, 50, config.d_model), np.float32), np.zeros((n, 8, 32, 32), np.float32)))
+        latents = np.zeros((self.batch_size, 8, 32, 32), np.float32)
         audio = np.zeros(self.features(self.batch_size).window(0)[1], np.float32)
         for _ in range(2):
             started = time.perf_counter()
-            self.faces(audio, 0, self.batch_size, latents)
+            self.faces(audio, 0, self.batch_size, latents, tag=JobTag(deadline=0.0))
         return time.perf_counter() - started
 
-    def faces(self, window_audio: np.ndarray, first_frame: int, frames: int, latents: torch.Tensor,
-              final: bool = False) -> np.ndarray:
+    def faces(self, window_audio: np.ndarray, first_frame: int, frames: int, latents: np.ndarray,
+              final: bool = False, tag: JobTag = JobTag(deadline=0.0)) -> np.ndarray:
         """Faces of utterance frames first_frame.. (``StreamingFeatures.chunks``): `frames` of them, fewer when
-        `final` and the utterance has fewer; `latents` holds one per frame."""
-        with torch.inference_mode():
-            chunks = self.features(frames).chunks(window_audio, first_frame, final)  # takes the lock for the encoder
-            if self.features_observer is not None:
-                self.features_observer(first_frame, chunks)
-            if not len(chunks):
-                return np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
-            if self.batcher is not None:
-                return self.batcher.submit(Job(FACES, (chunks, latents[:len(chunks)]), self._deadline())).result()
-            with self.lock:
-                return infer_faces(self.models, chunks, latents[:len(chunks)])
+        `final` and the utterance has fewer; `latents` (float32) holds one per frame. Raises
+        ``engines.batcher.StaleJob`` when `tag`'s turn ended before the jobs ran."""
+        chunks = self._streaming(frames, self._step_features(tag)).chunks(window_audio, first_frame, final)
+        if self.features_observer is not None:
+            self.features_observer(first_frame, chunks)
+        if not len(chunks):
+            return np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
+        job = Job(FACES, (chunks, np.asarray(latents[:len(chunks)], np.float32)), tag.deadline, tag.turn,
+                  tag.current_turn)
+        return self.runner.submit(job).result()
 
     def _bind(self, avatar: Avatar) -> MuseTalkBinding:
         return MuseTalkBinding(self, avatar)
@@ -157,16 +185,14 @@ class MuseTalkBinding(AvatarBinding):
     def __init__(self, engine: MuseTalkEngine, avatar: Avatar) -> None:
         self.engine = engine
         latents = avatar.latents(engine.version)
-        if latents is None:  # prepared without weights: encode the face crops once, now
+        if latents is None:  # prepared without weights: encode the face crops once, now (behind sessions' jobs)
             started = time.perf_counter()
-            crops = face_crops(avatar.frames, avatar.face_boxes)  # CPU work: outside the models' lock
-            with engine.lock:
-                encoded = faces_to_latents(engine.models.vae, crops)
-            latents = encoded.numpy()
+            crops = face_crops(avatar.frames, avatar.face_boxes)  # CPU work: on this thread
+            latents = engine.runner.submit(Job(LATENTS, (crops,), time.monotonic() + 60)).result()
             log.info("avatar %s: encoded %d latents in %.1f s (prepare the avatar with weights present to skip this)",
                      avatar.avatar_id, len(latents), time.perf_counter() - started)
-        # On the models' device and dtype once, not copied and cast again for every batch.
-        self.latents = torch.from_numpy(np.asarray(latents, np.float32)).to(engine.models.device, engine.models.dtype)
+        # Host float32 rows: a job's input is numpy (32 KB a frame to the device with each batch).
+        self.latents = np.ascontiguousarray(latents, np.float32)
 
     def new_renderer(self) -> MuseTalkRenderer:
         return MuseTalkRenderer(self)
@@ -187,4 +213,5 @@ class MuseTalkRenderer(Renderer):
         if final:
             end = request.utterance_samples
         latents = self.binding.latents[list(request.cycle_indices)]
-        return list(engine.faces(request.audio[start - origin:end - origin], first, frames, latents, final))
+        tag = JobTag(request.deadline, request.turn, request.current_turn)
+        return list(engine.faces(request.audio[start - origin:end - origin], first, frames, latents, final, tag))

@@ -57,15 +57,41 @@ def faces_to_latents(vae: AutoencoderKL, faces_bgr: np.ndarray, batch_size: int 
     return torch.cat(out)
 
 
+def to_host(t: torch.Tensor) -> np.ndarray:
+    """A device tensor's values as a numpy array. On CUDA: copied asynchronously into pinned (page-locked) host
+    memory from PyTorch's caching host allocator and waited for with an event on the current stream, so only this
+    thread waits, for this copy, and the DMA is not staged through a pageable buffer. Elsewhere a plain copy."""
+    if t.device.type != "cuda":
+        return t.cpu().numpy()
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    copied.synchronize()
+    return host.numpy()  # keeps `host` alive; its block returns to the pinned cache when the array is freed
+
+
+def decoded_pixels(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """(B,4,32,32) face latents (on the VAE's device and dtype) -> (B,256,256,3) uint8 BGR on the device."""
+    image = vae.decode(latents / vae.config.scaling_factor).sample
+    image = (image / 2 + 0.5).clamp(0, 1)
+    # Scaled, rounded and flipped to BGR on the device: a quarter of the bytes cross to the host as uint8.
+    return (image.permute(0, 2, 3, 1).flip(-1).float() * 255).round().to(torch.uint8).contiguous()
+
+
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> np.ndarray:
     """(B,4,32,32) face latents -> (B,256,256,3) uint8 BGR, C-contiguous (upstream's VAE.decode_latents)."""
     weight = _param(vae)
     with torch.inference_mode():
-        image = vae.decode(latents.to(device=weight.device, dtype=weight.dtype) / vae.config.scaling_factor).sample
-        image = (image / 2 + 0.5).clamp(0, 1)
-        # Scaled, rounded and flipped to BGR on the device: a quarter of the bytes cross to the host as uint8.
-        pixels = (image.permute(0, 2, 3, 1).flip(-1).float() * 255).round().to(torch.uint8).contiguous()
-    return pixels.cpu().numpy()
+        return to_host(decoded_pixels(vae, latents.to(device=weight.device, dtype=weight.dtype)))
+
+
+def unet_latents(models: MuseTalkModels, features: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """(B,50,384) audio feature chunks and (B,8,32,32) input latents, on the models' device and dtype -> (B,4,32,32)
+    predicted face latents: positional encoding, then the UNet at t=0 (MuseTalk is one step, not a sampler)."""
+    context = models.pe(features)
+    timestep = torch.zeros(1, dtype=torch.long, device=latents.device)  # diffusers broadcasts it over the batch
+    return models.unet(latents, timestep, encoder_hidden_states=context).sample
 
 
 def _as_tensor(x: torch.Tensor | np.ndarray, name: str, shape_tail: tuple[int, ...]) -> torch.Tensor:
@@ -88,10 +114,6 @@ def infer_faces(
     if len(feats) != len(lat):
         raise ValueError(f"features hold {len(feats)} frames but latents {len(lat)}")
     with torch.inference_mode():
-        context = models.pe(feats.to(device=models.device, dtype=models.dtype))
-        # MuseTalk always runs the UNet at timestep 0; diffusers broadcasts it over the batch.
-        timestep = torch.tensor([0], device=models.device)
-        pred = models.unet(
-            lat.to(device=models.device, dtype=models.dtype), timestep, encoder_hidden_states=context
-        ).sample
-        return decode_latents(models.vae, pred)
+        pred = unet_latents(models, feats.to(device=models.device, dtype=models.dtype),
+                            lat.to(device=models.device, dtype=models.dtype))
+        return to_host(decoded_pixels(models.vae, pred))

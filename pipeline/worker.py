@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from engines.base import Engine, RenderRequest, Renderer, lead_ticks_for
+from engines.batcher import StaleJob
 from pipeline.compositor import Compositor
 from pipeline.items import TICK_SAMPLES, TickAudio, VideoResult
 from pipeline.stats import SessionStats
@@ -136,9 +137,15 @@ class InferenceWorker:
                 continue
             try:
                 self._render(batch, right, ends)
+            except StaleJob:  # its turn ended (or the session closed) while it waited for the models
+                self.stats.dropped_stale += len(batch)
             except Exception:  # a failed batch must not kill the session: its ticks fall back to idle frames
                 log.exception("render failed for ticks %d..%d", batch[0].tick, batch[-1].tick)
                 self.stats.render_errors += 1
+
+    def _job_turn(self) -> int:
+        """The turn a render's queued model work is still wanted for: none (-1) once the worker stops."""
+        return -1 if self._stop.is_set() else self.current_turn()
 
     def _utterance_run(self, limit: int) -> tuple[list[TickAudio], bool]:
         """The queued ticks from the head (at most `limit`) that are consecutive, of the current turn and of the
@@ -240,11 +247,15 @@ class InferenceWorker:
         if len(left) != len(wanted):
             left = [np.zeros(len(wanted) * TICK_SAMPLES, np.float32)]
         last = (right or batch)[-1]  # the utterance's last tick when it ends here
+        # The media clock's deadline of the first tick, as a time.monotonic() instant (a stepped session's clock
+        # is not monotonic time; the distance to the deadline is the same).
+        deadline = time.monotonic() + self.tick_time(first.tick) - self.now()
         return RenderRequest(ticks=[t.tick for t in batch], cycle_indices=indices,
                              audio=np.concatenate(left + [t.pcm for t in batch + right]),
                              left_samples=len(wanted) * TICK_SAMPLES, right_samples=len(right) * TICK_SAMPLES,
                              seg_pos=first.seg_pos, utterance_pos=first.utterance_pos,
-                             utterance_samples=last.utterance_pos * TICK_SAMPLES + last.samples if ends else None)
+                             utterance_samples=last.utterance_pos * TICK_SAMPLES + last.samples if ends else None,
+                             deadline=deadline, turn=first.turn, current_turn=self._job_turn)
 
     def _deliver(self, result: VideoResult) -> None:
         def current() -> bool:

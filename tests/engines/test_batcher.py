@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.batcher import (ENCODER, FACES, Batcher, BatcherStopped, Job, StaleJob, encode_window_batched,
-                             musetalk_models)
+from engines.batcher import Batcher, BatcherStopped, Job, StaleJob
+from engines.musetalk_batch import ENCODER, FACES, encode_window_batched, musetalk_models
 
 FAR = 1e9  # a deadline that never comes
 
@@ -300,22 +300,24 @@ def test_tiny_musetalk_through_the_batcher_matches_direct_calls(loaded, demo_ava
         assert diff.max() <= 1 and (diff > 0).mean() < 0.001  # CPU kernels may round differently per batch size
 
 
-async def test_musetalk_engine_with_the_batcher_opt_in(tiny_models, demo_avatar) -> None:
-    from engines.musetalk_engine import MuseTalkEngine
+async def test_musetalk_engine_runs_every_model_call_through_its_batcher(tiny_models, demo_avatar) -> None:
+    from engines.musetalk_engine import JobTag, MuseTalkEngine
     from musetalk.audio_features import StreamingFeatures
+    from musetalk.inference import infer_faces
     from pipeline.session import Session, SessionOptions
 
-    engine = MuseTalkEngine(models_dir=tiny_models.root, version="v15", batch_size=2, device="cpu", batcher=True)
+    engine = MuseTalkEngine(models_dir=tiny_models.root, version="v15", batch_size=2, device="cpu")
     try:
-        assert engine.batcher is not None and engine.batcher.stats.batches > 0  # the warm-up went through it
+        assert isinstance(engine.runner, Batcher) and engine.graph_mode is None  # no graphs on a CPU by default
+        assert engine.runner.stats.batches > 0  # the warm-up went through it
         audio = (0.1 * np.random.default_rng(1).standard_normal(6400)).astype(np.float32)
-        latents = torch.zeros(2, 8, 32, 32)
-        from musetalk.inference import infer_faces
-
+        latents = np.zeros((2, 8, 32, 32), np.float32)
         direct = infer_faces(engine.models, StreamingFeatures(engine.encoder, "v15", batch_frames=2).chunks(
             audio, 0, final=True), latents)
         diff = np.abs(engine.faces(audio, 0, 2, latents, final=True).astype(int) - direct)
         assert diff.max() <= 1 and (diff > 0).mean() < 0.001
+        with pytest.raises(StaleJob):  # a render of an ended turn is dropped (its encoder job: never run)
+            engine.faces(audio, 0, 2, latents, final=True, tag=JobTag(FAR, turn=0, current_turn=lambda: 1))
 
         sessions = [Session(f"s{i}", demo_avatar, engine, options=SessionOptions(crossfade_ticks=0), stepped=True)
                     for i in range(2)]
@@ -324,12 +326,14 @@ async def test_musetalk_engine_with_the_batcher_opt_in(tiny_models, demo_avatar)
             await s.push_audio(audio)
             await s.end_speech()
         outs = [[], []]
+        batches = engine.runner.stats.batches
         for _ in range(engine.lead_ticks + 12):  # interleaved: both sessions' workers submit to the batcher
             for s, out in zip(sessions, outs):
                 out.append(s.step(wait_for_video=30.0))
         for s, out in zip(sessions, outs):
             await s.close()
             assert sum(o.source == "speech" for o in out) == 10 and s.stats.render_errors == 0
+        assert engine.runner.stats.batches > batches
     finally:
         engine.close()
-    assert not engine.batcher.running and not engine.batcher._thread.is_alive()
+    assert not engine.runner.running and not engine.runner._thread.is_alive()

@@ -13,7 +13,8 @@ import pytest
 import torch
 from transformers import WhisperModel
 
-import engines.musetalk_engine as musetalk_engine
+from engines.batcher import Batcher
+from engines.musetalk_batch import FACES
 from engines.musetalk_engine import MuseTalkEngine
 from pipeline.session import Session, SessionOptions
 from testing.tiny_models import write_tiny_layout
@@ -22,14 +23,15 @@ from tests.audio.official import (check_frames_read_official_steps, micro_config
 
 
 class UNetRecorder:
-    """Stands in for ``infer_faces``: records the (B, 50, D) chunks, returns blank faces."""
+    """Stands in for the faces batch model (UNet + VAE): records the (B, 50, D) chunks, returns blank faces."""
 
     def __init__(self) -> None:
         self.chunks: list[np.ndarray] = []
 
-    def __call__(self, models, features, latents) -> np.ndarray:
+    def __call__(self, inputs, rows: int) -> np.ndarray:
+        features = inputs[0][:rows]
         self.chunks.append(np.asarray(features, np.float32).copy())
-        return np.zeros((len(features), 256, 256, 3), np.uint8)
+        return np.zeros((rows, 256, 256, 3), np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +49,10 @@ def parity_engine(tmp_path_factory: pytest.TempPathFactory):
     model.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text("{}")
     recorder = UNetRecorder()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(musetalk_engine, "infer_faces", recorder)
-        yield MuseTalkEngine(models_dir=root, version="v15", batch_size=8, device="cpu"), recorder
+    engine = MuseTalkEngine(models_dir=root, version="v15", batch_size=8, device="cpu",
+                            runner=lambda models: Batcher({**models, FACES: recorder}).start())
+    yield engine, recorder
+    engine.close()
     torch.set_num_threads(threads)
 
 

@@ -1,5 +1,6 @@
 """The musetalk engine with tiny random weights of the real architectures, inside a stepped session."""
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -14,8 +15,10 @@ from pipeline.session import Session, SessionOptions
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models) -> MuseTalkEngine:
-    return MuseTalkEngine(models_dir=tiny_models.root, version="v15", batch_size=2, device="cpu")
+def engine(tiny_models) -> Iterator[MuseTalkEngine]:
+    engine = MuseTalkEngine(models_dir=tiny_models.root, version="v15", batch_size=2, device="cpu")
+    yield engine
+    engine.close()
 
 
 def speech(seconds: float, seed: int = 0) -> np.ndarray:
