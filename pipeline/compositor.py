@@ -6,6 +6,17 @@ import numpy as np
 from musetalk.avatar import Avatar
 
 
+WARM_TICKS = 75  # 3 s of frames
+
+
+def warm_blend_plans(avatar: Avatar, first_tick: int, ticks: int = WARM_TICKS) -> None:
+    """Build the blend plans of the frames shown from `first_tick` on (blocking: call it off the event loop),
+    so that a session switching to the avatar does not build them while its first frames are due (plans are
+    cached on the avatar: for an avatar already in use this costs nothing)."""
+    for i in sorted({avatar.cycle_index(k) for k in range(first_tick, first_tick + ticks)}):
+        avatar.blend_plan(i)
+
+
 class Compositor:
     def __init__(self, avatar: Avatar) -> None:
         self._avatar = avatar

@@ -59,6 +59,17 @@ class Output:
     def start_action(self, clip: ActionClip, audiotype: int, tick: int) -> None:
         self._action = (clip, audiotype, tick)
 
+    def switch_avatar(self, avatar: Avatar, video_in: TickQueue) -> None:
+        """Idle and speech frames come from `avatar` (rendered into `video_in`) from the next tick on; the
+        picture crossfades from the last frame shown (scaled to the new size if it differs)."""
+        self.avatar, self.video_in, self._action = avatar, video_in, None
+        last = self._last_frame
+        if last is not None:
+            h, w = avatar.frames.shape[1:3]
+            if last.shape[:2] != (h, w):
+                last = cv2.resize(np.asarray(last), (w, h), interpolation=cv2.INTER_AREA)
+            self._fade_from, self._fade_left = last, self.crossfade_ticks
+
     @property
     def action(self) -> int | None:
         return self._action[1] if self._action else None

@@ -60,13 +60,18 @@ class Session:
         self._sinks: list[Sink] = []
         self._listeners: set[asyncio.Queue] = set()
         self._ticker: asyncio.Task | None = None
-        self.worker = InferenceWorker(
-            engine, engine.bind(avatar).new_renderer(), Compositor(avatar), avatar.cycle_index, self.clock.tick_time,
-            self.clock.now, lambda: self._turn, self.stats, queue_capacity=self._max_ticks + 64,
-            out_capacity=2 * engine.batch_size + 4, name=f"inference-{session_id}",
-            own_frame=lambda i: avatar.frames[i])
+        self._retired: list[asyncio.Task] = []  # stopping the workers of avatars switched away from
+        self.worker = self._new_worker(avatar)
         self.framer = AudioFramer(self.clock.current_tick, lambda: self.worker.lead_ticks, now=self.clock.now)
         self.output = Output(avatar, self.worker.outbox, self.stats, self.clock.tick_time, options.crossfade_ticks)
+
+    def _new_worker(self, avatar: Avatar) -> InferenceWorker:
+        engine = self.engine
+        return InferenceWorker(
+            engine, engine.bind(avatar).new_renderer(), Compositor(avatar), avatar.cycle_index, self.clock.tick_time,
+            self.clock.now, lambda: self._turn, self.stats, queue_capacity=self._max_ticks + 64,
+            out_capacity=2 * engine.batch_size + 4, name=f"inference-{self.session_id}",
+            own_frame=lambda i: avatar.frames[i])
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -91,6 +96,7 @@ class Session:
                 pass
         if self._started:
             await asyncio.to_thread(self.worker.stop)
+        await asyncio.gather(*self._retired, return_exceptions=True)
         self.worker.inbox.clear()
         self.worker.outbox.clear()
         self._sinks.clear()
@@ -139,6 +145,28 @@ class Session:
         """Play action clip `audiotype` (instead of idle frames) from the next tick; KeyError if unknown."""
         clip = self.actions[audiotype]
         self.output.start_action(clip, audiotype, self.clock.current_tick() + 1)
+
+    def set_avatar(self, avatar: Avatar, actions: dict[int, ActionClip] | None = None) -> int:
+        """Show another avatar from the next tick on, crossfaded, on the same tracks (no renegotiation).
+
+        What the old avatar was saying is interrupted (a new turn): its frames are the old face. The new avatar
+        gets a worker of its own (renderer, compositor, blend plans); the old worker is stopped in the background,
+        and whatever it still renders is never shown. The avatar should have been bound to the engine and its
+        first frames' blend plans built beforehand (warm_avatar), so that the switch costs no stall on the clock.
+        Returns the first tick that shows the new avatar."""
+        self._check_open()
+        turn = self.interrupt()
+        old, new = self.worker, self._new_worker(avatar)
+        self.avatar, self.actions, self.worker = avatar, actions or {}, new
+        if self._started:
+            new.start()
+        tick = self.clock.current_tick() + 1
+        self.output.switch_avatar(avatar, new.outbox)
+        self._retired = [t for t in self._retired if not t.done()]
+        if self._started:
+            self._retired.append(asyncio.create_task(asyncio.to_thread(old.stop), name=f"retire-{self.session_id}"))
+        log.info("session %s: avatar %s from tick %d (turn %d)", self.session_id, avatar.avatar_id, tick, turn)
+        return tick
 
     @property
     def queued_seconds(self) -> float:

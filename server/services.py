@@ -88,6 +88,10 @@ class Services:
                 self._avatars[avatar_id] = await asyncio.to_thread(self._load_avatar, avatar_id)
             return self._avatars[avatar_id]
 
+    def forget_avatar(self, avatar_id: str) -> None:
+        """Drop a deleted avatar from the cache (a new avatar of the same id is loaded afresh)."""
+        self._avatars.pop(avatar_id, None)
+
     def _load_avatar(self, avatar_id: str) -> tuple[Avatar, dict[int, ActionClip]]:
         avatar = load_avatar(avatar_id, self.config.avatars_dir)
         actions = load_actions(avatar.path, avatar.frames.shape[1:3])
