@@ -13,7 +13,7 @@ from aiohttp import web
 from musetalk.avatar import DEMO_ID, ensure_demo
 from server.config import AUTH_TOKEN_ENV, ServerConfig
 from server.registry import SessionEndedError, SessionLimitError, SessionRegistry
-from server import admin, ice, ws_audio
+from server import admin, avatars_api, ice, ws_audio
 from server.errors import ApiError
 from server.routes import error_response, is_protected, setup_routes
 from server.services import Services
@@ -167,5 +167,6 @@ def create_app(config: ServerConfig, services: Services | None = None) -> web.Ap
     ws_audio.setup(app)
     ice.setup(app)
     admin.setup(app)
+    avatars_api.setup(app)
     setup_routes(app, config.web_dir)  # last: its static files are served at /
     return app

@@ -63,10 +63,16 @@ class ServerConfig:
     max_pending_requests: int = 8
     max_queued_seconds: float = 180.0
     max_sse_per_session: int = 8
+    max_avatar_upload_mb: float = 200.0
+    max_avatar_seconds: float = 120.0
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_avatar_upload_bytes(self) -> int:
+        return int(self.max_avatar_upload_mb * 1024 * 1024)
 
 
 _D = ServerConfig()  # the parser's defaults are the config's: one place to change them
@@ -221,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="per session: /human and /humanaudio requests still waiting to be spoken (429 beyond)")
     limits.add_argument("--max_queued_seconds", type=_positive_float, default=_D.max_queued_seconds,
                         help="per session: seconds of speech accepted and not yet played (429 beyond)")
+    limits.add_argument("--max_avatar_upload_mb", type=_positive_float, default=_D.max_avatar_upload_mb,
+                        help="largest video or image uploaded to POST /api/avatars")
+    limits.add_argument("--max_avatar_seconds", type=_positive_float, default=_D.max_avatar_seconds,
+                        help="longest video uploaded to POST /api/avatars (also the most frames it is cut to)")
     limits.add_argument("--max_sse_per_session", type=_positive_int, default=_D.max_sse_per_session,
                         help="per session: concurrent /sse streams (429 beyond)")
     return p
@@ -262,4 +272,5 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         max_upload_mb=a.max_upload_mb, max_audio_seconds=a.max_audio_seconds, max_text_chars=a.max_text_chars,
         connect_timeout=a.connect_timeout, request_timeout=a.request_timeout, auth_tokens=tokens,
         cors_origins=tuple(a.cors_origins), max_pending_requests=a.max_pending_requests,
-        max_queued_seconds=a.max_queued_seconds, max_sse_per_session=a.max_sse_per_session)
+        max_queued_seconds=a.max_queued_seconds, max_sse_per_session=a.max_sse_per_session,
+        max_avatar_upload_mb=a.max_avatar_upload_mb, max_avatar_seconds=a.max_avatar_seconds)

@@ -344,7 +344,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 # Every route here but /healthz and the page's static files needs the token when tokens are configured.
 API_PATHS = frozenset({"/offer", "/human", "/humanaudio", "/interrupt_talk", "/is_speaking", "/set_audiotype",
-                       "/record", "/record/{sessionid}", "/sse", "/metrics", "/ws/audio"})
+                       "/record", "/record/{sessionid}", "/sse", "/metrics", "/ws/audio", "/set_avatar"})
 
 
 def is_protected(request: web.Request) -> bool:
