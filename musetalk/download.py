@@ -1,17 +1,20 @@
 """Download the official MuseTalk weights into the layout musetalk.models.ModelPaths expects.
 
-    python -m musetalk.download [--version v15|v1|all] [--models-dir models] [--endpoint URL]
+    python -m musetalk.download [--version v15|v1|all] [--models_dir models] [--endpoint URL]
 
-Files come from the Hugging Face Hub (or a mirror given by --endpoint / HF_ENDPOINT) as
-`{endpoint}/{repo}/resolve/main/{filename}`; v1's whisper tiny.pt comes from OpenAI's public bucket. Both versions
-also get the BiSeNet face-parsing files (`face-parse-bisent/`) that avatar preparation uses for the blend mask.
-Each file's size is learnt first with a HEAD request, complete files are skipped, partial ones are resumed from
-`<file>.part` with a Range request, and a file is renamed into place only once its size (and sha256, where known)
-is right. Standard library HTTP only.
+Hub files go through huggingface_hub (`hf_hub_download` into the models folder, at the commits pinned in
+REVISIONS), so its settings apply: HF_TOKEN (a private or gated mirror), HF_ENDPOINT or --endpoint (a mirror),
+HF_HUB_OFFLINE=1 (no network: only check what is on disk), Xet storage where hf-xet is installed. It shows progress,
+resumes a download whose connection dropped (from the last whole 10 MB chunk, a few times), keeps a large file
+already there whose sha256 is right, and sends no request at all for a file already complete at its pinned commit
+(what it knows is kept in `.cache/huggingface/` beside the files). Both versions also get the BiSeNet face-parsing files
+(`face-parse-bisent/`, from the Hub too) that avatar preparation uses for the blend mask.
+
+v1's whisper `tiny.pt` is not on the Hub: it comes from OpenAI's public bucket, whose URL names its sha256; it is
+resumed from `<file>.part` with a Range request and moved into place once its hash is right.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import re
@@ -24,8 +27,14 @@ from dataclasses import dataclass
 from http.client import HTTPException, HTTPResponse
 from pathlib import Path
 
+from huggingface_hub import hf_hub_download, is_offline_mode
+from huggingface_hub.errors import (
+    EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from tqdm import tqdm
 
+from musetalk.cli import ArgumentParser
 from musetalk.config import VERSIONS
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -36,24 +45,41 @@ WHISPER_TINY_URL = (
 WHISPER_URL_ENV = "MUSETALK_WHISPER_TINY_URL"
 TIMEOUT_S = 60
 CHUNK = 1 << 20
-MAX_REDIRECTS = 5
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-# (Hub repo, file in the repo, destination under the models folder)
 _MUSETALK = "TMElyralab/MuseTalk"
-_VAE_FILES = [("stabilityai/sd-vae-ft-mse", f, f"sd-vae/{f}") for f in ("config.json", "diffusion_pytorch_model.bin")]
-# BiSeNet face parsing for avatar preparation (both versions), from the Hub repo upstream's Windows script uses.
-_PARSING_FILES = [("ManyOtherFunctions/face-parse-bisent", f, f"face-parse-bisent/{f}")
-                  for f in ("79999_iter.pth", "resnet18-5c106cde.pth")]
-_HUB_FILES = {
-    "v1": [(_MUSETALK, f"musetalk/{f}", f"musetalk/{f}") for f in ("musetalk.json", "pytorch_model.bin")]
-    + _VAE_FILES
-    + _PARSING_FILES,
-    "v15": [(_MUSETALK, f"musetalkV15/{f}", f"musetalkV15/{f}") for f in ("musetalk.json", "unet.pth")]
-    + _VAE_FILES
-    + _PARSING_FILES
-    + [("openai/whisper-tiny", f, f"whisper/{f}")
-       for f in ("config.json", "pytorch_model.bin", "preprocessor_config.json")],
+_VAE = "stabilityai/sd-vae-ft-mse"
+_WHISPER = "openai/whisper-tiny"
+_PARSING = "ManyOtherFunctions/face-parse-bisent"  # BiSeNet, the repository upstream's Windows script uses
+# The commit of each repository the files are fetched at: the same bytes on every machine, whatever is pushed later.
+REVISIONS = {
+    _MUSETALK: "3ef28bc5cff08c90ad8178a25f1b570cd800170f",
+    _VAE: "31f26fdeee1355a5c34592e401dd41e45d25a493",
+    _WHISPER: "169d4a4341b33bc18d8881c4b69c2e104e1cc0af",
+    _PARSING: "0073b233a5a3c4b1377d4dbf49245017938a72b5",
+}
+
+
+@dataclass(frozen=True)
+class HubFile:
+    repo: str
+    name: str  # path in the repository
+    folder: str  # where the repository's root goes, under the models folder ("" = the models folder)
+
+    def dest(self, models_dir: Path) -> Path:
+        return models_dir / self.folder / self.name
+
+
+def _hub(repo: str, folder: str, *names: str) -> list[HubFile]:
+    return [HubFile(repo, name, folder) for name in names]
+
+
+_COMMON = _hub(_VAE, "sd-vae", "config.json", "diffusion_pytorch_model.bin") + _hub(
+    _PARSING, "face-parse-bisent", "79999_iter.pth", "resnet18-5c106cde.pth")
+HUB_FILES = {
+    "v1": _hub(_MUSETALK, "", "musetalk/musetalk.json", "musetalk/pytorch_model.bin") + _COMMON,
+    "v15": _hub(_MUSETALK, "", "musetalkV15/musetalk.json", "musetalkV15/unet.pth") + _COMMON
+    + _hub(_WHISPER, "whisper", "config.json", "pytorch_model.bin", "preprocessor_config.json"),
 }
 
 
@@ -62,98 +88,52 @@ class DownloadError(Exception):
 
 
 @dataclass(frozen=True)
-class RemoteFile:
-    url: str
-    dest: Path
-    sha256: str | None = None  # known in advance (the whisper bucket names files by their hash)
+class Plan:
+    hub: list[HubFile]
+    whisper_tiny: Path | None  # v1's tiny.pt destination, when the version needs it
 
+
+def plan(version: str, models_dir: Path) -> Plan:
+    """The files to fetch for `version` ("v1", "v15" or "all"), each once."""
+    versions = list(VERSIONS) if version == "all" else [version]
+    hub = list(dict.fromkeys(f for v in versions for f in HUB_FILES[v]))
+    return Plan(hub, models_dir / "whisper" / "tiny.pt" if "v1" in versions else None)
+
+
+# ------------------------------------------------------------------------------------------------ Hub files
+
+def _why(error: Exception, endpoint: str) -> str:
+    """What went wrong, in words, for one of huggingface_hub's errors."""
+    if isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled)):  # not on disk, and no answer from the Hub
+        if is_offline_mode():
+            return "not on disk, and HF_HUB_OFFLINE forbids downloading it"
+        return f"cannot reach {endpoint}: {error.__cause__ or error}"
+    if isinstance(error, RepositoryNotFoundError):  # also gated repositories
+        return "unauthorised: the repository is private, gated or absent (set HF_TOKEN for a private mirror)"
+    if isinstance(error, RevisionNotFoundError):
+        return "the pinned revision is not in the repository"
+    if isinstance(error, EntryNotFoundError):
+        return "not found in the repository"
+    status = error.response.status_code if isinstance(error, HfHubHTTPError) and error.response is not None else "?"
+    return f"HTTP {status} from {endpoint}"
+
+
+def fetch_hub_file(item: HubFile, models_dir: Path, endpoint: str) -> None:
+    revision = REVISIONS[item.repo]
+    try:
+        hf_hub_download(item.repo, item.name, revision=revision, local_dir=models_dir / item.folder,
+                        endpoint=endpoint)
+    except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+        raise DownloadError(f"{item.repo}/{item.name} at {revision[:12]}: {_why(e, endpoint)}") from None
+
+
+# ------------------------------------------------------------------------------------------------ tiny.pt
 
 def sha256_from_url(url: str) -> str | None:
     """OpenAI's bucket puts the file's sha256 in the folder name: .../models/<sha256>/tiny.pt."""
     parts = urllib.parse.urlsplit(url).path.split("/")
     return parts[-2] if len(parts) >= 2 and _SHA256.match(parts[-2]) else None
 
-
-def plan(version: str, models_dir: Path, endpoint: str, whisper_url: str = WHISPER_TINY_URL) -> list[RemoteFile]:
-    """The files to fetch for `version` ("v1", "v15" or "all"), each once."""
-    versions = list(VERSIONS) if version == "all" else [version]
-    files: dict[Path, RemoteFile] = {}
-    for v in versions:
-        for repo, name, dest in _HUB_FILES[v]:
-            url = f"{endpoint.rstrip('/')}/{repo}/resolve/main/{urllib.parse.quote(name)}"
-            files.setdefault(models_dir / dest, RemoteFile(url, models_dir / dest))
-        if v == "v1":
-            dest = models_dir / "whisper" / "tiny.pt"
-            files.setdefault(dest, RemoteFile(whisper_url, dest, sha256_from_url(whisper_url)))
-    return list(files.values())
-
-
-# ------------------------------------------------------------------------------------------------ HTTP
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003 - urllib's signature
-        return None  # the Hub's HEAD answers carry the size on the redirect itself
-
-
-_head_opener = urllib.request.build_opener(_NoRedirect)
-_get_opener = urllib.request.build_opener()
-
-_HINTS = {401: "unauthorised: the repository is private/gated or does not exist",
-          403: "forbidden", 404: "not found", 416: "requested range not satisfiable"}
-
-
-def _open(
-    opener: urllib.request.OpenerDirector, request: urllib.request.Request
-) -> HTTPResponse | urllib.error.HTTPError:
-    try:
-        return opener.open(request, timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as e:
-        if 300 <= e.code < 400 and request.get_method() == "HEAD":
-            return e  # an HTTPError is also a response: status, headers
-        raise DownloadError(f"HTTP {e.code} ({_HINTS.get(e.code, e.reason)}) for {request.full_url}") from None
-    except urllib.error.URLError as e:
-        raise DownloadError(f"cannot reach {request.full_url}: {e.reason}") from None
-    except OSError as e:  # timeouts, resets
-        raise DownloadError(f"cannot reach {request.full_url}: {e}") from None
-
-
-@dataclass(frozen=True)
-class RemoteInfo:
-    size: int
-    sha256: str | None
-
-
-def remote_info(url: str) -> RemoteInfo:
-    """Size (and sha256 for LFS files) the way the Hub answers HEAD: large files give a 302 to the CDN with
-    X-Linked-Size / X-Linked-Etag; small files a 200 with Content-Length. Other redirects are followed."""
-    for _ in range(MAX_REDIRECTS):
-        with _open(_head_opener, urllib.request.Request(url, method="HEAD")) as response:
-            headers, status = response.headers, response.status
-        if 300 <= status < 400:
-            linked = headers.get("X-Linked-Size")
-            if linked is not None:
-                etag = (headers.get("X-Linked-Etag") or "").strip('"').removeprefix("W/").strip('"').lower()
-                return RemoteInfo(_int_header(linked, "X-Linked-Size", url), etag if _SHA256.match(etag) else None)
-            location = headers.get("Location")
-            if not location:
-                raise DownloadError(f"HTTP {status} without a Location for {url}")
-            url = urllib.parse.urljoin(url, location)
-            continue
-        length = headers.get("Content-Length")
-        if length is None:
-            raise DownloadError(f"the server did not say how large {url} is (no Content-Length)")
-        return RemoteInfo(_int_header(length, "Content-Length", url), None)
-    raise DownloadError(f"more than {MAX_REDIRECTS} redirects for {url}")
-
-
-def _int_header(value: str, name: str, url: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise DownloadError(f"bad {name} {value!r} for {url}") from None
-
-
-# ------------------------------------------------------------------------------------------------ one file
 
 def _sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
@@ -163,82 +143,95 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read(response: HTTPResponse, url: str) -> bytes:
+def _open(request: urllib.request.Request) -> HTTPResponse:
     try:
-        return response.read(CHUNK)
-    except (OSError, HTTPException) as e:  # resets, timeouts, IncompleteRead
-        raise DownloadError(f"connection lost while downloading {url} ({e!r}); run again to resume") from None
+        return urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        raise DownloadError(f"HTTP {e.code} ({e.reason}) for {request.full_url}") from None
+    except urllib.error.URLError as e:
+        raise DownloadError(f"cannot reach {request.full_url}: {e.reason}") from None
+    except OSError as e:  # timeouts, resets
+        raise DownloadError(f"cannot reach {request.full_url}: {e}") from None
 
 
-def _fetch_into(url: str, part: Path, size: int, label: str) -> None:
-    """Append the rest of `url` to `part`, resuming from its current length."""
+def _append_rest(url: str, part: Path, label: str) -> None:
+    """Append the rest of `url` to `part`, resuming from its current length (from scratch if the server ignores
+    the Range)."""
     offset = part.stat().st_size if part.exists() else 0
-    if offset > size:  # left over from a different version of the file
-        part.unlink()
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    try:
+        response = _open(request)
+    except DownloadError:
+        if not offset:
+            raise
+        part.unlink()  # e.g. 416: the part is not a prefix of this file; start again
+        response = _open(urllib.request.Request(url))
         offset = 0
-    if offset == size:
-        return
-    request = urllib.request.Request(url)
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
-    with _open(_get_opener, request) as response:
-        if offset and response.status != 206:  # the server ignored the Range: start again
+    with response:
+        if response.status != 206:
             offset = 0
+        total = offset + int(response.headers.get("Content-Length") or 0) or None
         with part.open("ab" if offset else "wb") as out, tqdm(
-            total=size, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=True,
+            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=True,
         ) as bar:
-            while block := _read(response, url):
-                out.write(block)
-                bar.update(len(block))
+            try:
+                while block := response.read(CHUNK):
+                    out.write(block)
+                    bar.update(len(block))
+            except (OSError, HTTPException) as e:  # resets, timeouts, IncompleteRead
+                raise DownloadError(f"connection lost while downloading {url} ({e!r}); run again to resume") from None
 
 
-def download_file(item: RemoteFile) -> bool:
-    """Fetch one file unless already complete. Returns True if it downloaded something."""
-    info = remote_info(item.url)
-    sha256 = item.sha256 or info.sha256
-    label = str(item.dest)
-    if item.dest.is_file() and item.dest.stat().st_size == info.size:
-        print(f"{label}: complete, skipped", file=sys.stderr)
-        return False
-    item.dest.parent.mkdir(parents=True, exist_ok=True)
-    part = item.dest.with_name(item.dest.name + ".part")
-    _fetch_into(item.url, part, info.size, label)
-    got = part.stat().st_size
-    if got != info.size:
-        if got > info.size:
-            part.unlink()
-            raise DownloadError(f"{label}: received {got} bytes, expected {info.size}; the partial file was removed")
-        raise DownloadError(f"{label}: received {got} of {info.size} bytes; run again to resume")
-    if sha256 is not None and (actual := _sha256_of(part)) != sha256:
+def fetch_checked_file(url: str, dest: Path) -> None:
+    """A file whose sha256 its URL names: skipped when complete, resumed from `<dest>.part`, checked, moved in."""
+    sha256 = sha256_from_url(url)
+    if sha256 is None:
+        raise DownloadError(f"{url} does not name the file's sha256 (.../<sha256>/{dest.name})")
+    if dest.is_file() and _sha256_of(dest) == sha256:
+        print(f"{dest}: complete, skipped", file=sys.stderr)
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    _append_rest(url, part, str(dest))
+    if (actual := _sha256_of(part)) != sha256:
         part.unlink()
-        raise DownloadError(f"{label}: sha256 {actual} does not match the expected {sha256}; removed")
-    os.replace(part, item.dest)
-    return True
+        raise DownloadError(f"{dest}: sha256 {actual} does not match the expected {sha256}; removed")
+    os.replace(part, dest)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m musetalk.download", description="Download the MuseTalk weights.")
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m musetalk.download", description="Download the MuseTalk weights.")
     p.add_argument("--version", choices=[*VERSIONS, "all"], default="v15")
-    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.add_argument("--models_dir", type=Path, default=Path("models"))
     p.add_argument("--endpoint", default=None, help=f"Hub endpoint (default: $HF_ENDPOINT or {DEFAULT_ENDPOINT})")
-    p.add_argument("--whisper-tiny-url", default=None,
+    p.add_argument("--whisper_tiny_url", default=None,
                    help=f"where v1's openai-whisper tiny.pt comes from (default: ${WHISPER_URL_ENV} or OpenAI's)")
     return p
 
 
+def download(version: str, models_dir: Path, endpoint: str, whisper_url: str) -> None:
+    """Every file `version` needs; DownloadError names the file that failed and those still missing."""
+    todo = plan(version, models_dir)
+    jobs = [(f.dest(models_dir), lambda f=f: fetch_hub_file(f, models_dir, endpoint)) for f in todo.hub]
+    if todo.whisper_tiny is not None:
+        jobs.append((todo.whisper_tiny, lambda: fetch_checked_file(whisper_url, todo.whisper_tiny)))
+    for dest, job in jobs:
+        try:
+            job()
+        except DownloadError as e:
+            missing = [str(d) for d, _ in jobs if not d.is_file()]
+            raise DownloadError(f"{e}; missing: {', '.join(missing)}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    endpoint = args.endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+    endpoint = (args.endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     whisper_url = args.whisper_tiny_url or os.environ.get(WHISPER_URL_ENV) or WHISPER_TINY_URL
     try:
-        for item in plan(args.version, args.models_dir, endpoint, whisper_url):
-            download_file(item)
-    except DownloadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # local disk: permissions, full disk
+        download(args.version, args.models_dir, endpoint, whisper_url)
+    except (DownloadError, OSError) as e:  # OSError: the local disk (permissions, full disk)
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -135,7 +135,7 @@ class MissingWeightsError(FileNotFoundError):
         self.version = version
         command = f"python -m musetalk.download --version {version}"
         if Path(root) != DEFAULT_MODELS_DIR:
-            command += f" --models-dir {root}"
+            command += f" --models_dir {root}"
         lines = [f"MuseTalk {version} weights are missing ({len(self.missing)} file(s)):"]
         lines += [f"  {p}" for p in self.missing]
         lines.append(f"Download them with: {command}")

@@ -180,7 +180,7 @@ def test_missing_weights_name_the_files_and_the_download_command(tmp_path: Path)
     message = str(info.value)
     assert str(tmp_path / "face-parse-bisent" / "79999_iter.pth") in message
     assert "resnet18" not in message  # present
-    assert f"python -m musetalk.download --version v15 --models-dir {tmp_path}" in message
+    assert f"python -m musetalk.download --version v15 --models_dir {tmp_path}" in message
 
 
 # ---------------------------------------------------------------------------------------------------- input

@@ -118,7 +118,7 @@ def test_missing_lists_every_file_and_the_command(tmp_path, version, files):
     lines = message.splitlines()
     for f in files:
         assert f"  {tmp_path / f}" in lines
-    assert f"python -m musetalk.download --version {version} --models-dir {tmp_path}" in message
+    assert f"python -m musetalk.download --version {version} --models_dir {tmp_path}" in message
     assert isinstance(err.value, FileNotFoundError)
 
 
