@@ -9,6 +9,8 @@ const RATE_WINDOW_MS = 1000;
 const HEALTH_INTERVAL_MS = 5000;
 const SUBTITLE_LINGER_MS = 1200;     // keep a finished sentence on screen briefly
 
+import { t } from "./i18n.js";
+
 const $ = (id) => document.getElementById(id);
 
 class ApiError extends Error {
@@ -52,14 +54,16 @@ const auth = {
 
 // POST to the API; resolves with the JSON body, rejects with a readable ApiError
 // (network failure, HTTP error status or a non-zero `code`). A 401 asks for the token and tries again.
-async function api(path, body) {
+async function api(path, body, method = "POST") {
   const isForm = body instanceof FormData;
+  const hasBody = method !== "GET";
   let resp;
   try {
     for (;;) {
-      const headers = isForm ? {} : { "Content-Type": "application/json" };
+      const headers = isForm || !hasBody ? {} : { "Content-Type": "application/json" };
       if (auth.token) headers.Authorization = `Bearer ${auth.token}`;
-      resp = await fetch(path, { method: "POST", headers, body: isForm ? body : JSON.stringify(body) });
+      const payload = !hasBody ? undefined : isForm ? body : JSON.stringify(body);
+      resp = await fetch(path, { method, headers, body: payload });
       if (resp.status !== 401 || !auth.ask(Boolean(auth.token))) break;
     }
   } catch (e) {
@@ -77,6 +81,17 @@ async function api(path, body) {
     throw new ApiError(path, detail, resp.status);
   }
   return json;
+}
+
+// The server's ICE servers (GET /api/ice: STUN, TURN with fresh credentials). The page's ?relay=1 sends the
+// media through TURN only (iceTransportPolicy "relay"): to check a TURN set-up, or to hide the client's addresses.
+async function iceConfiguration() {
+  const { data } = await api("/api/ice", undefined, "GET");
+  const iceServers = data?.iceServers ?? [];
+  const relay = new URLSearchParams(location.search).get("relay") === "1";
+  const hasTurn = iceServers.some((s) => [].concat(s.urls).some((u) => /^turns?:/.test(u)));
+  if (relay && !hasTurn) throw new Error(t("?relay=1 needs a TURN server, and this server has none (start it with --turn)"));
+  return { iceServers, iceTransportPolicy: relay ? "relay" : "all" };
 }
 
 function waitForIceGathering(pc, timeoutMs) {
@@ -106,7 +121,8 @@ const ui = {
   setConnState(state, label = state) {
     const pill = $("conn-state");
     pill.dataset.state = state;
-    pill.textContent = label;
+    pill.dataset.i18n = label;
+    pill.textContent = t(label);
     const busy = state === "connecting" || state === "connected";
     $("connect").disabled = busy;
     $("disconnect").disabled = !busy;
@@ -118,7 +134,8 @@ const ui = {
   setSpeaking(speaking) {
     const pill = $("speak-state");
     pill.dataset.state = speaking ? "speaking" : "idle";
-    pill.textContent = speaking ? "speaking" : "idle";
+    pill.dataset.i18n = speaking ? "speaking" : "idle";
+    pill.textContent = t(pill.dataset.i18n);
   },
 
   // kind: "error" | "warn". The same text is shown once at a time.
@@ -198,7 +215,9 @@ class AvatarClient {
     this.setState("connecting");
     this.prepareVideo();
     try {
-      const pc = new RTCPeerConnection({ iceServers: [] });
+      const configuration = await iceConfiguration();
+      if (gen !== this.generation) return;
+      const pc = new RTCPeerConnection(configuration);
       this.pc = pc;
       pc.addTransceiver("video", { direction: "recvonly" });  // m-lines: video first, then audio
       const micTrack = useMic ? await this.openMic() : null;
@@ -235,8 +254,8 @@ class AvatarClient {
     } catch (e) {
       if (gen !== this.generation) return;
       const text = e instanceof ApiError && e.status !== 0
-        ? `The server refused the connection: ${e.detail}`
-        : `Connect failed: ${e instanceof ApiError ? e.detail : e.message}`;
+        ? `${t("The server refused the connection")}: ${e.detail}`
+        : `${t("Connect failed")}: ${e instanceof ApiError ? e.detail : e.message}`;
       this.fail(text);
     }
   }
@@ -274,7 +293,7 @@ class AvatarClient {
     this.showSubtitle("");
     $("placeholder").hidden = false;
     $("unmute").hidden = true;
-    $("record").textContent = "Start recording";
+    setRecordLabel(false);
   }
 
   setState(state, label) {
@@ -424,7 +443,7 @@ class AvatarClient {
         llm_error: "The language model failed",
         asr_error: "Speech recognition failed",
       }[kind] || kind;
-      ui.message(text ? `${what}: ${text}` : what);
+      ui.message(text ? `${t(what)}: ${text}` : t(what));
       this.sentAt = null;
     }
   }
@@ -595,6 +614,12 @@ class AvatarClient {
 // ---------------------------------------------------------------------------------------------------------
 // Wiring
 
+function setRecordLabel(recording) {
+  const button = $("record");
+  button.dataset.i18n = recording ? "Stop recording" : "Start recording";  // kept on a change of language
+  button.textContent = t(button.dataset.i18n);
+}
+
 const client = new AvatarClient(ui.video);
 
 // Run an action from a button; show its failure instead of leaving an unhandled rejection.
@@ -649,7 +674,7 @@ $("play-action").addEventListener("click", guarded(async () => {
 }));
 $("record").addEventListener("click", guarded(async () => {
   const url = await client.toggleRecording();
-  $("record").textContent = client.recording ? "Stop recording" : "Start recording";
+  setRecordLabel(client.recording);
   const link = $("record-link");
   link.hidden = !url;
   if (url) {
@@ -669,4 +694,5 @@ window.avatarClient = {
   stats: () => client.stats(),
   get state() { return client.state; },
   get sessionId() { return client.sessionId; },
+  get pc() { return client.pc; },
 };
