@@ -133,15 +133,17 @@ class InferenceWorker:
     def _run(self) -> None:
         while not self._stop.is_set():
             batch, right, ends = self._next_batch()
-            if not batch:
-                continue
-            try:
-                self._render(batch, right, ends)
-            except StaleJob:  # its turn ended (or the session closed) while it waited for the models
-                self.stats.dropped_stale += len(batch)
-            except Exception:  # a failed batch must not kill the session: its ticks fall back to idle frames
-                log.exception("render failed for ticks %d..%d", batch[0].tick, batch[-1].tick)
-                self.stats.render_errors += 1
+            if batch:
+                self._render_or_drop(batch, right, ends)
+
+    def _render_or_drop(self, batch: list[TickAudio], right: list[TickAudio], ends: bool) -> None:
+        try:
+            self._render(batch, right, ends)
+        except StaleJob:  # its turn ended (or the session closed) while it waited for the models: never shown
+            self.stats.dropped_stale += len(batch)
+        except Exception:  # a failed batch must not kill the session: its ticks fall back to idle frames
+            log.exception("render failed for ticks %d..%d", batch[0].tick, batch[-1].tick)
+            self.stats.render_errors += 1
 
     def _job_turn(self) -> int:
         """The turn a render's queued model work is still wanted for: none (-1) once the worker stops."""

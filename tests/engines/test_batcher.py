@@ -186,6 +186,55 @@ def test_a_model_error_reaches_every_job_of_its_batch_and_the_owner_goes_on(fake
     assert batcher.stats.failed_batches == 1 and batcher.stats.batches == 1
 
 
+class FacesFake:
+    """Two inputs like the faces model (audio rows, avatar latent rows): returns audio + latent per row."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, inputs, rows):
+        chunks, latents = inputs
+        self.calls.append((len(chunks), rows))
+        return chunks + latents
+
+
+def test_mixed_avatars_share_a_batch_and_each_job_gets_its_own_rows() -> None:
+    model = FacesFake()
+    batcher = Batcher({"faces": model}, sizes=(4, 8), gather_s=0)
+    avatars = {"alice": 1000.0, "bob": 2000.0}  # the latent rows say which avatar they are
+    jobs = [("alice", 0, 3), ("bob", 10, 2), ("alice", 20, 2)]  # (avatar, first audio row, frames)
+    futures = [batcher.submit(Job("faces", (rows(first, n), np.full((n, 1), avatars[a], np.float32)), FAR))
+               for a, first, n in jobs]
+    with batcher:
+        results = [f.result(5) for f in futures]
+    assert model.calls == [(8, 7)]  # one batch of 7 rows of two avatars, padded to 8
+    for (a, first, n), r in zip(jobs, results):
+        np.testing.assert_array_equal(r, rows(first, n) + avatars[a])
+
+
+def test_a_session_closing_mid_batch_loses_only_its_own_work(fake) -> None:
+    release, entered = threading.Event(), threading.Event()
+    fake.before = lambda x: (entered.set(), release.wait(5)) if 1 in x else None
+    open_ = {"a": True}
+    turn_a = lambda: 0 if open_["a"] else -1  # noqa: E731 -- a closing worker's turn getter (InferenceWorker)
+    with Batcher({"fake": fake}, sizes=(1, 2), gather_s=0) as batcher:
+        in_flight = batcher.submit(job(1, deadline=0, current_turn=turn_a))
+        assert entered.wait(5)
+        queued_a = batcher.submit(job(2, deadline=1, current_turn=turn_a))
+        cancelled_a = batcher.submit(job(3, deadline=2))
+        queued_b = [batcher.submit(job(10 + i, deadline=3)) for i in range(2)]
+        open_["a"] = False  # session a closes while its first job runs
+        assert cancelled_a.cancel()
+        release.set()
+        np.testing.assert_array_equal(in_flight.result(5), [[2]])  # finished; a closed session just drops it
+        with pytest.raises(StaleJob):
+            queued_a.result(5)
+        assert [f.result(5).ravel().tolist() for f in queued_b] == [[20], [22]]
+        assert batcher.running
+    assert fake.firsts() == [1, 10]  # a's queued work never ran; b's two jobs in one batch
+    assert (batcher.stats.stale_jobs, batcher.stats.cancelled_jobs) == (1, 1)
+
+
 def test_submit_checks_its_job(fake) -> None:
     batcher = Batcher({"fake": fake})
     with pytest.raises(ValueError, match="no model"):

@@ -3,11 +3,13 @@ an utterance, ticks past the engine's last frame, late audio, and the lead that 
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
 
 from engines.base import RenderRequest, lead_ticks_for
+from engines.batcher import StaleJob
 from pipeline.compositor import Compositor
 from pipeline.framer import AudioFramer
 from pipeline.items import TICK_SAMPLES
@@ -231,3 +233,45 @@ def test_the_lead_keeps_audio_that_arrives_as_it_plays_on_time_with_its_context(
     for r in rig.requests:
         if r.utterance_samples is None:
             assert r.right_samples >= right * TICK_SAMPLES
+
+
+class TurnRenderer(ProbeRenderer):
+    """Ends the session's turn while "its jobs wait for the models", as a batching engine then reports it."""
+
+    def __init__(self, engine: ProbeEngine, turn: list[int]) -> None:
+        super().__init__(engine)
+        self.turn = turn
+
+    def render(self, request: RenderRequest) -> list[np.ndarray]:
+        super().render(request)
+        self.turn[0] += 1  # interrupted meanwhile
+        if request.current_turn() != request.turn:
+            raise StaleJob("turn ended before its job ran")
+        return []
+
+
+def test_a_request_carries_the_media_clock_deadline_and_its_turn_and_a_stale_render_is_a_drop() -> None:
+    rig = Rig(ProbeEngine(batch_size=2, right=0), lead=10)
+    turn = [0]
+    rig.worker.current_turn = lambda: turn[0]
+    rig.push(probe_audio(2))
+    rig.clock.t = 10 * TICK - 0.02
+    before = time.monotonic()
+    assert rig.render_ready() == 1
+    (request,) = rig.requests
+    # due 20 ms from now on the session's clock: the same 20 ms from now in time.monotonic() seconds
+    assert before + 0.02 <= request.deadline <= time.monotonic() + 0.02
+    assert request.turn == 0 and request.current_turn() == 0
+    rig.worker._stop.set()  # a closing session (stop()): no turn wants its queued model work any more
+    assert request.current_turn() == -1
+
+    rig = Rig(ProbeEngine(batch_size=2, right=0), lead=10)
+    rig.worker.current_turn = lambda: turn[0]
+    rig.worker.renderer = TurnRenderer(rig.engine, turn)
+    rig.push(probe_audio(2))
+    rig.clock.t = 10 * TICK
+    with rig.worker.inbox.cond:
+        batch = rig.worker._next_batch()
+    rig.worker._render_or_drop(*batch)
+    stats = rig.worker.stats
+    assert (stats.dropped_stale, stats.render_errors) == (2, 0) and rig.results() == {}
