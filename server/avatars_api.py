@@ -27,7 +27,7 @@ from musetalk.config import VERSIONS, VIDEO_FPS
 from pipeline.compositor import warm_blend_plans
 from server.avatar_jobs import JOB_ID, AvatarJob, AvatarJobs, JobError, PrepareOptions
 from server.errors import ApiError
-from server.routes import json_body, live_session, ok
+from server.routes import SSE_HEADERS, SSE_HEARTBEAT_S, json_body, live_session, loaded_avatar, ok
 from server.state import STATE
 
 log = logging.getLogger(__name__)
@@ -300,11 +300,17 @@ async def cancel_route(request: web.Request) -> web.Response:
 async def task_sse_route(request: web.Request) -> web.StreamResponse:
     job = _job(request)
     updates = job.subscribe()
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                       "X-Accel-Buffering": "no"})
+    resp = web.StreamResponse(headers=SSE_HEADERS)
     try:
         await resp.prepare(request)
-        while (snapshot := await updates.get()) is not None:
+        while True:
+            try:
+                snapshot = await asyncio.wait_for(updates.get(), SSE_HEARTBEAT_S)
+            except asyncio.TimeoutError:  # a long stage (latents) reports nothing for a while
+                await resp.write(b": keep-alive\n\n")
+                continue
+            if snapshot is None:
+                break
             await resp.write(f"data: {json.dumps(snapshot)}\n\n".encode())
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away
@@ -351,15 +357,7 @@ async def set_avatar_route(request: web.Request) -> web.Response:
     avatar_id = body.get("avatar")
     if not isinstance(avatar_id, str):
         raise ApiError(400, "'avatar' (an avatar id) is required")
-    try:
-        validate_avatar_id(avatar_id)
-        avatar, actions = await state.services.avatar(avatar_id)
-    except ValueError as e:
-        raise ApiError(400, str(e)) from e
-    except AvatarNotFoundError as e:
-        raise ApiError(404, f"avatar {avatar_id!r} not found") from e
-    except AvatarError as e:
-        raise ApiError(500, str(e)) from e
+    avatar, actions = await loaded_avatar(state, avatar_id)
     session = live.session
     await asyncio.to_thread(warm_blend_plans, avatar, session.clock.current_tick())
     live.check_open()

@@ -10,7 +10,8 @@ from typing import Any
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from musetalk.avatar import AvatarError, AvatarNotFoundError, validate_avatar_id
+from musetalk.avatar import Avatar, AvatarError, AvatarNotFoundError, validate_avatar_id
+from pipeline.actions import ActionClip
 from pipeline.items import SAMPLE_RATE, Event
 from pipeline.session import Session
 from server.errors import ApiError
@@ -27,6 +28,7 @@ from server.webrtc import answer, check_offer
 log = logging.getLogger(__name__)
 
 SSE_HEARTBEAT_S = 15.0
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MAX_JSON_BYTES = 256 * 1024  # an SDP offer is a few KB; /human text is capped far below this
 _TRUE = (True, 1, "true", "1", "yes", "on")
 
@@ -80,6 +82,18 @@ def live_session(state: AppState, value: object) -> LiveSession:
     if live is None:
         raise ApiError(404, "session not found")
     return live
+
+
+async def loaded_avatar(state: AppState, avatar_id: str) -> tuple[Avatar, dict[int, ActionClip]]:
+    """A prepared avatar, loaded and bound once (services.avatar), or the ApiError that says what is wrong."""
+    try:
+        return await state.services.avatar(avatar_id)
+    except ValueError as e:
+        raise ApiError(400, str(e)) from e
+    except AvatarNotFoundError as e:
+        raise ApiError(404, f"avatar {avatar_id!r} not found") from e
+    except AvatarError as e:
+        raise ApiError(500, str(e)) from e
 
 
 def admit_speech(state: AppState, live: LiveSession, audio_seconds: float = 0.0) -> None:
@@ -136,14 +150,7 @@ async def offer(request: web.Request) -> web.Response:
 async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str, voice: str | None
                         ) -> RTCSessionDescription:
     """Create, connect and register session `sid`; on any failure nothing of it is left behind."""
-    try:
-        avatar, actions = await state.services.avatar(avatar_id)
-    except ValueError as e:
-        raise ApiError(400, str(e)) from e
-    except AvatarNotFoundError as e:
-        raise ApiError(404, f"avatar {avatar_id!r} not found") from e
-    except AvatarError as e:
-        raise ApiError(500, str(e)) from e
+    avatar, actions = await loaded_avatar(state, avatar_id)
     session = Session(sid, avatar, state.services.engine, actions)
     tracks = SessionTracks(session)
     pc = RTCPeerConnection(state.ice.configuration())
@@ -309,8 +316,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
                             f"{state.config.max_sse_per_session}); close one first")
     live.sse_streams += 1
     queue = live.session.subscribe()
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                       "X-Accel-Buffering": "no"})
+    resp = web.StreamResponse(headers=SSE_HEADERS)
     try:
         await resp.prepare(request)
         while True:
