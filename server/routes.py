@@ -19,6 +19,7 @@ from server.media import SessionTracks
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import render as render_metrics
 from server.recording import Recorder, record_path
+from server.reference_voice import Reference, check_tts_field, reference_of, reference_speaker
 from server.registry import LiveSession, close_live, close_media
 from server.state import STATE, AppState
 from server.uploads import read_form
@@ -139,16 +140,17 @@ async def offer(request: web.Request) -> web.Response:
         check_offer(sdp)
     except ValueError as e:
         raise ApiError(400, str(e)) from e
+    reference = reference_of(body, voice or state.services.voices[0])  # refaudio/reftext: honoured, or a 400
     sid = state.registry.reserve()  # SessionLimitError: 503
     try:
-        local = await _open_session(state, sid, sdp, avatar_id, voice)
+        local = await _open_session(state, sid, sdp, avatar_id, voice, reference)
     finally:
         state.registry.release(sid)
     return web.json_response({"sdp": local.sdp, "type": local.type, "sessionid": sid, "code": 0, "msg": "ok"})
 
 
-async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str, voice: str | None
-                        ) -> RTCSessionDescription:
+async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str, voice: str | None,
+                        reference: Reference | None = None) -> RTCSessionDescription:
     """Create, connect and register session `sid`; on any failure nothing of it is left behind."""
     avatar, actions = await loaded_avatar(state, avatar_id)
     session = Session(sid, avatar, state.services.engine, actions)
@@ -163,8 +165,9 @@ async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str, voi
         raise ApiError(400, f"cannot use the offer SDP: {str(e) or type(e).__name__}") from e
     live: LiveSession | None = None
     try:
-        live = LiveSession(sid, session, tracks, pc, await state.services.new_voice(session, voice),
-                           voice_name=voice or state.services.voices[0])
+        speaker = (reference_speaker(state.config, state.services, session, reference) if reference is not None
+                   else await state.services.new_voice(session, voice))
+        live = LiveSession(sid, session, tracks, pc, speaker, voice_name=voice or state.services.voices[0])
         await session.start()
         state.registry.add(live)
     except BaseException:
@@ -189,6 +192,7 @@ async def human(request: web.Request) -> web.Response:
     body = await json_body(request)
     live = live_session(state, body.get("sessionid"))
     text = text_field(state, body)
+    check_tts_field(body)
     kind = body.get("type")
     if kind not in ("echo", "chat"):
         raise ApiError(400, "'type' must be \"echo\" (speak the text) or \"chat\" (answer it)")

@@ -1,0 +1,75 @@
+"""LiveTalking's voice-cloning fields, never silently ignored: `/offer` `refaudio` (reference audio) and `reftext`
+(its transcript) give a session its own reference voice where the session's voice can take one (GPT-SoVITS:
+`refaudio` is a path on that server, as --REF_FILE), and are refused with a 400 naming the field otherwise.
+`/human` `tts` (a per-request voice) is refused with a 400: the reference voice is chosen per session."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.session import Session
+from server.config import ServerConfig
+from server.errors import ApiError
+from server.services import Services, build_tts
+from server.voice import Voice
+from voices.llm import Conversation
+from voices.speaker import Speaker
+
+CLONING_VOICES = ("gpt-sovits",)  # the voices that take a reference voice per session
+MAX_FIELD_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class Reference:
+    audio: str | None  # a path on the TTS server (GPT-SoVITS ref_audio_path)
+    text: str | None
+
+
+def _field(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":  # LiveTalking's page leaves empty inputs out; others may send ""
+        return None
+    if not isinstance(value, str) or len(value) > MAX_FIELD_CHARS:
+        raise ApiError(400, f"'{name}' must be a string of at most {MAX_FIELD_CHARS} characters")
+    return value
+
+
+def reference_of(body: dict[str, Any], voice: str) -> Reference | None:
+    """The /offer body's reference voice for a session speaking with `voice`; a 400 naming the field when that
+    voice cannot take one. None when the offer asks for none."""
+    audio, text = _field(body, "refaudio"), _field(body, "reftext")
+    if audio is None and text is None:
+        return None
+    if voice not in CLONING_VOICES:
+        named = "'refaudio'" if audio is not None else "'reftext'"
+        raise ApiError(400, f"{named} (a reference voice for the session) is not supported by the voice "
+                            f"{voice!r}; it needs {' or '.join(CLONING_VOICES)} (--tts gpt-sovits)")
+    return Reference(audio, text)
+
+
+def check_tts_field(body: dict[str, Any]) -> None:
+    """/human `tts` (LiveTalking: per-request ref_file/ref_text): a 400, unless it is empty."""
+    if body.get("tts") not in (None, {}, ""):
+        raise ApiError(400, "'tts' (a voice per request) is not supported: choose the session's reference voice "
+                            "with /offer 'refaudio' and 'reftext' (voice gpt-sovits), or its voice with 'voice'")
+
+
+class OwnVoiceSpeaker(Speaker):
+    """A Speaker with a TTS backend of its own (the session's reference voice), closed with it."""
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            await self.tts.aclose()  # type: ignore[attr-defined]
+
+
+def reference_speaker(config: ServerConfig, services: Services, session: Session, ref: Reference) -> Voice:
+    """A GPT-SoVITS voice speaking with the session's reference; what is not given comes from --REF_FILE and
+    --REF_TEXT (a new transcript for the configured audio; new audio has no transcript unless given)."""
+    text = ref.text if ref.text is not None or ref.audio is None else ""
+    own = dataclasses.replace(config, tts="gpt-sovits", REF_FILE=ref.audio or config.REF_FILE,
+                              REF_TEXT=text if text is not None else config.REF_TEXT)
+    tts = build_tts(own)
+    return OwnVoiceSpeaker(session, tts, Conversation(services.llm, config.system_prompt))
