@@ -224,3 +224,24 @@ async def test_the_socket_needs_the_token_when_one_is_configured(serve, config) 
             async with server.http.ws_connect(url, headers=headers) as ws:
                 assert (await start(ws, 16000))["type"] == "ready"
             assert await until(lambda: not server.app[STREAMS], 5)
+
+
+async def test_the_example_client_streams_a_wav_in_real_time(serve, config, tmp_path) -> None:
+    import soundfile as sf
+
+    from examples.ws_audio_client import load_pcm16, stream
+
+    wav = tmp_path / "speech.wav"
+    sf.write(wav, 0.3 * np.sin(2 * np.pi * 200 * np.arange(int(0.8 * 22050)) / 22050), 22050)
+    pcm, rate = load_pcm16(wav, None)
+    assert rate == 16000 and len(pcm) == 2 * int(0.8 * 16000)  # 22.05 kHz is not taken: resampled
+    async with serve(config, auth_tokens=(TOKEN,)) as server:
+        async with server.http.post(server.url + "/offer", headers={"Authorization": f"Bearer {TOKEN}"},
+                                    json={"sdp": await offer_sdp(), "type": "offer"}) as resp:
+            sid = (await resp.json())["sessionid"]
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        events = await stream(server.url, sid, pcm, rate, token=TOKEN, text="From a file.", printer=lambda _: None)
+        assert loop.time() - t0 >= 0.7  # paced in real time
+        assert {"status": "start", "text": "From a file."} in events and events[-1] == {"status": "end",
+                                                                                         "text": "From a file."}
