@@ -7,19 +7,24 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from musetalk.extras import MissingExtraError
 from server.app import create_app, runner_options
 from server.config import parse_args
+from server.logs import setup_logging
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    setup_logging(config.log_level, config.log_json)
     shown = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     url = f"http://{shown}:{config.listenport}/"
-    web.run_app(create_app(config), host=config.host, port=config.listenport, **runner_options(config),
-                print=lambda _: print(f"Serving on {config.host}:{config.listenport}; open {url} in a browser",
-                                      flush=True))
+    try:
+        web.run_app(create_app(config), host=config.host, port=config.listenport, **runner_options(config),
+                    print=lambda _: print(f"Serving on {config.host}:{config.listenport}; open {url} in a browser",
+                                          flush=True))
+    except MissingExtraError as e:  # the configured start needs a part of the install that is not there
+        logging.getLogger("app").error("cannot start: %s", e)
+        return 1
     return 0
 
 

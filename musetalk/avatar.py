@@ -33,6 +33,7 @@ import numpy as np
 
 from musetalk.blending import BlendPlan, prepare_blend
 from musetalk.config import FACE_SIZE, LATENT_SIZE, VERSIONS, VIDEO_FPS, Version, check_version
+from musetalk.extras import require
 from musetalk.face import (
     DEFAULT_CHEEK_WIDTH, DEFAULT_PARSING_MODE, N_LANDMARKS, OVAL_MASK, PARSING_MODES, FaceBoxRejected,
     FaceLandmarker, blend_mask, check_parsing, crop_box, face_box,
@@ -479,9 +480,8 @@ def prepare_avatar(
 
 def demo_image() -> np.ndarray:
     """skimage's astronaut portrait (public domain, bundled in the wheel) as BGR."""
-    from skimage.data import astronaut
-
-    return cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR)
+    skimage_data = require("skimage.data", "prepare", "the demo avatar's picture")
+    return cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
 
 
 def ensure_demo(avatars_dir: Path = DEFAULT_AVATARS_DIR, progress: bool = True,

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from musetalk.config import Version, check_version
+from musetalk.extras import require
 
 Box = tuple[int, int, int, int]
 
@@ -86,7 +87,8 @@ class FaceLandmarker:
     def __init__(self, static_image_mode: bool = False, min_detection_confidence: float = 0.5) -> None:
         # mediapipe logs through glog/absl at import and graph start; keep the console clean.
         os.environ.setdefault("GLOG_minloglevel", "2")
-        from mediapipe.python.solutions import face_mesh  # lazy: a 1-2 s import only preparation needs
+        # lazy: a 1-2 s import only preparation needs
+        face_mesh = require("mediapipe.python.solutions.face_mesh", "prepare", "avatar preparation")
 
         self._mesh = face_mesh.FaceMesh(
             static_image_mode=static_image_mode,

@@ -94,7 +94,7 @@ class Output:
             if video is not None:
                 frame, source = video.frame, "speech"
                 if tick_audio.seg_pos == 0 or self._last_category != "speech":
-                    self.stats.last_latency_ms = round(1000 * (self.tick_time(k) - tick_audio.t_in), 1)
+                    self.stats.record_latency(self.tick_time(k) - tick_audio.t_in)
             elif tick_audio.silent:
                 frame, source = self._idle(k), "idle"
             else:

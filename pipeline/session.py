@@ -209,6 +209,7 @@ class Session:
 
     def publish(self, event: Event) -> None:
         """An event not tied to audio (e.g. a TTS failure): delivered to listeners right away."""
+        self.stats.record_event(event.name)
         for q in self._listeners:
             self._offer(q, event)
 

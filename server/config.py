@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from musetalk.avatar import validate_avatar_id
+from musetalk.cli import ArgumentParser
+from server.options import add_options, ignored_notices, with_config_file
 
 TTS_CHOICES = ("piper", "edgetts", "openai", "gpt-sovits", "realtime")
 ENGINE_CHOICES = ("auto", "musetalk", "lite")
@@ -65,6 +67,11 @@ class ServerConfig:
     max_sse_per_session: int = 8
     max_avatar_upload_mb: float = 200.0
     max_avatar_seconds: float = 120.0
+
+    log_level: str = "INFO"
+    log_json: bool = False
+    metrics_per_session: bool = False
+    ignored_options: tuple[str, ...] = ()  # LiveTalking options given that mean nothing here: warned about
 
     @property
     def max_upload_bytes(self) -> int:
@@ -135,7 +142,7 @@ def auth_tokens(given: Sequence[str], file: Path | None, env: str | None) -> tup
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python app.py",
         description="Real-time talking-avatar server: WebRTC sessions, the LiveTalking-compatible HTTP API and "
                     "the demo page. With no options it runs on a CPU with the lite engine, the demo avatar, an "
@@ -233,12 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest video uploaded to POST /api/avatars (also the most frames it is cut to)")
     limits.add_argument("--max_sse_per_session", type=_positive_int, default=_D.max_sse_per_session,
                         help="per session: concurrent /sse streams (429 beyond)")
+    add_options(p)  # --config, logs and metrics, LiveTalking's ignored options
     return p
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a = parser.parse_args(with_config_file(parser, argv))
     if a.model not in MODEL_VERSIONS:
         parser.error(f"--model {a.model!r} is not supported: this server runs MuseTalk; "
                      f"choose one of {', '.join(MODEL_VERSIONS)}")
@@ -273,4 +281,6 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         connect_timeout=a.connect_timeout, request_timeout=a.request_timeout, auth_tokens=tokens,
         cors_origins=tuple(a.cors_origins), max_pending_requests=a.max_pending_requests,
         max_queued_seconds=a.max_queued_seconds, max_sse_per_session=a.max_sse_per_session,
-        max_avatar_upload_mb=a.max_avatar_upload_mb, max_avatar_seconds=a.max_avatar_seconds)
+        max_avatar_upload_mb=a.max_avatar_upload_mb, max_avatar_seconds=a.max_avatar_seconds,
+        log_level=a.log_level, log_json=a.log_json, metrics_per_session=a.metrics_per_session,
+        ignored_options=ignored_notices(a))

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from aiortc import RTCPeerConnection
@@ -121,9 +121,19 @@ class LiveSession:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
 
+class RegistryObserver(Protocol):
+    """Told when a session is registered and when it ends (the server's metrics)."""
+
+    def opened(self, live: LiveSession) -> None: ...
+
+    def closed(self, live: LiveSession) -> None: ...
+
+
 class SessionRegistry:
-    def __init__(self, max_sessions: int, idle_timeout: float, connect_timeout: float) -> None:
+    def __init__(self, max_sessions: int, idle_timeout: float, connect_timeout: float,
+                 observer: RegistryObserver | None = None) -> None:
         self.max_sessions = max_sessions
+        self.observer = observer
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self._sessions: dict[str, LiveSession] = {}
@@ -161,6 +171,8 @@ class SessionRegistry:
         if self._shutting_down:
             raise SessionLimitError("the server is shutting down")
         self._sessions[live.id] = live
+        if self.observer is not None:
+            self.observer.opened(live)
         live.spawn(self._watch(live), "watch")
 
     def end(self, session_id: str, reason: str) -> Awaitable[None]:
@@ -173,6 +185,8 @@ class SessionRegistry:
                 done.set_result(None)
                 return done
             log.info("session %s ends: %s", session_id, reason)
+            if self.observer is not None:
+                self.observer.closed(live)
             task = asyncio.create_task(close_live(live), name=f"end-{session_id}")
             self._ending[session_id] = task
             task.add_done_callback(lambda _: self._ending.pop(session_id, None))

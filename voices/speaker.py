@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import numpy as np
@@ -38,10 +39,11 @@ class SpeechSink(Protocol):
 
 class Speaker:
     def __init__(self, sink: SpeechSink, tts: TTS, conversation: Conversation | None = None,
-                 max_pending: int = 64) -> None:
+                 max_pending: int = 64, on_first_audio: Callable[[float], None] | None = None) -> None:
         self.sink = sink
         self.tts = tts
         self.conversation = conversation
+        self.on_first_audio = on_first_audio  # told the seconds from a sentence to its first TTS audio (metrics)
         self._sentences: asyncio.Queue = asyncio.Queue(max_pending)
         self._producers = TaskSet()  # requests still queueing speech: say, chat, audio files
         self._voice = asyncio.create_task(self._speak_loop(), name="speaker")
@@ -139,7 +141,7 @@ class Speaker:
         start, end = Event("sentence_start", sentence, turn), Event("sentence_end", sentence, turn)
         try:
             async with contextlib.aclosing(self.tts.synthesize(sentence)) as chunks:
-                await self._push(chunks, start, end, turn)
+                await self._push(self._timed(chunks), start, end, turn)
         except TTSError as e:
             self._report("tts_error", str(e))
 
@@ -151,6 +153,15 @@ class Speaker:
             first = False
         if not first:
             await self.sink.end_speech(events=[end], turn=turn)
+
+    async def _timed(self, chunks: AsyncIterator[np.ndarray]) -> AsyncIterator[np.ndarray]:
+        """`chunks`, telling on_first_audio how long the first one took."""
+        started, first = time.monotonic(), True
+        async for chunk in chunks:
+            if first and self.on_first_audio is not None:
+                self.on_first_audio(time.monotonic() - started)
+            first = False
+            yield chunk
 
     def _report(self, name: str, message: str) -> None:
         """Tell the client (as an event) every time; log each distinct failure once."""

