@@ -12,7 +12,7 @@ from musetalk.avatar import validate_avatar_id
 from musetalk.cli import ArgumentParser
 from server.options import add_options, ignored_notices, with_config_file
 
-TTS_CHOICES = ("piper", "edgetts", "openai", "gpt-sovits", "realtime")
+TTS_CHOICES = ("piper", "edgetts", "openai", "gpt-sovits", "cosyvoice", "realtime")
 ENGINE_CHOICES = ("auto", "musetalk", "lite")
 # LiveTalking's --model names the lip-sync model; this server runs MuseTalk, so it picks the weights version.
 MODEL_VERSIONS = {"musetalk": "v15", "musetalkV15": "v15", "v15": "v15", "musetalkV1": "v1", "v1": "v1"}
@@ -205,13 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     voice = p.add_argument_group("voice and chat")
     voice.add_argument("--tts", choices=TTS_CHOICES, default=_D.tts,
                        help="piper: offline; edgetts; openai: OpenAI-compatible /audio/speech; gpt-sovits: "
-                            "api_v2 server; realtime: OpenAI Realtime API (speech to speech, replaces TTS and LLM)")
+                            "api_v2 server; cosyvoice: CosyVoice FastAPI server (clones --REF_FILE); realtime: "
+                            "OpenAI Realtime API (speech to speech, replaces TTS and LLM)")
     voice.add_argument("--REF_FILE", default=None,
                        help="voice: a piper .onnx voice file (its .onnx.json beside it), edge-tts voice name, "
-                            "OpenAI voice, realtime voice, or GPT-SoVITS reference audio path (on that server)")
-    voice.add_argument("--REF_TEXT", default=None, help="GPT-SoVITS: transcript of the reference audio")
+                            "OpenAI voice, realtime voice, GPT-SoVITS reference audio path (on that server), or "
+                            "CosyVoice reference recording (a WAV file here)")
+    voice.add_argument("--REF_TEXT", default=None, help="GPT-SoVITS, CosyVoice: transcript of the reference audio")
     voice.add_argument("--TTS_SERVER", default=None,
-                       help="TTS server URL: GPT-SoVITS (default http://127.0.0.1:9880), OpenAI speech base URL "
+                       help="TTS server URL: GPT-SoVITS (default http://127.0.0.1:9880), CosyVoice (default "
+                            "http://127.0.0.1:50000), OpenAI speech base URL "
                             "with /v1 (default: --llm_base_url), or the realtime WebSocket URL "
                             f"(default {DEFAULT_REALTIME_URL})")
     voice.add_argument("--llm_base_url", default=None,
@@ -252,6 +255,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
                      f"choose one of {', '.join(MODEL_VERSIONS)}")
     if a.tts == "gpt-sovits" and not a.REF_FILE:
         parser.error("--tts gpt-sovits needs --REF_FILE (the reference audio path on the GPT-SoVITS server)")
+    if a.tts == "cosyvoice" and not a.REF_FILE:
+        parser.error("--tts cosyvoice needs --REF_FILE (a WAV recording of the voice to clone)")
     if a.tts == "openai" and not (a.TTS_SERVER or a.llm_base_url):
         parser.error("--tts openai needs --TTS_SERVER (or --llm_base_url), the base URL incl. /v1")
     turn_secret = a.turn_secret or os.environ.get("TURN_SECRET") or None

@@ -1,11 +1,15 @@
 """LiveTalking's voice-cloning fields, never silently ignored: `/offer` `refaudio` (reference audio) and `reftext`
-(its transcript) give a session its own reference voice where the session's voice can take one (GPT-SoVITS:
-`refaudio` is a path on that server, as --REF_FILE), and are refused with a 400 naming the field otherwise.
+(its transcript) give a session its own reference voice where the session's voice can take one, and are refused
+with a 400 naming the field otherwise. GPT-SoVITS: `refaudio` is a path on that server (as --REF_FILE).
+CosyVoice: the name of a WAV file beside --REF_FILE on this server (a client never names any other file here).
 `/human` `tts` (a per-request voice) is refused with a 400: the reference voice is chosen per session."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.session import Session
@@ -15,8 +19,10 @@ from server.services import Services, build_tts
 from server.voice import Voice
 from voices.llm import Conversation
 from voices.speaker import Speaker
+from voices.tts import TTSError
 
-CLONING_VOICES = ("gpt-sovits",)  # the voices that take a reference voice per session
+CLONING_VOICES = ("gpt-sovits", "cosyvoice")  # the voices that take a reference voice per session
+_RECORDING_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.wav")
 MAX_FIELD_CHARS = 4096
 
 
@@ -35,17 +41,30 @@ def _field(body: dict[str, Any], name: str) -> str | None:
     return value
 
 
-def reference_of(body: dict[str, Any], voice: str) -> Reference | None:
+def reference_of(body: dict[str, Any], voice: str, config: ServerConfig) -> Reference | None:
     """The /offer body's reference voice for a session speaking with `voice`; a 400 naming the field when that
-    voice cannot take one. None when the offer asks for none."""
+    voice cannot take one (or a CosyVoice recording that is not there). None when the offer asks for none."""
     audio, text = _field(body, "refaudio"), _field(body, "reftext")
     if audio is None and text is None:
         return None
     if voice not in CLONING_VOICES:
         named = "'refaudio'" if audio is not None else "'reftext'"
         raise ApiError(400, f"{named} (a reference voice for the session) is not supported by the voice "
-                            f"{voice!r}; it needs {' or '.join(CLONING_VOICES)} (--tts gpt-sovits)")
+                            f"{voice!r}; it needs {' or '.join(CLONING_VOICES)} (--tts)")
+    if voice == "cosyvoice" and audio is not None:
+        audio = str(_recording(audio, config))
     return Reference(audio, text)
+
+
+def _recording(name: str, config: ServerConfig) -> Path:
+    """A CosyVoice reference recording chosen by a client: a WAV file in the folder of --REF_FILE, by name."""
+    assert config.REF_FILE is not None  # --tts cosyvoice requires it
+    folder = Path(config.REF_FILE).parent
+    path = folder / name
+    if not _RECORDING_NAME.fullmatch(name) or not path.is_file():
+        raise ApiError(400, f"'refaudio' must name a .wav file beside the configured reference recording "
+                            f"(in {folder}); {name!r} is not one")
+    return path
 
 
 def check_tts_field(body: dict[str, Any]) -> None:
@@ -65,11 +84,15 @@ class OwnVoiceSpeaker(Speaker):
             await self.tts.aclose()  # type: ignore[attr-defined]
 
 
-def reference_speaker(config: ServerConfig, services: Services, session: Session, ref: Reference) -> Voice:
-    """A GPT-SoVITS voice speaking with the session's reference; what is not given comes from --REF_FILE and
-    --REF_TEXT (a new transcript for the configured audio; new audio has no transcript unless given)."""
+async def reference_speaker(config: ServerConfig, services: Services, session: Session, ref: Reference) -> Voice:
+    """The session's voice (--tts: GPT-SoVITS or CosyVoice) speaking with its own reference; what is not given
+    comes from --REF_FILE and --REF_TEXT (a new transcript for the configured audio; new audio has no transcript
+    unless given)."""
     text = ref.text if ref.text is not None or ref.audio is None else ""
-    own = dataclasses.replace(config, tts="gpt-sovits", REF_FILE=ref.audio or config.REF_FILE,
+    own = dataclasses.replace(config, REF_FILE=ref.audio or config.REF_FILE,
                               REF_TEXT=text if text is not None else config.REF_TEXT)
-    tts = build_tts(own)
+    try:
+        tts = await asyncio.to_thread(build_tts, own)  # CosyVoice reads the recording
+    except TTSError as e:
+        raise ApiError(400, f"'refaudio': {e}") from e
     return OwnVoiceSpeaker(session, tts, Conversation(services.llm, config.system_prompt))

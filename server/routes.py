@@ -139,7 +139,8 @@ async def offer(request: web.Request) -> web.Response:
         check_offer(sdp)
     except ValueError as e:
         raise ApiError(400, str(e)) from e
-    reference = reference_of(body, voice or state.services.voices[0])  # refaudio/reftext: honoured, or a 400
+    # refaudio/reftext: honoured, or a 400
+    reference = reference_of(body, voice or state.services.voices[0], state.config)
     sid = state.registry.reserve()  # SessionLimitError: 503
     try:
         local = await _open_session(state, sid, sdp, avatar_id, voice, reference)
@@ -164,8 +165,10 @@ async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str, voi
         raise ApiError(400, f"cannot use the offer SDP: {str(e) or type(e).__name__}") from e
     live: LiveSession | None = None
     try:
-        speaker = (reference_speaker(state.config, state.services, session, reference) if reference is not None
-                   else await state.services.new_voice(session, voice))
+        if reference is not None:  # the session clones a voice of its own
+            speaker = await reference_speaker(state.config, state.services, session, reference)
+        else:
+            speaker = await state.services.new_voice(session, voice)
         live = LiveSession(sid, session, tracks, pc, speaker, voice_name=voice or state.services.voices[0])
         await session.start()
         state.registry.add(live)

@@ -45,6 +45,11 @@ def build_tts(config: ServerConfig) -> TTS | None:
         assert config.REF_FILE is not None
         return GPTSoVITSTTS(config.TTS_SERVER or "http://127.0.0.1:9880", ref_audio_path=config.REF_FILE,
                             prompt_text=config.REF_TEXT or "")
+    if config.tts == "cosyvoice":
+        from voices.tts_cosyvoice import DEFAULT_SERVER, CosyVoiceTTS
+
+        assert config.REF_FILE is not None
+        return CosyVoiceTTS.from_file(config.TTS_SERVER or DEFAULT_SERVER, config.REF_FILE, config.REF_TEXT or "")
     return None
 
 
