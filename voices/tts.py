@@ -96,9 +96,9 @@ class PiperTTS:
         speaker_id: int | None = None,
         peak: float = 0.9,
     ) -> None:
+        self.voice = load_piper_voice(model_path, config_path)  # MissingExtraError without piper
         from piper import SynthesisConfig
 
-        self.voice = load_piper_voice(model_path, config_path)
         self.sample_rate = int(self.voice.config.sample_rate)
         self._config = SynthesisConfig(speaker_id=speaker_id, length_scale=length_scale)
         self._peak = peak
