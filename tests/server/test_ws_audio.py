@@ -245,3 +245,20 @@ async def test_the_example_client_streams_a_wav_in_real_time(serve, config, tmp_
         assert loop.time() - t0 >= 0.7  # paced in real time
         assert {"status": "start", "text": "From a file."} in events and events[-1] == {"status": "end",
                                                                                          "text": "From a file."}
+
+
+async def test_server_shutdown_closes_open_streams(serve, config) -> None:
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as http:
+        async with serve(config) as server:
+            client, sid = await connected(server)
+            ws = await http.ws_connect(ws_url(server, sid))
+            await start(ws, 16000)
+            await send_in_pieces(ws, tone(2.0, 16000), 3200)  # still speaking when the server stops
+            t0 = loop.time()
+        assert loop.time() - t0 < 10  # the stream did not hold the shutdown up
+        msg = await ws.receive(timeout=5)
+        while msg.type == aiohttp.WSMsgType.TEXT:  # events sent before the end
+            msg = await ws.receive(timeout=5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and ws.close_code == 1001
+        await ws.close()
