@@ -2,7 +2,7 @@
 # Create .venv and install the project (editable) with the pinned versions of the lock, requirements.txt.
 #   scripts/install.sh                 to run the full offline demo: extras prepare, asr, offline (the default)
 #   scripts/install.sh --server        the server alone: serves prepared avatars, network voices and chat only
-#   scripts/install.sh --extras a,b    the server plus these extras (prepare, asr, offline, dev)
+#   scripts/install.sh --extras a,b    the server plus these extras (prepare, asr, offline, ray, dev)
 #   scripts/install.sh --all           every extra, the test tools (dev) included
 #   scripts/install.sh --dev           --all, plus the system packages the tests use (apt, as root): what
 #                                      scripts/test.sh and .ci/run need
@@ -16,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 torch=torch==2.13.0
 pip_args=()
+all_extras=prepare,asr,offline,ray,dev  # pyproject.toml's [project.optional-dependencies]
 extras=prepare,asr,offline
 system_test_tools=0
 while [ $# -gt 0 ]; do
@@ -24,13 +25,16 @@ while [ $# -gt 0 ]; do
     --torch-index) pip_args+=(--extra-index-url "$2"); shift ;;
     --server) extras= ;;
     --extras) extras=$2; shift ;;
-    --all) extras=prepare,asr,offline,dev ;;
-    --dev) extras=prepare,asr,offline,dev; system_test_tools=1 ;;
+    --all) extras=$all_extras ;;
+    --dev) extras=$all_extras; system_test_tools=1 ;;
     *) echo "unknown option $1; see the top of $0" >&2; exit 2 ;;
   esac
   shift
 done
 has_extra() { [[ ",$extras," == *",$1,"* ]]; }
+for extra in ${extras//,/ }; do
+  [[ ",$all_extras," == *",$extra,"* ]] || { echo "unknown extra $extra; the extras are $all_extras" >&2; exit 2; }
+done
 
 python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
