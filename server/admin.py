@@ -46,9 +46,10 @@ def describe(state: AppState, live: LiveSession, now: float) -> dict[str, Any]:
         "avatar_id": session.avatar.avatar_id, "voice": live.voice_name,
         "uptime_s": round(now - live.created, 1), "fps": round(live.fps, 1), "speaking": session.speaking,
         "recording": live.recorder is not None, "latency_ms": session.stats.last_latency_ms,
-        "queued_s": round(live.queued_seconds, 2), "connection": live.pc.connectionState,
+        "queued_s": round(live.queued_seconds, 2),
+        "connection": live.pc.connectionState if live.pc is not None else "pushed",
         "model": state.services.engine.describe(), "REF_FILE": state.config.REF_FILE or "",
-        "transport": "webrtc", "batch_size": state.services.engine.batch_size, "customopt": [],
+        "transport": "webrtc" if live.pc is not None else "rtmp", "batch_size": state.services.engine.batch_size, "customopt": [],
     }
 
 
@@ -79,9 +80,11 @@ async def config(request: web.Request) -> web.Response:
     state = request.app[STATE]
     c = state.config
     shown: dict[str, Any] = {key: getattr(c, key) for key in CONFIG_KEYS}
-    shown.update(model=f"musetalk {c.version}", transport="webrtc", fps=VIDEO_FPS,
-                 batch_size=state.services.engine.batch_size, engine=state.services.engine.describe())
-    shown.update({key: list(value) for key, value in shown.items() if isinstance(value, tuple)})
+    shown.update(model=state.services.engine.describe(), transport="webrtc", fps=VIDEO_FPS,
+                 batch_size=state.services.engine.batch_size)
+    # LiveTalking's page shows "" as "not set" (its options default to ""), and lists as text
+    shown.update({key: "" if value is None else list(value) if isinstance(value, tuple) else value
+                  for key, value in shown.items()})
     return ok({"config": shown})
 
 

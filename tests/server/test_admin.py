@@ -61,6 +61,7 @@ async def test_sessions_are_listed_and_ended(serve, config) -> None:
         status, body = await get(server, "/api/admin/config")
         shown = body["data"]["config"]
         assert status == 200 and shown["avatar_id"] == "demo" and shown["tts"] == "piper" and shown["fps"] == 25
+        assert shown["model"] == first["model"] == "lite" and shown["REF_FILE"] == ""  # LiveTalking: "" is unset
         assert {"model", "transport", "listenport", "batch_size", "REF_FILE"} <= shown.keys()
         assert not any(secret in str(body) for secret in SECRETS)
 
