@@ -219,6 +219,9 @@ async def test_the_socket_needs_the_token_when_one_is_configured(serve, config) 
             with pytest.raises(aiohttp.WSServerHandshakeError) as e:
                 await server.http.ws_connect(url)
             assert e.value.status == 401
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:  # a page of another site, even with the token
+            await server.http.ws_connect(ws_url(server, sid, token=TOKEN), origin="http://evil.example")
+        assert e.value.status == 403
         for url, headers in ((ws_url(server, sid, token=TOKEN), {}),
                              (ws_url(server, sid), {"Authorization": f"Bearer {TOKEN}"})):
             async with server.http.ws_connect(url, headers=headers) as ws:
