@@ -16,7 +16,6 @@ TTS_CHOICES = ("piper", "edgetts", "openai", "gpt-sovits", "cosyvoice", "realtim
 ENGINE_CHOICES = ("auto", "musetalk", "lite")
 # LiveTalking's --model names the lip-sync model; this server runs MuseTalk, so it picks the weights version.
 MODEL_VERSIONS = {"musetalk": "v15", "musetalkV15": "v15", "v15": "v15", "musetalkV1": "v1", "v1": "v1"}
-DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 AUTH_TOKEN_ENV = "AVATAR_AUTH_TOKEN"
 MIN_TOKEN_CHARS = 16
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly, in a spoken, conversational style."
@@ -48,10 +47,15 @@ class ServerConfig:
     llm_base_url: str | None = None
     llm_model: str = "gpt-4o-mini"
     llm_api_key: str | None = None
+    llm_azure_endpoint: str | None = None
+    llm_api_version: str | None = None
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     realtime_model: str = "gpt-realtime"
+    realtime_turn_detection: str = "server_vad"
     asr: bool = True
-    asr_model_dir: Path | None = None
+    asr_model: str | None = None
+    asr_language: str | None = None
+    asr_device: str = "cpu"
     stun: tuple[str, ...] = ()
     turn: tuple[str, ...] = ()
     turn_user: str | None = None
@@ -215,18 +219,33 @@ def build_parser() -> argparse.ArgumentParser:
     voice.add_argument("--TTS_SERVER", default=None,
                        help="TTS server URL: GPT-SoVITS (default http://127.0.0.1:9880), CosyVoice (default "
                             "http://127.0.0.1:50000), OpenAI speech base URL "
-                            "with /v1 (default: --llm_base_url), or the realtime WebSocket URL "
-                            f"(default {DEFAULT_REALTIME_URL})")
+                            "with /v1 (default: --llm_base_url), or the realtime WebSocket URL ending in /realtime "
+                            "(default: OpenAI's, or OPENAI_BASE_URL's, or --llm_azure_endpoint's)")
     voice.add_argument("--llm_base_url", default=None,
                        help="OpenAI-compatible chat endpoint incl. /v1; without it chat uses the offline SmolLM2")
     voice.add_argument("--llm_model", default=_D.llm_model, help="chat model name at --llm_base_url")
-    voice.add_argument("--llm_api_key", default=None, help="API key (default: env OPENAI_API_KEY)")
+    voice.add_argument("--llm_api_key", default=None,
+                       help="API key (default: env OPENAI_API_KEY, or AZURE_OPENAI_API_KEY with --llm_azure_endpoint)")
+    voice.add_argument("--llm_azure_endpoint", default=None,
+                       help="Azure OpenAI: https://NAME.openai.azure.com (model names are then deployment names); "
+                            "used for chat, openai TTS and realtime")
+    voice.add_argument("--llm_api_version", default=None,
+                       help="Azure OpenAI api-version (default: env OPENAI_API_VERSION)")
     voice.add_argument("--system_prompt", default=_D.system_prompt, help="the chat model's instructions")
     voice.add_argument("--realtime_model", default=_D.realtime_model, help="model for --tts realtime")
+    voice.add_argument("--realtime_turn_detection", choices=("server_vad", "semantic_vad"),
+                       default=_D.realtime_turn_detection,
+                       help="--tts realtime: how the service decides that the user finished speaking (microphone): "
+                            "server_vad (silence) or semantic_vad (what was said)")
     voice.add_argument("--no_asr", action="store_true",
                        help="ignore microphone audio sent by the page (default: transcribe it and chat)")
-    voice.add_argument("--asr_model_dir", type=Path, default=None,
-                       help="CTranslate2 whisper folder (default: the bundled tiny.en)")
+    voice.add_argument("--asr_model", "--asr_model_dir", default=None,
+                       help="speech recognition: a CTranslate2 whisper folder, or a faster-whisper model name "
+                            "(small, large-v3, ...; downloaded once) (default: the bundled English tiny.en)")
+    voice.add_argument("--asr_language", default=None,
+                       help="language code of the speech (en, zh, ...) for a multilingual model (default: detected)")
+    voice.add_argument("--asr_device", choices=("cpu", "cuda"), default=_D.asr_device,
+                       help="where speech recognition runs")
     limits = p.add_argument_group("limits")
     limits.add_argument("--max_upload_mb", type=_positive_float, default=_D.max_upload_mb,
                         help="largest /humanaudio upload")
@@ -257,7 +276,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         parser.error("--tts gpt-sovits needs --REF_FILE (the reference audio path on the GPT-SoVITS server)")
     if a.tts == "cosyvoice" and not a.REF_FILE:
         parser.error("--tts cosyvoice needs --REF_FILE (a WAV recording of the voice to clone)")
-    if a.tts == "openai" and not (a.TTS_SERVER or a.llm_base_url):
+    if a.tts == "openai" and not (a.TTS_SERVER or a.llm_base_url or a.llm_azure_endpoint):
         parser.error("--tts openai needs --TTS_SERVER (or --llm_base_url), the base URL incl. /v1")
     turn_secret = a.turn_secret or os.environ.get("TURN_SECRET") or None
     if a.turn and not (a.turn_user or turn_secret):
@@ -278,8 +297,10 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         idle_timeout=a.idle_timeout, tts=a.tts, REF_FILE=a.REF_FILE, REF_TEXT=a.REF_TEXT, TTS_SERVER=a.TTS_SERVER,
         llm_base_url=a.llm_base_url, llm_model=a.llm_model,
         llm_api_key=a.llm_api_key or os.environ.get("OPENAI_API_KEY") or None,
-        system_prompt=a.system_prompt, realtime_model=a.realtime_model, asr=not a.no_asr,
-        asr_model_dir=a.asr_model_dir, stun=tuple(a.stun), turn=tuple(a.turn), turn_user=a.turn_user,
+        llm_azure_endpoint=a.llm_azure_endpoint, llm_api_version=a.llm_api_version,
+        system_prompt=a.system_prompt, realtime_model=a.realtime_model,
+        realtime_turn_detection=a.realtime_turn_detection, asr=not a.no_asr, asr_model=a.asr_model,
+        asr_language=a.asr_language, asr_device=a.asr_device, stun=tuple(a.stun), turn=tuple(a.turn), turn_user=a.turn_user,
         turn_password=a.turn_password or os.environ.get("TURN_PASSWORD") or None,
         turn_secret=turn_secret, turn_ttl=a.turn_ttl, ice_host=tuple(a.ice_host),
         max_upload_mb=a.max_upload_mb, max_audio_seconds=a.max_audio_seconds, max_text_chars=a.max_text_chars,

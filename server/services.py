@@ -7,18 +7,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from pathlib import Path
 
 from engines.base import Engine
 from engines.factory import create_engine
 from musetalk.avatar import Avatar, load_avatar, validate_avatar_id
 from pipeline.actions import ActionClip, load_actions
 from pipeline.session import Session
-from server.config import DEFAULT_REALTIME_URL, ServerConfig
+from server.config import ServerConfig
 from server.voice import RealtimeVoice, Voice
 from voices.asr import Transcriber
 from voices.llm import ChatLLM, ChatModel, Conversation, LocalChatLLM
-from voices.realtime import RealtimeClient
+from voices.openai_api import OpenAIEndpoint
+from voices.realtime import RealtimeClient, session_config
 from voices.speaker import Speaker
 from voices.tts import TTS, PiperTTS
 
@@ -36,9 +36,8 @@ def build_tts(config: ServerConfig) -> TTS | None:
     if config.tts == "openai":
         from voices.tts_http import OpenAITTS
 
-        base = config.TTS_SERVER or config.llm_base_url
-        assert base is not None  # checked when the options were parsed
-        return OpenAITTS(base, voice=config.REF_FILE or "alloy", api_key=config.llm_api_key)
+        return OpenAITTS(openai_endpoint(config, config.TTS_SERVER or config.llm_base_url),
+                         voice=config.REF_FILE or "alloy")
     if config.tts == "gpt-sovits":
         from voices.tts_http import GPTSoVITSTTS
 
@@ -53,9 +52,14 @@ def build_tts(config: ServerConfig) -> TTS | None:
     return None
 
 
+def openai_endpoint(config: ServerConfig, base_url: str | None = None) -> OpenAIEndpoint:
+    """The OpenAI(-compatible) or Azure OpenAI service of the options (base URL None: OPENAI_BASE_URL or OpenAI's)."""
+    return OpenAIEndpoint(base_url, config.llm_api_key, config.llm_azure_endpoint, config.llm_api_version)
+
+
 def build_llm(config: ServerConfig) -> ChatModel:
-    if config.llm_base_url:
-        return ChatLLM(config.llm_base_url, config.llm_model, config.llm_api_key)
+    if config.llm_base_url or config.llm_azure_endpoint:
+        return ChatLLM(openai_endpoint(config, config.llm_base_url), config.llm_model)
     return LocalChatLLM()  # loads its weights on the first chat, once per process
 
 
@@ -137,9 +141,9 @@ class Services:
         c = self.config
         name = name or self.voices[0]
         if name == "realtime" and c.tts == "realtime":
-            url = c.TTS_SERVER or DEFAULT_REALTIME_URL
-            return RealtimeVoice(session, lambda: RealtimeClient(url, c.realtime_model, c.llm_api_key),
-                                 c.system_prompt, c.REF_FILE)
+            endpoint = openai_endpoint(c)
+            return RealtimeVoice(session, lambda: RealtimeClient(endpoint, c.realtime_model, c.TTS_SERVER),
+                                 session_config(c.system_prompt, c.REF_FILE, c.realtime_turn_detection))
         return Speaker(session, await self.tts(name), Conversation(self.llm, c.system_prompt),
                        on_first_audio=session.stats.record_tts_first_audio)
 
@@ -147,8 +151,9 @@ class Services:
         """The speech recogniser, loaded on first use (a few seconds), once per process."""
         async with self._asr_lock:
             if self._transcriber is None:
-                model_dir: Path | None = self.config.asr_model_dir
-                self._transcriber = await asyncio.to_thread(Transcriber, model_dir)
+                c = self.config
+                self._transcriber = await asyncio.to_thread(Transcriber, c.asr_model, language=c.asr_language,
+                                                            device=c.asr_device)
             return self._transcriber
 
     async def aclose(self) -> None:

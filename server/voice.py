@@ -4,8 +4,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -13,7 +14,9 @@ from pipeline.items import Event
 from pipeline.session import Session
 from voices.speaker import one_chunk
 from voices.tasks import TaskSet
-from voices.realtime import AudioDelta, RealtimeClient, RealtimeError, ResponseDone, ServerError, TranscriptDelta
+from voices.audio import float_to_pcm16
+from voices.realtime import (FATAL_CODES, AudioDelta, RealtimeAuthError, RealtimeClient, RealtimeError, ResponseDone,
+                             ServerError, SpeechStarted, SpeechStopped, TranscriptDelta, UserTranscript)
 
 log = logging.getLogger(__name__)
 
@@ -33,28 +36,36 @@ class Voice(Protocol):
 
 
 class RealtimeVoice:
-    """The OpenAI Realtime API as the session's voice: text goes in, the answer's audio deltas go into the
-    session as they arrive (sentence_start with the first, sentence_end with the whole transcript when the
-    response is done), transcript deltas ride on the next audio as `subtitle` events, and interrupt cancels
-    the response. Connects on first use; failures become `llm_error` events."""
+    """The OpenAI Realtime API as the session's voice, speech to speech.
 
-    def __init__(self, session: Session, connect: Callable[[], RealtimeClient], instructions: str,
-                 voice: str | None = None) -> None:
+    Typed text (`chat`, `say`) and the microphone (`listen`: the service's own turn detection decides when the
+    user has finished, and answers) go in; the answer's audio deltas go into the session as they arrive
+    (sentence_start with the first, sentence_end with the whole transcript when the response is done), transcript
+    deltas ride on the next audio as `subtitle` events, the user's transcript is published as `user_text`. When
+    the service hears the user start speaking, the avatar is interrupted at once (barge-in).
+
+    Connects on first use and stays connected: a connection that drops is reconnected with backoff (each drop is a
+    `tts_error` for the page); refused credentials end it with one `tts_error` and one log line. The service's
+    error events become `llm_error`."""
+
+    def __init__(self, session: Session, connect: Callable[[], RealtimeClient], setup: dict[str, Any], *,
+                 first_delay: float = 0.5, max_delay: float = 8.0) -> None:
         self.session = session
         self._new_client = connect
-        self._setup = {"instructions": instructions, "modalities": ["audio", "text"],
-                       **({"voice": voice} if voice else {})}
-        self._client: RealtimeClient | None = None
-        self._reader: asyncio.Task | None = None
-        self._connecting = asyncio.Lock()
+        self._setup = setup  # the session.update body, sent on every (re)connection
+        self._first_delay, self._max_delay = first_delay, max_delay
+        self._client: RealtimeClient | None = None  # while connected
+        self._connected = asyncio.Event()
+        self._supervisor: asyncio.Task | None = None
+        self._given_up: str | None = None  # why the connection is not tried again (refused credentials)
         self._playing = asyncio.Lock()  # one response or audio file goes into the session at a time
         self._tasks = TaskSet()  # requests: say, chat, audio files
         self._request_turn = 0
         self._responding = False  # a response was asked for and is not done: there is something to cancel
 
+    # -- what the server calls ------------------------------------------------------------------------------
     def say(self, text: str) -> asyncio.Task:
-        return self._tasks.spawn(self._request(lambda c: c.send({"type": "response.create", "response": {
-            "instructions": f"Say exactly the following text and nothing else: {text}"}})), "realtime-say")
+        return self._tasks.spawn(self._request(lambda c: c.say(text)), "realtime-say")
 
     def chat(self, text: str) -> asyncio.Task:
         return self._tasks.spawn(self._request(lambda c: c.send_text(text)), "realtime-chat")
@@ -69,15 +80,17 @@ class RealtimeVoice:
     def pending(self) -> int:
         return len(self._tasks)
 
-    async def _play(self, chunks: AsyncIterator[np.ndarray], label: str, turn: int) -> None:
-        async with self._playing:
-            events: list[Event] | None = [Event("sentence_start", label, turn)]
-            async for pcm in chunks:
-                if not await self.session.push_audio(pcm, events, turn):
-                    return  # interrupted
-                events = None
-            if events is None:  # something was played
-                await self.session.end_speech([Event("sentence_end", label, turn)], turn)
+    async def listen(self, microphone: AsyncIterator[np.ndarray]) -> None:
+        """Stream the microphone (float32 mono at the service's 24 kHz, any piece size) to the service until it
+        ends. While the connection is down the audio is dropped: the service hears the user again once it is
+        back."""
+        self._start()
+        async for audio in microphone:
+            client = self._client
+            if client is None or not audio.size:
+                continue
+            with contextlib.suppress(RealtimeError):  # a drop: the supervisor reports it and reconnects
+                await client.append_audio(float_to_pcm16(audio))
 
     async def interrupt(self) -> int:
         await self._tasks.cancel()
@@ -89,49 +102,115 @@ class RealtimeVoice:
 
     async def close(self) -> None:
         await self._tasks.cancel()
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-        if self._client is not None:
-            await self._client.close()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
 
-    async def _request(self, send: Callable[[RealtimeClient], object]) -> None:
+    # -- internals ------------------------------------------------------------------------------------------
+    async def _play(self, chunks: AsyncIterator[np.ndarray], label: str, turn: int) -> None:
+        async with self._playing:
+            events: list[Event] | None = [Event("sentence_start", label, turn)]
+            async for pcm in chunks:
+                if not await self.session.push_audio(pcm, events, turn):
+                    return  # interrupted
+                events = None
+            if events is None:  # something was played
+                await self.session.end_speech([Event("sentence_end", label, turn)], turn)
+
+    async def _request(self, send: Callable[[RealtimeClient], Awaitable[None]]) -> None:
+        given_up = self._given_up
         try:
-            client = await self._connected()
+            client = await self._connection()
             self._request_turn = self.session.turn
             self._responding = True
-            await send(client)  # type: ignore[misc]
+            await send(client)
         except RealtimeError as e:
-            self._fail(str(e))
+            if given_up is not None:
+                self.session.publish(Event("tts_error", given_up, self.session.turn))  # logged when it happened
+            elif self._given_up is None:
+                self._fail("tts_error", str(e))
+            # else: the connection has just been given up on, and the page was told why
 
-    async def _connected(self) -> RealtimeClient:
-        async with self._connecting:
-            if self._client is None or self._reader is None or self._reader.done():
-                if self._client is not None:
-                    await self._client.close()
-                client = self._new_client()
+    def _start(self) -> None:
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name="realtime-connection")
+
+    async def _connection(self) -> RealtimeClient:
+        """The connected client, waiting for a (re)connection in progress."""
+        self._start()
+        assert self._supervisor is not None
+        connected = asyncio.ensure_future(self._connected.wait())
+        try:
+            await asyncio.wait([connected, self._supervisor], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            connected.cancel()
+        if self._client is None:
+            raise RealtimeError(self._given_up or "Realtime API: not connected")
+        return self._client
+
+    async def _supervise(self) -> None:
+        """Connect, read until the connection ends, and again with backoff, until the credentials are refused
+        or the service answers with an error that a new connection cannot cure."""
+        delay = self._first_delay
+        while True:
+            client = self._new_client()
+            try:
                 await client.connect()
                 await client.update_session(self._setup)
-                self._client = client
-                self._reader = asyncio.create_task(self._read(client), name="realtime-reader")
-            return self._client
+            except RealtimeAuthError as e:
+                self._given_up = str(e)
+                self._fail("tts_error", str(e))
+                return
+            except RealtimeError as e:
+                self._fail("tts_error", f"{e}; trying again in {delay:.1f} s")
+                await client.close()
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, self._max_delay)
+                continue
+            self._client = client
+            self._connected.set()
+            started = time.monotonic()
+            try:
+                reason = await self._read(client)
+            finally:
+                self._client, self._responding = None, False
+                self._connected.clear()
+                await client.close()
+            if self._given_up is not None:
+                self._fail("tts_error", self._given_up)
+                return
+            if time.monotonic() - started > self._max_delay:
+                delay = self._first_delay  # it had been working: start the backoff again
+            self._fail("tts_error", f"{reason}; reconnecting in {delay:.1f} s")
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, self._max_delay)
 
-    async def _read(self, client: RealtimeClient) -> None:
+    async def _read(self, client: RealtimeClient) -> str:
+        """Handle the connection's events until it ends; returns why it ended."""
         turns: dict[str, int] = {}
         transcripts: dict[str, str] = {}
         subtitles: list[Event] = []
         try:
             async for ev in client.events():
                 if isinstance(ev, ServerError):
-                    self._fail(ev.message)
-                    continue
-                if isinstance(ev, TranscriptDelta):
+                    if ev.code in FATAL_CODES:
+                        self._given_up = f"Realtime API: {ev.message}"
+                    elif ev.code not in _QUIET_CODES:
+                        self._fail("llm_error", f"Realtime API: {ev.message}")
+                elif isinstance(ev, SpeechStarted):
+                    await self._barge_in()
+                elif isinstance(ev, SpeechStopped):
+                    # The service answers the user's turn by itself: that answer belongs to the current turn.
+                    self._request_turn, self._responding = self.session.turn, True
+                elif isinstance(ev, UserTranscript):
+                    if ev.text:
+                        self.session.publish(Event("user_text", ev.text, self.session.turn))
+                elif isinstance(ev, TranscriptDelta):
                     transcripts[ev.response_id] = transcripts.get(ev.response_id, "") + ev.text
                     subtitles.append(Event("subtitle", ev.text, turns.get(ev.response_id, self._request_turn)))
-                    continue
-                turn = turns.get(ev.response_id)
-                if isinstance(ev, AudioDelta):
+                elif isinstance(ev, AudioDelta):
                     events, subtitles = subtitles, []
+                    turn = turns.get(ev.response_id)
                     if turn is None:  # the response's first audio: it now owns the session's voice
                         turn = turns[ev.response_id] = self._request_turn
                         await self._playing.acquire()
@@ -139,18 +218,30 @@ class RealtimeVoice:
                     await self.session.push_audio(ev.audio, events, turn)
                 elif isinstance(ev, ResponseDone):
                     self._responding = False
-                    if turn is not None:
+                    if (turn := turns.pop(ev.response_id, None)) is not None:
                         end = Event("sentence_end", transcripts.pop(ev.response_id, ""), turn)
                         await self.session.end_speech([*subtitles, end], turn)
                         subtitles = []
-                        del turns[ev.response_id]
                         self._playing.release()
+            return "Realtime API: the service closed the connection"
         except RealtimeError as e:
-            self._fail(str(e))
+            return str(e)
         finally:
-            if turns and self._playing.locked():
+            for response_id, turn in turns.items():  # cut short by the drop: what arrived plays to its end
+                await self.session.end_speech([Event("sentence_end", transcripts.get(response_id, ""), turn)], turn)
+            if turns:
                 self._playing.release()
 
-    def _fail(self, message: str) -> None:
+    async def _barge_in(self) -> None:
+        """The user started speaking: the avatar stops at once (the service stops its answer too)."""
+        self.session.publish(Event("user_speech_start", "", self.session.turn))
+        if self.session.speaking or self._responding:
+            await self.interrupt()
+
+    def _fail(self, name: str, message: str) -> None:
         log.warning("realtime: %s", message)
-        self.session.publish(Event("llm_error", message, self.session.turn))
+        self.session.publish(Event(name, message, self.session.turn))
+
+
+# Errors the service sends that are no news to the user: a cancel that arrived after the response had ended.
+_QUIET_CODES = frozenset({"response_cancel_not_active"})

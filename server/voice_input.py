@@ -1,13 +1,16 @@
-"""Microphone audio the page sends over its peer connection: VAD -> transcription -> chat, with barge-in.
+"""Microphone audio the page sends over its peer connection.
 
-Events published to the session: `user_speech_start` (the VAD heard the user begin; if the avatar was
-speaking it is interrupted), `user_text` (the transcript, which is then sent to chat), `asr_error`.
+With the Realtime API as the voice (--tts realtime) the microphone goes to the service as it is (24 kHz PCM16),
+speech to speech: the service's turn detection, transcription and answer (server.voice.RealtimeVoice). Otherwise:
+Silero VAD -> transcription (faster-whisper) -> chat, with barge-in. Events published to the session:
+`user_speech_start` (the user began to speak; if the avatar was speaking it is interrupted), `user_text` (the
+transcript, which is then sent to chat), `asr_error`.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
 from aiortc import MediaStreamTrack
@@ -15,9 +18,10 @@ from aiortc.mediastreams import MediaStreamError
 
 from pipeline.items import Event
 from pipeline.session import Session
-from server.voice import Voice
-from voices.audio import MonoResampler
+from server.voice import RealtimeVoice, Voice
 from voices.asr import SpeechStart, Transcriber, VADConfig, VoiceActivityDetector
+from voices.audio import SAMPLE_RATE, MonoResampler
+from voices.realtime import API_RATE
 
 log = logging.getLogger(__name__)
 
@@ -29,26 +33,25 @@ class VoiceInput:
         self.session = session
         self.voice = voice
         self._transcriber = transcriber
-        self._vad = VoiceActivityDetector(vad)
-        self._to_mono = MonoResampler()
+        self._vad = vad
         self._in_order = asyncio.Lock()  # utterances are transcribed and answered in the order spoken
         self._pending: set[asyncio.Task] = set()
 
     async def run(self) -> None:
+        if isinstance(self.voice, RealtimeVoice):
+            await self.voice.listen(microphone(self.track, API_RATE))  # the service hears the user itself
+            return
+        vad = VoiceActivityDetector(self._vad)
         try:
-            while True:
-                try:
-                    frame = await self.track.recv()
-                except MediaStreamError:
-                    return
-                await self._feed(self._to_mono(frame))
+            async for pcm in microphone(self.track):
+                await self._feed(vad, pcm)
         finally:
             for task in self._pending:
                 task.cancel()
             await asyncio.gather(*self._pending, return_exceptions=True)
 
-    async def _feed(self, pcm: np.ndarray) -> None:
-        for event in self._vad.push(pcm):
+    async def _feed(self, vad: VoiceActivityDetector, pcm: np.ndarray) -> None:
+        for event in vad.push(pcm):
             if isinstance(event, SpeechStart):
                 self.session.publish(Event("user_speech_start", "", self.session.turn))
                 if self.session.speaking:
@@ -69,6 +72,17 @@ class VoiceInput:
             if text:
                 self.session.publish(Event("user_text", text, self.session.turn))
                 self.voice.chat(text)
+
+
+async def microphone(track: MediaStreamTrack, rate: int = SAMPLE_RATE) -> AsyncIterator[np.ndarray]:
+    """A received audio track as float32 mono at ``rate``, frame by frame, until it ends."""
+    to_mono = MonoResampler(rate)
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        yield to_mono(frame)
 
 
 async def drain(track: MediaStreamTrack) -> None:

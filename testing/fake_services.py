@@ -1,11 +1,11 @@
 """Local servers on 127.0.0.1 that speak the protocols of the services the
-voices package talks to: OpenAI-compatible chat + speech, the Realtime API
-(WebSocket) and GPT-SoVITS api_v2. Each records what it received."""
+voices package talks to: OpenAI-compatible chat + speech (also under Azure's
+paths) and GPT-SoVITS api_v2. Each records what it received. The Realtime API
+has its own fake: testing/fake_realtime.py."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import socket
 import struct
@@ -38,6 +38,7 @@ def free_port() -> int:
 class Recorder:
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # path and query of each request
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
     sent_chunks: int = 0
 
@@ -70,16 +71,42 @@ async def _recorded(request: web.Request) -> tuple[Recorder, dict[str, Any]]:
     body = await request.json()
     rec.requests.append(body)
     rec.headers.append(dict(request.headers))
+    rec.paths.append(request.path_qs)
     return rec, body
+
+
+# OpenAI sends Retry-After headers with 429 and 5xx answers; a short one keeps the SDK's retries fast here.
+RETRY_SOON = {"retry-after-ms": "20"}
+
+
+def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> web.Response:
+    """An error answer in OpenAI's shape."""
+    return web.json_response({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                        "code": code}}, status=status, headers=headers)
+
+
+def _flaky(rec: Recorder, mode: object) -> web.Response | None:
+    """Mode "flaky", in rounds of three requests: the first is rate limited (429), the second finds the service
+    unavailable (503), the third is answered (the SDK's retries get through)."""
+    if mode != "flaky":
+        return None
+    attempt = sum(r.get("model") == "flaky" or r.get("voice") == "flaky" for r in rec.requests) % 3
+    if attempt == 1:
+        return _error(429, "Rate limit reached for requests", "rate_limit_exceeded", RETRY_SOON)
+    if attempt == 2:
+        return _error(503, "The server is overloaded, please try again later.", "server_error", RETRY_SOON)
+    return None
 
 
 async def _chat(request: web.Request) -> web.StreamResponse:
     rec, body = await _recorded(request)
     mode = body.get("model")
     if mode == "unauthorized":
-        return web.json_response({"error": {"message": "Invalid API key"}}, status=401)
+        return _error(401, "Incorrect API key provided: sk-bad.", "invalid_api_key")
     if mode == "boom":
-        return web.Response(status=500, text="internal failure")
+        return web.Response(status=500, text="internal failure", headers=RETRY_SOON)
+    if (failure := _flaky(rec, mode)) is not None:
+        return failure
     if mode == "hang":
         await asyncio.sleep(30)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -104,9 +131,11 @@ async def _chat(request: web.Request) -> web.StreamResponse:
 async def _speech(request: web.Request) -> web.StreamResponse:
     rec, body = await _recorded(request)
     if body.get("voice") == "bad":
-        return web.json_response({"error": {"message": "unknown voice"}}, status=400)
+        return _error(400, "unknown voice", "invalid_value")
     if body.get("voice") == "boom":
-        return web.Response(status=503, text="x" * 2000)
+        return web.Response(status=503, text="x" * 2000, headers=RETRY_SOON)
+    if (failure := _flaky(rec, body.get("voice"))) is not None:
+        return failure
     if body.get("voice") == "hang":
         await asyncio.sleep(30)
     resp = web.StreamResponse(headers={"Content-Type": "audio/pcm"})
@@ -128,11 +157,14 @@ async def _speech(request: web.Request) -> web.StreamResponse:
 async def openai_service() -> AsyncIterator[tuple[str, Recorder]]:
     """OpenAI-compatible chat (streamed SSE) and speech (24 kHz PCM); yields (base URL with /v1, recorder).
 
-    The request's `model` (chat) or `voice` (speech) picks a failure mode: see _chat and _speech."""
+    The request's `model` (chat) or `voice` (speech) picks a failure mode: see _chat, _speech and _flaky."""
     app = web.Application()
     app[REC] = Recorder()
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/v1/audio/speech", _speech)
+    # Azure OpenAI: the same API under /openai/deployments/<deployment>/..., with ?api-version= and an api-key header.
+    app.router.add_post("/openai/deployments/{deployment}/chat/completions", _chat)
+    app.router.add_post("/openai/deployments/{deployment}/audio/speech", _speech)
     runner, url = await _serve(app)
     try:
         yield url + "/v1", app[REC]
@@ -180,86 +212,5 @@ async def sovits_service() -> AsyncIterator[tuple[str, Recorder]]:
     runner, url = await _serve(app)
     try:
         yield url, app[REC]
-    finally:
-        await runner.cleanup()
-
-
-# ---------------------------------------------------------------- Realtime API
-
-REALTIME_TEXT = ["Sure", ", here", " is", " the", " answer."]
-REALTIME_SAMPLES = [2401, 17, 4800, 1203, 960]  # 24 kHz samples per audio delta
-
-
-@dataclass
-class RealtimeRecorder:
-    events: list[dict[str, Any]] = field(default_factory=list)
-    query: dict[str, str] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
-    deltas_sent: int = 0
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-async def _realtime(request: web.Request) -> web.WebSocketResponse:
-    rec: RealtimeRecorder = request.app[REC]
-    rec.query, rec.headers = dict(request.query), dict(request.headers)
-    ws = web.WebSocketResponse()
-    await ws.prepare(request)
-    beta = request.query.get("model") == "beta-model"
-    audio_name = "response.audio.delta" if beta else "response.output_audio.delta"
-    text_name = "response.audio_transcript.delta" if beta else "response.output_audio_transcript.delta"
-    audio = np.frombuffer(tone_pcm16(24000, sum(REALTIME_SAMPLES) / 24000), "<i2")
-    responses = 0
-
-    async def respond(rid: str, repeats: int, delay: float) -> None:
-        await ws.send_json({"type": "response.created", "response": {"id": rid}})
-        pos = 0
-        for k in range(repeats * len(REALTIME_SAMPLES)):
-            n = REALTIME_SAMPLES[k % len(REALTIME_SAMPLES)]
-            piece = audio[pos % len(audio):][:n]
-            pos += n
-            await ws.send_json({"type": audio_name, "response_id": rid, "item_id": "i1",
-                                "delta": base64.b64encode(piece.tobytes()).decode()})
-            await ws.send_json({"type": text_name, "response_id": rid,
-                                "delta": REALTIME_TEXT[k % len(REALTIME_TEXT)]})
-            rec.deltas_sent += 1
-            await asyncio.sleep(delay)
-        await ws.send_json({"type": "response.done", "response": {"id": rid, "status": "completed"}})
-
-    senders: list[asyncio.Task] = []
-    try:
-        async for msg in ws:
-            event = json.loads(msg.data)
-            rec.events.append(event)
-            if event["type"] == "response.create":
-                responses += 1
-                slow = rec.events[-2].get("item", {}).get("content", [{}])[0].get("text") == "long"
-                senders.append(asyncio.create_task(
-                    respond(f"resp_{responses}", 40 if slow else 1, 0.02 if slow else 0)))
-            elif event["type"] == "response.cancel" and senders:
-                senders[-1].cancel()
-                rec.cancelled.set()
-                rid = f"resp_{responses}"
-                # A delta that was already in flight when the cancel arrived.
-                await ws.send_json({"type": audio_name, "response_id": rid,
-                                    "delta": base64.b64encode(audio[:480].tobytes()).decode()})
-                await ws.send_json({"type": "response.done", "response": {"id": rid, "status": "cancelled"}})
-            elif event["type"] == "session.update" and event["session"].get("fail"):
-                await ws.send_json({"type": "error", "error": {"message": "bad session", "code": "invalid_value"}})
-    finally:  # the connection ended: no response keeps sending on it
-        for task in senders:
-            task.cancel()
-        await asyncio.gather(*senders, return_exceptions=True)
-    return ws
-
-
-@asynccontextmanager
-async def realtime_service() -> AsyncIterator[tuple[str, RealtimeRecorder]]:
-    """The Realtime API over WebSocket; yields (ws:// URL, recorder). A user text "long" gets a long answer."""
-    app = web.Application()
-    app[REC] = RealtimeRecorder()
-    app.router.add_get("/v1/realtime", _realtime)
-    runner, url = await _serve(app)
-    try:
-        yield url.replace("http", "ws") + "/v1/realtime", app[REC]
     finally:
         await runner.cleanup()

@@ -1,4 +1,4 @@
-"""Shared HTTP plumbing for the network backends: one lazily created
+"""HTTP plumbing for the network backends that no SDK covers (GPT-SoVITS): one lazily created
 aiohttp session per backend object, timeouts that never let a request hang,
 and translation of every transport failure into the caller's error type
 with a message fit for a user."""
@@ -13,11 +13,6 @@ from typing import Any
 import aiohttp
 
 _MAX_ERROR_TEXT = 300
-
-
-def bearer(api_key: str | None) -> dict[str, str]:
-    """The Authorization header of an OpenAI-style API key; none without a key (local servers)."""
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def given(**options: Any) -> dict[str, Any]:

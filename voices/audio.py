@@ -111,13 +111,13 @@ def _check_rates(src_rate: int, dst_rate: int) -> None:
 
 
 class MonoResampler:
-    """Decoded frames of any rate, layout and sample format -> float32 mono 16 kHz.
+    """Decoded frames of any rate, layout and sample format -> float32 mono at ``rate`` (default 16 kHz).
 
     Channels are averaged here rather than by libswresample, whose stereo->mono matrix adds 3 dB (and clips
     loud stereo); the rate and format conversion is libswresample's (linear time for any pair of rates)."""
 
-    def __init__(self) -> None:
-        self._swr = av.AudioResampler(format="fltp", layout=None, rate=SAMPLE_RATE)
+    def __init__(self, rate: int = SAMPLE_RATE) -> None:
+        self._swr = av.AudioResampler(format="fltp", layout=None, rate=rate)
 
     def __call__(self, frame: av.AudioFrame | None) -> np.ndarray:
         """Resample one frame (None: flush the tail)."""

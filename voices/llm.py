@@ -4,14 +4,16 @@ offline SmolLM2-135M-Instruct; and a bounded conversation on top of either."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from voices._http import HTTPBackend, bearer, given
+import openai
+
+from voices._http import given
 from voices._threads import LLM_POOL, stream_from_thread
+from voices.openai_api import OpenAIEndpoint, describe
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
 
@@ -26,60 +28,43 @@ class ChatModel(Protocol):
         ...
 
 
-class ChatLLM(HTTPBackend):
-    """OpenAI-compatible ``/chat/completions`` with ``stream: true`` (SSE).
+class ChatLLM:
+    """OpenAI-compatible ``/chat/completions``, streamed, through the official SDK (retries on 429/5xx, typed
+    errors turned into ``LLMError``). Closing the answer's iterator closes its HTTP response."""
 
-    ``base_url`` includes the API version, e.g. ``https://api.openai.com/v1``.
-    """
-
-    error_type = LLMError
-    name = "LLM"
-
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        api_key: str | None = None,
-        *,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
-    ) -> None:
-        super().__init__(connect_timeout=connect_timeout, read_timeout=read_timeout)
-        self.url = base_url.rstrip("/") + "/chat/completions"
+    def __init__(self, endpoint: OpenAIEndpoint, model: str, *, temperature: float | None = None,
+                 max_tokens: int | None = None) -> None:
+        self.endpoint = endpoint
         self.model = model
-        self._headers = bearer(api_key)
         self._options = given(temperature=temperature, max_tokens=max_tokens)
+        self._client = endpoint.client()
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> "ChatLLM":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
-        payload = {"model": self.model, "messages": list(messages), "stream": True, **self._options}
-        async with self._request("POST", self.url, json=payload, headers=self._headers) as resp:
-            async for raw in resp.content:  # one SSE line at a time
-                line = raw.decode("utf-8", "replace").strip()
-                if not line.startswith("data:"):
-                    continue  # blank separators, comments, "event:" lines
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                delta = _parse_chunk(data)
-                if delta:
-                    yield delta
-            raise LLMError("LLM: the answer stream ended before it was complete")
-
-
-def _parse_chunk(data: str) -> str:
-    try:
-        chunk = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise LLMError(f"LLM: malformed stream data {data[:80]!r}") from e
-    if "error" in chunk:
-        error = chunk["error"]
-        raise LLMError(f"LLM: {error.get('message', error) if isinstance(error, dict) else error}")
-    choices = chunk.get("choices") or []
-    if not choices:
-        return ""  # e.g. the final usage chunk
-    return (choices[0].get("delta") or {}).get("content") or ""
+        started = False
+        try:
+            stream = await self._client.chat.completions.create(
+                model=self.model, messages=list(messages), stream=True, **self._options)  # type: ignore[call-overload]
+            async with stream:
+                async for chunk in stream:
+                    started = True
+                    delta = chunk.choices[0].delta.content if chunk.choices else None
+                    if delta:
+                        yield delta
+        except openai.APIConnectionError as e:
+            if started and not isinstance(e, openai.APITimeoutError):
+                raise LLMError("LLM: the answer stream ended before it was complete") from e
+            raise LLMError(f"LLM: {describe(e)}") from e
+        except openai.OpenAIError as e:
+            raise LLMError(f"LLM: {describe(e)}") from e
 
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -1,10 +1,9 @@
-"""OpenAI Realtime API client (WebSocket, aiohttp).
+"""OpenAI Realtime API client (GA protocol) through the official ``openai`` SDK (``client.realtime.connect``).
 
-Text or audio goes in; events come out as they arrive: audio deltas
-(PCM16 24 kHz base64 -> float32 16 kHz, resampled delta by delta),
-transcript deltas, response done, errors. Both the GA event names
-(``response.output_audio.delta``) and the beta ones (``response.audio.delta``)
-are understood.
+Text or microphone audio goes in; events come out as they arrive: the answer's audio deltas (PCM16 24 kHz
+base64 -> float32 16 kHz, resampled delta by delta), its transcript deltas, response done, the service's turn
+detection (the user started / stopped speaking), the user's transcript, errors. Only the GA shapes are spoken:
+the service refuses the retired beta ones (``beta_api_shape_disabled``, ``unknown_parameter``).
 """
 
 from __future__ import annotations
@@ -14,22 +13,30 @@ import base64
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlencode
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import numpy as np
+import openai
+import websockets
 
-from voices._http import bearer
-from voices.audio import SAMPLE_RATE, StreamResampler, float_to_pcm16, pcm16_to_float, resample
+from voices.audio import StreamResampler, pcm16_to_float
+from voices.openai_api import OpenAIEndpoint
 
-API_RATE = 24000
-_AUDIO_DELTA = {"response.output_audio.delta", "response.audio.delta"}
-_TRANSCRIPT_DELTA = {"response.output_audio_transcript.delta", "response.audio_transcript.delta"}
+if TYPE_CHECKING:
+    from openai.resources.realtime.realtime import AsyncRealtimeConnection
+
+API_RATE = 24000  # the service's PCM rate, both ways
+TURN_DETECTION = ("server_vad", "semantic_vad")
+# The service's error codes after which the same connection attempt can only fail the same way again.
+FATAL_CODES = frozenset({"invalid_api_key", "beta_api_shape_disabled", "model_not_found"})
 
 
 class RealtimeError(Exception):
     """Connection or protocol failure; the message is meant for a user."""
+
+
+class RealtimeAuthError(RealtimeError):
+    """The service refused the credentials: trying again cannot help."""
 
 
 @dataclass(frozen=True)
@@ -51,57 +58,96 @@ class ResponseDone:
 
 
 @dataclass(frozen=True)
+class SpeechStarted:
+    """The service's turn detection heard the user begin to speak (in the microphone audio appended)."""
+
+    item_id: str
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    item_id: str
+
+
+@dataclass(frozen=True)
+class UserTranscript:
+    """What the user said, transcribed by the service (``audio.input.transcription``)."""
+
+    item_id: str
+    text: str
+
+
+@dataclass(frozen=True)
 class ServerError:
     message: str
     code: str | None = None
 
 
-RealtimeEvent = AudioDelta | TranscriptDelta | ResponseDone | ServerError
+RealtimeEvent = AudioDelta | TranscriptDelta | ResponseDone | SpeechStarted | SpeechStopped | UserTranscript | ServerError
+
+
+def session_config(instructions: str, voice: str | None = None, turn_detection: str = "server_vad",
+                   transcription_model: str = "gpt-4o-mini-transcribe") -> dict[str, Any]:
+    """The GA ``session.update`` body: audio out (with its transcript), PCM16 24 kHz both ways, the service's
+    own turn detection on the microphone audio (it answers when the user stops, and cuts its answer when the
+    user starts), and the user's speech transcribed for the page."""
+    if turn_detection not in TURN_DETECTION:
+        raise ValueError(f"turn_detection must be one of {', '.join(TURN_DETECTION)}, not {turn_detection!r}")
+    pcm = {"type": "audio/pcm", "rate": API_RATE}
+    output: dict[str, Any] = {"format": pcm}
+    if voice:
+        output["voice"] = voice
+    return {
+        "type": "realtime",
+        "instructions": instructions,
+        "output_modalities": ["audio"],
+        "audio": {
+            "input": {"format": pcm, "transcription": {"model": transcription_model},
+                      "turn_detection": {"type": turn_detection, "create_response": True,
+                                         "interrupt_response": True}},
+            "output": output,
+        },
+    }
 
 
 class RealtimeClient:
-    def __init__(
-        self,
-        url: str = "wss://api.openai.com/v1/realtime",
-        model: str = "gpt-realtime",
-        api_key: str | None = None,
-        *,
-        beta: bool = True,
-        connect_timeout: float = 10.0,
-    ) -> None:
-        self.url = f"{url}{'&' if '?' in url else '?'}{urlencode({'model': model})}" if model else url
-        self._headers = bearer(api_key)
-        if beta:
-            self._headers["OpenAI-Beta"] = "realtime=v1"
+    """One WebSocket connection. ``url`` is the Realtime endpoint (``wss://.../v1/realtime``); None: from the
+    endpoint (``OPENAI_BASE_URL`` or OpenAI's, or Azure's)."""
+
+    def __init__(self, endpoint: OpenAIEndpoint = OpenAIEndpoint(), model: str = "gpt-realtime",
+                 url: str | None = None, *, connect_timeout: float = 10.0) -> None:
+        self.endpoint, self.model = endpoint, model
+        self.url = url or "the Realtime API"
+        self._websocket_base = url.removesuffix("/").removesuffix("/realtime") if url else None
         self._connect_timeout = connect_timeout
-        self._session: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._client: openai.AsyncOpenAI | None = None
+        self._conn: AsyncRealtimeConnection | None = None
         self._resamplers: dict[str, StreamResampler] = {}
         self._current: str | None = None  # id of the response being generated
         self._cancelled: set[str] = set()
 
     async def connect(self) -> None:
-        self._session = aiohttp.ClientSession()
+        self._client = self.endpoint.client(websocket_base_url=self._websocket_base)
+        manager = self._client.realtime.connect(model=self.model)
         try:
-            # max_msg_size=0: audio deltas can exceed aiohttp's 4 MiB default.
-            self._ws = await asyncio.wait_for(
-                self._session.ws_connect(self.url, headers=self._headers, heartbeat=20.0, max_msg_size=0),
-                self._connect_timeout,
-            )
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+            self._conn = await asyncio.wait_for(manager.enter(), self._connect_timeout)
+        except websockets.InvalidStatus as e:
             await self.close()
-            status = f" (HTTP {e.status})" if isinstance(e, aiohttp.WSServerHandshakeError) else ""
-            raise RealtimeError(f"Realtime API: cannot connect to {self.url}{status}: {str(e) or type(e).__name__}") from e
+            status, message = e.response.status_code, _handshake_message(e.response.body)
+            error = RealtimeAuthError if status in (401, 403) else RealtimeError
+            raise error(f"Realtime API: {self.url} refused the connection (HTTP {status}: {message})") from e
+        except (OSError, asyncio.TimeoutError, websockets.WebSocketException, openai.OpenAIError) as e:
+            await self.close()
+            raise RealtimeError(f"Realtime API: cannot connect to {self.url}: {str(e) or type(e).__name__}") from e
 
     async def close(self) -> None:
-        if self._ws is not None:
-            await self._ws.close()
-            self._ws = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        conn, client, self._conn, self._client = self._conn, self._client, None, None
+        if conn is not None:
+            await conn.close()
+        if client is not None:
+            await client.close()
 
-    async def __aenter__(self) -> "RealtimeClient":
+    async def __aenter__(self) -> RealtimeClient:
         await self.connect()
         return self
 
@@ -109,12 +155,12 @@ class RealtimeClient:
         await self.close()
 
     async def send(self, event: dict[str, Any]) -> None:
-        if self._ws is None or self._ws.closed:
+        if self._conn is None:
             raise RealtimeError("Realtime API: not connected")
         try:
-            await self._ws.send_str(json.dumps(event))
-        except (aiohttp.ClientError, ConnectionError) as e:
-            raise RealtimeError(f"Realtime API: send failed: {e}") from e
+            await self._conn.send(event)  # type: ignore[arg-type]
+        except (websockets.WebSocketException, openai.OpenAIError, OSError) as e:
+            raise RealtimeError(f"Realtime API: the connection was lost ({e or type(e).__name__})") from e
 
     async def update_session(self, session: dict[str, Any]) -> None:
         await self.send({"type": "session.update", "session": session})
@@ -127,14 +173,15 @@ class RealtimeClient:
         })
         await self.send({"type": "response.create"})
 
-    async def append_audio(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-        """Append microphone audio (float32 mono) to the input buffer."""
-        pcm = float_to_pcm16(resample(audio, sample_rate, API_RATE))
-        await self.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode("ascii")})
+    async def say(self, text: str) -> None:
+        """Ask for a response that speaks ``text`` as it is."""
+        await self.send({"type": "response.create", "response": {
+            "instructions": f"Say exactly the following text and nothing else: {text}"}})
 
-    async def commit_audio(self) -> None:
-        """End the user's turn when the server's own VAD is off."""
-        await self.send({"type": "input_audio_buffer.commit"})
+    async def append_audio(self, pcm16: bytes) -> None:
+        """Append microphone audio, PCM16 mono at 24 kHz, to the input buffer (the service's turn detection
+        decides when the user's turn ends)."""
+        await self.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm16).decode("ascii")})
 
     async def cancel(self) -> None:
         """Stop the current response; its remaining audio is dropped here."""
@@ -144,19 +191,30 @@ class RealtimeClient:
         await self.send({"type": "response.cancel"})
 
     async def events(self) -> AsyncIterator[RealtimeEvent]:
-        """Yield events until the connection closes."""
-        if self._ws is None:
+        """Yield events until the connection closes (normally: the iterator ends; dropped: RealtimeError)."""
+        if self._conn is None:
             raise RealtimeError("Realtime API: not connected")
-        async for msg in self._ws:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                try:
-                    data = json.loads(msg.data)
-                except json.JSONDecodeError as e:
-                    raise RealtimeError(f"Realtime API: malformed event {msg.data[:80]!r}") from e
-                for event in self._handle(data):
+        try:
+            async for raw in self._raw(self._conn):
+                for event in self._handle(raw):
                     yield event
-            elif msg.type == aiohttp.WSMsgType.ERROR:
-                raise RealtimeError(f"Realtime API: connection error: {self._ws.exception()}")
+        except websockets.ConnectionClosed as e:
+            raise RealtimeError(f"Realtime API: the connection was lost ({e})") from e
+
+    @staticmethod
+    async def _raw(conn: AsyncRealtimeConnection) -> AsyncIterator[dict[str, Any]]:
+        # Raw JSON rather than the SDK's models: only a few fields are read, and nothing the service adds breaks it.
+        while True:
+            try:
+                data = await conn.recv_bytes()
+            except websockets.ConnectionClosedOK:
+                return
+            try:
+                event = json.loads(data)
+            except json.JSONDecodeError as e:
+                raise RealtimeError(f"Realtime API: malformed event {data[:80]!r}") from e
+            if isinstance(event, dict):
+                yield event
 
     def _handle(self, event: dict[str, Any]) -> list[RealtimeEvent]:
         kind = event.get("type", "")
@@ -166,16 +224,22 @@ class RealtimeClient:
         if kind == "error":
             error = event.get("error") or {}
             return [ServerError(str(error.get("message", error)), error.get("code"))]
+        if kind == "input_audio_buffer.speech_started":
+            return [SpeechStarted(event.get("item_id", ""))]
+        if kind == "input_audio_buffer.speech_stopped":
+            return [SpeechStopped(event.get("item_id", ""))]
+        if kind == "conversation.item.input_audio_transcription.completed":
+            return [UserTranscript(event.get("item_id", ""), event.get("transcript", ""))]
         response_id = event.get("response_id") or event.get("response", {}).get("id") or self._current or ""
         if kind == "response.done":
             return self._finish(response_id, event.get("response", {}).get("status", "completed"))
         if response_id in self._cancelled:
             return []  # late deltas of a cancelled response
-        if kind in _AUDIO_DELTA:
+        if kind == "response.output_audio.delta":
             resampler = self._resamplers.setdefault(response_id, StreamResampler(API_RATE))
             audio = resampler.process(pcm16_to_float(base64.b64decode(event.get("delta", ""))))
             return [AudioDelta(response_id, audio)] if audio.size else []
-        if kind in _TRANSCRIPT_DELTA:
+        if kind == "response.output_audio_transcript.delta":
             return [TranscriptDelta(response_id, event.get("delta", ""))]
         return []
 
@@ -192,3 +256,13 @@ class RealtimeClient:
         if self._current == response_id:
             self._current = None
         return out + [ResponseDone(response_id, status)]
+
+
+def _handshake_message(body: bytes | None) -> str:
+    """The service's message from a refused handshake's body (OpenAI's JSON error shape), else its text."""
+    text = (body or b"").decode("utf-8", "replace").strip()
+    try:
+        error = json.loads(text).get("error") or {}
+        return str(error.get("message") or text)[:200]
+    except (json.JSONDecodeError, AttributeError):
+        return text[:200] or "no details"

@@ -1,4 +1,4 @@
-"""HTTP streaming TTS backends: OpenAI-compatible ``/audio/speech`` (raw PCM)
+"""HTTP streaming TTS backends: OpenAI-compatible ``/audio/speech`` (raw PCM, through the openai SDK)
 and GPT-SoVITS ``api_v2`` (a WAV stream: header, then PCM as it is made)."""
 
 from __future__ import annotations
@@ -7,10 +7,13 @@ import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx2
 import numpy as np
+import openai
 
-from voices._http import HTTPBackend, bearer, given
+from voices._http import HTTPBackend, given
 from voices.audio import StreamResampler, pcm16_to_float
+from voices.openai_api import OpenAIEndpoint, describe
 from voices.tts import TTSError
 
 _READ_SIZE = 4800  # 100 ms of 24 kHz PCM16: small enough to pass audio on quickly
@@ -48,42 +51,46 @@ async def _stream_pcm(body: AsyncIterator[bytes], pcm: _PCMStream) -> AsyncItera
         yield tail
 
 
-class OpenAITTS(HTTPBackend):
-    """OpenAI-compatible speech endpoint, ``response_format: pcm`` (24 kHz s16le).
-
-    ``base_url`` includes the API version, e.g. ``https://api.openai.com/v1``.
-    """
-
-    error_type = TTSError
-    name = "OpenAI TTS"
+class OpenAITTS:
+    """OpenAI(-compatible) ``/audio/speech`` through the official SDK, ``response_format: pcm`` (24 kHz s16le),
+    streamed: audio goes on as it arrives; closing the iterator closes the HTTP response."""
 
     def __init__(
         self,
-        base_url: str,
+        endpoint: OpenAIEndpoint,
         *,
         model: str = "gpt-4o-mini-tts",
         voice: str = "alloy",
-        api_key: str | None = None,
         pcm_rate: int = 24000,
         instructions: str | None = None,
         speed: float | None = None,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 30.0,
     ) -> None:
-        super().__init__(connect_timeout=connect_timeout, read_timeout=read_timeout)
-        self.url = base_url.rstrip("/") + "/audio/speech"
         self.model, self.voice, self.pcm_rate = model, voice, pcm_rate
-        self._headers = bearer(api_key)
         self._extra = given(instructions=instructions or None, speed=speed)  # an empty instruction is none
+        self._client = endpoint.client()
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> "OpenAITTS":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
         if not text.strip():
             return
-        payload = {"model": self.model, "input": text, "voice": self.voice,
-                   "response_format": "pcm", **self._extra}
-        async with self._request("POST", self.url, json=payload, headers=self._headers) as resp:
-            async for chunk in _stream_pcm(resp.content.iter_chunked(_READ_SIZE), _PCMStream(self.pcm_rate)):
-                yield chunk
+        try:
+            async with self._client.audio.speech.with_streaming_response.create(
+                model=self.model, input=text, voice=self.voice, response_format="pcm", **self._extra,
+            ) as resp:
+                async for chunk in _stream_pcm(resp.iter_bytes(_READ_SIZE), _PCMStream(self.pcm_rate)):
+                    yield chunk
+        except openai.OpenAIError as e:
+            raise TTSError(f"OpenAI TTS: {describe(e)}") from e
+        except httpx2.HTTPError as e:  # raised by the body's reads, which the SDK does not wrap
+            raise TTSError(f"OpenAI TTS: the audio stream failed ({e or type(e).__name__})") from e
 
 
 class GPTSoVITSTTS(HTTPBackend):

@@ -1,4 +1,4 @@
-"""The page's microphone over the same peer connection: VAD -> ASR -> chat, and barge-in."""
+"""The page's microphone over the same peer connection: Silero VAD -> ASR -> chat, and barge-in (not on noise)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,17 +7,17 @@ import time
 import numpy as np
 import pytest
 
+from server.config import parse_args
 from testing import fake_services
+from testing.receiver_audio import spoken
 from testing.server_client import ScriptedMicrophone, connect_with_events, is_speaking, until
-from voices.audio import resample
-from voices.tts import PiperTTS
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 
 
 async def test_spoken_question_interrupts_the_avatar_is_transcribed_and_answered(serve, config) -> None:
     question = "What is the weather like today?"
-    pcm16k = np.concatenate([chunk async for chunk in PiperTTS().synthesize(question)])
+    speech = await spoken(question)
     async with fake_services.openai_service() as (base, rec):
         async with serve(config, llm_base_url=base, llm_model="ok") as server:
             mic = ScriptedMicrophone()
@@ -31,7 +31,7 @@ async def test_spoken_question_interrupts_the_avatar_is_transcribed_and_answered
             long_text = " ".join(f"This is sentence {i}, spoken to keep the avatar busy." for i in range(15))
             await server.post("/human", {"sessionid": sid, "text": long_text, "type": "echo"})
             assert await until(speaking, 5)
-            mic.play(resample(pcm16k, 16000, 48000))
+            mic.play(speech)
             assert await until(lambda: any(e.get("event") == "user_speech_start" for e in events), 5)
             t_start = time.monotonic()
             while await speaking():  # barge-in: the avatar stops as soon as the user starts talking
@@ -51,3 +51,37 @@ async def test_spoken_question_interrupts_the_avatar_is_transcribed_and_answered
             assert not any(t.startswith("This is sentence") for t in started), started
             sse.cancel()
             await client.close()
+
+
+async def test_a_noisy_room_does_not_interrupt_the_avatar(serve, config) -> None:
+    async with serve(config) as server:
+        mic = ScriptedMicrophone()
+        client, events, sse = await connect_with_events(server, mic)
+        sid = client.sessionid
+        long_text = " ".join(f"This is sentence {i}, spoken to keep the avatar busy." for i in range(6))
+        await server.post("/human", {"sessionid": sid, "text": long_text, "type": "echo"})
+        assert await until(lambda: is_speaking(server, sid), 5)
+        rng = np.random.default_rng(5)
+        spectrum = np.fft.rfft(rng.standard_normal(48000 * 3))
+        pink = np.fft.irfft(spectrum / np.sqrt(np.maximum(np.arange(len(spectrum)), 1)), 48000 * 3)
+        mic.play(0.2 * pink / np.sqrt(np.mean(pink ** 2)))  # 3 s of loud pink noise (-14 dBFS)
+        while mic.playing:
+            assert await is_speaking(server, sid), "the noise interrupted the avatar"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.6)  # the last of it went through the VAD
+        assert await is_speaking(server, sid)
+        assert not any(e.get("event") in ("user_speech_start", "user_text") for e in events), events
+        sse.cancel()
+        await client.close()
+
+
+def test_asr_and_realtime_options() -> None:
+    c = parse_args([])
+    assert (c.asr_model, c.asr_language, c.asr_device, c.realtime_turn_detection) == (None, None, "cpu", "server_vad")
+    c = parse_args(["--asr_model", "large-v3", "--asr_language", "zh", "--asr_device", "cuda",
+                    "--realtime_turn_detection", "semantic_vad", "--llm_azure_endpoint", "https://x.openai.azure.com",
+                    "--llm_api_version", "2025-04-01-preview"])
+    assert (c.asr_model, c.asr_language, c.asr_device) == ("large-v3", "zh", "cuda")
+    assert c.realtime_turn_detection == "semantic_vad"
+    assert (c.llm_azure_endpoint, c.llm_api_version) == ("https://x.openai.azure.com", "2025-04-01-preview")
+    assert parse_args(["--asr_model_dir", "/models/whisper"]).asr_model == "/models/whisper"  # the older name

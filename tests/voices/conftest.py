@@ -1,4 +1,5 @@
-"""Fixtures for the local fake services (testing/fake_services.py) the voices package is tested against."""
+"""Fixtures for the local fake services (testing/fake_services.py, testing/fake_realtime.py) the voices package is
+tested against."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from testing import fake_realtime as fr
 from testing import fake_services as fs
 
 
@@ -23,7 +25,7 @@ async def sovits_server():
 
 @pytest.fixture
 async def realtime_server():
-    async with fs.realtime_service() as served:
+    async with fr.realtime_service() as served:
         yield served
 
 
@@ -32,5 +34,5 @@ async def realtime_server():
 @pytest.fixture
 def fakes() -> SimpleNamespace:
     return SimpleNamespace(ANSWER_DELTAS=fs.ANSWER_DELTAS, TONE_HZ=fs.TONE_HZ, tone_pcm16=fs.tone_pcm16,
-                           free_port=fs.free_port, SOVITS_RATE=fs.SOVITS_RATE, REALTIME_TEXT=fs.REALTIME_TEXT,
-                           REALTIME_SAMPLES=fs.REALTIME_SAMPLES)
+                           free_port=fs.free_port, SOVITS_RATE=fs.SOVITS_RATE, REALTIME_TEXT=fr.REALTIME_TEXT,
+                           REALTIME_SAMPLES=fr.REALTIME_SAMPLES, heard_transcript=fr.heard_transcript)

@@ -5,6 +5,7 @@ from contextlib import aclosing
 import pytest
 
 from voices.llm import ChatLLM, Conversation, LLMError, LocalChatLLM, smollm2_dir
+from voices.openai_api import OpenAIEndpoint
 
 
 async def collect(aiter):
@@ -13,7 +14,7 @@ async def collect(aiter):
 
 async def test_stream_yields_deltas_and_sends_a_proper_request(openai_server, fakes):
     base, rec = openai_server
-    async with ChatLLM(base, "ok", api_key="sk-test", temperature=0.2) as llm:
+    async with ChatLLM(OpenAIEndpoint(base, api_key="sk-test"), "ok", temperature=0.2) as llm:
         deltas = await collect(llm.stream([{"role": "user", "content": "hi"}]))
     assert deltas == fakes.ANSWER_DELTAS
     body = rec.requests[0]
@@ -23,14 +24,14 @@ async def test_stream_yields_deltas_and_sends_a_proper_request(openai_server, fa
 
 
 @pytest.mark.parametrize("model, expected", [
-    ("unauthorized", r"HTTP 401.*Invalid API key"),
+    ("unauthorized", r"HTTP 401: Incorrect API key"),
     ("boom", r"HTTP 500.*internal failure"),
     ("error_event", r"model overloaded"),
     ("cut", r"ended"),
 ])
 async def test_errors_become_llm_error_with_a_clear_message(openai_server, model, expected, fakes):
     base, _ = openai_server
-    async with ChatLLM(base, model) as llm:
+    async with ChatLLM(OpenAIEndpoint(base), model) as llm:
         got = []
         with pytest.raises(LLMError, match=expected):
             async for delta in llm.stream([{"role": "user", "content": "hi"}]):
@@ -39,13 +40,43 @@ async def test_errors_become_llm_error_with_a_clear_message(openai_server, model
         assert 0 < len(got) < len(fakes.ANSWER_DELTAS)  # what came before the failure was delivered
 
 
+async def test_a_429_and_then_a_503_are_retried_by_the_sdk(openai_server, fakes):
+    base, rec = openai_server
+    async with ChatLLM(OpenAIEndpoint(base), "flaky") as llm:
+        deltas = await collect(llm.stream([{"role": "user", "content": "hi"}]))
+    assert deltas == fakes.ANSWER_DELTAS
+    assert len(rec.requests) == 3  # 429, 503, then the answer
+    async with ChatLLM(OpenAIEndpoint(base, max_retries=0), "flaky") as llm:
+        with pytest.raises(LLMError, match=r"HTTP 429: Rate limit reached"):
+            await collect(llm.stream([{"role": "user", "content": "hi"}]))
+
+
+async def test_the_standard_environment_is_used(openai_server, fakes, monkeypatch):
+    base, rec = openai_server
+    monkeypatch.setenv("OPENAI_BASE_URL", base)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    async with ChatLLM(OpenAIEndpoint(), "ok") as llm:
+        assert await collect(llm.stream([{"role": "user", "content": "hi"}])) == fakes.ANSWER_DELTAS
+    assert rec.headers[0]["Authorization"] == "Bearer sk-from-env"
+
+
+async def test_azure_endpoint_uses_deployments_and_the_api_version(openai_server, fakes):
+    base, rec = openai_server
+    endpoint = OpenAIEndpoint(azure_endpoint=base.removesuffix("/v1"), api_version="2025-04-01-preview",
+                              api_key="az-key")
+    async with ChatLLM(endpoint, "ok") as llm:
+        assert await collect(llm.stream([{"role": "user", "content": "hi"}])) == fakes.ANSWER_DELTAS
+    assert rec.paths[0] == "/openai/deployments/ok/chat/completions?api-version=2025-04-01-preview"
+    assert rec.headers[0]["api-key"] == "az-key"
+
+
 async def test_refused_connection_and_timeout_fail_fast(openai_server, fakes):
     base, _ = openai_server
-    async with ChatLLM(f"http://127.0.0.1:{fakes.free_port()}/v1", "ok") as llm:
+    async with ChatLLM(OpenAIEndpoint(f"http://127.0.0.1:{fakes.free_port()}/v1", max_retries=0), "ok") as llm:
         with pytest.raises(LLMError, match="cannot connect"):
             await collect(llm.stream([{"role": "user", "content": "hi"}]))
     start = time.monotonic()
-    async with ChatLLM(base, "hang", read_timeout=0.3) as llm:
+    async with ChatLLM(OpenAIEndpoint(base, read_timeout=0.3, max_retries=0), "hang") as llm:
         with pytest.raises(LLMError, match="timed out"):
             await collect(llm.stream([{"role": "user", "content": "hi"}]))
     assert time.monotonic() - start < 3
@@ -53,7 +84,7 @@ async def test_refused_connection_and_timeout_fail_fast(openai_server, fakes):
 
 async def test_conversation_sends_system_prompt_and_bounds_history(openai_server, fakes):
     base, rec = openai_server
-    async with ChatLLM(base, "ok") as llm:
+    async with ChatLLM(OpenAIEndpoint(base), "ok") as llm:
         conv = Conversation(llm, system_prompt="Be brief.", max_turns=2)
         for question in ["q1", "q2", "q3"]:
             assert "".join(await collect(conv.reply(question))) == "".join(fakes.ANSWER_DELTAS)
@@ -73,7 +104,7 @@ async def test_conversation_sends_system_prompt_and_bounds_history(openai_server
 
 async def test_conversation_records_only_the_text_produced_when_stopped(openai_server, fakes):
     base, rec = openai_server
-    async with ChatLLM(base, "slow") as llm:
+    async with ChatLLM(OpenAIEndpoint(base), "slow") as llm:
         conv = Conversation(llm, max_turns=4)
         got = []
         async with aclosing(conv.reply("tell me a long story")) as answer:
@@ -90,7 +121,7 @@ async def test_conversation_records_only_the_text_produced_when_stopped(openai_s
 
 async def test_conversation_records_partial_text_when_the_task_is_cancelled(openai_server, fakes):
     base, _ = openai_server
-    async with ChatLLM(base, "slow") as llm:
+    async with ChatLLM(OpenAIEndpoint(base), "slow") as llm:
         conv = Conversation(llm)
         first = asyncio.Event()
         got = []
@@ -111,7 +142,7 @@ async def test_conversation_records_partial_text_when_the_task_is_cancelled(open
 
 async def test_failed_exchange_with_no_text_is_not_recorded(openai_server):
     base, _ = openai_server
-    async with ChatLLM(base, "unauthorized") as llm:
+    async with ChatLLM(OpenAIEndpoint(base), "unauthorized") as llm:
         conv = Conversation(llm)
         with pytest.raises(LLMError):
             await collect(conv.reply("hello"))

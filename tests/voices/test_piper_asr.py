@@ -120,3 +120,11 @@ async def test_piper_speech_is_transcribed_back(piper):
 def test_transcriber_rejects_a_folder_without_a_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.bin"):
         Transcriber(tmp_path)
+
+
+def test_asr_model_names_and_devices_are_checked():
+    with pytest.raises(FileNotFoundError, match="neither a CTranslate2 whisper folder nor a faster-whisper model name"):
+        Transcriber("not-a-model")
+    with pytest.raises(ValueError, match="cpu, cuda"):
+        Transcriber(device="tpu")
+    assert Transcriber(language="de").transcribe_sync(np.zeros(0, np.float32)) == ""  # tiny.en: English only

@@ -1,41 +1,58 @@
+"""The Realtime client (GA protocol, through the openai SDK) against the local fake, which refuses what the real
+service refuses."""
 import asyncio
 import base64
+import json
 
 import numpy as np
 import pytest
+import websockets
 from scipy.signal import resample_poly
 
-from voices.realtime import AudioDelta, RealtimeClient, RealtimeError, ResponseDone, ServerError, TranscriptDelta
+from voices.openai_api import OpenAIEndpoint
+from voices.realtime import (AudioDelta, RealtimeAuthError, RealtimeClient, RealtimeError, ResponseDone, ServerError,
+                             SpeechStarted, SpeechStopped, TranscriptDelta, UserTranscript, session_config)
+from voices.audio import float_to_pcm16
 
 
-async def events_until_done(client):
-    out = []
-    async for event in client.events():
-        out.append(event)
-        if isinstance(event, ResponseDone):
-            return out
-    raise AssertionError("connection closed before response.done")
+def client(url, key="sk-rt", **kw):
+    return RealtimeClient(OpenAIEndpoint(api_key=key), url=url, **kw)
 
 
-@pytest.mark.parametrize("model", ["gpt-realtime", "beta-model"])  # GA and beta event names
-async def test_text_in_audio_and_transcript_out(realtime_server, fakes, model):
+async def events_until(client, kind):
+    async def collect():
+        out = []
+        async for event in client.events():
+            out.append(event)
+            if isinstance(event, kind):
+                return out
+        raise AssertionError(f"connection closed before {kind.__name__}")
+    return await asyncio.wait_for(collect(), 10)
+
+
+async def test_text_in_audio_and_transcript_out_with_the_ga_session(realtime_server, fakes):
     url, rec = realtime_server
-    async with RealtimeClient(url, model=model, api_key="sk-rt") as client:
-        await client.update_session({"instructions": "Be nice.", "voice": "alloy"})
-        await client.send_text("hello")
-        events = await events_until_done(client)
-    assert rec.query["model"] == model
-    assert rec.headers["Authorization"] == "Bearer sk-rt" and rec.headers["OpenAI-Beta"] == "realtime=v1"
-    assert [e["type"] for e in rec.events] == ["session.update", "conversation.item.create", "response.create"]
-    assert rec.events[0]["session"] == {"instructions": "Be nice.", "voice": "alloy"}
+    async with client(url, model="gpt-realtime") as rt:
+        await rt.update_session(session_config("Be nice.", "marin", "semantic_vad"))
+        await rt.send_text("hello")
+        events = await events_until(rt, ResponseDone)
+    assert rec.query["model"] == "gpt-realtime"
+    assert rec.headers["Authorization"] == "Bearer sk-rt" and "OpenAI-Beta" not in rec.headers
+    assert rec.types() == ["session.update", "conversation.item.create", "response.create"]
+    session = rec.events[0]["session"]
+    assert session["type"] == "realtime" and session["output_modalities"] == ["audio"]
+    assert session["audio"]["output"]["voice"] == "marin"
+    assert session["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
+    sent = [e["type"] for e in rec.sent]
+    assert "session.updated" in sent and "error" not in sent  # the service took the GA session as it is
+    assert "conversation.item.added" in sent
     assert rec.events[1]["item"]["content"] == [{"type": "input_text", "text": "hello"}]
 
     audio = [e for e in events if isinstance(e, AudioDelta)]
     text = [e.text for e in events if isinstance(e, TranscriptDelta)]
-    assert events[-1] == ResponseDone("resp_1", "completed")
+    assert isinstance(events[-1], ResponseDone) and events[-1].status == "completed"
     assert "".join(text) == "".join(fakes.REALTIME_TEXT)
-    # Deltas come out one by one as they arrive (the tiny 17-sample one may
-    # only be held back), in order, interleaved with their transcript.
+    # Deltas come out one by one as they arrive (the tiny 17-sample one may only be held back), in order.
     assert len(audio) >= len(fakes.REALTIME_SAMPLES) - 1
     assert isinstance(events[0], AudioDelta) and isinstance(events[1], TranscriptDelta)
     pcm = fakes.tone_pcm16(24000, sum(fakes.REALTIME_SAMPLES) / 24000)
@@ -47,51 +64,94 @@ async def test_text_in_audio_and_transcript_out(realtime_server, fakes, model):
 
 async def test_cancel_stops_the_response_and_drops_its_late_audio(realtime_server):
     url, rec = realtime_server
-    async with RealtimeClient(url, model="gpt-realtime", beta=False) as client:
-        await client.send_text("long")
+    async with client(url) as rt:
+        await rt.send_text("long")
         seen = []
-        async for event in client.events():
+        async for event in rt.events():
             seen.append(event)
             if len(seen) == 4:
-                await client.cancel()
+                await rt.cancel()
             if isinstance(event, ResponseDone):
                 break
         await asyncio.wait_for(rec.cancelled.wait(), 2)
-        # Next response works normally on the same connection.
-        await client.send_text("hello")
-        again = await events_until_done(client)
-    assert "OpenAI-Beta" not in rec.headers
-    assert rec.events[-3]["type"] == "response.cancel"
+        await rt.send_text("hello")  # the next response works normally on the same connection
+        again = await events_until(rt, ResponseDone)
+    assert rec.types()[-3] == "response.cancel"
     after_cancel = seen[4:]
-    assert after_cancel == [ResponseDone("resp_1", "cancelled")]  # the late delta was dropped
-    assert rec.deltas_sent < 40 * 5  # the server stopped early
-    assert again[-1] == ResponseDone("resp_2", "completed")
-    assert any(isinstance(e, AudioDelta) for e in again)
+    assert len(after_cancel) == 1 and isinstance(after_cancel[0], ResponseDone)  # the late delta was dropped
+    assert after_cancel[0].status == "cancelled"
+    assert rec.deltas_sent < 40 * 5  # the service stopped early
+    assert again[-1].status == "completed" and any(isinstance(e, AudioDelta) for e in again)
 
 
-async def test_append_audio_sends_base64_pcm16_at_24k(realtime_server):
+async def test_microphone_audio_gets_turn_detection_a_transcript_and_an_answer(realtime_server, fakes):
     url, rec = realtime_server
-    t = np.arange(1600) / 16000
-    mic = (0.25 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
-    async with RealtimeClient(url) as client:
-        await client.append_audio(mic)
-        await client.commit_audio()
-        await asyncio.sleep(0.1)
-    assert [e["type"] for e in rec.events] == ["input_audio_buffer.append", "input_audio_buffer.commit"]
-    sent = np.frombuffer(base64.b64decode(rec.events[0]["audio"]), "<i2") / 32767.0
-    np.testing.assert_allclose(sent, resample_poly(mic.astype(np.float64), 3, 2), atol=2e-4)
+    t = np.arange(int(24000 * 1.2)) / 24000
+    speech = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    silence = np.zeros(24000, np.float32)
+    async with client(url) as rt:
+        await rt.update_session(session_config("Be nice."))
+        for part in np.array_split(np.concatenate([silence[:4800], speech, silence]), 50):  # ~45 ms pieces
+            await rt.append_audio(float_to_pcm16(part))
+        events = await events_until(rt, ResponseDone)
+    kinds = [type(e) for e in events]
+    assert kinds.index(SpeechStarted) < kinds.index(SpeechStopped) < kinds.index(UserTranscript) < kinds.index(AudioDelta)
+    transcript = next(e for e in events if isinstance(e, UserTranscript))
+    assert transcript.text == fakes.heard_transcript(round(1000 * (0.2 + 1.2 + 0.5)) // 20 * 20)
+    heard = np.concatenate(rec.heard) / 32767.0
+    np.testing.assert_allclose(heard[4800:4800 + len(speech)], speech, atol=1e-4)  # PCM16 at 24 kHz, unchanged
 
 
-async def test_server_error_event_and_connection_errors(realtime_server, fakes):
-    url, _ = realtime_server
-    async with RealtimeClient(url) as client:
-        await client.update_session({"fail": True})
-        async for event in client.events():
-            assert event == ServerError("bad session", "invalid_value")
-            break
+async def test_a_beta_shaped_client_is_refused_as_the_service_does(realtime_server):
+    url, rec = realtime_server
+    # The retired beta header: an error event, then the socket is closed.
+    async with websockets.connect(url + "?model=gpt-realtime", additional_headers={
+            "Authorization": "Bearer sk-rt", "OpenAI-Beta": "realtime=v1"}) as ws:
+        error = json.loads(await ws.recv())
+        assert error["type"] == "error" and error["error"]["code"] == "beta_api_shape_disabled"
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+    # Beta session fields and values, and beta response fields, are refused by the GA interface.
+    async with client(url) as rt:
+        await rt.update_session({"modalities": ["audio", "text"], "voice": "alloy", "instructions": "x"})
+        await rt.update_session({"type": "realtime", "voice": "alloy"})
+        await rt.update_session({"type": "realtime", "audio": {"input": {"format": "pcm16"}}})
+        await rt.send({"type": "response.create", "response": {"modalities": ["audio"]}})
+        errors = await asyncio.wait_for(_errors(rt, 4), 5)
+    assert [e.code for e in errors] == ["unknown_parameter", "unknown_parameter", "invalid_value",
+                                        "unknown_parameter"]
+    assert "session.modalities" in errors[0].message and "session.voice" in errors[1].message
+    assert "response.modalities" in errors[3].message
+
+
+async def _errors(rt, n):
+    errors = []
+    async for event in rt.events():
+        if isinstance(event, ServerError):
+            errors.append(event)
+            if len(errors) == n:
+                return errors
+
+
+async def test_bad_credentials_and_connection_errors(realtime_server, fakes):
+    url, rec = realtime_server
+    with pytest.raises(RealtimeAuthError, match=r"HTTP 401: Incorrect API key provided: sk-bad"):
+        await client(url, key="sk-bad-key").connect()
+    rec.refusals = 1
+    with pytest.raises(RealtimeError, match=r"HTTP 503") as info:
+        await client(url).connect()
+    assert not isinstance(info.value, RealtimeAuthError)
     with pytest.raises(RealtimeError, match="cannot connect"):
-        await RealtimeClient(f"ws://127.0.0.1:{fakes.free_port()}/v1/realtime").connect()
-    with pytest.raises(RealtimeError, match="HTTP 404"):
-        await RealtimeClient(url + "/nope").connect()
+        await client(f"ws://127.0.0.1:{fakes.free_port()}/v1/realtime").connect()
     with pytest.raises(RealtimeError, match="not connected"):
-        await RealtimeClient(url).send_text("hi")
+        await client(url).send_text("hi")
+
+
+async def test_a_dropped_socket_ends_the_events_with_an_error(realtime_server):
+    url, rec = realtime_server
+    async with client(url) as rt:
+        await rt.send_text("long")
+        with pytest.raises(RealtimeError, match="connection was lost"):
+            async for event in rt.events():
+                if isinstance(event, AudioDelta):
+                    rec.drop()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
+from voices.openai_api import OpenAIEndpoint
 from voices.tts import TTSError
 from voices.tts_edge import EdgeTTS
 from voices.tts_http import GPTSoVITSTTS, OpenAITTS
@@ -23,7 +24,7 @@ def expected_16k(pcm: bytes, rate: int) -> np.ndarray:
 
 async def test_openai_tts_streams_resampled_pcm(openai_server, fakes):
     base, rec = openai_server
-    async with OpenAITTS(base, model="tts-1", voice="alloy", api_key="sk-x", speed=1.1) as tts:
+    async with OpenAITTS(OpenAIEndpoint(base, api_key="sk-x"), model="tts-1", voice="alloy", speed=1.1) as tts:
         chunks = await collect(tts.synthesize("Hello world."))
     assert len(chunks) > 5 and all(c.dtype == np.float32 and c.ndim == 1 for c in chunks)
     np.testing.assert_allclose(np.concatenate(chunks), expected_16k(fakes.tone_pcm16(24000, 1.0), 24000), atol=1e-4)
@@ -32,22 +33,31 @@ async def test_openai_tts_streams_resampled_pcm(openai_server, fakes):
     assert rec.headers[0]["Authorization"] == "Bearer sk-x"
 
 
-@pytest.mark.parametrize("voice, expected", [("bad", r"HTTP 400.*unknown voice"), ("boom", r"HTTP 503")])
+@pytest.mark.parametrize("voice, expected", [("bad", r"HTTP 400: unknown voice"), ("boom", r"HTTP 503")])
 async def test_openai_tts_http_errors(openai_server, voice, expected):
-    base, _ = openai_server
-    async with OpenAITTS(base, voice=voice) as tts:
+    base, rec = openai_server
+    async with OpenAITTS(OpenAIEndpoint(base), voice=voice) as tts:
         with pytest.raises(TTSError, match=expected) as info:
             await collect(tts.synthesize("Hello."))
-    assert len(str(info.value)) < 100  # a long error body is not dumped on the user
+    assert len(str(info.value)) < 250  # a long error body is not dumped on the user
+    assert len(rec.requests) == (1 if voice == "bad" else 3)  # a 503 is retried twice, a 400 is not
+
+
+async def test_openai_tts_retries_a_429_and_a_503(openai_server, fakes):
+    base, rec = openai_server
+    async with OpenAITTS(OpenAIEndpoint(base), voice="flaky") as tts:
+        chunks = await collect(tts.synthesize("Hello world."))
+    np.testing.assert_allclose(np.concatenate(chunks), expected_16k(fakes.tone_pcm16(24000, 1.0), 24000), atol=1e-4)
+    assert len(rec.requests) == 3
 
 
 async def test_network_tts_refused_and_timeout(openai_server, fakes):
     base, _ = openai_server
-    async with OpenAITTS(f"http://127.0.0.1:{fakes.free_port()}/v1") as tts:
+    async with OpenAITTS(OpenAIEndpoint(f"http://127.0.0.1:{fakes.free_port()}/v1", max_retries=0)) as tts:
         with pytest.raises(TTSError, match="cannot connect"):
             await collect(tts.synthesize("Hello."))
     start = time.monotonic()
-    async with OpenAITTS(base, voice="hang", read_timeout=0.3) as tts:
+    async with OpenAITTS(OpenAIEndpoint(base, read_timeout=0.3, max_retries=0), voice="hang") as tts:
         with pytest.raises(TTSError, match="timed out"):
             await collect(tts.synthesize("Hello."))
     assert time.monotonic() - start < 3
@@ -55,7 +65,7 @@ async def test_network_tts_refused_and_timeout(openai_server, fakes):
 
 async def test_openai_tts_stopping_closes_the_response(openai_server):
     base, rec = openai_server
-    async with OpenAITTS(base, voice="slow") as tts:
+    async with OpenAITTS(OpenAIEndpoint(base), voice="slow") as tts:
         async with aclosing(tts.synthesize("A long text.")) as audio:
             async for _ in audio:
                 break
