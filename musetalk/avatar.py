@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from musetalk.blending import BlendPlan, prepare_blend
+from musetalk.cli import ArgumentParser
 from musetalk.config import FACE_SIZE, LATENT_SIZE, VERSIONS, VIDEO_FPS, Version, check_version
 from musetalk.extras import require
 from musetalk.face import (
@@ -501,7 +502,7 @@ def ensure_demo(avatars_dir: Path = DEFAULT_AVATARS_DIR, progress: bool = True,
 # ---------------------------------------------------------------------------------------------------- command line
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m musetalk.avatar", description="Prepare and list avatars.")
+    p = ArgumentParser(prog="python -m musetalk.avatar", description="Prepare and list avatars.")
     p.add_argument("--avatars_dir", type=Path, default=DEFAULT_AVATARS_DIR)
     sub = p.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="build an avatar from a video or an image")

@@ -29,6 +29,7 @@ import numpy as np
 
 from .audio_features import frame_chunks, whisper_steps
 from .avatar import DEFAULT_AVATARS_DIR, DEFAULT_MODELS_DIR, Avatar, load_avatar
+from .cli import ArgumentParser
 from .config import SAMPLE_RATE, VERSIONS
 
 WAIT_S = 120.0  # the longest a stepped tick waits for its frame (a slow CPU renders a batch in seconds)
@@ -94,7 +95,7 @@ def compare(streamed: list[tuple[np.ndarray, str]], offline: list[np.ndarray], a
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m musetalk.parity", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m musetalk.parity", description=__doc__.split("\n\n")[0])
     p.add_argument("--avatar", required=True, help="prepared avatar id")
     p.add_argument("--audio", type=Path, required=True, help="speech: any file PyAV reads (resampled to 16 kHz mono)")
     p.add_argument("--version", choices=VERSIONS, default="v15", help="MuseTalk weights version")
