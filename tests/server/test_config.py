@@ -201,3 +201,29 @@ def test_app_starts_from_a_config_file_with_livetalking_options_and_json_logs(tm
         proc.terminate()
         proc.wait(timeout=20)
     assert proc.returncode == 0
+
+
+def test_a_missing_extra_is_named_with_how_to_install_it() -> None:
+    from musetalk.extras import MissingExtraError, available, require
+
+    with pytest.raises(MissingExtraError) as e:
+        require("no_such_module_here.sub", "asr", "voice input")
+    assert str(e.value) == ("voice input needs the 'asr' extra (no_such_module_here is not installed): "
+                            "scripts/install.sh --extras asr, or pip install -e '.[asr]'")
+    assert isinstance(e.value, ImportError) and e.value.extra == "asr"
+    assert require("json", "asr", "x").dumps([]) == "[]"
+    assert not available("no_such_module_here.sub") and available("json")
+
+
+def test_a_server_only_install_says_at_start_what_it_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.app
+
+    monkeypatch.setattr(server.app, "available", lambda module: False)  # no extra installed
+    lines = server.app.lacking_features(parse_args(["--tts", "edgetts"]))
+    assert [line.split(":")[0] for line in lines] == ["voice input (the microphone) will fail", "chat will fail",
+                                                      "the piper voice, offered to pages, will fail"]
+    assert "'asr' extra" in lines[0] and "'offline' extra" in lines[1] and "'offline' extra" in lines[2]
+    assert server.app.lacking_features(parse_args(["--tts", "edgetts", "--no_asr", "--llm_base_url",
+                                                   "http://127.0.0.1:1/v1"]))[0].startswith("the piper voice")
+    monkeypatch.setattr(server.app, "available", lambda module: True)
+    assert server.app.lacking_features(parse_args([])) == []
