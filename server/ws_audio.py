@@ -10,7 +10,8 @@ Protocol (JSON text messages, binary audio):
   server: {"type": "ready", ...} after the start message, then the /sse events ({"status": "start"|"end",
           "text"} when an utterance's audio is actually played, {"event": ...} otherwise), {"event":
           "speaking", "speaking": bool} when that changes, and {"event": "interrupted"} when an utterance
-          was cut by an interrupt (its remaining audio is dropped until its end_of_utterance).
+          was cut by an interrupt (its remaining audio is dropped until its end_of_utterance); before a close
+          for bad input, {"event": "error", "code", "text"} with the whole reason.
 
 An utterance goes through the session's voice like an uploaded file (after speech already queued, then
 Session.push_audio: the same framer, lip-sync and A/V clock as /humanaudio), but piece by piece: the socket is
@@ -20,6 +21,7 @@ unplayed speech, so a fast sender is slowed by TCP instead of filling memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -55,6 +57,11 @@ class StreamClosed(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+def close_reason(text: str, limit: int = 120) -> bytes:
+    """`text` cut to fit a close frame, never inside a UTF-8 character."""
+    return text.encode()[:limit].decode("utf-8", "ignore").encode()
 
 
 class Utterance:
@@ -121,7 +128,10 @@ class AudioStream:
             await asyncio.gather(sender, return_exceptions=True)
             self.live.session.unsubscribe(events)
         if not self.ws.closed:
-            await self.ws.close(code=code, message=reason.encode()[:120])
+            if code != WSCloseCode.OK:  # the whole reason (a close frame holds at most 123 bytes of it)
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self.ws.send_json({"event": "error", "code": code, "text": reason})
+            await self.ws.close(code=code, message=close_reason(reason))
 
     # -- from the client --------------------------------------------------------------------------------------
     async def _start(self) -> None:

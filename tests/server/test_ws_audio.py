@@ -152,9 +152,13 @@ async def test_bad_input_gets_a_clear_status_or_close_code(serve, config) -> Non
                         await ws.send_str(m)
                     else:
                         await ws.send_json(m)
+                said: list[dict] = []
                 while (msg := await ws.receive(timeout=5)).type not in (aiohttp.WSMsgType.CLOSE,
                                                                        aiohttp.WSMsgType.CLOSED):
-                    pass
+                    said.append(msg.json())
+                if ws.close_code != 1009:  # (aiohttp's reader refuses an oversized message by itself)
+                    assert said[-1]["event"] == "error" and said[-1]["code"] == ws.close_code, said
+                    assert said[-1]["text"].startswith(msg.extra or ""), (said, msg.extra)
                 return ws.close_code, msg.extra or ""
 
         start16 = {"type": "start", "sample_rate": 16000}
@@ -171,6 +175,7 @@ async def test_bad_input_gets_a_clear_status_or_close_code(serve, config) -> Non
             ((start16, {"type": "dance"}), 1008, "unknown message type"),
             ((start16, {"type": "text", "text": 5}), 1008, "'text'"),
             ((start16, "[1]"), 1008, "JSON object"),
+            (({"type": "start", "sample_rate": "é" * 80},), 1003, "sample_rate"),  # a reason cut to fit, whole
         ]
         for messages, code, words in cases:
             got_code, reason = await closed_with(*messages)
