@@ -14,7 +14,7 @@ from musetalk.avatar import DEMO_ID, ensure_demo
 from musetalk.extras import available
 from server.config import AUTH_TOKEN_ENV, ServerConfig
 from server.registry import SessionEndedError, SessionLimitError, SessionRegistry
-from server import admin, avatars_api, ice, ws_audio
+from server import admin, avatars_api, ice, rtmp, ws_audio
 from server.errors import ApiError
 from server.metrics import Metrics
 from server.routes import error_response, is_protected, setup_routes
@@ -198,5 +198,6 @@ def create_app(config: ServerConfig, services: Services | None = None) -> web.Ap
     ice.setup(app)
     admin.setup(app)
     avatars_api.setup(app)
+    rtmp.setup(app)
     setup_routes(app, config.web_dir)  # last: its static files are served at /
     return app

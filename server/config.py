@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from server.options import add_options, ignored_notices, with_config_file
 
 TTS_CHOICES = ("piper", "edgetts", "openai", "gpt-sovits", "cosyvoice", "realtime")
 ENGINE_CHOICES = ("auto", "musetalk", "lite")
+TRANSPORTS = ("webrtc", "rtmp")
 # LiveTalking's --model names the lip-sync model; this server runs MuseTalk, so it picks the weights version.
 MODEL_VERSIONS = {"musetalk": "v15", "musetalkV15": "v15", "v15": "v15", "musetalkV1": "v1", "v1": "v1"}
 AUTH_TOKEN_ENV = "AVATAR_AUTH_TOKEN"
@@ -71,6 +73,9 @@ class ServerConfig:
     max_sse_per_session: int = 8
     max_avatar_upload_mb: float = 200.0
     max_avatar_seconds: float = 120.0
+    transports: tuple[str, ...] = ("webrtc",)
+    push_url: str | None = None
+    push_session_id: str = "0"
 
     log_level: str = "INFO"
     log_json: bool = False
@@ -145,6 +150,15 @@ def auth_tokens(given: Sequence[str], file: Path | None, env: str | None) -> tup
     return tuple(dict.fromkeys(tokens))
 
 
+def _transports(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    unknown = [t for t in names if t not in TRANSPORTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown transport {', '.join(unknown) or text!r}; "
+                                         f"choose from {', '.join(TRANSPORTS)}")
+    return tuple(dict.fromkeys(("webrtc", *names)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python app.py",
@@ -174,8 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
                            f"env {AUTH_TOKEN_ENV})")
     auth.add_argument("--auth_tokens_file", type=Path, default=None,
                       help="a file with one accepted token per line (# comments and blank lines ignored)")
-    net.add_argument("--transport", choices=("webrtc",), default="webrtc",
-                     help="LiveTalking compatibility: only webrtc is served")
+    net.add_argument("--transport", type=_transports, default=_D.transports,
+                     help="outputs, comma-separated: webrtc (a session per browser, always served) and rtmp (one "
+                          "more session, started with the server, pushed to --push_url as H.264 + AAC in FLV)")
+    net.add_argument("--push_url", default=None, help="--transport rtmp: where to push, rtmp://host/app/stream")
+    net.add_argument("--push_session_id", default=_D.push_session_id,
+                     help="--transport rtmp: the session id that drives the pushed stream (/human, /set_avatar...; "
+                          "LiveTalking's pages use 0)")
     ice = p.add_argument_group("ICE (no STUN or TURN server is used unless given)")
     ice.add_argument("--stun", action="append", type=_ice_url(("stun:", "stuns:")), default=[],
                      help="STUN server URL, e.g. stun:stun.example.org:3478 (repeatable)")
@@ -283,6 +302,10 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         parser.error("--turn needs --turn_user and --turn_password, or --turn_secret (TURN REST credentials)")
     if turn_secret and not a.turn:
         parser.error("--turn_secret needs --turn (the TURN server URL)")
+    if "rtmp" in a.transport and not (a.push_url or "").startswith(("rtmp://", "rtmps://")):
+        parser.error("--transport rtmp needs --push_url rtmp://host/app/stream")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", a.push_session_id):
+        parser.error("--push_session_id must be 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'")
     if a.max_queued_seconds < a.max_audio_seconds:
         parser.error(f"--max_queued_seconds ({a.max_queued_seconds:g}) must be at least --max_audio_seconds "
                      f"({a.max_audio_seconds:g}), or the longest upload could never be accepted")
@@ -308,5 +331,6 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         cors_origins=tuple(a.cors_origins), max_pending_requests=a.max_pending_requests,
         max_queued_seconds=a.max_queued_seconds, max_sse_per_session=a.max_sse_per_session,
         max_avatar_upload_mb=a.max_avatar_upload_mb, max_avatar_seconds=a.max_avatar_seconds,
+        transports=a.transport, push_url=a.push_url, push_session_id=a.push_session_id,
         log_level=a.log_level, log_json=a.log_json, metrics_per_session=a.metrics_per_session,
         ignored_options=ignored_notices(a))

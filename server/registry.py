@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from aiortc import RTCPeerConnection
@@ -22,6 +22,9 @@ from server.media import SessionTracks
 from server.recording import Recorder
 from server.voice import Voice
 from voices.tasks import TaskSet
+
+if TYPE_CHECKING:
+    from server.rtmp import RtmpPusher
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +55,13 @@ class LiveSession:
 
     id: str
     session: Session
-    tracks: SessionTracks
-    pc: RTCPeerConnection
+    tracks: SessionTracks | None  # None (and pc None): a session pushed over RTMP, with no peer of its own
+    pc: RTCPeerConnection | None
     voice: Voice
     voice_name: str = ""  # what /offer chose (or the default): shown by the admin API
     created: float = field(default_factory=time.monotonic)
     recorder: Recorder | None = None
+    pusher: RtmpPusher | None = None
     tasks: TaskSet = field(default_factory=TaskSet)  # watchdogs, voice input
     upload_seconds: float = 0.0  # decoded /humanaudio audio handed to the voice and not yet queued
     sse_streams: int = 0
@@ -98,13 +102,14 @@ class LiveSession:
     def consumed_frames(self) -> int:
         """Video frames the peer connection has taken from the track (what was pushed, less what waits or was
         dropped because nobody took it)."""
+        assert self.tracks is not None
         video = self.tracks.video
         return self.session.stats.ticks - video.dropped - video.queue.qsize()
 
     async def receiver_reports(self) -> tuple[datetime, ...]:
         """When each of our tracks last got an RTCP receiver report from the peer (aiortc keeps the latest)."""
         times = []
-        for sender in self.pc.getSenders():
+        for sender in self.pc.getSenders() if self.pc is not None else ():
             stats = await sender.getStats()
             times += [s.timestamp for s in stats.values() if s.type == "remote-inbound-rtp"]
         return tuple(sorted(times))
@@ -173,7 +178,8 @@ class SessionRegistry:
         self._sessions[live.id] = live
         if self.observer is not None:
             self.observer.opened(live)
-        live.spawn(self._watch(live), "watch")
+        if live.pc is not None:  # a pushed session has no client to watch
+            live.spawn(self._watch(live), "watch")
 
     def end(self, session_id: str, reason: str) -> Awaitable[None]:
         """End a session (idempotent; safe to call from its own tasks and callbacks); await it to wait."""
@@ -248,10 +254,15 @@ async def close_live(live: LiveSession) -> None:
     await _step("voice", live.id, live.voice.close)
     if live.recorder is not None:
         await _step("recording", live.id, live.recorder.finish)
+    if (pusher := live.pusher) is not None:
+        await _step("rtmp push", live.id, lambda: asyncio.to_thread(pusher.stop))
     await close_media(live.id, live.tracks, live.pc, live.session)
 
 
-async def close_media(sid: str, tracks: SessionTracks, pc: RTCPeerConnection, session: Session) -> None:
-    await _step("tracks", sid, tracks.close)
-    await _step("peer connection", sid, pc.close)
+async def close_media(sid: str, tracks: SessionTracks | None, pc: RTCPeerConnection | None,
+                      session: Session) -> None:
+    if tracks is not None:
+        await _step("tracks", sid, tracks.close)
+    if pc is not None:
+        await _step("peer connection", sid, pc.close)
     await _step("session", sid, session.close)
