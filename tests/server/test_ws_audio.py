@@ -39,7 +39,8 @@ async def start(ws: aiohttp.ClientWebSocketResponse, rate: int) -> dict:
     return await ws.receive_json(timeout=5)
 
 
-async def messages_until(ws: aiohttp.ClientWebSocketResponse, done, timeout: float = 15.0) -> list[dict]:  # noqa: ANN001
+async def messages_until(ws: aiohttp.ClientWebSocketResponse, done,  # noqa: ANN001
+                         timeout: float = 15.0) -> list[dict]:
     """The JSON messages the server sends, until done(messages) holds."""
     got: list[dict] = []
     async with asyncio.timeout(timeout):
