@@ -13,7 +13,7 @@ import openai
 
 from voices._http import given
 from voices._threads import LLM_POOL, stream_from_thread
-from voices.openai_api import OpenAIEndpoint, describe
+from voices.openai_api import OpenAIBackend, OpenAIEndpoint, describe
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
 
@@ -28,25 +28,15 @@ class ChatModel(Protocol):
         ...
 
 
-class ChatLLM:
+class ChatLLM(OpenAIBackend):
     """OpenAI-compatible ``/chat/completions``, streamed, through the official SDK (retries on 429/5xx, typed
     errors turned into ``LLMError``). Closing the answer's iterator closes its HTTP response."""
 
     def __init__(self, endpoint: OpenAIEndpoint, model: str, *, temperature: float | None = None,
                  max_tokens: int | None = None) -> None:
-        self.endpoint = endpoint
+        super().__init__(endpoint)
         self.model = model
         self._options = given(temperature=temperature, max_tokens=max_tokens)
-        self._client = endpoint.client()
-
-    async def aclose(self) -> None:
-        await self._client.close()
-
-    async def __aenter__(self) -> "ChatLLM":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
         started = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Self
 
 import httpx2
 import openai
@@ -44,6 +45,23 @@ class OpenAIEndpoint:
             base_url=self.base_url, websocket_base_url=websocket_base_url,
             api_key=self.api_key or os.environ.get("OPENAI_API_KEY") or NO_KEY,
             timeout=timeout, max_retries=self.max_retries)
+
+
+class OpenAIBackend:
+    """A backend that owns one SDK client (its connection pool), closed with ``aclose()`` or ``async with``."""
+
+    def __init__(self, endpoint: OpenAIEndpoint) -> None:
+        self.endpoint = endpoint
+        self._client = endpoint.client()
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def describe(error: openai.OpenAIError) -> str:

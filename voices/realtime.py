@@ -83,7 +83,8 @@ class ServerError:
     code: str | None = None
 
 
-RealtimeEvent = AudioDelta | TranscriptDelta | ResponseDone | SpeechStarted | SpeechStopped | UserTranscript | ServerError
+RealtimeEvent = (AudioDelta | TranscriptDelta | ResponseDone | SpeechStarted | SpeechStopped | UserTranscript
+                 | ServerError)
 
 
 def session_config(instructions: str, voice: str | None = None, turn_detection: str = "server_vad",

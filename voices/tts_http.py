@@ -13,7 +13,7 @@ import openai
 
 from voices._http import HTTPBackend, given
 from voices.audio import StreamResampler, pcm16_to_float
-from voices.openai_api import OpenAIEndpoint, describe
+from voices.openai_api import OpenAIBackend, OpenAIEndpoint, describe
 from voices.tts import TTSError
 
 _READ_SIZE = 4800  # 100 ms of 24 kHz PCM16: small enough to pass audio on quickly
@@ -51,7 +51,7 @@ async def _stream_pcm(body: AsyncIterator[bytes], pcm: _PCMStream) -> AsyncItera
         yield tail
 
 
-class OpenAITTS:
+class OpenAITTS(OpenAIBackend):
     """OpenAI(-compatible) ``/audio/speech`` through the official SDK, ``response_format: pcm`` (24 kHz s16le),
     streamed: audio goes on as it arrives; closing the iterator closes the HTTP response."""
 
@@ -65,18 +65,9 @@ class OpenAITTS:
         instructions: str | None = None,
         speed: float | None = None,
     ) -> None:
+        super().__init__(endpoint)
         self.model, self.voice, self.pcm_rate = model, voice, pcm_rate
         self._extra = given(instructions=instructions or None, speed=speed)  # an empty instruction is none
-        self._client = endpoint.client()
-
-    async def aclose(self) -> None:
-        await self._client.close()
-
-    async def __aenter__(self) -> "OpenAITTS":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
         if not text.strip():

@@ -6,9 +6,11 @@ import numpy as np
 
 from pipeline.session import Session
 from testing.probe import ProbeEngine, synthetic_avatar
-from voices.llm import Conversation, LLMError
+from voices.llm import ChatLLM, Conversation, LLMError
+from voices.openai_api import OpenAIEndpoint
 from voices.speaker import Speaker
 from voices.tts import TTSError
+from voices.tts_http import OpenAITTS
 
 
 class ToneTTS:
@@ -170,4 +172,29 @@ async def test_an_audio_file_request_ends_when_its_audio_is_in_the_session() -> 
     await asyncio.wait_for(task, 5)  # done once pushed: the voice holds the audio no longer
     assert speaker.pending == 0 and session.queued_seconds > 0
     await speaker.close()
+    await session.close()
+
+
+async def test_sdk_errors_become_llm_error_and_tts_error_events_and_retries_get_through(openai_server, fakes) -> None:
+    base, rec = openai_server
+    session = await make()
+    events = session.subscribe()
+    endpoint = OpenAIEndpoint(base)
+    async with ChatLLM(endpoint, "unauthorized") as refused, ChatLLM(endpoint, "flaky") as flaky, \
+            OpenAITTS(endpoint, voice="bad") as bad_voice:
+        speaker = Speaker(session, ToneTTS(), Conversation(refused))
+        await speaker.chat("hi")
+        error = events.get_nowait()
+        assert (error.name, error.text) == ("llm_error", "LLM: HTTP 401: Incorrect API key provided: sk-bad.")
+        speaker.conversation = Conversation(flaky)  # a 429, then a 503, then the answer: the user sees the answer
+        tts = speaker.tts
+        await speaker.chat("hi")
+        await wait_until(lambda: " ".join(tts.spoken) == "".join(fakes.ANSWER_DELTAS))
+        assert events.empty()
+        speaker.tts = bad_voice
+        await speaker.say("Hello.")
+        await wait_until(lambda: not events.empty())
+        error = events.get_nowait()
+        assert (error.name, error.text) == ("tts_error", "OpenAI TTS: HTTP 400: unknown voice")
+        await speaker.close()
     await session.close()
