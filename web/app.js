@@ -90,7 +90,9 @@ async function iceConfiguration() {
   const iceServers = data?.iceServers ?? [];
   const relay = new URLSearchParams(location.search).get("relay") === "1";
   const hasTurn = iceServers.some((s) => [].concat(s.urls).some((u) => /^turns?:/.test(u)));
-  if (relay && !hasTurn) throw new Error(t("?relay=1 needs a TURN server, and this server has none (start it with --turn)"));
+  if (relay && !hasTurn) {
+    throw new Error(t("?relay=1 needs a TURN server, and this server has none (start it with --turn)"));
+  }
   return { iceServers, iceTransportPolicy: relay ? "relay" : "all" };
 }
 

@@ -19,7 +19,8 @@ const ZH = {
   "Connect": "连接",
   "Disconnect": "断开",
   "Microphone": "麦克风",
-  "Send your microphone to the avatar (asked for on Connect)": "把麦克风的声音发给数字人（连接时请求权限）",
+  "Send your microphone to the avatar (asked for on Connect)":
+    "把麦克风的声音发给数字人（连接时请求权限）",
   "Voice": "音色",
   "Voice (TTS backend) for this session": "本次会话的音色（语音合成后端）",
   "Talk": "对话",
