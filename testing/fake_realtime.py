@@ -346,7 +346,8 @@ async def _realtime(request: web.Request) -> web.StreamResponse:
     rec: RealtimeRecorder = request.app[REC]
     rec.query, rec.headers = dict(request.query), dict(request.headers)
     rec.attempts += 1
-    key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    # OpenAI: a bearer token; Azure OpenAI: an api-key header (and /openai/realtime?api-version=&deployment=).
+    key = request.headers.get("api-key") or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     if not key or key.startswith("sk-bad"):
         return _refused(401, f"Incorrect API key provided: {key or '(none)'}. You can find your API key at "
                         "https://platform.openai.com/account/api-keys.", "invalid_api_key")
@@ -356,7 +357,7 @@ async def _realtime(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=0)
     await ws.prepare(request)
     rec.connections += 1
-    conn = _Conn(ws, rec, request.query.get("model", ""))
+    conn = _Conn(ws, rec, request.query.get("model") or request.query.get("deployment", ""))
     if request.headers.get("OpenAI-Beta", "").startswith("realtime="):
         await conn.error("beta_api_shape_disabled", "The Realtime API beta interface is no longer available. "
                          "Use the GA interface: remove the 'OpenAI-Beta: realtime=v1' header and send GA events.")
@@ -386,6 +387,7 @@ async def realtime_service() -> AsyncIterator[tuple[str, RealtimeRecorder]]:
     app = web.Application()
     app[REC] = RealtimeRecorder()
     app.router.add_get("/v1/realtime", _realtime)
+    app.router.add_get("/openai/realtime", _realtime)  # Azure OpenAI's path
     runner, url = await _serve(app)
     try:
         yield url.replace("http", "ws") + "/v1/realtime", app[REC]

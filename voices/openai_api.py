@@ -40,7 +40,7 @@ class OpenAIEndpoint:
             return openai.AsyncAzureOpenAI(
                 azure_endpoint=self.azure_endpoint, api_version=self.api_version,
                 api_key=self.api_key or os.environ.get("AZURE_OPENAI_API_KEY") or NO_KEY,
-                timeout=timeout, max_retries=self.max_retries)
+                websocket_base_url=websocket_base_url, timeout=timeout, max_retries=self.max_retries)
         return openai.AsyncOpenAI(
             base_url=self.base_url, websocket_base_url=websocket_base_url,
             api_key=self.api_key or os.environ.get("OPENAI_API_KEY") or NO_KEY,

@@ -156,3 +156,16 @@ async def test_a_dropped_socket_ends_the_events_with_an_error(realtime_server):
             async for event in rt.events():
                 if isinstance(event, AudioDelta):
                     rec.drop()
+
+
+async def test_azure_openai_realtime_uses_the_deployment_the_api_version_and_its_key(realtime_server):
+    url, rec = realtime_server
+    azure = url.removesuffix("/v1/realtime")
+    endpoint = OpenAIEndpoint(azure_endpoint=azure.replace("ws://", "http://"), api_version="2025-08-28",
+                              api_key="az-key")
+    async with RealtimeClient(endpoint, "my-realtime", url=azure + "/openai/realtime") as rt:
+        await rt.send_text("hello")
+        events = await events_until(rt, ResponseDone)
+    assert events[-1].status == "completed"
+    assert rec.query["api-version"] == "2025-08-28" and rec.query["deployment"] == "my-realtime"
+    assert rec.headers["api-key"] == "az-key"
