@@ -39,6 +39,14 @@ def check_admin(request: web.Request) -> None:
                             "--auth_token (then send the token)")
 
 
+def _without_stream_key(url: str | None) -> str | None:
+    """An RTMP URL with its stream name hidden: on streaming platforms that name is the secret key."""
+    if not url:
+        return url
+    head, sep, _ = url.rstrip("/").rpartition("/")
+    return f"{head}{sep}***" if "://" in head else "***"
+
+
 def describe(state: AppState, live: LiveSession, now: float) -> dict[str, Any]:
     session = live.session
     return {
@@ -80,8 +88,8 @@ async def config(request: web.Request) -> web.Response:
     state = request.app[STATE]
     c = state.config
     shown: dict[str, Any] = {key: getattr(c, key) for key in CONFIG_KEYS}
-    shown.update(model=state.services.engine.describe(), transport="webrtc", fps=VIDEO_FPS,
-                 batch_size=state.services.engine.batch_size)
+    shown.update(model=state.services.engine.describe(), transport=",".join(c.transports), fps=VIDEO_FPS,
+                 batch_size=state.services.engine.batch_size, push_url=_without_stream_key(c.push_url))
     # LiveTalking's page shows "" as "not set" (its options default to ""), and lists as text
     shown.update({key: "" if value is None else list(value) if isinstance(value, tuple) else value
                   for key, value in shown.items()})

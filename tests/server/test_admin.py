@@ -87,6 +87,14 @@ async def test_admin_routes_need_the_token_when_one_is_set(serve, config) -> Non
         assert (await delete(server, "/api/admin/sessions/x", {"Authorization": f"Bearer {TOKEN}"}))[0] == 404
 
 
+async def test_config_names_the_outputs_without_the_stream_key(serve, config) -> None:
+    async with serve(config, transports=("webrtc", "rtmp"), push_url="rtmp://127.0.0.1:1/live/secret-key") as server:
+        status, body = await get(server, "/api/admin/config")
+        shown = body["data"]["config"]
+        assert status == 200 and shown["transport"] == "webrtc,rtmp"
+        assert shown["push_url"] == "rtmp://127.0.0.1:1/live/***" and "secret-key" not in str(body)
+
+
 def test_without_tokens_only_local_clients_are_admins() -> None:
     assert _loopback("127.0.0.1") and _loopback("::1")
     assert not _loopback("192.0.2.7") and not _loopback(None) and not _loopback("unix-socket")
