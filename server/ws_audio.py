@@ -6,6 +6,7 @@ Protocol (JSON text messages, binary audio):
           binary: PCM16 little-endian mono at that rate (at most MAX_MESSAGE_SECONDS a message)
           {"type": "text", "text": "..."}          the subtitle of the next utterance (its start/end events)
           {"type": "end_of_utterance"} (or "flush") the utterance ends: its tail is played, sentence_end fires
+                                                   (also after UTTERANCE_IDLE_S without a message in one)
           {"type": "interrupt"}                    stop talking now (as /interrupt_talk)
   server: {"type": "ready", ...} after the start message, then the /sse events ({"status": "start"|"end",
           "text"} when an utterance's audio is actually played, {"event": ...} otherwise), {"event":
@@ -45,6 +46,7 @@ RATES = (16000, 24000, 48000)
 MAX_MESSAGE_SECONDS = 1.0
 HEADER_TIMEOUT_S = 10.0
 HEARTBEAT_S = 20.0  # pings find a vanished client; its stream then ends like a closed one
+UTTERANCE_IDLE_S = 5.0  # no audio or end for this long in the middle of an utterance: it is ended
 BUFFERED_PIECES = 4  # audio messages held between the socket and the voice; beyond, the socket is not read
 SPEAKING_POLL_S = 0.1
 STREAMS = web.AppKey("ws_audio_streams", set)  # ids of the sessions with an open audio socket (one each)
@@ -164,7 +166,17 @@ class AudioStream:
         return int(self.rate * 2 * MAX_MESSAGE_SECONDS)
 
     async def _receive(self) -> None:
-        async for msg in self.ws:  # ends when the client closes (or vanishes: heartbeat)
+        while True:
+            # An open utterance holds the session's voice (other speech waits for its end): a client that goes
+            # quiet in the middle of one has it ended for it.
+            idle = UTTERANCE_IDLE_S if self._utterance is not None else None
+            try:
+                msg = await self.ws.receive(timeout=idle)
+            except asyncio.TimeoutError:
+                await self._flush()
+                continue
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return  # the client closed (or vanished: heartbeat)
             if msg.type == WSMsgType.BINARY:
                 await self._audio(msg.data)
             elif msg.type == WSMsgType.TEXT:

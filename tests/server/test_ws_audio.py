@@ -8,6 +8,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from server import ws_audio
 from server.ws_audio import STREAMS
 from testing.server_client import Client, Server, is_speaking, offer_sdp, until
 from voices.audio import float_to_pcm16
@@ -271,3 +272,19 @@ async def test_server_shutdown_closes_open_streams(serve, config) -> None:
             msg = await ws.receive(timeout=5)
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and ws.close_code == 1001
         await ws.close()
+
+
+async def test_an_utterance_left_open_is_ended_and_other_speech_goes_on(serve, config, monkeypatch) -> None:
+    monkeypatch.setattr(ws_audio, "UTTERANCE_IDLE_S", 0.5)
+    async with serve(config) as server:
+        client, sid = await connected(server)
+        async with server.http.ws_connect(ws_url(server, sid)) as ws:
+            await start(ws, 16000)
+            await ws.send_json({"type": "text", "text": "Left open."})
+            await send_in_pieces(ws, tone(0.3, 16000), 3200)  # and then nothing: no end_of_utterance
+            status, _ = await server.post("/human", {"sessionid": sid, "text": "After it.", "type": "echo"})
+            assert status == 200
+            got = await messages_until(ws, lambda m: {"status": "end", "text": "After it."} in m, 15)
+            ends = [e["text"] for e in got if e.get("status") == "end"]
+            assert ends == ["Left open.", "After it."]  # in order: the stream's utterance, then the sentence
+        await client.close()
