@@ -93,12 +93,13 @@ class RealtimeVoice:
                 await client.append_audio(float_to_pcm16(audio))
 
     async def interrupt(self) -> int:
+        turn = self.session.interrupt()  # the avatar stops now; the rest tidies up (their audio is of older turns)
         await self._tasks.cancel()
         if self._client is not None and self._responding:
             self._responding = False
             with contextlib.suppress(RealtimeError):
                 await self._client.cancel()
-        return self.session.interrupt()
+        return turn
 
     async def close(self) -> None:
         await self._tasks.cancel()
