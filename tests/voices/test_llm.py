@@ -4,6 +4,7 @@ from contextlib import aclosing
 
 import pytest
 
+from testing.fake_proxy import forward_proxy
 from voices.llm import ChatLLM, Conversation, LLMError, LocalChatLLM, smollm2_dir
 from voices.openai_api import OpenAIEndpoint
 
@@ -170,3 +171,14 @@ async def test_smollm2_offline_generation_streams_deltas():
         async for _ in answer:
             break
     assert 0 < len(conv.history[1]["content"]) < 100
+
+
+async def test_a_proxy_from_the_environment_is_used(openai_server, fakes, monkeypatch):
+    base, _ = openai_server
+    async with forward_proxy() as (proxy, seen):
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with ChatLLM(OpenAIEndpoint(base), "ok") as llm:
+            assert await collect(llm.stream([{"role": "user", "content": "hi"}])) == fakes.ANSWER_DELTAS
+    assert seen == [f"POST {base}/chat/completions"]
