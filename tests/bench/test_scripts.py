@@ -140,3 +140,12 @@ def test_pipeline_latency_lite_and_musetalk(loopback: None) -> None:
     assert re.search(r"^1\. latency, .*: median [\d.]+ ms.*\(n=2\)", out, re.M), out
     assert re.search(r"^1b\. same, musetalk engine .*: median [\d.]+ ms.*\(n=3\)", out, re.M), out
     assert re.search(r"budget: batch \d+ .* -> lead \d+ ticks", out), out
+
+
+@pytest.mark.slow
+def test_ws_audio_breaks_the_figure_down_by_stage(loopback: None) -> None:
+    out = run_bench("bench.ws_audio", "--trials", "2")
+    assert re.search(r"^/ws/audio first message -> first lip-synced frame at the receiver: median [\d.]+ ms.*\(n=2\)",
+                     out, re.M), out
+    for stage in ("socket", "pipeline", "transport"):
+        assert re.search(rf"^  {stage} +median [\d.]+ ms", out, re.M), stage
