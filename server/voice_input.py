@@ -41,7 +41,13 @@ class VoiceInput:
         if isinstance(self.voice, RealtimeVoice):
             await self.voice.listen(microphone(self.track, API_RATE))  # the service hears the user itself
             return
-        vad = VoiceActivityDetector(self._vad)
+        try:
+            vad = VoiceActivityDetector(self._vad)
+        except Exception as e:  # e.g. the asr extra is not installed: the session goes on without voice input
+            log.warning("voice input is off: %s", e)
+            self.session.publish(Event("asr_error", f"voice input is off: {e}", self.session.turn))
+            await drain(self.track)
+            return
         try:
             async for pcm in microphone(self.track):
                 await self._feed(vad, pcm)

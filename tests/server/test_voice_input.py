@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from server import voice_input
 from server.config import parse_args
 from testing import fake_services
 from testing.receiver_audio import spoken
@@ -85,3 +86,21 @@ def test_asr_and_realtime_options() -> None:
     assert c.realtime_turn_detection == "semantic_vad"
     assert (c.llm_azure_endpoint, c.llm_api_version) == ("https://x.openai.azure.com", "2025-04-01-preview")
     assert parse_args(["--asr_model_dir", "/models/whisper"]).asr_model == "/models/whisper"  # the older name
+
+
+async def test_without_a_vad_model_the_session_goes_on_without_voice_input(serve, config, monkeypatch,
+                                                                           caplog) -> None:
+    def missing(*args: object) -> None:
+        raise FileNotFoundError("Silero VAD model not found in faster-whisper's assets")
+
+    monkeypatch.setattr(voice_input.VoiceActivityDetector, "__init__", missing)
+    async with serve(config) as server:
+        mic = ScriptedMicrophone()
+        client, events, sse = await connect_with_events(server, mic)
+        # (an asr_error event is published too, but before this client's /sse stream was open)
+        assert await until(lambda: any("voice input is off: Silero VAD model not found" in r.getMessage()
+                                       for r in caplog.records), 5)
+        await server.post("/human", {"sessionid": client.sessionid, "text": "Still here.", "type": "echo"})
+        assert await until(lambda: any(e.get("status") == "end" for e in events), 8)
+        sse.cancel()
+        await client.close()
