@@ -1,11 +1,19 @@
-"""Custom action clips ("audiotype" N): frames, optionally with their own audio, played instead of idle."""
+"""Custom action clips ("audiotype" N): frames, optionally with their own audio, played instead of idle.
+
+Two sources: clips stored with an avatar (``avatars/<id>/actions/<N>/``, made by ``python -m pipeline.actions``), and
+LiveTalking's custom-video config (``--customvideo_config`` file or ``/offer`` ``custom_config``): a list of
+``{"audiotype": N, "imgpath": folder of images or a video, "audiopath": sound file (optional)}``. In that config
+audiotype 1 is the idle video: it loops whenever the avatar neither speaks nor plays another clip.
+"""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
+import json
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +21,17 @@ import av
 import cv2
 import numpy as np
 
-from musetalk.avatar import DEFAULT_AVATARS_DIR, AvatarError, building, decode_video, load_avatar, write_frames
+from musetalk.avatar import (
+    DEFAULT_AVATARS_DIR, IMAGE_SUFFIXES, Avatar, AvatarError, building, decode_video, load_avatar, write_frames,
+)
+from musetalk.config import VIDEO_FPS
 from pipeline.items import SAMPLE_RATE, TICK_SAMPLES
 from voices.audio import MonoResampler
 
 ACTIONS_DIR = "actions"
+CUSTOM_CACHE_DIR = ".custom"  # in the avatar's folder: config clips decoded and resized for it, memory-mapped
+IDLE_AUDIOTYPE = 1
+MAX_CUSTOM_CLIPS = 32
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,125 @@ def load_actions(avatar_path: Path, frame_shape: tuple[int, int]) -> dict[int, A
         audio = np.load(audio_path, allow_pickle=False).astype(np.float32) if audio_path.exists() else None
         clips[int(folder.name)] = ActionClip(frames=frames, audio=audio)
     return clips
+
+
+@dataclass(frozen=True)
+class CustomClip:
+    """One entry of a LiveTalking custom-video config."""
+
+    audiotype: int
+    imgpath: Path  # a folder of images (played in the order of their numeric names) or a video file
+    audiopath: Path | None = None
+
+
+def _inside(path: Path, root: Path | None) -> Path:
+    resolved = path.resolve()
+    if root is not None and not resolved.is_relative_to(root.resolve()):
+        raise ValueError(f"{path} is outside {root} (custom_config paths must be under --custom_dir)")
+    return resolved
+
+
+def _entry(entry: object, root: Path | None) -> CustomClip:
+    if not isinstance(entry, dict):
+        raise ValueError("each custom_config entry must be an object {audiotype, imgpath, audiopath?}")
+    audiotype, imgpath, audiopath = entry.get("audiotype"), entry.get("imgpath"), entry.get("audiopath")
+    if isinstance(audiotype, str) and audiotype.isdigit():
+        audiotype = int(audiotype)
+    if not isinstance(audiotype, int) or isinstance(audiotype, bool) or not 1 <= audiotype <= 999_999:
+        raise ValueError(f"custom_config: audiotype must be a whole number from 1, got {audiotype!r}")
+    if not isinstance(imgpath, str) or not imgpath:
+        raise ValueError(f"custom_config: audiotype {audiotype} needs an imgpath")
+    if audiopath is not None and (not isinstance(audiopath, str) or not audiopath):
+        raise ValueError(f"custom_config: audiotype {audiotype}: audiopath must be a path")
+    images = _inside(Path(imgpath), root)
+    if not images.exists():
+        raise ValueError(f"custom_config: audiotype {audiotype}: imgpath {imgpath} does not exist")
+    sound = _inside(Path(audiopath), root) if audiopath else None
+    if sound is not None and not sound.is_file():
+        raise ValueError(f"custom_config: audiotype {audiotype}: audiopath {audiopath} is not a file")
+    return CustomClip(audiotype, images, sound)
+
+
+def parse_custom_config(value: object, root: Path | None = None) -> tuple[CustomClip, ...]:
+    """LiveTalking's custom-video config (a JSON string, as its pages send it, or the list itself), checked.
+
+    Relative paths are relative to the working directory, as in LiveTalking; with `root`, every path must resolve
+    inside it (a client must not make the server read files elsewhere). ValueError says what is wrong."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise ValueError(f"custom_config is not valid JSON: {e}") from e
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not value or len(value) > MAX_CUSTOM_CLIPS:
+        raise ValueError(f"custom_config must be a list of 1 to {MAX_CUSTOM_CLIPS} clips "
+                         "({audiotype, imgpath, audiopath?})")
+    clips = [_entry(entry, root) for entry in value]
+    types = [c.audiotype for c in clips]
+    if len(set(types)) != len(types):
+        raise ValueError("custom_config: an audiotype is given twice")
+    return tuple(clips)
+
+
+def _numbered(name: str) -> tuple[int, int, str]:
+    stem = Path(name).stem
+    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
+
+
+def _clip_frames(source: Path, size: tuple[int, int], max_frames: int) -> Iterator[np.ndarray]:
+    """The frames of an image folder (numeric names in numeric order, as LiveTalking reads them) or of a video
+    (at 25 fps), resized to the avatar's (h, w)."""
+    h, w = size
+    if source.is_dir():
+        names = sorted((p.name for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_numbered)
+        if not names:
+            raise AvatarError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {source}")
+        frames: Iterable[np.ndarray] = (_read_image(source / name) for name in names[:max_frames])
+    else:
+        frames = decode_video(source, VIDEO_FPS, max_frames)
+    for f in frames:
+        yield f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise AvatarError(f"cannot read image {path}")
+    return img
+
+
+def _cache_key(clip: CustomClip, size: tuple[int, ...], max_frames: int) -> str:
+    """Names the decoded clip by its sources and their modification times: an edited source is decoded again."""
+    parts = [str(size), str(max_frames)]
+    for path in (clip.imgpath, clip.audiopath):
+        if path is not None:
+            newest = max((p.stat().st_mtime_ns for p in path.iterdir()), default=0) if path.is_dir() else 0
+            parts += [str(path), str(path.stat().st_mtime_ns), str(newest)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+def load_custom_clips(clips: Sequence[CustomClip], avatar: Avatar, max_frames: int = 3000
+                      ) -> tuple[dict[int, ActionClip], ActionClip | None]:
+    """(action clips by audiotype, the idle clip or None) of a custom-video config for `avatar` (blocking). Each
+    clip is decoded and resized once per avatar and source version, then memory-mapped from the avatar's folder.
+    AvatarError or OSError for a source that cannot be read."""
+    size = tuple(avatar.frames.shape[1:3])
+    actions: dict[int, ActionClip] = {}
+    for clip in clips:
+        folder = avatar.path / CUSTOM_CACHE_DIR / _cache_key(clip, size, max_frames)
+        if not (folder / "frames.npy").is_file():
+            with building(folder, overwrite=True) as tmp:
+                write_frames(_clip_frames(clip.imgpath, (size[0], size[1]), max_frames), tmp / "frames.npy",
+                             str(clip.imgpath))
+                audio = decode_audio(clip.audiopath) if clip.audiopath is not None else None
+                if audio is not None:
+                    np.save(tmp / "audio.npy", audio.astype(np.float32))
+        frames = np.load(folder / "frames.npy", mmap_mode="r", allow_pickle=False)
+        audio_path = folder / "audio.npy"
+        audio = np.load(audio_path, allow_pickle=False) if audio_path.exists() else None
+        actions[clip.audiotype] = ActionClip(frames=frames, audio=audio)
+    return actions, actions.pop(IDLE_AUDIOTYPE, None)
 
 
 def decode_audio(path: Path) -> np.ndarray | None:

@@ -3,8 +3,8 @@
 Audio is scheduled to ticks at input time and never waits for video, so the output keeps real time even
 when rendering falls behind: a speech tick whose frame is not ready shows the last frame again (counted),
 and a frame that arrives after its tick is dropped (counted). Video frame k is always shown with exactly
-the audio of tick k. Switches between the avatar's own frames and an action clip are crossfaded; the mouth
-starting or stopping to speak is not.
+the audio of tick k. Switches between the avatar's own frames and an action clip or the idle clip are crossfaded;
+the mouth starting or stopping to speak on the avatar's own frames is not.
 """
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ class Output:
         self._action: tuple[ActionClip, int, int] | None = None  # clip, audiotype, first tick
         self._last_frame: np.ndarray | None = None
         self._last_category = "idle"
+        self._last_picture = "avatar"
+        self.idle_clip: ActionClip | None = None  # a custom idle video (LiveTalking's audiotype 1), looped
         self._fade_from: np.ndarray | None = None
         self._fade_left = 0
 
@@ -62,7 +64,7 @@ class Output:
     def switch_avatar(self, avatar: Avatar, video_in: TickQueue) -> None:
         """Idle and speech frames come from `avatar` (rendered into `video_in`) from the next tick on; the
         picture crossfades from the last frame shown (scaled to the new size if it differs)."""
-        self.avatar, self.video_in, self._action = avatar, video_in, None
+        self.avatar, self.video_in, self._action, self.idle_clip = avatar, video_in, None, None
         last = self._last_frame
         if last is not None:
             h, w = avatar.frames.shape[1:3]
@@ -96,11 +98,11 @@ class Output:
                 if tick_audio.seg_pos == 0 or self._last_category != "speech":
                     self.stats.record_latency(self.tick_time(k) - tick_audio.t_in)
             elif tick_audio.silent:
-                frame, source = self._idle(k), "idle"
+                frame, source = self._own(k), "idle"
             else:
                 self.stats.repeated_frames += 1
                 frame, source = ((self._last_frame, "repeat") if self._last_category == "speech"
-                                 else (self._idle(k), "idle"))
+                                 else (self._own(k), "idle"))
         elif self._action is not None and k >= self._action[2]:
             clip, _, start = self._action
             i = k - start
@@ -109,13 +111,26 @@ class Output:
                 self._action = None
         else:
             frame, audio, kind, source = self._idle(k), SILENCE, Kind.SILENCE, "idle"
-        frame = self._crossfade(frame, SOURCE_CATEGORY[source])
+        category = SOURCE_CATEGORY[source]
+        frame = self._crossfade(frame, category, self._picture(category, tick_audio is not None))
         self._count(source)
         self._last_frame = frame
         return OutputTick(tick=k, frame=frame, audio=audio, kind=kind, source=source, events=events, turn=self.turn)
 
-    def _idle(self, k: int) -> np.ndarray:
+    def _own(self, k: int) -> np.ndarray:
         return self.avatar.frames[self.avatar.cycle_index(k)]
+
+    def _idle(self, k: int) -> np.ndarray:
+        """What a tick shows when nothing is spoken or played: the idle clip, looped, or the avatar's own frame."""
+        clip = self.idle_clip
+        return clip.frame(k % clip.n_ticks) if clip is not None else self._own(k)
+
+    def _picture(self, category: str, in_speech: bool) -> str:
+        """The picture a tick shows (crossfaded when it changes): the avatar's frames (also in the pauses of
+        speech), an action clip, or the idle clip."""
+        if category == "idle" and self.idle_clip is not None and not in_speech:
+            return "idle clip"
+        return CATEGORY_PICTURE[category]
 
     def _take_audio(self, k: int) -> TickAudio | None:
         q = self._audio
@@ -147,10 +162,10 @@ class Output:
                 # Only in stepped (test / offline) mode: block until the worker delivers tick k.
                 q.cond.wait(remaining)
 
-    def _crossfade(self, frame: np.ndarray, category: str) -> np.ndarray:
-        if CATEGORY_PICTURE[category] != CATEGORY_PICTURE[self._last_category] and self._last_frame is not None:
+    def _crossfade(self, frame: np.ndarray, category: str, picture: str) -> np.ndarray:
+        if picture != self._last_picture and self._last_frame is not None:
             self._fade_from, self._fade_left = self._last_frame, self.crossfade_ticks
-        self._last_category = category
+        self._last_category, self._last_picture = category, picture
         if self._fade_left <= 0 or self._fade_from is None or self._fade_from.shape != frame.shape:
             return frame
         n = self.crossfade_ticks

@@ -177,6 +177,12 @@ class Session:
     def speaking(self) -> bool:
         return self.output.speaking
 
+    def use_custom_clips(self, actions: dict[int, ActionClip], idle: ActionClip | None) -> None:
+        """LiveTalking's custom-video clips: `actions` join (and replace) the avatar's own action clips, `idle`
+        loops whenever nothing is spoken or played (None: the avatar's own frames)."""
+        self.actions = {**self.actions, **actions}
+        self.output.idle_clip = idle
+
     def _current(self, turn: int | None) -> bool:
         return turn is None or turn == self._turn
 

@@ -26,6 +26,7 @@ from musetalk.avatar import (
 from musetalk.config import VERSIONS, VIDEO_FPS
 from pipeline.compositor import warm_blend_plans
 from server.avatar_jobs import JOB_ID, AvatarJob, AvatarJobs, JobError, PrepareOptions
+from server.custom_video import decode_custom_clips
 from server.errors import ApiError
 from server.routes import SSE_HEADERS, SSE_HEARTBEAT_S, json_body, live_session, loaded_avatar, ok
 from server.state import STATE
@@ -360,12 +361,14 @@ async def set_avatar_route(request: web.Request) -> web.Response:
     avatar, actions = await loaded_avatar(state, avatar_id)
     session = live.session
     await asyncio.to_thread(warm_blend_plans, avatar, session.clock.current_tick())
+    custom_actions, idle = await decode_custom_clips(live.custom_clips, avatar, state.config.max_avatar_seconds)
     live.check_open()
     if session.avatar is avatar:
         return ok({"avatar": avatar_id, "switched": False})
     await live.voice.interrupt()  # a speaking turn is cut here, as /interrupt_talk does
     live.check_open()
     session.set_avatar(avatar, actions)
+    session.use_custom_clips(custom_actions, idle)
     return ok({"avatar": avatar_id, "switched": True})
 
 

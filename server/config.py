@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from musetalk.avatar import validate_avatar_id
+from pipeline.actions import parse_custom_config
 from musetalk.cli import ArgumentParser
 from server.options import add_options, ignored_notices, with_config_file
 
@@ -76,6 +77,8 @@ class ServerConfig:
     transports: tuple[str, ...] = ("webrtc",)
     push_url: str | None = None
     push_session_id: str = "0"
+    customvideo_config: Path | None = None
+    custom_dir: Path = Path("data")
 
     log_level: str = "INFO"
     log_json: bool = False
@@ -221,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", default=None, help="torch device for musetalk, e.g. cuda:0")
     model.add_argument("--avatar_id", type=_avatar_id, default=_D.avatar_id,
                        help="default avatar (the demo avatar is built on first start if missing)")
+    model.add_argument("--customvideo_config", type=Path, default=None,
+                       help="LiveTalking's custom-video JSON: a list of {audiotype, imgpath, audiopath?} clips for "
+                            "every session (audiotype 1 loops as the idle video); /offer custom_config overrides it")
+    model.add_argument("--custom_dir", type=Path, default=_D.custom_dir,
+                       help="the folder whose files an /offer custom_config may name (its images and sounds)")
     model.add_argument("--avatars_dir", type=Path, default=_D.avatars_dir, help="prepared avatars")
     model.add_argument("--models_dir", type=Path, default=_D.models_dir, help="MuseTalk weights")
     model.add_argument("--records_dir", type=Path, default=_D.records_dir, help="where /record writes mp4 files")
@@ -306,6 +314,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         parser.error("--transport rtmp needs --push_url rtmp://host/app/stream")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", a.push_session_id):
         parser.error("--push_session_id must be 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'")
+    if a.customvideo_config is not None:
+        try:
+            parse_custom_config(a.customvideo_config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            parser.error(f"--customvideo_config {a.customvideo_config}: {e}")
     if a.max_queued_seconds < a.max_audio_seconds:
         parser.error(f"--max_queued_seconds ({a.max_queued_seconds:g}) must be at least --max_audio_seconds "
                      f"({a.max_audio_seconds:g}), or the longest upload could never be accepted")
@@ -332,5 +345,6 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         max_queued_seconds=a.max_queued_seconds, max_sse_per_session=a.max_sse_per_session,
         max_avatar_upload_mb=a.max_avatar_upload_mb, max_avatar_seconds=a.max_avatar_seconds,
         transports=a.transport, push_url=a.push_url, push_session_id=a.push_session_id,
+        customvideo_config=a.customvideo_config, custom_dir=a.custom_dir,
         log_level=a.log_level, log_json=a.log_json, metrics_per_session=a.metrics_per_session,
         ignored_options=ignored_notices(a))

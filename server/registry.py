@@ -24,6 +24,7 @@ from server.voice import Voice
 from voices.tasks import TaskSet
 
 if TYPE_CHECKING:
+    from pipeline.actions import CustomClip
     from server.rtmp import RtmpPusher
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class LiveSession:
     created: float = field(default_factory=time.monotonic)
     recorder: Recorder | None = None
     pusher: RtmpPusher | None = None
+    custom_clips: tuple[CustomClip, ...] = ()  # LiveTalking's custom-video config, decoded again for a new avatar
     tasks: TaskSet = field(default_factory=TaskSet)  # watchdogs, voice input
     upload_seconds: float = 0.0  # decoded /humanaudio audio handed to the voice and not yet queued
     sse_streams: int = 0

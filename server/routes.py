@@ -11,9 +11,10 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from musetalk.avatar import Avatar, AvatarError, AvatarNotFoundError, validate_avatar_id
-from pipeline.actions import ActionClip
+from pipeline.actions import ActionClip, CustomClip
 from pipeline.items import SAMPLE_RATE, Event
 from pipeline.session import Session
+from server.custom_video import custom_clips_of, decode_custom_clips
 from server.errors import ApiError
 from server.media import SessionTracks
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -141,19 +142,23 @@ async def offer(request: web.Request) -> web.Response:
         raise ApiError(400, str(e)) from e
     # refaudio/reftext: honoured, or a 400
     reference = reference_of(body, voice or state.services.voices[0], state.config)
+    custom = custom_clips_of(state.config, body)  # LiveTalking's custom_config, else --customvideo_config
     sid = state.registry.reserve()  # SessionLimitError: 503
     try:
-        local = await _open_session(state, sid, sdp, avatar_id, voice, reference)
+        local = await _open_session(state, sid, sdp, avatar_id, voice, reference, custom)
     finally:
         state.registry.release(sid)
     return web.json_response({"sdp": local.sdp, "type": local.type, "sessionid": sid, "code": 0, "msg": "ok"})
 
 
 async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str, voice: str | None,
-                        reference: Reference | None = None) -> RTCSessionDescription:
+                        reference: Reference | None = None, custom: tuple[CustomClip, ...] = ()
+                        ) -> RTCSessionDescription:
     """Create, connect and register session `sid`; on any failure nothing of it is left behind."""
     avatar, actions = await loaded_avatar(state, avatar_id)
+    custom_actions, idle = await decode_custom_clips(custom, avatar, state.config.max_avatar_seconds)
     session = Session(sid, avatar, state.services.engine, actions)
+    session.use_custom_clips(custom_actions, idle)
     tracks = SessionTracks(session)
     pc = RTCPeerConnection(state.ice.configuration())
     microphones = []
@@ -169,7 +174,8 @@ async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str, voi
             speaker = await reference_speaker(state.config, state.services, session, reference)
         else:
             speaker = await state.services.new_voice(session, voice)
-        live = LiveSession(sid, session, tracks, pc, speaker, voice_name=voice or state.services.voices[0])
+        live = LiveSession(sid, session, tracks, pc, speaker, voice_name=voice or state.services.voices[0],
+                           custom_clips=custom)
         await session.start()
         state.registry.add(live)
     except BaseException:

@@ -25,6 +25,7 @@ from aiohttp import web
 from pipeline.clock import AUDIO_OUT_RATE, VIDEO_FPS
 from pipeline.items import OutputTick
 from pipeline.session import Session
+from server.custom_video import custom_clips_of, decode_custom_clips
 from server.media import Upsampler, to_s16
 from server.registry import LiveSession, close_live, close_media
 from server.state import STATE, AppState
@@ -161,11 +162,14 @@ async def open_push_session(state: AppState) -> LiveSession:
     config, services = state.config, state.services
     assert config.push_url is not None  # checked when the options were parsed
     avatar, actions = await services.avatar(config.avatar_id)
+    custom = custom_clips_of(config, {})  # --customvideo_config
+    custom_actions, idle = await decode_custom_clips(custom, avatar, config.max_avatar_seconds)
     session = Session(config.push_session_id, avatar, services.engine, actions)
+    session.use_custom_clips(custom_actions, idle)
     live: LiveSession | None = None
     try:
         live = LiveSession(config.push_session_id, session, None, None, await services.new_voice(session),
-                           voice_name=services.voices[0])
+                           voice_name=services.voices[0], custom_clips=custom)
         live.pusher = RtmpPusher(session, config.push_url)
         live.pusher.start()
         await session.start()

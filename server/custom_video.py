@@ -1,0 +1,43 @@
+"""LiveTalking's custom-video config for sessions: `--customvideo_config FILE` for every session, or `/offer`
+`custom_config` for one (a JSON string of the clip list, as its pages send it; its paths must be under
+--custom_dir). Audiotype 1 is the idle video, looped; the others are played by /set_audiotype."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from musetalk.avatar import Avatar, AvatarError
+from pipeline.actions import ActionClip, CustomClip, load_custom_clips, parse_custom_config
+from pipeline.clock import VIDEO_FPS
+from server.config import ServerConfig
+from server.errors import ApiError
+
+
+def read_config_file(path: Path) -> tuple[CustomClip, ...]:
+    """The --customvideo_config file's clips (its paths are the operator's: not confined). ValueError, OSError."""
+    return parse_custom_config(path.read_text(encoding="utf-8"))
+
+
+def custom_clips_of(config: ServerConfig, body: dict[str, Any]) -> tuple[CustomClip, ...]:
+    """The clips a new session plays: the offer's custom_config, else the server's file (ApiError 400 if bad)."""
+    given = body.get("custom_config")
+    try:
+        if given not in (None, "", []):
+            return parse_custom_config(given, root=config.custom_dir)
+        if config.customvideo_config is not None:
+            return read_config_file(config.customvideo_config)
+    except (ValueError, OSError) as e:
+        raise ApiError(400, str(e)) from e
+    return ()
+
+
+async def decode_custom_clips(clips: tuple[CustomClip, ...], avatar: Avatar, max_seconds: float
+                              ) -> tuple[dict[int, ActionClip], ActionClip | None]:
+    """The clips decoded for `avatar` (once; cached in its folder), off the event loop: (actions, idle clip)."""
+    if not clips:
+        return {}, None
+    try:
+        return await asyncio.to_thread(load_custom_clips, clips, avatar, int(max_seconds * VIDEO_FPS))
+    except (AvatarError, OSError) as e:
+        raise ApiError(400, f"custom_config: {e}") from e
