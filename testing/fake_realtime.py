@@ -261,8 +261,11 @@ class _Conn:
             if self.voiced_run < START_FRAMES:
                 return
             self.speech_item, self.silent_run = self.next_id("item"), 0
+            padding = detection.get("prefix_padding_ms", PREFIX_PADDING_MS) * RATE // 1000
             started = self.samples_in - START_FRAMES * FRAME
-            self.speech_start_ms = max(0, started * 1000 // RATE - detection.get("prefix_padding_ms", 300))
+            self.speech_start_ms = max(0, started - padding) * 1000 // RATE
+            # The user's item holds the speech from its start minus the prefix padding, not the silence before.
+            self.buffer = self.buffer[max(0, len(self.buffer) - START_FRAMES * FRAME - padding):]
             await self.send({"type": "input_audio_buffer.speech_started", "audio_start_ms": self.speech_start_ms,
                              "item_id": self.speech_item})
             if detection.get("interrupt_response", True):
