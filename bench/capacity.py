@@ -34,6 +34,7 @@ from bench.common import machine
 from bench.receivers import ReceiverClient, cpu_seconds
 from engines.lite import LiteEngine
 from musetalk.avatar import Avatar, ensure_demo, load_avatar
+from musetalk.cli import ArgumentParser
 from pipeline.session import Session
 from server.media import SessionTracks
 from testing.rtc import require_loopback_namespace
@@ -183,7 +184,7 @@ async def server_main(args: argparse.Namespace) -> None:
     verdict = "met" if best.n >= args.target else ("not reached yet" if capped else "MISSED")
     print(f"\nanswer: {best.n}{'+' if capped else ''} concurrent lite sessions hold 25 fps with zero dropped/repeated "
           f"frames on this machine (target >= {args.target}: {verdict})"
-          f"{'; the largest N tried passed (raise --max-sessions)' if capped else f'; N={results[-1].n} failed'}.\n"
+          f"{'; the largest N tried passed (raise --max_sessions)' if capped else f'; N={results[-1].n} failed'}.\n"
           f"server CPU per session (render + composite + VP8 + Opus + RTP/SRTP + asyncio): "
           f"{100 * one.cpu_per_session:.1f} % of one core = {one.cpu_ms_per_frame:.2f} ms per frame with one session; "
           f"{100 * best.cpu_per_session:.1f} % = {best.cpu_ms_per_frame:.2f} ms at N={best.n} (lower once the cores "
@@ -192,10 +193,10 @@ async def server_main(args: argparse.Namespace) -> None:
           f"~{os.cpu_count() / one.cpu_per_session:.0f} sessions, ~{1 / one.cpu_per_session:.1f} per core")
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=12.0, help="measured seconds per level (default 12)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (default 3)")
-    parser.add_argument("--max-sessions", type=int, default=16)
+    parser.add_argument("--max_sessions", type=int, default=16)
     parser.add_argument("--target", type=int, default=4)
     args = parser.parse_args()
     asyncio.run(server_main(args))

@@ -26,6 +26,7 @@ from bench.receivers import WHOLE_FRAME, ReceiverClient, half_open_times
 from engines.base import Engine
 from engines.lite import LiteEngine
 from musetalk.avatar import Avatar, ensure_demo, load_avatar
+from musetalk.cli import ArgumentParser
 from pipeline.session import Session
 from pipeline.stats import SessionStats
 from server.media import SessionTracks
@@ -200,14 +201,14 @@ def write_bursts(path: str, bursts: list[Burst]) -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the sync run (default 10)")
     parser.add_argument("--period", type=float, default=2.0, help="seconds between tone bursts")
     parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--inline-receiver", action="store_true",
+    parser.add_argument("--inline_receiver", action="store_true",
                         help="sync: decode in this process instead of a separate receiver process")
     parser.add_argument("--only", choices=("latency", "sync", "interrupt"), help="run one of the three parts")
-    parser.add_argument("--per-burst", metavar="CSV", help="sync: write every burst's offsets to this file")
+    parser.add_argument("--per_burst", metavar="CSV", help="sync: write every burst's offsets to this file")
     args = parser.parse_args()
     require_loopback_namespace()
     ensure_demo(progress=False)

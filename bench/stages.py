@@ -1,6 +1,6 @@
 """Per-frame cost of each stage at 512x512 on this machine, medians over repeats.
 
-    .venv/bin/python -m bench.stages [--no-full] [--threads 2]
+    .venv/bin/python -m bench.stages [--no_full] [--threads 2]
 
 a. compositor: BlendPlan.apply on the demo avatar (and on a synthetic large face box, an upper bound), and the
    lite engine's face render (LiteRenderer.face)
@@ -8,7 +8,7 @@ b. VP8 encode of a 512x512 frame with aiortc's own encoder (VideoFrame.from_ndar
    target: compositor + VP8 encode <= 12 ms per frame
 c. whisper features: StreamingFeatures, whisper-tiny dims, random init, B=8 window (per call, per 20 ms step);
    the v1.5 log-mel of one 30 s encoder input: every STFT frame vs only those reaching the audio (placed_log_mel)
-d. MuseTalk UNet + VAE decode (infer_faces): reduced (tiny) config at B=1,4,8 and, unless --no-full, one B=1
+d. MuseTalk UNet + VAE decode (infer_faces): reduced (tiny) config at B=1,4,8 and, unless --no_full, one B=1
    batch of the full-size config (random weights, CPU fp32: a one-off, ~5 s per frame)
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ from engines.lite import LiteEngine, LiteRenderer
 from musetalk.audio_features import StreamingFeatures, log_mel, normalise_log_mel, placed_log_mel
 from musetalk.avatar import Avatar, ensure_demo, load_avatar
 from musetalk.blending import BlendPlan, prepare_blend
+from musetalk.cli import ArgumentParser
 from musetalk.config import unet_config, vae_config
 from musetalk.inference import AUDIO_TOKENS, LATENT_CHANNELS, infer_faces
 from musetalk.models import (
@@ -229,11 +230,11 @@ def full_row(repeats: int) -> Row:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=200, help="timed calls for the per-frame stages")
-    parser.add_argument("--model-repeats", type=int, default=10, help="timed calls for whisper and the tiny model")
-    parser.add_argument("--full-repeats", type=int, default=2, help="timed B=1 calls of the full model")
-    parser.add_argument("--no-full", action="store_true", help="skip the full-size model (saves ~30 s and 4 GB)")
+    parser.add_argument("--model_repeats", type=int, default=10, help="timed calls for whisper and the tiny model")
+    parser.add_argument("--full_repeats", type=int, default=2, help="timed B=1 calls of the full model")
+    parser.add_argument("--no_full", action="store_true", help="skip the full-size model (saves ~30 s and 4 GB)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     args = parser.parse_args()
 
