@@ -10,8 +10,8 @@
   ``response.done``, ``input_audio_buffer.speech_started/stopped/committed``,
   ``conversation.item.input_audio_transcription.completed``.
 - Turn detection on the appended microphone audio (a plain energy detector stands in for the service's model):
-  speech start interrupts the answer being generated, speech end commits the turn, "transcribes" it (the
-  transcript says how long the speech was: this fake has no speech recognition) and answers.
+  speech start interrupts the answer being generated, speech end commits the turn, transcribes it (with the
+  recorder's ``transcribe``, e.g. our whisper; without one the transcript says how long the turn was) and answers.
 - ``RealtimeRecorder.drop()`` cuts every open socket without a close frame (to test reconnection);
   ``refusals`` makes the next handshakes fail with 503.
 """
@@ -23,7 +23,7 @@ import base64
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +73,8 @@ class RealtimeRecorder:
     heard: list[np.ndarray] = field(default_factory=list)  # appended microphone audio, int16 at 24 kHz
     speech_started_at: list[float] = field(default_factory=list)  # time.monotonic() of each speech_started
     sent: list[dict[str, Any]] = field(default_factory=list)  # server events (audio deltas without audio)
+    # How the user's turn (float32 at 24 kHz) is transcribed; None: a note of its length (heard_transcript).
+    transcribe: Callable[[np.ndarray], Awaitable[str]] | None = None
     _live: set[asyncio.BaseTransport] = field(default_factory=set)
 
     def drop(self) -> None:
@@ -286,14 +288,16 @@ class _Conn:
                              None, event.get("event_id"))
             return
         item = item or self.next_id("item")
-        self.buffer = np.zeros(0, np.int16)
+        turn, self.buffer = self.buffer, np.zeros(0, np.int16)
         await self.send({"type": "input_audio_buffer.committed", "previous_item_id": None, "item_id": item})
         await self.send({"type": "conversation.item.added", "previous_item_id": None, "item": {
             "id": item, "type": "message", "role": "user", "status": "completed",
             "content": [{"type": "input_audio", "transcript": None}]}})
         if self.session["audio"]["input"].get("transcription"):
+            transcribe = self.rec.transcribe
+            transcript = await transcribe(turn / 32768.0) if transcribe else heard_transcript(speech_ms)
             await self.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": item,
-                             "content_index": 0, "transcript": heard_transcript(speech_ms),
+                             "content_index": 0, "transcript": transcript,
                              "usage": {"type": "duration", "seconds": speech_ms / 1000}})
         self.last_user_text = ""
         if answer:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import pytest
 
 from testing import fake_realtime
 from testing.receiver_audio import AudioWatch, spoken
 from testing.server_client import ScriptedMicrophone, connect_with_events, is_speaking, until
+from voices.asr import Transcriber
+from voices.audio import resample
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 
@@ -58,7 +61,13 @@ async def test_realtime_answers_with_audio_and_subtitles_and_can_be_interrupted(
 
 async def test_microphone_speech_to_speech_with_barge_in_and_typed_chat_in_the_same_session(serve, config) -> None:
     question = await spoken("What is the weather like today?")
+    whisper = await asyncio.to_thread(Transcriber)
+
+    async def transcribe(audio24k: np.ndarray) -> str:  # the fake service transcribes with our whisper
+        return await whisper.transcribe(resample(audio24k.astype(np.float32), 24000, 16000))
+
     async with fake_realtime.realtime_service() as (url, rec):
+        rec.transcribe = transcribe
         async with serve(config, tts="realtime", TTS_SERVER=url, realtime_turn_detection="semantic_vad") as server:
             mic = ScriptedMicrophone()
             client, events, sse = await connect_with_events(server, mic)
@@ -88,11 +97,8 @@ async def test_microphone_speech_to_speech_with_barge_in_and_typed_chat_in_the_s
             user_text = next(e["text"] for e in events if e.get("event") == "user_text")
             answer = "".join(fake_realtime.REALTIME_TEXT)
             assert await until(lambda: any(e.get("status") == "end" and e["text"] == answer for e in events), 10)
-            # What the service heard is the spoken question, as 24 kHz PCM16: the fake's transcript gives the length
-            # of the user's turn, the speech plus the 300 ms before it and the 500 ms of silence that ended it.
-            spoken_seconds = len(question) / 48000
-            heard = float(user_text.removeprefix("(heard ").split(" s")[0])
-            assert spoken_seconds + 0.3 <= heard <= spoken_seconds + 1.2, (user_text, spoken_seconds)
+            # What the service heard is the spoken question (as 24 kHz PCM16): whisper understands it.
+            assert "weather" in user_text.lower(), user_text
             assert "input_audio_buffer.append" in rec.types()
 
             # Typed chat still works in the same session, on the same connection.
