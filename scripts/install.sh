@@ -8,7 +8,7 @@
 #                                      scripts/test.sh and .ci/run need
 # Which torch build: pip installs torch 2.13.0 (constraints-cpu.txt) from whichever index offers it; PyPI's Linux
 # x86_64 wheels are CUDA builds, a machine whose pip also sees a CPU build (a `+cpu` wheel) gets that one, which
-# pip ranks higher. Add these before the others:
+# pip ranks higher. With any of the above:
 #   --cpu                              require the CPU build (fails if no index pip sees has one)
 #   --torch-index URL                  let pip also look at URL, e.g. PyTorch's CPU or CUDA wheel index
 # Installing for running installs no browser and no test tool; only --dev and --all do.
