@@ -60,11 +60,14 @@ async function api(path, body, method = "POST") {
   let resp;
   try {
     for (;;) {
+      const sent = auth.token;
       const headers = isForm || !hasBody ? {} : { "Content-Type": "application/json" };
-      if (auth.token) headers.Authorization = `Bearer ${auth.token}`;
+      if (sent) headers.Authorization = `Bearer ${sent}`;
       const payload = !hasBody ? undefined : isForm ? body : JSON.stringify(body);
       resp = await fetch(path, { method, headers, body: payload });
-      if (resp.status !== 401 || !auth.ask(Boolean(auth.token))) break;
+      if (resp.status !== 401) break;
+      if (auth.token && auth.token !== sent) continue;  // answered for another request meanwhile: no question
+      if (!auth.ask(Boolean(sent))) break;
     }
   } catch (e) {
     throw new ApiError(path, `network error (${e.message}). Is the server running?`, 0);
@@ -128,7 +131,7 @@ const ui = {
     const busy = state === "connecting" || state === "connected";
     $("connect").disabled = busy;
     $("disconnect").disabled = !busy;
-    $("avatar").disabled = busy;
+    $("avatar").disabled = state === "connecting";  // while connected, picking one switches to it live
     $("voice").disabled = busy;
     for (const el of document.querySelectorAll(".needs-session")) el.disabled = state !== "connected";
   },
@@ -489,6 +492,10 @@ class AvatarClient {
     await api("/humanaudio", form);
   }
 
+  async setAvatar(avatar) {
+    await api("/set_avatar", { sessionid: this.requireSession(), avatar });
+  }
+
   async playAction(audiotype) {
     await api("/set_audiotype", { sessionid: this.requireSession(), audiotype });
   }
@@ -637,7 +644,35 @@ function guarded(fn) {
 }
 
 $("connect").addEventListener("click", () =>
-  client.connect({ avatar: $("avatar").value.trim(), voice: $("voice").value, useMic: $("mic").checked }));
+  client.connect({ avatar: $("avatar").value, voice: $("voice").value, useMic: $("mic").checked }));
+
+// The avatar picker: the server's avatars (GET /api/avatars) with a thumbnail; picking one while connected
+// switches the session to it (POST /set_avatar) on the same connection.
+const avatars = new Map();
+function showAvatar(id) {
+  const thumb = $("avatar-thumb");
+  const avatar = avatars.get(id);
+  thumb.hidden = !avatar;
+  if (avatar) thumb.src = auth.url(avatar.thumbnail);
+}
+async function loadAvatars() {
+  const { data } = await api("/api/avatars", undefined, "GET");
+  const picker = $("avatar");
+  picker.replaceChildren();
+  for (const a of data.avatars.filter((a) => !a.error)) {
+    avatars.set(a.id, a);
+    const option = new Option(`${a.id} (${a.width}×${a.height})`, a.id);
+    option.title = `${a.frames} ${t("frames")}, ${a.source}`;
+    picker.add(option);
+    if (a.default) picker.value = a.id;
+  }
+  showAvatar(picker.value);
+}
+loadAvatars().catch((e) => ui.message(e.message));
+$("avatar").addEventListener("change", guarded(async (ev) => {
+  showAvatar(ev.target.value);
+  if (client.state === "connected") await client.setAvatar(ev.target.value);
+}));
 
 // The voices (TTS backends) this server offers; the first is its default.
 (async () => {
@@ -693,6 +728,7 @@ window.avatarClient = {
   disconnect: () => client.disconnect(),
   say: (text, type = "echo", interrupt = true) => client.say(text, type, interrupt),
   interrupt: () => client.interrupt(),
+  setAvatar: (avatar) => client.setAvatar(avatar),
   stats: () => client.stats(),
   get state() { return client.state; },
   get sessionId() { return client.sessionId; },

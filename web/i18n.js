@@ -55,6 +55,9 @@ const ZH = {
   "Connect failed": "连接失败",
   "?relay=1 needs a TURN server, and this server has none (start it with --turn)":
     "?relay=1 需要 TURN 服务器，而本服务器没有配置（启动时加 --turn）",
+  "Avatar": "形象",
+  "Avatar: chosen before connecting, or switched live": "形象：连接前选择，或在通话中切换",
+  "frames": "帧",
 };
 const TABLES = { en: {}, zh: ZH };
 const ATTRIBUTES = ["placeholder", "title", "aria-label"];
