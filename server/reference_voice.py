@@ -28,7 +28,7 @@ MAX_FIELD_CHARS = 4096
 
 @dataclass(frozen=True)
 class Reference:
-    audio: str | None  # a path on the TTS server (GPT-SoVITS ref_audio_path)
+    audio: str | None  # GPT-SoVITS: a path on its server; CosyVoice: a recording here (checked)
     text: str | None
 
 
@@ -71,7 +71,7 @@ def check_tts_field(body: dict[str, Any]) -> None:
     """/human `tts` (LiveTalking: per-request ref_file/ref_text): a 400, unless it is empty."""
     if body.get("tts") not in (None, {}, ""):
         raise ApiError(400, "'tts' (a voice per request) is not supported: choose the session's reference voice "
-                            "with /offer 'refaudio' and 'reftext' (voice gpt-sovits), or its voice with 'voice'")
+                            "with /offer 'refaudio' and 'reftext' (gpt-sovits, cosyvoice), or its voice with 'voice'")
 
 
 class OwnVoiceSpeaker(Speaker):
@@ -88,9 +88,8 @@ async def reference_speaker(config: ServerConfig, services: Services, session: S
     """The session's voice (--tts: GPT-SoVITS or CosyVoice) speaking with its own reference; what is not given
     comes from --REF_FILE and --REF_TEXT (a new transcript for the configured audio; new audio has no transcript
     unless given)."""
-    text = ref.text if ref.text is not None or ref.audio is None else ""
-    own = dataclasses.replace(config, REF_FILE=ref.audio or config.REF_FILE,
-                              REF_TEXT=text if text is not None else config.REF_TEXT)
+    # a reference has audio, text or both (reference_of): new audio goes without the configured transcript
+    own = dataclasses.replace(config, REF_FILE=ref.audio or config.REF_FILE, REF_TEXT=ref.text or "")
     try:
         tts = await asyncio.to_thread(build_tts, own)  # CosyVoice reads the recording
     except TTSError as e:
