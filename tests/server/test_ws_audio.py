@@ -69,7 +69,7 @@ async def test_streamed_audio_is_spoken_with_its_subtitle_and_events(serve, conf
             assert {"status": "start", "text": "Streamed hello."} in got and {"event": "speaking",
                                                                               "speaking": True} in got
             loud = [level for level in client.audio_levels[heard_before:] if level > 0.1]
-            assert len(loud) >= 60, len(loud)  # ~1.5 s of the tone reached the WebRTC client (20 ms frames)
+            assert len(loud) >= 50, len(loud)  # most of the 1.5 s tone (75 frames of 20 ms) reached the client
             more = await messages_until(ws, lambda m: {"event": "speaking", "speaking": False} in m, 5)
             assert more[-1] == {"event": "speaking", "speaking": False}
             assert not await is_speaking(server, sid)
