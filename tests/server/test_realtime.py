@@ -125,11 +125,12 @@ async def test_a_dropped_connection_is_reported_and_reconnected_with_backoff(ser
             errors = [e["text"] for e in events if e.get("event") == "tts_error"]
             assert "connection was lost" in errors[0] and "reconnecting in 0.5 s" in errors[0], errors
             assert "HTTP 503" in errors[1] and "trying again in 1.0 s" in errors[1], errors
-            assert rec.types().count("session.update") == 2  # the new connection got the session set up again
+            # the new connection gets the session set up again
+            assert await until(lambda: rec.types().count("session.update") == 2, 5)
             answer = "".join(fake_realtime.REALTIME_TEXT)
             n = len(events)
             await server.post("/human", {"sessionid": sid, "text": "Hello", "type": "chat"})
-            assert await until(lambda: any(e.get("status") == "end" and e["text"] == answer for e in events[n:]), 5)
+            assert await until(lambda: any(e.get("status") == "end" and e["text"] == answer for e in events[n:]), 10)
             sse.cancel()
             await client.close()
 
