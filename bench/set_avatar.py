@@ -47,7 +47,7 @@ async def run(root: Path, switches: int) -> None:
             avatar, actions = await services.avatar(target)
             await asyncio.to_thread(warm_blend_plans, avatar, session.clock.current_tick())
             warmed = time.perf_counter()
-            first = session.set_avatar(avatar, actions)
+            first = await session.set_avatar(avatar, actions)
             switched = time.perf_counter()
             while not emitted or emitted[-1][1] < first + 10:
                 await asyncio.sleep(0.01)

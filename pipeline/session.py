@@ -146,20 +146,25 @@ class Session:
         clip = self.actions[audiotype]
         self.output.start_action(clip, audiotype, self.clock.current_tick() + 1)
 
-    def set_avatar(self, avatar: Avatar, actions: dict[int, ActionClip] | None = None) -> int:
+    async def set_avatar(self, avatar: Avatar, actions: dict[int, ActionClip] | None = None) -> int:
         """Show another avatar from the next tick on, crossfaded, on the same tracks (no renegotiation).
 
         What the old avatar was saying is interrupted (a new turn): its frames are the old face. The new avatar
-        gets a worker of its own (renderer, compositor, blend plans); the old worker is stopped in the background,
-        and whatever it still renders is never shown. The avatar should have been bound to the engine and its
-        first frames' blend plans built beforehand (warm_avatar), so that the switch costs no stall on the clock.
+        gets a worker of its own (renderer, compositor, blend plans), started off the event loop (starting a thread
+        waits for it to run: tens of ms on a busy machine); the old worker is stopped in the background, and
+        whatever it still renders is never shown. The avatar should have been bound to the engine and its first
+        frames' blend plans built beforehand (warm_blend_plans), so that the switch costs no stall on the clock.
         Returns the first tick that shows the new avatar."""
         self._check_open()
-        turn = self.interrupt()
-        old, new = self.worker, self._new_worker(avatar)
-        self.avatar, self.actions, self.worker = avatar, actions or {}, new
+        new = self._new_worker(avatar)
         if self._started:
-            new.start()
+            await asyncio.to_thread(new.start)
+            if self._closed:  # closed meanwhile: close() did not know this worker
+                await asyncio.to_thread(new.stop)
+                self._check_open()
+        turn = self.interrupt()
+        old = self.worker
+        self.avatar, self.actions, self.worker = avatar, actions or {}, new
         tick = self.clock.current_tick() + 1
         self.output.switch_avatar(avatar, new.outbox)
         self._retired = [t for t in self._retired if not t.done()]

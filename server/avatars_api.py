@@ -367,7 +367,7 @@ async def set_avatar_route(request: web.Request) -> web.Response:
         return ok({"avatar": avatar_id, "switched": False})
     await live.voice.interrupt()  # a speaking turn is cut here, as /interrupt_talk does
     live.check_open()
-    session.set_avatar(avatar, actions)
+    await session.set_avatar(avatar, actions)
     session.use_custom_clips(custom_actions, idle)
     return ok({"avatar": avatar_id, "switched": True})
 

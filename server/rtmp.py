@@ -121,9 +121,8 @@ class RtmpPusher:
                     continue
                 if video is None:
                     video, audio = self._add_streams(container, out.frame.shape[1], out.frame.shape[0])
+                # A frame of another size (the avatar was switched) is scaled to the stream's by the encoder.
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(out.frame), format="bgr24")
-                if (frame.width, frame.height) != (video.width, video.height):  # the avatar was switched
-                    frame = frame.reformat(video.width, video.height)
                 frame.pts, frame.time_base = out.tick, VIDEO_TIME_BASE
                 sound = av.AudioFrame.from_ndarray(to_s16(upsample(out.audio)).reshape(1, -1), format="s16",
                                                    layout="mono")

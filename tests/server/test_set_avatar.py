@@ -50,7 +50,7 @@ async def test_a_stepped_session_crossfades_to_the_new_avatar_and_speaks_with_it
         assert session.speaking
         old_worker = session.worker
         warm_blend_plans(second, 0)
-        first = session.set_avatar(second)
+        first = await session.set_avatar(second)
         assert not session.speaking and session.queued_seconds == 0  # the speaking turn was interrupted
         ticks = [session.step() for _ in range(first - 3 + session.options.crossfade_ticks + 2)]
         new = [t for t in ticks if t.tick >= first]
@@ -104,6 +104,7 @@ async def test_set_avatar_switches_a_live_session_on_the_same_connection(serve, 
         assert status == 200, body
         assert await until(lambda: is_speaking(server, sid), 10)
         late_before = live.session.stats.skipped_ticks
+        assert (await server.post("/record", {"sessionid": sid, "type": "start_record"}))[0] == 200
         status, body = await server.post("/set_avatar", {"sessionid": sid, "avatar": "second"})
         assert status == 200 and body["data"] == {"avatar": "second", "switched": True}, body
         assert not await is_speaking(server, sid)  # the turn was interrupted
@@ -116,6 +117,8 @@ async def test_set_avatar_switches_a_live_session_on_the_same_connection(serve, 
         n = len(client.video_times)
         await client.wait_video(n + 10)
         assert live.session.stats.skipped_ticks == late_before  # the clock never stalled
+        status, body = await server.post("/record", {"sessionid": sid, "type": "end_record"})
+        assert status == 200, body  # the recording keeps its size: frames of the new avatar are scaled to it
         # The new avatar's own action clips apply: "second" has none, the demo had clip 2.
         status, body = await server.post("/set_audiotype", {"sessionid": sid, "audiotype": 2})
         assert status == 400 and "'second' has no action clip 2" in body["msg"]
