@@ -332,7 +332,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         models_dir=a.models_dir, records_dir=a.records_dir, web_dir=a.web_dir, max_session=a.max_session,
         idle_timeout=a.idle_timeout, tts=a.tts, REF_FILE=a.REF_FILE, REF_TEXT=a.REF_TEXT, TTS_SERVER=a.TTS_SERVER,
         llm_base_url=a.llm_base_url, llm_model=a.llm_model,
-        llm_api_key=a.llm_api_key or os.environ.get("OPENAI_API_KEY") or None,
+        llm_api_key=a.llm_api_key or (a.llm_azure_endpoint and os.environ.get("AZURE_OPENAI_API_KEY"))
+        or os.environ.get("OPENAI_API_KEY") or None,
         llm_azure_endpoint=a.llm_azure_endpoint, llm_api_version=a.llm_api_version,
         system_prompt=a.system_prompt, realtime_model=a.realtime_model,
         realtime_turn_detection=a.realtime_turn_detection, asr=not a.no_asr, asr_model=a.asr_model,

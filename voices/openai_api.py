@@ -1,9 +1,9 @@
 """Where and how to reach an OpenAI(-compatible) or Azure OpenAI service, through the official ``openai`` SDK.
 
 The SDK brings what a hand-written client lacked: retries with backoff on 408/409/429/5xx (honouring
-``Retry-After``), typed errors, the standard environment (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, proxies
-from ``HTTPS_PROXY``/``NO_PROXY``) and Azure OpenAI. Every backend that uses it (chat, speech, Realtime) turns
-the SDK's errors into its own error type with ``describe``, a message fit for a user.
+``Retry-After``), typed errors, the standard environment (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, proxies from
+``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``) and Azure OpenAI. Every backend that uses it (chat, speech, Realtime)
+turns the SDK's errors into its own error type with ``describe``, a message fit for a user.
 """
 
 from __future__ import annotations

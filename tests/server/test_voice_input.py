@@ -104,3 +104,11 @@ async def test_without_a_vad_model_the_session_goes_on_without_voice_input(serve
         assert await until(lambda: any(e.get("status") == "end" for e in events), 8)
         sse.cancel()
         await client.close()
+
+
+def test_an_azure_endpoint_takes_its_key_from_azure_openai_api_key(monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "az-key")
+    assert parse_args([]).llm_api_key == "sk-openai"
+    assert parse_args(["--llm_azure_endpoint", "https://x.openai.azure.com"]).llm_api_key == "az-key"
+    assert parse_args(["--llm_azure_endpoint", "https://x.openai.azure.com", "--llm_api_key", "k"]).llm_api_key == "k"
