@@ -28,7 +28,7 @@ from pipeline.compositor import warm_blend_plans
 from server.avatar_jobs import JOB_ID, AvatarJob, AvatarJobs, JobError, PrepareOptions
 from server.custom_video import decode_custom_clips
 from server.errors import ApiError
-from server.routes import SSE_HEADERS, SSE_HEARTBEAT_S, json_body, live_session, loaded_avatar, ok
+from server.routes import json_body, live_session, loaded_avatar, ok, stream_events
 from server.state import STATE
 
 log = logging.getLogger(__name__)
@@ -301,23 +301,10 @@ async def cancel_route(request: web.Request) -> web.Response:
 async def task_sse_route(request: web.Request) -> web.StreamResponse:
     job = _job(request)
     updates = job.subscribe()
-    resp = web.StreamResponse(headers=SSE_HEADERS)
     try:
-        await resp.prepare(request)
-        while True:
-            try:
-                snapshot = await asyncio.wait_for(updates.get(), SSE_HEARTBEAT_S)
-            except asyncio.TimeoutError:  # a long stage (latents) reports nothing for a while
-                await resp.write(b": keep-alive\n\n")
-                continue
-            if snapshot is None:
-                break
-            await resp.write(f"data: {json.dumps(snapshot)}\n\n".encode())
-    except (ConnectionResetError, ConnectionError):
-        pass  # the client went away
+        return await stream_events(request, updates, json.dumps)
     finally:
         job.unsubscribe(updates)
-    return resp
 
 
 # ------------------------------------------------------------------------------------------------- LiveTalking

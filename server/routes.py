@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -328,23 +329,31 @@ async def sse(request: web.Request) -> web.StreamResponse:
                             f"{state.config.max_sse_per_session}); close one first")
     live.sse_streams += 1
     queue = live.session.subscribe()
+    try:
+        return await stream_events(request, queue, lambda event: json.dumps(sse_data(event), ensure_ascii=False))
+    finally:
+        live.session.unsubscribe(queue)
+        live.sse_streams -= 1
+
+
+async def stream_events(request: web.Request, queue: asyncio.Queue, encode: Callable[[Any], str]
+                        ) -> web.StreamResponse:
+    """Server-sent events: each item of `queue` as `data: encode(item)` until a None (the source ended), with a
+    heartbeat comment when nothing comes for a while; a client that goes away ends it."""
     resp = web.StreamResponse(headers=SSE_HEADERS)
     try:
         await resp.prepare(request)
         while True:
             try:
-                event = await asyncio.wait_for(queue.get(), SSE_HEARTBEAT_S)
+                item = await asyncio.wait_for(queue.get(), SSE_HEARTBEAT_S)
             except asyncio.TimeoutError:
                 await resp.write(b": keep-alive\n\n")
                 continue
-            if event is None:  # the session ended
+            if item is None:
                 break
-            await resp.write(f"data: {json.dumps(sse_data(event), ensure_ascii=False)}\n\n".encode())
+            await resp.write(f"data: {encode(item)}\n\n".encode())
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away
-    finally:
-        live.session.unsubscribe(queue)
-        live.sse_streams -= 1
     return resp
 
 

@@ -21,18 +21,13 @@ from bench.measure import mouth_darkening, mouth_region
 from pipeline.items import TICK_SAMPLES, Kind, OutputTick
 from server.config import parse_args
 from server.rtmp import RtmpPusher
+from testing.fake_services import free_port
 from testing.rtc import skip_or_fail
 from testing.server_client import Client, until, upload
 
 RTMP_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
 INSTALL_HINT = "the RTMP tests need Debian's nginx with its RTMP module: apt-get install -y nginx libnginx-mod-rtmp"
 MAX_OFFSET_MS = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
