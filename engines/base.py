@@ -100,10 +100,18 @@ class Engine(abc.ABC):
 
     def bind(self, avatar: Avatar) -> AvatarBinding:
         """Per-avatar data, computed once and shared by all sessions using this avatar."""
-        key = f"{avatar.path}:{avatar.manifest.get('created', '')}"
+        key = self._binding_key(avatar)
         if key not in self._bindings:
             self._bindings[key] = self._bind(avatar)
         return self._bindings[key]
+
+    def unbind(self, avatar: Avatar) -> None:
+        """Forget an avatar's binding (the avatar was deleted): its data is freed once no session holds it."""
+        self._bindings.pop(self._binding_key(avatar), None)
+
+    @staticmethod
+    def _binding_key(avatar: Avatar) -> str:
+        return f"{avatar.path}:{avatar.manifest.get('created', '')}"
 
     @abc.abstractmethod
     def _bind(self, avatar: Avatar) -> AvatarBinding: ...

@@ -98,8 +98,10 @@ class Services:
             return self._avatars[avatar_id]
 
     def forget_avatar(self, avatar_id: str) -> None:
-        """Drop a deleted avatar from the cache (a new avatar of the same id is loaded afresh)."""
-        self._avatars.pop(avatar_id, None)
+        """Drop a deleted avatar from the cache and the engine (a new avatar of the same id is loaded afresh)."""
+        loaded = self._avatars.pop(avatar_id, None)
+        if loaded is not None:
+            self.engine.unbind(loaded[0])
 
     def _load_avatar(self, avatar_id: str) -> tuple[Avatar, dict[int, ActionClip]]:
         avatar = load_avatar(avatar_id, self.config.avatars_dir)

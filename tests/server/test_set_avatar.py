@@ -165,8 +165,11 @@ async def test_an_avatar_shown_by_a_session_cannot_be_deleted(serve, config, two
         async with server.http.delete(server.url + "/api/avatars/second") as resp:
             assert resp.status == 409 and "shown by 1 session" in (await resp.json())["msg"]
         assert (await server.post("/set_avatar", {"sessionid": sid, "avatar": "demo"}))[0] == 200
+        engine, path = server.state.services.engine, str(root / "second")  # (the engine is shared by tests)
+        assert any(key.startswith(path) for key in engine._bindings)
         async with server.http.delete(server.url + "/api/avatars/second") as resp:
             assert resp.status == 200
+        assert not any(key.startswith(path) for key in engine._bindings)  # its per-avatar data is let go
         assert (await server.post("/set_avatar", {"sessionid": sid, "avatar": "second"}))[0] == 404
 
 
