@@ -254,7 +254,8 @@ async def create(request: web.Request) -> AvatarJob:
         fields, path, name = await _read_upload(request, folder, config.max_avatar_upload_bytes, check)
         max_frames = int(config.max_avatar_seconds * VIDEO_FPS)
         options = _options(fields, max_frames)
-        expected = await asyncio.to_thread(_probe, path, config.max_avatar_seconds)
+        # In the uploads' own pool, as audio uploads: never in the threads aiortc encodes with.
+        expected = await state.decoder.pool.run(_probe, path, config.max_avatar_seconds)
         try:
             job = jobs.submit(fields["avatar_id"].strip(), path, name, options, min(expected, options.max_frames))
         except JobError as e:
