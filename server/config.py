@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                            f"env {AUTH_TOKEN_ENV})")
     auth.add_argument("--auth_tokens_file", type=Path, default=None,
                       help="a file with one accepted token per line (# comments and blank lines ignored)")
-    net.add_argument("--transport", type=_transports, default=_D.transports,
+    net.add_argument("--transport", type=_transports, default=",".join(_D.transports),
                      help="outputs, comma-separated: webrtc (a session per browser, always served) and rtmp (one "
                           "more session, started with the server, pushed to --push_url as H.264 + AAC in FLV)")
     net.add_argument("--push_url", default=None, help="--transport rtmp: where to push, rtmp://host/app/stream")

@@ -126,8 +126,8 @@ class RtmpPusher:
                 frame.pts, frame.time_base = out.tick, VIDEO_TIME_BASE
                 sound = av.AudioFrame.from_ndarray(to_s16(upsample(out.audio)).reshape(1, -1), format="s16",
                                                    layout="mono")
-                sound.sample_rate, sound.pts, sound.time_base = AUDIO_OUT_RATE, AUDIO_SAMPLES_PER_TICK * out.tick, \
-                    AUDIO_TIME_BASE
+                sound.sample_rate, sound.time_base = AUDIO_OUT_RATE, AUDIO_TIME_BASE
+                sound.pts = AUDIO_SAMPLES_PER_TICK * out.tick  # the same tick as its frame: one media clock
                 container.mux(video.encode(frame))  # the first write connects (PyAV opens the output lazily)
                 container.mux(audio.encode(sound))
                 self.sent += 1
