@@ -9,6 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lock=requirements.txt
+if [ ! -x .venv/bin/pip-compile ]; then
+  echo "error: pip-compile (pip-tools) is not installed: it comes with the dev extra (scripts/install.sh --all)" >&2
+  exit 2
+fi
 compile() {  # $1: output file; the rest: more pip-compile options
   local out=$1; shift
   CUSTOM_COMPILE_COMMAND="scripts/lock.sh" .venv/bin/pip-compile --quiet --all-extras --strip-extras \
