@@ -9,8 +9,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from musetalk.avatar import demo_image, prepare_avatar
-from tests.browser.test_page import CHROMIUM_FLAGS, ROOT, running_server, stats, wait_until
+from musetalk.avatar import demo_image, ensure_demo, prepare_avatar
+from tests.browser.test_page import CHROMIUM_FLAGS, running_server, wait_until
 
 
 @pytest.mark.slow
@@ -19,7 +19,7 @@ def test_the_picker_lists_avatars_and_switches_live(tmp_path: Path, chromium: Pa
     from playwright.sync_api import expect, sync_playwright
 
     avatars = tmp_path / "avatars"
-    shutil.copytree(ROOT / "avatars" / "demo", avatars / "demo")
+    ensure_demo(avatars, progress=False, models_dir=tmp_path / "no-models")
     prepare_avatar(cv2.resize(demo_image(), (384, 384)), "second", avatars, progress=False,
                    models_dir=tmp_path / "no-models")
     errors: list[str] = []
