@@ -1,55 +1,48 @@
-"""MuseTalk full model on a CUDA GPU: fp16 UNet + VAE decode per batch, eager vs torch.compile vs CUDA graphs.
+"""MuseTalk on one GPU: the real engine (batcher, per-size graphs), per batch size and with N sessions.
 
-    .venv/bin/python -m bench.gpu [--models-dir models] [--batches 1,2,4,8,16,32,64] [--modes eager,compile,cudagraphs]
-    .venv/bin/python -m bench.gpu --cpu-check   # the same code on this CPU, reduced-width models: checks the script
+    .venv/bin/python -m bench.gpu                      # CUDA: full-size models, fp16, graphs (scripts/gpu-bench.sh)
+    .venv/bin/python -m bench.gpu --cpu-check          # this CPU: tiny models, fp32; checks the script, and
+                                                       # compares the batcher with the old lock (--compare-lock)
 
-Loads the official weights from --models-dir when they are all there (musetalk.models.load_models), otherwise
-builds the same architectures with random weights (speed does not depend on the values). Per batch size B and
-mode it times musetalk.inference.infer_faces (positional encoding, UNet at t=0, VAE decode, copy of the faces to
-the host as uint8 BGR) and, separately, the whisper features of the B frames (StreamingFeatures, eager).
-Modes: eager; compile = torch.compile (default mode) of the UNet and the VAE decoder; cudagraphs =
-torch.compile(mode="reduce-overhead"). Each shape is compiled on its own (dynamic=False).
-Target to beat: 72 fps, LiveTalking's best published MuseTalk figure (RTX 4090, one session).
-On a machine without CUDA it prints one line and exits 0. --cpu-check runs every step on the CPU in fp32 instead,
-with the models under --models-dir or the reduced-width configs: its figures say nothing about a GPU, it shows
-that the script (loading, each compile mode, the table) works before GPU time is spent on it.
+The engine is built from models in memory with random weights (speed does not depend on the values; no weights
+on disk needed): the full-size UNet / VAE / whisper-tiny encoder on CUDA, the reduced-width ones of
+``testing.tiny_models`` with ``--config tiny``. Two parts, each row printed as soon as it is measured:
+
+1. Per batch size B (the batcher's fixed sizes): the faces model split into the UNet pass (PE + UNet at t=0) and the
+   VAE decode, timed with CUDA events on a GPU (wall time on a CPU), and the faces call's wall time (incl. the
+   copy of the faces to the host), p50 / p99 over --repeats calls; the encoder with min(B, 16) windows (wall);
+   the peak device memory of the B row.
+2. N sessions (--sessions, default 1,4,8,12,16) speaking continuously through real sessions, workers and the
+   engine's batcher (``bench.sessions``): aggregate frames/s shown and rendered, late frames, late ticks, and each
+   session's pipeline latency (its first speech sample in -> its lip frame out) and lead. With --compare-lock the
+   same N run again with the old lock-serialised runner, in the same process.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import resource
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import WhisperConfig
 
 from bench.common import machine
-from musetalk.audio_features import StreamingFeatures
-from musetalk.config import (
-    LATENT_SIZE,
-    unet_config,
-    unet_tiny_config,
-    vae_config,
-    vae_tiny_config,
-)
-from musetalk.inference import AUDIO_TOKENS, LATENT_CHANNELS, infer_faces
-from musetalk.models import (
-    FEATURE_DIM,
-    MissingWeightsError,
-    ModelPaths,
-    MuseTalkModels,
-    PositionalEncoding,
-    build_unet,
-    build_vae,
-    load_models,
-)
-from musetalk.whisper import build_encoder, load_encoder, whisper_tiny_config
+from bench.sessions import (GAP_S, SENTENCE_S, SESSIONS_HEADER, Cost, LockRunner, SimulatedEncoder, SimulatedFaces,
+                            run_sessions, run_throughput)
+from engines.batcher import Batcher, BatchModel, JobRunner
+from engines.musetalk_batch import ENCODER, FACES, GRAPH_MODES, EncoderModel, FacesModel
+from engines.musetalk_engine import MuseTalkEngine
+from musetalk.avatar import Avatar
+from musetalk.config import unet_config, unet_tiny_config, vae_config, vae_tiny_config
+from musetalk.models import MuseTalkModels, PositionalEncoding, build_unet, build_vae
+from musetalk.whisper import build_encoder, whisper_tiny_config
+from testing.probe import synthetic_avatar
 
-TARGET_FPS = 72.0
-MODES = {"eager": None, "compile": "default", "cudagraphs": "reduce-overhead"}
+CONFIGS = ("full", "tiny", "micro")
+MICRO_WIDTH = 32  # the micro config's audio feature width (whisper d_model = the UNet's cross-attention width)
+GRAPHS = ("auto", "none", *GRAPH_MODES)
 
 
 def no_cuda_reason() -> str | None:
@@ -59,179 +52,224 @@ def no_cuda_reason() -> str | None:
     return f"{build}, torch.cuda.is_available() is False"
 
 
-# ------------------------------------------------------------------------------------------------- models
+def configs(config: str) -> tuple[dict, dict, WhisperConfig]:
+    """UNet, VAE and whisper configs: ``full`` (the real sizes), ``tiny`` (``testing.tiny_models``: reduced widths,
+    whisper-tiny's width with a small FFN) or ``micro``: every layer of the real architectures (so as many kernels
+    and as much host work per call) at widths of 8 to 32, so that on a CPU a call costs mostly its host work, as
+    the full model's small batches do on a GPU."""
+    whisper = whisper_tiny_config()
+    if config == "full":
+        return unet_config(), vae_config(), whisper
+    if config == "tiny":
+        whisper.encoder_ffn_dim = 128
+        return unet_tiny_config(), vae_tiny_config(), whisper
+    whisper.d_model, whisper.encoder_ffn_dim, whisper.encoder_attention_heads = MICRO_WIDTH, MICRO_WIDTH, 2
+    unet = dict(unet_config(), block_out_channels=[8, 8, 8, 8], norm_num_groups=4, attention_head_dim=2,
+                cross_attention_dim=MICRO_WIDTH)
+    return unet, dict(vae_config(), block_out_channels=[8, 8, 8, 8], norm_num_groups=4), whisper
 
-def bench_models(models_dir: Path, version: str, device: torch.device
-                 ) -> tuple[MuseTalkModels, torch.nn.Module, str]:
-    """(UNet/VAE/PE, whisper encoder, where the weights came from): fp16 on CUDA, fp32 on the CPU."""
-    try:
-        models = load_models(models_dir, version, device=device.type)
-        encoder = load_encoder(ModelPaths(models_dir, version).whisper, version, models.device, models.dtype)
-        return models, encoder, f"official {version} weights from {models_dir}"
-    except MissingWeightsError as e:
-        missing = f"{len(e.missing)} file(s) missing under {models_dir}"
-    cuda = device.type == "cuda"
-    dtype = torch.float16 if cuda else torch.float32
-    size = "full-size" if cuda else "reduced-width"
+
+def build_models(config: str, device: torch.device) -> tuple[MuseTalkModels, torch.nn.Module]:
+    """Random weights of `config`'s architectures: fp16 on CUDA, fp32 on a CPU."""
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    unet_cfg, vae_cfg, whisper = configs(config)
     torch.manual_seed(0)
-    with device:  # initialise on the GPU: seconds instead of ~15 s of CPU init for 0.9 B parameters
-        unet = build_unet(unet_config() if cuda else unet_tiny_config()).to(dtype).eval().requires_grad_(False)
-        vae = build_vae(vae_config() if cuda else vae_tiny_config()).to(dtype).eval().requires_grad_(False)
-        encoder = build_encoder(whisper_tiny_config()).to(dtype)
-    models = MuseTalkModels(unet, vae, PositionalEncoding().to(device, dtype).eval(), device, dtype, version)
-    return models, encoder, f"random weights of the {size} architectures ({missing})"
+    with device:  # initialised on the device: seconds instead of ~15 s of CPU init for 0.9 B parameters
+        unet = build_unet(unet_cfg).to(dtype).eval().requires_grad_(False)
+        vae = build_vae(vae_cfg).to(dtype).eval().requires_grad_(False)
+        encoder = build_encoder(whisper).to(dtype).eval()
+        pe = PositionalEncoding(whisper.d_model).to(dtype).eval()
+    return MuseTalkModels(unet, vae, pe, device, dtype, "v15"), encoder
 
 
-@contextmanager
-def compiled(models: MuseTalkModels, mode: str | None) -> Iterator[MuseTalkModels]:
-    """The models with the UNet and the VAE decoder compiled in `mode` (None: eager), restored afterwards.
+def percentiles(values: list[float]) -> tuple[float, float]:
+    return float(np.percentile(values, 50)), float(np.percentile(values, 99))
 
-    infer_faces calls vae.decode(), which an OptimizedModule would not compile (only forward is), so the
-    decoder submodule is swapped for its compiled wrapper instead.
-    """
-    if mode is None:
-        yield models
-        return
-    torch._dynamo.reset()
-    vae, decoder = models.vae, models.vae.decoder
-    vae.decoder = torch.compile(decoder, mode=mode, dynamic=False)
+
+def batch_row(engine: MuseTalkEngine, batch: int, repeats: int) -> str:
+    """One row of part 1, timed on the engine's own batch models (what its batcher runs)."""
+    faces: FacesModel = engine.batch_models[FACES]
+    encoder: EncoderModel = engine.batch_models[ENCODER]
+    cuda = engine.models.device.type == "cuda"
+    rng = np.random.default_rng(batch)
+    chunks = rng.standard_normal((batch, 50, engine.encoder.config.d_model)).astype(np.float32)
+    latents = rng.standard_normal((batch, 8, 32, 32)).astype(np.float32)
+    windows = min(batch, 16)
+    mels = (rng.standard_normal((windows, 80, 3000)) * 0.1).astype(np.float32)
+    enc_inputs = (mels, np.zeros(windows, np.int64), np.full(windows, 16, np.int64))
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):  # builds the graph of this size if the warm-up did not
+        faces((chunks, latents), batch)
+        encoder(enc_inputs, windows)
+    faces.timings, wall, enc_wall = [], [], []
     try:
-        yield MuseTalkModels(torch.compile(models.unet, mode=mode, dynamic=False), vae, models.pe, models.device,
-                             models.dtype, models.version)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            faces((chunks, latents), batch)  # returns once the faces are on the host
+            wall.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            encoder(enc_inputs, windows)
+            enc_wall.append(time.perf_counter() - started)
+        unet = [u for _, u, _ in faces.timings]
+        vae = [v for _, _, v in faces.timings]
     finally:
-        vae.decoder = decoder
-        torch._dynamo.reset()
+        faces.timings = None
+    peak = f"{torch.cuda.max_memory_allocated() / 2**20:7.0f}" if cuda else "      -"
+    (u50, u99), (v50, v99), (w50, w99), (e50, e99) = (
+        (1000 * a, 1000 * b) for a, b in map(percentiles, (unet, vae, wall, enc_wall)))
+    return (f"| {batch:2d} | {u50:7.2f} | {u99:7.2f} | {v50:7.2f} | {v99:7.2f} | {w50:7.2f} | {w99:7.2f} | "
+            f"{1000 * batch / w50:7.1f} | {windows:2d} | {e50:7.2f} | {e99:7.2f} | {peak} |")
 
 
-# ------------------------------------------------------------------------------------------------- timing
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+BATCH_HEADER = ("|  B | UNet p50 ms | p99 | VAE decode p50 ms | p99 | faces call p50 ms | p99 | faces/s | windows "
+                "| encoder p50 ms | p99 | peak MiB |\n"
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
-def device_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
-    """Median wall ms of fn(), synchronising the device around every call."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(1000.0 * (time.perf_counter() - started))
-    return float(np.median(times))
-
-
-@dataclass
-class Cell:
-    ms_per_batch: float | None
-    error: str = ""
-
-    def text(self, batch: int) -> str:
-        if self.ms_per_batch is None:
-            return f"{self.error[:60]} | - | -"
-        return f"{self.ms_per_batch:8.1f} | {self.ms_per_batch / batch:6.2f} | {1000 * batch / self.ms_per_batch:7.1f}"
-
-
-def infer_cell(models: MuseTalkModels, batch: int, repeats: int, warmup: int, graphs: bool) -> Cell:
-    gen = torch.Generator(device=models.device).manual_seed(batch)
-    feats = torch.randn(batch, AUDIO_TOKENS, FEATURE_DIM, generator=gen, device=models.device, dtype=models.dtype)
-    latents = torch.randn(batch, LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE, generator=gen, device=models.device,
-                          dtype=models.dtype)
-
-    def call() -> np.ndarray:
-        if graphs:  # each call is a new step: the previous call's graph outputs may be overwritten
-            torch.compiler.cudagraph_mark_step_begin()
-        return infer_faces(models, feats, latents)
-
-    try:
-        return Cell(device_ms(call, models.device, repeats, warmup))
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        return Cell(None, "out of memory")
-    except Exception as e:  # a compile mode that does not work here is a result, not a crash
-        return Cell(None, f"{type(e).__name__}: {e}".replace("\n", " "))
-
-
-def whisper_ms(encoder: torch.nn.Module, batch: int, version: str, repeats: int) -> float:
-    device = next(encoder.parameters()).device
-    feats = StreamingFeatures(encoder, version, batch_frames=batch)
-    first = 100  # mid-utterance: full left context
-    start, end = feats.window(first)
-    audio = (0.1 * np.random.default_rng(batch).standard_normal(end - start)).astype(np.float32)
-
-    def call() -> None:
-        with torch.inference_mode():
-            feats.chunks(audio, first)
-
-    return device_ms(call, device, repeats, warmup=2)
-
-
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
-    parser.add_argument("--version", choices=["v1", "v15"], default="v15")
-    parser.add_argument("--batches", default="1,2,4,8,16,32,64")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per shape (compiles happen here)")
     parser.add_argument("--cpu-check", action="store_true",
-                        help="run on the CPU (fp32, reduced-width models unless --models-dir has weights) to check "
-                             "the script; the figures say nothing about a GPU")
-    args = parser.parse_args()
-    batches = [int(b) for b in args.batches.split(",")]
-    modes = args.modes.split(",")
-    unknown = set(modes) - set(MODES)
-    if unknown or not all(b >= 1 for b in batches):
-        parser.error(f"modes must be among {', '.join(MODES)} and batches >= 1 (got {args.modes!r}, {args.batches!r})")
+                        help="run on this CPU (fp32; --config tiny by default): checks the script, and with "
+                             "--compare-lock measures the batcher against the lock; says nothing about a GPU")
+    parser.add_argument("--config", choices=CONFIGS, default=None,
+                        help="model sizes (default: full on CUDA, micro on a CPU; see configs())")
+    parser.add_argument("--graphs", choices=GRAPHS, default="auto",
+                        help="per-size graphs: auto = cudagraphs on CUDA, none on a CPU")
+    parser.add_argument("--batch-size", type=int, default=None, help="frames per session batch (engine default)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per batch size")
+    parser.add_argument("--sessions", default="1,4,8,12,16", help="part 2: N, comma-separated ('' skips part 2)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per N")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of speech before measuring, per N")
+    parser.add_argument("--compare-lock", action="store_true",
+                        help="part 3: throughput of the same N sessions through the batcher and the old lock")
+    parser.add_argument("--lock-sessions", default="4", help="part 3: N, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3, help="part 3: alternate rounds per runner")
+    parser.add_argument("--ahead-seconds", type=float, default=4.0, help="part 3: speech per session")
+    parser.add_argument("--skip-batches", action="store_true", help="no part 1")
+    parser.add_argument("--simulate", metavar="FACES,ENCODER", default=None,
+                        help="parts 2 and 3 with the models replaced by waits of a device's cost on paper, each "
+                             "CALL_MS+ROW_MS (host work per call + compute per row), e.g. 1+1.6,0.5+0.08; the "
+                             "sessions' own CPU work (log-mel, compositing, workers, batcher) is real. Skips part 1")
+    parser.add_argument("--simulate-lock", metavar="FACES,ENCODER", default=None,
+                        help="part 3's lock baseline at these costs (default: --simulate's), e.g. eager's host work")
+    args = parser.parse_args(argv)
+    try:
+        args.simulate, args.simulate_lock = (None if text is None else tuple(map(Cost.parse, text.split(",")))
+                                             for text in (args.simulate, args.simulate_lock or args.simulate))
+    except ValueError:
+        parser.error("--simulate / --simulate-lock take FACES,ENCODER costs, each CALL_MS+ROW_MS")
+    if args.simulate is not None and (len(args.simulate) != 2 or len(args.simulate_lock) != 2):
+        parser.error("--simulate / --simulate-lock take two costs: FACES,ENCODER")
+    args.skip_batches |= args.simulate is not None
+    try:
+        args.sessions, args.lock_sessions = ([int(n) for n in text.split(",") if n.strip()]
+                                             for text in (args.sessions, args.lock_sessions))
+    except ValueError:
+        parser.error("--sessions and --lock-sessions take comma-separated integers")
+    counts = args.sessions + args.lock_sessions + [args.repeats, args.rounds]
+    if min(counts, default=1) < 1 or min(args.seconds, args.ahead_seconds) <= 0:
+        parser.error("--sessions, --repeats and --seconds must be positive")
+    return args
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     reason = no_cuda_reason()
     if reason is not None and not args.cpu_check:
         print(f"no CUDA device: {reason}; this benchmark needs a GPU (CPU figures: python -m bench.stages; "
               f"--cpu-check runs this script on the CPU to check it)")
         return
     device = torch.device("cpu" if args.cpu_check else "cuda")
-
-    print(f"machine: {machine()}")
+    config = args.config or ("full" if device.type == "cuda" else "micro")
+    graphs = {"auto": "auto", "none": None}.get(args.graphs, args.graphs)
+    print(f"machine: {machine()}", flush=True)
     if args.cpu_check:
         print("CPU CHECK RUN: fp32 on the CPU; these figures say nothing about a GPU")
     torch.backends.cudnn.benchmark = True  # fixed shapes per batch size: let cuDNN pick its fastest convolutions
-    torch._dynamo.config.recompile_limit = 2 * len(batches)  # one specialisation per batch size and module
-    models, encoder, source = bench_models(args.models_dir, args.version, device)
+    started = time.perf_counter()
+    loaded = build_models(config, device)
+    max_sessions = max(args.sessions + args.lock_sessions, default=1)
+    engine = MuseTalkEngine(version="v15", batch_size=args.batch_size, loaded=loaded,
+                            graph_mode=None if args.simulate else graphs, max_sessions=max_sessions,
+                            runner=simulated(Batcher, args.simulate, loaded[1].config.d_model))
     where = f"CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}" if device.type == "cuda" else "CPU"
-    print(f"torch {torch.__version__}, {where}, {models.dtype}; {source}", flush=True)
+    if args.simulate:
+        print(f"SIMULATED DEVICE: faces {args.simulate[0]}, encoder {args.simulate[1]} (batcher); lock baseline "
+              f"faces {args.simulate_lock[0]}, encoder {args.simulate_lock[1]}: figures on paper")
+    print(f"torch {torch.__version__}, {where}, {engine.models.dtype}; random weights of the {config} configs; "
+          f"graphs: {engine.graph_mode or 'none'}, channels_last: {engine.channels_last}; session batch "
+          f"{engine.batch_size}, faces sizes {engine.sizes[FACES]}, encoder sizes {engine.sizes[ENCODER]}; "
+          f"engine built and warmed up in {time.perf_counter() - started:.0f} s", flush=True)
+    try:
+        run_parts(engine, loaded, args)
+        stats = engine.runner.stats
+        print(f"\nbatcher: {stats.batches} batches, {stats.rows} rows + {stats.padded_rows} padding, "
+              f"{stats.late_jobs} late jobs, {stats.stale_jobs} stale; process peak RSS "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB", flush=True)
+    finally:
+        engine.close()
 
-    results: dict[str, dict[int, Cell]] = {}
-    for mode in modes:
-        started = time.perf_counter()
-        with compiled(models, MODES[mode]) as variant:
-            graphs = MODES[mode] == "reduce-overhead"
-            results[mode] = {b: infer_cell(variant, b, args.repeats, args.warmup, graphs) for b in batches}
-        print(f"{mode}: done in {time.perf_counter() - started:.0f} s (incl. compiling)", flush=True)
-    whisper = {b: whisper_ms(encoder, b, args.version, args.repeats) for b in batches}
 
-    print("\nUNet + VAE decode per batch (infer_faces, incl. copy to host): ms/batch | ms/frame | fps")
-    print("|  B | " + " | ".join(f"{m}: ms/batch | ms/frame | fps" for m in modes) + " | whisper ms/frame |")
-    print("|---:|" + "---:|---:|---:|" * len(modes) + "---:|")
-    for b in batches:
-        print(f"| {b:2d} | " + " | ".join(results[m][b].text(b) for m in modes) + f" | {whisper[b] / b:6.2f} |")
-
-    timed = [(1000 * b / c.ms_per_batch, m, b) for m in modes for b, c in results[m].items() if c.ms_per_batch]
-    if not timed:
-        print("no configuration ran")
+def run_parts(engine: MuseTalkEngine, loaded: tuple[MuseTalkModels, torch.nn.Module], args: argparse.Namespace
+              ) -> None:
+    if not args.skip_batches:
+        cuda = engine.models.device.type == "cuda"
+        print("\n1. per batch size (UNet / VAE: " + ("CUDA events" if cuda else "wall time")
+              + "; faces call and encoder: wall time, incl. the copy to the host)")
+        print(BATCH_HEADER, flush=True)
+        for batch in engine.sizes[FACES]:
+            print(batch_row(engine, batch, args.repeats), flush=True)
+    if not args.sessions and not args.compare_lock:
         return
-    fps, mode, batch = max(timed)
-    per_frame = 1000 / fps + whisper[batch] / batch
-    print(f"\nbest: {fps:.0f} fps ({1000 / fps:.2f} ms per frame) with {mode} at B={batch} = {fps / TARGET_FPS:.2f}x "
-          f"the {TARGET_FPS:g} fps target (LiveTalking, RTX 4090, one session); with whisper features "
-          f"({whisper[batch] / batch:.2f} ms/frame, eager) {1000 / per_frame:.0f} fps = "
-          f"{1000 / per_frame / 25:.1f} real-time 25 fps sessions")
-    eager = [(1000 * b / c.ms_per_batch, b) for b, c in results.get("eager", {}).items() if c.ms_per_batch]
-    if eager and mode != "eager":
-        e_fps, e_batch = max(eager)
-        print(f"eager best: {e_fps:.0f} fps at B={e_batch}; {mode} is {fps / e_fps:.2f}x that")
+    # An avatar in memory (no face detection, nothing on disk); compositing costs little whatever the avatar.
+    avatar = synthetic_avatar()
+    if args.sessions:
+        print(f"\n2. N real-time sessions speaking (sentences of {SENTENCE_S:g} s streamed 40 ms each 40 ms, "
+              f"{GAP_S:g} s apart; {args.warmup:g} s warm-up, {args.seconds:g} s measured per row); engine's batcher")
+        print(SESSIONS_HEADER, flush=True)
+        rows = {}
+        for n in args.sessions:
+            rows[n] = asyncio.run(run_sessions(engine, avatar, n, args.warmup, args.seconds))
+            print(rows[n].text(), flush=True)
+    if args.compare_lock and args.lock_sessions:
+        compare_lock(engine, loaded, avatar, args)
+
+
+def simulated(kind: type, costs: tuple[Cost, Cost] | None, width: int):
+    """A runner factory for the engine whose faces and encoder models wait `costs` (None: the engine's default)."""
+    if costs is None:
+        return None
+
+    def build(models: dict[str, BatchModel], sizes: dict[str, tuple[int, ...]]) -> JobRunner:
+        fakes = {**models, FACES: SimulatedFaces(costs[0]), ENCODER: SimulatedEncoder(costs[1], width)}
+        return Batcher(fakes, sizes, name="musetalk-batcher").start() if kind is Batcher else kind(fakes, sizes)
+    return build
+
+
+def compare_lock(engine: MuseTalkEngine, loaded: tuple[MuseTalkModels, torch.nn.Module], avatar: Avatar,
+                 args: argparse.Namespace) -> None:
+    """Part 3: throughput of the same N stepped sessions (speech given ahead, driven as fast as they render) through
+    the engine's batcher and through the old way (eager models, each worker calling them under one lock),
+    alternately, --rounds times each: medians."""
+    locked = MuseTalkEngine(version="v15", batch_size=engine.batch_size, loaded=loaded, graph_mode=None,
+                            runner=simulated(LockRunner, args.simulate_lock, loaded[1].config.d_model) or LockRunner)
+    try:
+        print(f"\n3. throughput, batcher vs the old way (eager, each worker calling the models under one lock): "
+              f"stepped sessions, {args.ahead_seconds:g} s of speech each given ahead, {args.rounds} alternate rounds")
+        print("|  N | batcher frames/s (rounds) | lock frames/s (rounds) | batcher / lock |\n|---:|---|---|---:|",
+              flush=True)
+        for n in args.lock_sessions:
+            runs: dict[str, list[float]] = {"batcher": [], "lock": []}
+            for _ in range(args.rounds):
+                for name, e in (("batcher", engine), ("lock", locked)):
+                    runs[name].append(asyncio.run(run_throughput(e, avatar, n, args.ahead_seconds)))
+            b, lk = (float(np.median(runs[k])) for k in ("batcher", "lock"))
+            print(f"| {n:2d} | {b:.1f} ({', '.join(f'{x:.1f}' for x in runs['batcher'])}) | {lk:.1f} "
+                  f"({', '.join(f'{x:.1f}' for x in runs['lock'])}) | {b / lk:.2f}x |", flush=True)
+    finally:
+        locked.close()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pipeline.clock import TICK_SECONDS
 # Seconds of audio after a batch (past the features' own look-ahead) that a lip-sync engine waits for before
 # rendering it, unless the utterance ends first: more is closer to the features of the whole utterance, less is
 # lower latency (README: --right_context; BENCHMARKS.md section 9 measures the trade-off).
-DEFAULT_RIGHT_CONTEXT_S = 0.2
+DEFAULT_RIGHT_CONTEXT_S = 0.04
 
 
 def lead_ticks_for(right_context_ticks: int, batch_seconds: float) -> int:

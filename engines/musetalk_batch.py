@@ -62,6 +62,9 @@ def graphed(fn: Callable[..., torch.Tensor], mode: str | None) -> Callable[..., 
     check_graph_mode(mode)
     if mode is None:
         return fn
+    # One specialisation per batch size and graph, of a few engines (bench.gpu builds two): above dynamo's default
+    # limit of 8 it would fall back to eager without a word.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * len(FACE_SIZES))
     if mode == "cudagraphs":
         return torch.compile(fn, backend="cudagraphs", dynamic=False)
     return torch.compile(fn, mode="reduce-overhead", dynamic=False)

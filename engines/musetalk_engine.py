@@ -62,6 +62,19 @@ class JobTag:
     current_turn: Callable[[], int] | None = None
 
 
+def context_ticks(features: StreamingFeatures) -> tuple[int, int, int]:
+    """Context in ticks for a batch of ``features.batch_frames`` (smaller ones need less), the worst case over the
+    frames of a whole 30 s segment: the left context the worker must hand over, the right context it must wait
+    for, and how far right queued audio can still be used (to the end of the segment)."""
+    left = right = usable = 0
+    for f in range(SEGMENT_STEPS, 2 * SEGMENT_STEPS):  # a full segment's worth of frames, past the first one
+        (start, end), batch_end = features.window(f), (f + features.batch_frames) * TICK_SAMPLES
+        left = max(left, f * TICK_SAMPLES - start)
+        right = max(right, end - batch_end)
+        usable = max(usable, features.span_end(f) - batch_end)
+    return math.ceil(left / TICK_SAMPLES), math.ceil(right / TICK_SAMPLES), math.ceil(usable / TICK_SAMPLES)
+
+
 class MuseTalkEngine(Engine):
     name = "musetalk"
 
@@ -70,11 +83,12 @@ class MuseTalkEngine(Engine):
                  right_context_s: float = DEFAULT_RIGHT_CONTEXT_S, graph_mode: str | None = AUTO,
                  channels_last: bool | None = None, max_sessions: int = DEFAULT_MAX_SESSIONS,
                  loaded: tuple[MuseTalkModels, torch.nn.Module] | None = None,
-                 runner: Callable[[dict[str, BatchModel]], JobRunner] | None = None) -> None:
+                 runner: Callable[[dict[str, BatchModel], dict[str, tuple[int, ...]]], JobRunner] | None = None
+                 ) -> None:
         """`graph_mode`: ``engines.musetalk_batch.GRAPH_MODES`` or None; "auto": cudagraphs on CUDA, none on a CPU.
         `channels_last` (None: on CUDA): NHWC UNet and VAE. `loaded`: models already in memory (bench.gpu) instead
-        of loading them from `models_dir`. `runner`: builds what runs the jobs from the batch models (default: a
-        `Batcher`; bench.gpu passes its lock-serialised baseline)."""
+        of loading them from `models_dir`. `runner`: builds what runs the jobs from the batch models and the batch sizes
+        per kind (default: a `Batcher`; bench.gpu passes its lock-serialised baseline and simulated models)."""
         super().__init__()
         started = time.perf_counter()
         self.version = version
@@ -94,23 +108,14 @@ class MuseTalkEngine(Engine):
             use_channels_last(self.models)
         self.batch_models = musetalk_models(self.models, self.encoder, version, self.graph_mode, self.channels_last)
         self.sizes = musetalk_sizes(max_sessions * self.batch_size)
-        self.runner: JobRunner = (runner(self.batch_models) if runner is not None else
+        self.runner: JobRunner = (runner(self.batch_models, self.sizes) if runner is not None else
                                   Batcher(self.batch_models, self.sizes, name="musetalk-batcher").start())
         self._features: dict[int, StreamingFeatures] = {}
         self.batch_seconds = 0.0  # a faces batch (measured by the warm-up): encoder jobs are due this much earlier
         # Diagnostics (musetalk.parity): called with (first utterance frame, chunks) of every batch rendered.
         self.features_observer: Callable[[int, np.ndarray], None] | None = None
-        # Context in ticks for the largest batch (smaller ones need less), the worst case over the frames of a whole
-        # 30 s segment: the left context the worker must hand us, the right context it must wait for, and how far
-        # right queued audio can still be used (to the end of the segment).
-        probe, left, right, usable = self.features(self.batch_size), 0, 0, 0
-        for f in range(SEGMENT_STEPS, 2 * SEGMENT_STEPS):  # a full segment's worth of frames, past the first one
-            (start, end), batch_end = probe.window(f), (f + self.batch_size) * TICK_SAMPLES
-            left = max(left, f * TICK_SAMPLES - start)
-            right = max(right, end - batch_end)
-            usable = max(usable, probe.span_end(f) - batch_end)
-        self.left_context_ticks, self.right_context_ticks, self._usable_right_ticks = (
-            math.ceil(samples / TICK_SAMPLES) for samples in (left, right, usable))
+        self.left_context_ticks, self.right_context_ticks, self._usable_right_ticks = context_ticks(
+            self.features(self.batch_size))
         self.batch_seconds = self._warm_up()
         self.lead_ticks = lead_ticks_for(self.right_context_ticks, 1.5 * self.batch_seconds)
         log.info("musetalk %s on %s (%s, graphs: %s): batch %d, context %d/%d ticks, %.0f ms per batch, lead %d "

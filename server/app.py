@@ -189,6 +189,7 @@ def create_app(config: ServerConfig, services: Services | None = None) -> web.Ap
         app[STATE].decoder.pool.close()
         if own_services:
             await app[STATE].services.aclose()
+            await asyncio.to_thread(app[STATE].services.engine.close)  # the sessions are closed (shutdown)
 
     app.on_startup.append(startup)
     app.on_shutdown.append(shutdown)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from engines.base import DEFAULT_RIGHT_CONTEXT_S
 from musetalk.avatar import validate_avatar_id
 from pipeline.actions import parse_custom_config
 from musetalk.cli import ArgumentParser
@@ -32,6 +33,7 @@ class ServerConfig:
     version: str = "v15"
     batch_size: int | None = None
     device: str | None = None
+    right_context: float = DEFAULT_RIGHT_CONTEXT_S
     avatar_id: str = "demo"
     avatars_dir: Path = Path("avatars")
     models_dir: Path = Path("models")
@@ -108,6 +110,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
     return value
 
 
@@ -222,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--batch_size", type=_positive_int, default=None,
                        help="video frames per inference batch (default: the engine's own)")
     model.add_argument("--device", default=None, help="torch device for musetalk, e.g. cuda:0")
+    model.add_argument("--right_context", type=_non_negative_float, default=_D.right_context, metavar="SECONDS",
+                       help="musetalk: audio after a batch waited for before it is rendered (beyond whisper's own "
+                            "80 ms): latency vs quality, the pipeline latency grows by this much and the lip "
+                            "features of streamed speech get closer to those of the whole sentence (BENCHMARKS.md "
+                            "section 9)")
     model.add_argument("--avatar_id", type=_avatar_id, default=_D.avatar_id,
                        help="default avatar (the demo avatar is built on first start if missing)")
     model.add_argument("--customvideo_config", type=Path, default=None,
@@ -328,7 +342,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         parser.error(str(e))
     return ServerConfig(
         host=a.host, listenport=a.listenport, engine=a.engine, version=MODEL_VERSIONS[a.model],
-        batch_size=a.batch_size, device=a.device, avatar_id=a.avatar_id, avatars_dir=a.avatars_dir,
+        batch_size=a.batch_size, device=a.device, right_context=a.right_context,
+        avatar_id=a.avatar_id, avatars_dir=a.avatars_dir,
         models_dir=a.models_dir, records_dir=a.records_dir, web_dir=a.web_dir, max_session=a.max_session,
         idle_timeout=a.idle_timeout, tts=a.tts, REF_FILE=a.REF_FILE, REF_TEXT=a.REF_TEXT, TTS_SERVER=a.TTS_SERVER,
         llm_base_url=a.llm_base_url, llm_model=a.llm_model,

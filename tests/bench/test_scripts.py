@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from testing.rtc import loopback_only
-from testing.tiny_models import write_tiny_layout
 
 ROOT = Path(__file__).resolve().parents[2]
 NUMBER = r"[-+]?\d+(?:\.\d+)?"
@@ -40,46 +39,51 @@ def test_gpu_says_plainly_that_it_needs_cuda() -> None:
     assert out.startswith("no CUDA device: ") and "--cpu-check" in out and out.count("\n") == 1
 
 
-def test_gpu_rejects_an_unknown_mode() -> None:
-    done = subprocess.run([sys.executable, "-m", "bench.gpu", "--modes", "eager,fast"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "modes must be among eager, compile, cudagraphs" in done.stderr
+def test_gpu_rejects_a_bad_option() -> None:
+    done = subprocess.run([sys.executable, "-m", "bench.gpu", "--sessions", "4,x"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "--sessions and --lock-sessions take comma-separated integers" in done.stderr
 
 
-def table_rows(out: str, columns: int) -> dict[int, list[str]]:
+def table_rows(out: str, columns: int, after: str) -> dict[int, list[str]]:
+    """The rows of the table printed after the line starting with `after`, by their first cell."""
     rows = {}
-    for line in out.splitlines():
+    lines = out.splitlines()
+    for line in lines[next(i for i, line in enumerate(lines) if line.startswith(after)):]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0].isdigit():
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        if cells[0].isdigit():
             assert len(cells) == columns, line
             rows[int(cells[0])] = cells[1:]
     return rows
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_gpu_cpu_check_loads_weights_compiles_and_prints_the_table(tmp_path: Path) -> None:
-    write_tiny_layout(tmp_path)
-    out = run_bench("bench.gpu", "--cpu-check", "--models-dir", str(tmp_path), "--batches", "1",
-                    "--modes", "eager,compile", "--repeats", "2", "--warmup", "1", timeout=540)  # compiling: ~1 min
-    assert "CPU CHECK RUN" in out and f"official v15 weights from {tmp_path}" in out
-    rows = table_rows(out, columns=1 + 2 * 3 + 1)
-    assert list(rows) == [1] and all(re.fullmatch(NUMBER, c) for c in rows[1]), rows  # every mode timed
-    assert re.search(r"^best: \d+ fps .* with (eager|compile) at B=1 ", out, re.M)
+def test_gpu_cpu_check_runs_the_engine_per_batch_size_with_sessions_and_against_the_lock() -> None:
+    """The CI check of bench.gpu: every part on the CPU, micro models, the shortest settings."""
+    out = run_bench("bench.gpu", "--cpu-check", "--repeats", "2", "--sessions", "2", "--seconds", "1", "--warmup",
+                    "1", "--compare-lock", "--lock-sessions", "2", "--rounds", "1", "--ahead-seconds", "0.5")
+    assert out.startswith("machine: ") and "CPU CHECK RUN" in out and "random weights of the micro configs" in out
+    batches = table_rows(out, 12, "1. per batch size")
+    assert sorted(batches) == [1, 2, 4, 8] and all(re.fullmatch(NUMBER, c) for c in batches[4][:10])  # sizes to 2x4
+    (n, row), = table_rows(out, 9, "2. N real-time sessions").items()
+    assert n == 2 and re.fullmatch(r"\d+\.\.\d+", row[-1])  # lead ticks of the two sessions
+    (n, row), = table_rows(out, 4, "3. throughput").items()
+    assert n == 2 and re.fullmatch(rf"{NUMBER}x", row[-1])
+    assert re.search(r"^batcher: \d+ batches", out, re.M)
 
 
 @pytest.mark.slow
-def test_gpu_cpu_check_without_weights_uses_random_reduced_models(tmp_path: Path) -> None:
-    out = run_bench("bench.gpu", "--cpu-check", "--models-dir", str(tmp_path), "--batches", "1,2", "--modes", "eager",
-                    "--repeats", "2", "--warmup", "0")
-    assert "random weights of the reduced-width architectures" in out
-    rows = table_rows(out, columns=1 + 3 + 1)
-    assert sorted(rows) == [1, 2]
-    for batch, cells in rows.items():
-        ms_batch, ms_frame, fps, _whisper = (float(c) for c in cells)
-        # The table prints ms/batch and fps to 0.1 and ms/frame to 0.01: equal up to that rounding.
-        assert ms_frame == pytest.approx(ms_batch / batch, abs=0.05 / batch + 0.006)
-        assert 1000 / (ms_frame + 0.005) - 0.051 <= fps <= 1000 / (ms_frame - 0.005) + 0.051
+def test_gpu_simulated_device_runs_the_sessions_at_costs_on_paper() -> None:
+    out = run_bench("bench.gpu", "--cpu-check", "--simulate", "1+1.6,0.5+0.08", "--simulate-lock", "12+1.6,3+0.08",
+                    "--sessions", "2", "--seconds", "1", "--warmup", "1", "--compare-lock", "--lock-sessions", "2",
+                    "--rounds", "1", "--ahead-seconds", "0.5")
+    assert "SIMULATED DEVICE: faces 1 ms a call + 1.6 ms a row" in out and "1. per batch size" not in out
+    (n, row), = table_rows(out, 4, "3. throughput").items()
+    batcher, lock = (float(row[i].split()[0]) for i in (0, 1))
+    assert n == 2 and batcher > 0 and lock > 0
 
 
 @pytest.mark.slow

@@ -50,7 +50,7 @@ def parity_engine(tmp_path_factory: pytest.TempPathFactory):
     (folder / "preprocessor_config.json").write_text("{}")
     recorder = UNetRecorder()
     engine = MuseTalkEngine(models_dir=root, version="v15", batch_size=8, device="cpu",
-                            runner=lambda models: Batcher({**models, FACES: recorder}).start())
+                            runner=lambda models, sizes: Batcher({**models, FACES: recorder}, sizes).start())
     yield engine, recorder
     engine.close()
     torch.set_num_threads(threads)

@@ -28,15 +28,15 @@ def speech(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def test_context_and_lead_follow_the_feature_window(engine) -> None:
-    sf = StreamingFeatures(engine.encoder, "v15", batch_frames=2)
+    sf = StreamingFeatures(engine.encoder, "v15", batch_frames=2, right_context_s=engine.context[1])
     for f in (0, 100, 745, 749, 751, 752, 1490):
         start, end = sf.window(f)
         assert engine.left_context_ticks * 640 >= f * 640 - start  # back to the start of the 30 s segment
         assert engine.right_context_ticks * 640 >= end - (f + 2) * 640
         assert engine.max_right_context_ticks * 640 >= sf.span_end(f) - (f + 2) * 640  # to the segment's end
     # frame 751 reads steps 1498..1507: their first segment began 751 ticks (30.04 s) before the frame; a batch
-    # looks 80 ms + 0.2 s past its own audio
-    assert (engine.left_context_ticks, engine.right_context_ticks) == (751, 7)
+    # looks 80 ms + the default right context of 0.04 s past its own audio: 3 ticks
+    assert (engine.left_context_ticks, engine.right_context_ticks) == (751, 3)
     assert engine.lead_ticks > engine.right_context_ticks  # covers the look-ahead and a batch
 
 
