@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from engines.render_pool import PoolUnavailableError
 from musetalk.extras import MissingExtraError
 from server.app import create_app, runner_options
 from server.config import parse_args
@@ -22,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         web.run_app(create_app(config), host=config.host, port=config.listenport, **runner_options(config),
                     print=lambda _: print(f"Serving on {config.host}:{config.listenport}; open {url} in a browser",
                                           flush=True))
-    except MissingExtraError as e:  # the configured start needs a part of the install that is not there
+    except (MissingExtraError, PoolUnavailableError) as e:  # a part of the install, or the render pool, is missing
         logging.getLogger("app").error("cannot start: %s", e)
         return 1
     return 0

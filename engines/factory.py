@@ -28,9 +28,20 @@ def musetalk_unavailable(models_dir: Path, version: str) -> str | None:
 
 def create_engine(name: str = "auto", models_dir: Path = Path("models"), version: str = "v15",
                   batch_size: int | None = None, device: str | None = None,
-                  right_context_s: float = DEFAULT_RIGHT_CONTEXT_S) -> Engine:
+                  right_context_s: float = DEFAULT_RIGHT_CONTEXT_S, render_pool: str | None = None) -> Engine:
+    """`render_pool`: ``ray[://ADDRESS]`` runs musetalk's models in the render pool (docs/render_pool.md; Ray is
+    imported only then), None in this process."""
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    if render_pool is not None:
+        if name == "lite":
+            raise ValueError("--render_pool runs the musetalk engine; it does not go with --engine lite")
+        from musetalk.extras import require
+
+        require("ray.serve", "ray", "the render pool (--render_pool)")
+        from engines.ray_pool import create_pooled_engine
+
+        return create_pooled_engine(render_pool, version, batch_size, right_context_s)
     if name == "auto":
         reason = musetalk_unavailable(models_dir, version)
         if reason is None:

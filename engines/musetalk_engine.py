@@ -107,7 +107,7 @@ class MuseTalkEngine(Engine):
         if self.channels_last:
             use_channels_last(self.models)
         self.batch_models = musetalk_models(self.models, self.encoder, version, self.graph_mode, self.channels_last)
-        self.sizes = musetalk_sizes(max_sessions * self.batch_size)
+        self.sizes = musetalk_sizes(max_sessions * self.batch_size, graphs=self.graph_mode is not None)
         self.runner: JobRunner = (runner(self.batch_models, self.sizes) if runner is not None else
                                   Batcher(self.batch_models, self.sizes, name="musetalk-batcher").start())
         self._features: dict[int, StreamingFeatures] = {}
@@ -171,14 +171,15 @@ class MuseTalkEngine(Engine):
     def faces(self, window_audio: np.ndarray, first_frame: int, frames: int, latents: np.ndarray,
               final: bool = False, tag: JobTag = JobTag(deadline=0.0)) -> np.ndarray:
         """Faces of utterance frames first_frame.. (``StreamingFeatures.chunks``): `frames` of them, fewer when
-        `final` and the utterance has fewer; `latents` (float32) holds one per frame. Raises
+        `final` and the utterance has fewer; `latents` holds one per frame: float32 rows, or what the runner
+        takes for them (the render pool: ``engines.render_pool.AvatarRows``). Raises
         ``engines.batcher.StaleJob`` when `tag`'s turn ended before the jobs ran."""
         chunks = self._streaming(frames, self._step_features(tag)).chunks(window_audio, first_frame, final)
         if self.features_observer is not None:
             self.features_observer(first_frame, chunks)
         if not len(chunks):
             return np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
-        job = Job(FACES, (chunks, np.asarray(latents[:len(chunks)], np.float32)), tag.deadline, tag.turn,
+        job = Job(FACES, (chunks, latents[:len(chunks)]), tag.deadline, tag.turn,
                   tag.current_turn)
         return self.runner.submit(job).result()
 

@@ -183,7 +183,7 @@ class PooledMuseTalkEngine(MuseTalkEngine):
                                   conv1=SimpleNamespace(weight=torch.empty(0)))
         super().__init__(version=spec.version, batch_size=batch_size or spec.batch_size,
                          right_context_s=right_context_s, graph_mode=None, channels_last=False,
-                         loaded=(models, encoder), runner=lambda _models: runner)  # type: ignore[arg-type]
+                         loaded=(models, encoder), runner=lambda *_: runner)  # type: ignore[arg-type]
 
     def _bind(self, avatar: Avatar) -> PooledBinding:
         return PooledBinding(self, avatar)

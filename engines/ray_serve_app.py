@@ -95,16 +95,18 @@ class MuseTalkReplica:
                  batch_size: int | None = None, max_sessions: int = DEFAULT_MAX_SESSIONS,
                  max_avatars: int = DEFAULT_MAX_AVATARS, late_grace_s: float = DEFAULT_LATE_GRACE_S,
                  device: str | None = None, tiny: bool = False) -> None:
-        options: dict[str, Any] = dict(version=version, batch_size=batch_size, device=device, max_sessions=max_sessions)
+        def engine(root: Path, on: str | None) -> MuseTalkEngine:
+            return MuseTalkEngine(models_dir=root, version=version, batch_size=batch_size, device=on,
+                                  max_sessions=max_sessions)
+
         if tiny:  # the tiny random-weight models of the tests (the same seed: every replica has the same weights)
             from testing.tiny_models import write_tiny_layout
 
             with tempfile.TemporaryDirectory(prefix="musetalk-tiny-") as root:
                 write_tiny_layout(Path(root))
-                self.engine = MuseTalkEngine(models_dir=Path(root), device=device or "cpu", **{
-                    k: v for k, v in options.items() if k != "device"})
+                self.engine = engine(Path(root), device or "cpu")
         else:
-            self.engine = MuseTalkEngine(models_dir=Path(models_dir), **options)
+            self.engine = engine(Path(models_dir), device)
         self.runner = self.engine.runner
         self.latents = LatentCache(Path(avatars_dir), version, self.runner, max_avatars)
         self.late_grace_s = late_grace_s

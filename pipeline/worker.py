@@ -86,8 +86,13 @@ class InferenceWorker:
     def __init__(self, engine: Engine, renderer: Renderer, compositor: Compositor, cycle_index: Callable[[int], int],
                  tick_time: Callable[[int], float], now: Callable[[], float], current_turn: Callable[[], int], stats: SessionStats,
                  queue_capacity: int, out_capacity: int, name: str = "inference",
-                 own_frame: Callable[[int], np.ndarray] | None = None) -> None:
+                 own_frame: Callable[[int], np.ndarray] | None = None,
+                 on_render_error: Callable[[Exception], None] | None = None) -> None:
         self.engine = engine
+        # Told of the first failed render of an outage (e.g. a render pool replica died), not of each batch: the
+        # session reports it once; a render that succeeds ends the outage.
+        self.on_render_error = on_render_error
+        self._failing = False
         # The avatar frame (original index) shown for a tick the engine makes no face for (past its utterance's
         # last frame); without it such ticks get no video and the output repeats the last frame.
         self.own_frame = own_frame
@@ -141,9 +146,12 @@ class InferenceWorker:
             self._render(batch, right, ends)
         except StaleJob:  # its turn ended (or the session closed) while it waited for the models: never shown
             self.stats.dropped_stale += len(batch)
-        except Exception:  # a failed batch must not kill the session: its ticks fall back to idle frames
+        except Exception as e:  # a failed batch must not kill the session: its speech ticks repeat the last frame
             log.exception("render failed for ticks %d..%d", batch[0].tick, batch[-1].tick)
             self.stats.render_errors += 1
+            if not self._failing and self.on_render_error is not None:
+                self.on_render_error(e)
+            self._failing = True
 
     def _job_turn(self) -> int:
         """The turn a render's queued model work is still wanted for: none (-1) once the worker stops."""
@@ -231,6 +239,7 @@ class InferenceWorker:
         if self.own_frame is not None:  # past the engine's last frame of the utterance: the avatar's own frame
             frames += [self.own_frame(i) for i in indices[len(frames):]]
         elapsed = time.perf_counter() - started
+        self._failing = False
         self._budget = 0.8 * self._budget + 0.2 * elapsed * 1.5
         self.stats.record_batch(len(batch), elapsed)
         self._remember(batch)

@@ -34,6 +34,7 @@ class ServerConfig:
     batch_size: int | None = None
     device: str | None = None
     right_context: float = DEFAULT_RIGHT_CONTEXT_S
+    render_pool: str | None = None  # ray[://HOST:PORT]: musetalk's models run in the Ray Serve render pool
     avatar_id: str = "demo"
     avatars_dir: Path = Path("avatars")
     models_dir: Path = Path("models")
@@ -132,6 +133,16 @@ def _ip(text: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _render_pool(text: str) -> str:
+    from engines.render_pool import pool_address
+
+    try:
+        pool_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return text
 
 
 def _avatar_id(text: str) -> str:
@@ -236,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "80 ms): latency vs quality, the pipeline latency grows by this much and the lip "
                             "features of streamed speech get closer to those of the whole sentence (BENCHMARKS.md "
                             "section 9)")
+    model.add_argument("--render_pool", type=_render_pool, default=None, metavar="ray[://HOST:PORT]",
+                       help="run musetalk's models in the GPU render pool on Ray Serve, shared by several front "
+                            "ends: 'ray' joins this machine's Ray cluster (or RAY_ADDRESS), ray://HOST:PORT one "
+                            "through Ray Client (docs/render_pool.md; needs the 'ray' extra); default: in this "
+                            "process")
     model.add_argument("--avatar_id", type=_avatar_id, default=_D.avatar_id,
                        help="default avatar (the demo avatar is built on first start if missing)")
     model.add_argument("--customvideo_config", type=Path, default=None,
@@ -342,7 +358,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         parser.error(str(e))
     return ServerConfig(
         host=a.host, listenport=a.listenport, engine=a.engine, version=MODEL_VERSIONS[a.model],
-        batch_size=a.batch_size, device=a.device, right_context=a.right_context,
+        batch_size=a.batch_size, device=a.device, right_context=a.right_context, render_pool=a.render_pool,
         avatar_id=a.avatar_id, avatars_dir=a.avatars_dir,
         models_dir=a.models_dir, records_dir=a.records_dir, web_dir=a.web_dir, max_session=a.max_session,
         idle_timeout=a.idle_timeout, tts=a.tts, REF_FILE=a.REF_FILE, REF_TEXT=a.REF_TEXT, TTS_SERVER=a.TTS_SERVER,

@@ -79,7 +79,8 @@ class Services:
     async def create(cls, config: ServerConfig, engine: Engine | None = None) -> Services:
         if engine is None:
             engine = await asyncio.to_thread(create_engine, config.engine, config.models_dir, config.version,
-                                             config.batch_size, config.device, config.right_context)
+                                             config.batch_size, config.device, config.right_context,
+                                             config.render_pool)
         tts = await asyncio.to_thread(build_tts, config)
         services = cls(config, engine, tts, build_llm(config))
         await services.avatar(config.avatar_id)  # a broken default avatar stops the start, not the first visitor

@@ -2,7 +2,8 @@
 with a small object store, in a temporary folder; stopped by ending exactly the processes of that folder.
 
 ``ray stop`` would end every Ray process of the machine (other clusters included), so `LocalRayCluster.stop`
-ends the processes whose command line names this cluster's temporary folder: all of them are ours.
+ends the processes that carry this cluster's mark in their environment (`MARK`, set for ``ray start`` and
+inherited by every process Ray starts, agents and workers included): all of them are ours.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 RAY = str(Path(sys.executable).with_name("ray"))
 # Ray's own ports for worker processes are 10002-19999 by default: the GCS port stays out of that range.
 DEFAULT_PORT = 26379
+MARK = "MUSETALK_RAY_CLUSTER"
 
 
 def quiet_env() -> dict[str, str]:
@@ -46,8 +48,8 @@ class LocalRayCluster:
     def _ray_start(self, *args: str) -> None:
         common = ["--node-ip-address", "127.0.0.1", "--num-cpus", str(self.cpus), "--num-gpus", "0",
                   "--object-store-memory", str(self.store), "--disable-usage-stats"]
-        done = subprocess.run([RAY, "start", *args, *common], env=quiet_env(), capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run([RAY, "start", *args, *common], env={**quiet_env(), MARK: str(self.root)},
+                              capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"ray start {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 
@@ -58,15 +60,15 @@ class LocalRayCluster:
             self._ray_start("--address", self.address)
 
     def processes(self) -> list[int]:
-        """Ids of this cluster's processes (their command line names its folder)."""
-        mine, marker = [], str(self.root).encode()
+        """Ids of this cluster's processes (their environment carries its mark)."""
+        mine, marker = [], f"{MARK}={self.root}".encode()
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
-                if marker in (entry / "cmdline").read_bytes():
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
                     mine.append(int(entry.name))
-            except OSError:  # it ended meanwhile
+            except OSError:  # it ended meanwhile, or is not ours to read
                 continue
         return mine
 
