@@ -61,6 +61,7 @@ class Session:
         self._listeners: set[asyncio.Queue] = set()
         self._ticker: asyncio.Task | None = None
         self._retired: list[asyncio.Task] = []  # stopping the workers of avatars switched away from
+        self._loop: asyncio.AbstractEventLoop | None = None  # the session's event loop, once started
         self.worker = self._new_worker(avatar)
         self.framer = AudioFramer(self.clock.current_tick, lambda: self.worker.lead_ticks, now=self.clock.now)
         self.output = Output(avatar, self.worker.outbox, self.stats, self.clock.tick_time, options.crossfade_ticks)
@@ -71,13 +72,21 @@ class Session:
             engine, engine.bind(avatar).new_renderer(), Compositor(avatar), avatar.cycle_index, self.clock.tick_time,
             self.clock.now, lambda: self._turn, self.stats, queue_capacity=self._max_ticks + 64,
             out_capacity=2 * engine.batch_size + 4, name=f"inference-{self.session_id}",
-            own_frame=lambda i: avatar.frames[i])
+            own_frame=lambda i: avatar.frames[i], on_render_error=self._render_failed)
+
+    def _render_failed(self, error: Exception) -> None:
+        """From the worker's thread, once per outage: a `render_error` event for the session's listeners (/sse)."""
+        if self._loop is not None and not self._loop.is_closed():
+            event = Event("render_error", f"rendering failed, the last frame is shown until it recovers: {error}",
+                          self._turn)
+            self._loop.call_soon_threadsafe(self.publish, event)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
         if self._started:
             return
         self._started = True
+        self._loop = asyncio.get_running_loop()
         self.clock.start()
         self.worker.start()
         if not self.stepped:
