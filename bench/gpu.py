@@ -32,7 +32,7 @@ from bench.common import machine
 from bench.sessions import (GAP_S, SENTENCE_S, SESSIONS_HEADER, Cost, LockRunner, SimulatedEncoder, SimulatedFaces,
                             run_sessions, run_throughput)
 from engines.batcher import Batcher, BatchModel, JobRunner
-from engines.musetalk_batch import ENCODER, FACES, GRAPH_MODES, EncoderModel, FacesModel
+from engines.musetalk_batch import ENCODER, FACE_SIZES, FACES, GRAPH_MODES, EncoderModel, FacesModel
 from engines.musetalk_engine import MuseTalkEngine
 from musetalk.avatar import Avatar
 from musetalk.config import unet_config, unet_tiny_config, vae_config, vae_tiny_config
@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
               f"faces {args.simulate_lock[0]}, encoder {args.simulate_lock[1]}: figures on paper")
     print(f"torch {torch.__version__}, {where}, {engine.models.dtype}; random weights of the {config} configs; "
           f"graphs: {engine.graph_mode or 'none'}, channels_last: {engine.channels_last}; session batch "
-          f"{engine.batch_size}, faces sizes {engine.sizes[FACES]}, encoder sizes {engine.sizes[ENCODER]}; "
+          f"{engine.batch_size}, faces batches up to {max(engine.sizes[FACES])} ("
+          f"{'padded to ' + str(engine.sizes[FACES]) if engine.graph_mode else 'no padding without graphs'}); "
           f"engine built and warmed up in {time.perf_counter() - started:.0f} s", flush=True)
     try:
         run_parts(engine, loaded, args)
@@ -219,7 +220,7 @@ def run_parts(engine: MuseTalkEngine, loaded: tuple[MuseTalkModels, torch.nn.Mod
         print("\n1. per batch size (UNet / VAE: " + ("CUDA events" if cuda else "wall time")
               + "; faces call and encoder: wall time, incl. the copy to the host)")
         print(BATCH_HEADER, flush=True)
-        for batch in engine.sizes[FACES]:
+        for batch in (s for s in FACE_SIZES if s <= max(engine.sizes[FACES])):
             print(batch_row(engine, batch, args.repeats), flush=True)
     if not args.sessions and not args.compare_lock:
         return

@@ -185,11 +185,12 @@ def musetalk_models(models: MuseTalkModels, encoder: WhisperEncoder, version: st
             LATENTS: LatentsModel(models)}
 
 
-def musetalk_sizes(max_faces: int) -> dict[str, tuple[int, ...]]:
-    """Batch sizes per kind, faces up to the first fixed size that holds `max_faces` rows."""
-    faces = tuple(s for s in FACE_SIZES if s < max_faces) + (next((s for s in FACE_SIZES if s >= max_faces),
-                                                                   FACE_SIZES[-1]),)
-    return {ENCODER: ENCODER_SIZES, FACES: faces, LATENTS: LATENT_SIZES}
+def musetalk_sizes(max_faces: int, graphs: bool) -> dict[str, tuple[int, ...]]:
+    """Batch sizes per kind, faces up to the first fixed size that holds `max_faces` rows. Without graphs every
+    size up to those is one: padding rows would be computed for nothing (a CPU's cost grows with every row)."""
+    largest = next((s for s in FACE_SIZES if s >= max_faces), FACE_SIZES[-1])
+    sizes = {ENCODER: ENCODER_SIZES, FACES: tuple(s for s in FACE_SIZES if s <= largest), LATENTS: LATENT_SIZES}
+    return sizes if graphs else {kind: tuple(range(1, max(s) + 1)) for kind, s in sizes.items()}
 
 
 def encode_window_batched(runner: JobRunner, audio: np.ndarray, version: str, first_step: int, deadline: float,
