@@ -4,9 +4,9 @@ output clock) on one musetalk engine: aggregate frame rate, late ticks and each 
 Used by ``bench.gpu``. Each session is a real-time `Session` (its own media clock, ticker task and worker
 thread) fed like a streaming voice: sentences of 40 ms of speech-like audio every 40 ms, so frames are rendered
 as their right context arrives, at the latency floor (`run_sessions`); or, for throughput alone, stepped sessions
-given their speech ahead and driven as fast as they render (`run_throughput`). `LockRunner` is the way the engine ran its models before the
-batcher -- each session's worker thread calling the model itself under one process-wide lock, one call per
-session and batch -- kept here as the baseline the batcher is measured against.
+given their speech ahead and driven as fast as they render (`run_throughput`). `LockRunner` is the way the engine
+ran its models before the batcher -- each session's worker thread calling the model itself under one process-wide
+lock, one call per session and batch -- kept here as the baseline the batcher is measured against.
 """
 from __future__ import annotations
 

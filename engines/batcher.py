@@ -191,7 +191,8 @@ def _output_rows(out: Rows | tuple) -> int:
 class Batcher:
     """One owner thread running the models of every session in gathered, padded batches (see the module doc)."""
 
-    def __init__(self, models: Mapping[str, BatchModel], sizes: Sequence[int] | Mapping[str, Sequence[int]] = BATCH_SIZES,
+    def __init__(self, models: Mapping[str, BatchModel],
+                 sizes: Sequence[int] | Mapping[str, Sequence[int]] = BATCH_SIZES,
                  gather_s: float = DEFAULT_GATHER_S, name: str = "batcher") -> None:
         if not models:
             raise ValueError("a batcher needs at least one model")

@@ -17,7 +17,8 @@ fi
 if ! "$PY" -c "import diffusers" 2>/dev/null; then
   wheel=$(ls wheels/diffusers-*.whl 2>/dev/null | head -n 1 || true)
   if [ -z "$wheel" ]; then
-    echo "diffusers is not installed and there is no wheels/diffusers-*.whl to install it from (see this script's header)" >&2
+    echo "diffusers is not installed and there is no wheels/diffusers-*.whl to install it from" \
+      "(see this script's header)" >&2
     exit 2
   fi
   "$PY" -m pip install --no-index --no-deps "$wheel"
