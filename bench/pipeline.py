@@ -163,8 +163,8 @@ async def musetalk_latency(avatar: Avatar, trials: int) -> tuple[list[float], st
         engine = MuseTalkEngine(models_dir=Path(tmp), batch_size=4)
         budget = (f"batch {engine.batch_size} ({engine.batch_size * 40} ms of audio), look-ahead "
                   f"{engine.right_context_ticks} ticks ({engine.right_context_ticks * 40} ms: whisper window 80 ms + "
-                  f"0.2 s right context), one batch {1000 * engine.batch_seconds:.0f} ms -> lead {engine.lead_ticks} "
-                  f"ticks = {engine.lead_ticks * 40} ms")
+                  f"{engine.context[1]:g} s right context), one batch {1000 * engine.batch_seconds:.0f} ms -> lead "
+                  f"{engine.lead_ticks} ticks = {engine.lead_ticks * 40} ms")
         return await session_latency(avatar, engine, trials), budget
 
 
