@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import machine, summary
-from musetalk.avatar import demo_image, load_avatar, prepare_avatar
+from musetalk.avatar import load_avatar
+from musetalk.avatar_demo import demo_image
+from musetalk.avatar_prepare import PrepareOptions, prepare_avatar
 from testing.media import shifted, write_video
 
 
@@ -27,7 +29,7 @@ def main() -> None:
         video = write_video(Path(tmp) / "drift.mp4", [shifted(image, i % 7, i % 5) for i in range(100)])
         for avatar_id, source in (("demo", image), ("video100", video)):
             started = time.perf_counter()
-            prepare_avatar(source, avatar_id, root, progress=False, models_dir=no_models)
+            prepare_avatar(source, avatar_id, root, PrepareOptions(progress=False, models_dir=no_models))
             prepared = time.perf_counter() - started
             loads = []
             for _ in range(50):

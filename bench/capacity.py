@@ -33,7 +33,8 @@ from aiortc import RTCPeerConnection
 from bench.common import machine
 from bench.receivers import ReceiverClient, cpu_seconds
 from engines.lite import LiteEngine
-from musetalk.avatar import Avatar, ensure_demo, load_avatar
+from musetalk.avatar import Avatar, load_avatar
+from musetalk.avatar_demo import ensure_demo
 from musetalk.cli import ArgumentParser
 from pipeline.session import Session
 from server.media import SessionTracks

@@ -21,7 +21,8 @@ import numpy as np
 
 from bench.common import machine, summary
 from bench.measure import MOUTH_ONSET, mouth_darkening, mouth_region
-from musetalk.avatar import ensure_demo, load_avatar
+from musetalk.avatar import load_avatar
+from musetalk.avatar_demo import ensure_demo
 from server.config import ServerConfig
 from server.services import Services
 from testing.rtc import LoopbackReceiver, require_loopback_namespace

@@ -25,7 +25,8 @@ from bench.measure import IDLE_MATCH, audio_onsets, mouth_difference, mouth_regi
 from bench.receivers import WHOLE_FRAME, ReceiverClient, half_open_times
 from engines.base import Engine
 from engines.lite import LiteEngine
-from musetalk.avatar import Avatar, ensure_demo, load_avatar
+from musetalk.avatar import Avatar, load_avatar
+from musetalk.avatar_demo import ensure_demo
 from musetalk.cli import ArgumentParser
 from pipeline.session import Session
 from pipeline.stats import SessionStats

@@ -16,7 +16,7 @@ import asyncio
 import time
 
 from bench.common import machine, summary
-from musetalk.avatar import ensure_demo
+from musetalk.avatar_demo import ensure_demo
 from server.config import ServerConfig
 from server.services import Services
 from testing import fake_realtime

@@ -21,7 +21,8 @@ import numpy as np
 
 from bench.common import machine, summary
 from engines.lite import LiteEngine
-from musetalk.avatar import demo_image, ensure_demo, prepare_avatar
+from musetalk.avatar_demo import demo_image, ensure_demo
+from musetalk.avatar_prepare import PrepareOptions, prepare_avatar
 from pipeline.compositor import warm_blend_plans
 from pipeline.session import Session
 from server.config import ServerConfig
@@ -78,7 +79,7 @@ def main() -> None:
         ensure_demo(root, progress=False, models_dir=Path(tmp) / "no-models")
         img = cv2.resize(demo_image(), (384, 384), interpolation=cv2.INTER_AREA)
         video = write_video(Path(tmp) / "drift.mp4", [shifted(img, i % 7, i % 5) for i in range(100)])
-        prepare_avatar(video, "second", root, progress=False, models_dir=Path(tmp) / "no-models")
+        prepare_avatar(video, "second", root, PrepareOptions(progress=False, models_dir=Path(tmp) / "no-models"))
         asyncio.run(run(root, max(2, args.switches)))
 
 

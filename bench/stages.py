@@ -30,7 +30,8 @@ from av import VideoFrame
 from bench.common import machine
 from engines.lite import LiteEngine, LiteRenderer
 from musetalk.audio_features import StreamingFeatures, log_mel, normalise_log_mel, placed_log_mel
-from musetalk.avatar import Avatar, ensure_demo, load_avatar
+from musetalk.avatar import Avatar, load_avatar
+from musetalk.avatar_demo import ensure_demo
 from musetalk.blending import BlendPlan, prepare_blend
 from musetalk.cli import ArgumentParser
 from musetalk.config import unet_config, vae_config

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .audio_features import frame_chunks, whisper_steps
-from .avatar import DEFAULT_AVATARS_DIR, DEFAULT_MODELS_DIR, Avatar, load_avatar
+from .avatar import DEFAULT_AVATARS_DIR, Avatar, load_avatar
+from .avatar_prepare import DEFAULT_MODELS_DIR
 from .cli import ArgumentParser
 from .config import SAMPLE_RATE, VERSIONS
 

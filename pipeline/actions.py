@@ -21,9 +21,9 @@ import av
 import cv2
 import numpy as np
 
-from musetalk.avatar import (
-    DEFAULT_AVATARS_DIR, IMAGE_SUFFIXES, Avatar, AvatarError, building, decode_video, load_avatar, write_frames,
-)
+from musetalk.avatar import DEFAULT_AVATARS_DIR, Avatar, AvatarError, load_avatar
+from musetalk.avatar_source import IMAGE_SUFFIXES, decode_video
+from musetalk.avatar_writer import building, write_frames
 from musetalk.config import VIDEO_FPS
 from pipeline.items import SAMPLE_RATE, TICK_SAMPLES
 from voices.audio import MonoResampler

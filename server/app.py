@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from musetalk.avatar import DEMO_ID, ensure_demo
+from musetalk.avatar_demo import DEMO_ID, ensure_demo
 from musetalk.extras import available
 from server.config import AUTH_TOKEN_ENV, ServerConfig
 from server.registry import SessionEndedError, SessionLimitError, SessionRegistry

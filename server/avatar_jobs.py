@@ -1,7 +1,7 @@
 """Avatar preparation for the HTTP API: jobs queued and run one at a time, each in a child process.
 
-The child runs musetalk.avatar.prepare_avatar (face landmarks, masks, latents: seconds to minutes of CPU or GPU
-work) and reports its progress as JSON lines on stdout. A process, not a thread, because a preparation must be
+The child runs musetalk.avatar_prepare.prepare_avatar (face landmarks, masks, latents: seconds to minutes of CPU or
+GPU work) and reports its progress as JSON lines on stdout. A process, not a thread, because a preparation must be
 cancellable at any point: cancel terminates the child (SIGTERM: prepare_avatar's own cleanup removes its temp
 folder; SIGKILL after a grace period, then the temp folder is removed here), and nothing of it runs on in the
 server. One runner task owns the child; close() cancels everything and waits for it.
@@ -46,7 +46,9 @@ class JobError(Exception):
 
 
 @dataclass(frozen=True)
-class PrepareOptions:
+class JobOptions:
+    """What an API client chooses of musetalk.avatar_prepare.PrepareOptions (shown in the job's JSON)."""
+
     version: str = "v15"
     bbox_shift: int = 0
     extra_margin: int = 10
@@ -59,7 +61,7 @@ class AvatarJob:
     avatar_id: str
     source: Path  # the upload, alone in a temp folder; the folder is removed when the job ends
     source_name: str  # the uploaded file's name, recorded in the manifest
-    options: PrepareOptions
+    options: JobOptions
     expected_frames: int  # for the progress of the first stage, whose length the decoder does not know
     status: str = "queued"  # queued | running | done | failed | cancelled
     stage: str = ""
@@ -102,7 +104,7 @@ class AvatarJob:
 
 
 def leftovers(avatars_dir: Path, avatar_id: str) -> list[Path]:
-    """Temp folders of an interrupted prepare_avatar (musetalk.avatar.building names them so)."""
+    """Temp folders of an interrupted prepare_avatar (musetalk.avatar_writer.building names them so)."""
     return list(avatars_dir.glob(f".{avatar_id}.tmp-*"))
 
 
@@ -127,7 +129,7 @@ class AvatarJobs:
         """Whether a queued or running job is making this avatar."""
         return any(j.avatar_id == avatar_id and not j.finished for j in self._jobs.values())
 
-    def submit(self, avatar_id: str, source: Path, source_name: str, options: PrepareOptions,
+    def submit(self, avatar_id: str, source: Path, source_name: str, options: JobOptions,
                expected_frames: int) -> AvatarJob:
         """Queue a job; the job owns `source` (and its folder) from here on. JobError if it cannot be queued."""
         if self._closed:
@@ -303,7 +305,8 @@ def _progress_bar(iterable: Iterable | None = None, desc: str = "", total: int |
 def _child_main(argv: list[str]) -> int:
     import tqdm
 
-    from musetalk.avatar import AvatarError, prepare_avatar
+    from musetalk.avatar import AvatarError
+    from musetalk.avatar_prepare import PrepareOptions, prepare_avatar
 
     args = json.loads(argv[0])
     tqdm.tqdm = _progress_bar  # prepare_avatar imports tqdm where it draws a bar: it gets this one
@@ -313,9 +316,10 @@ def _child_main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, terminated)
     try:
-        prepare_avatar(Path(args["source"]), args["avatar_id"], Path(args["avatars_dir"]), args["version"],
-                       args["bbox_shift"], args["extra_margin"], max_frames=args["max_frames"], progress=True,
-                       models_dir=Path(args["models_dir"]), source_name=args["source_name"])
+        options = PrepareOptions(version=args["version"], bbox_shift=args["bbox_shift"],
+                                 extra_margin=args["extra_margin"], max_frames=args["max_frames"],
+                                 models_dir=Path(args["models_dir"]), source_name=args["source_name"])
+        prepare_avatar(Path(args["source"]), args["avatar_id"], Path(args["avatars_dir"]), options)
     except (AvatarError, ValueError, OSError) as e:
         _report(error=str(e))
         return 1

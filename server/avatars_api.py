@@ -20,12 +20,11 @@ import av
 import cv2
 from aiohttp import BodyPartReader, web
 
-from musetalk.avatar import (
-    IMAGE_SUFFIXES, Avatar, AvatarError, AvatarNotFoundError, list_avatars, load_avatar, validate_avatar_id,
-)
+from musetalk.avatar import Avatar, AvatarError, AvatarNotFoundError, list_avatars, load_avatar, validate_avatar_id
+from musetalk.avatar_source import IMAGE_SUFFIXES
 from musetalk.config import VERSIONS, VIDEO_FPS
 from pipeline.compositor import warm_blend_plans
-from server.avatar_jobs import JOB_ID, AvatarJob, AvatarJobs, JobError, PrepareOptions
+from server.avatar_jobs import JOB_ID, AvatarJob, AvatarJobs, JobError, JobOptions
 from server.custom_video import decode_custom_clips
 from server.errors import ApiError
 from server.routes import json_body, live_session, loaded_avatar, ok, stream_events
@@ -137,7 +136,7 @@ def _int_field(fields: dict[str, str], name: str, default: int | None, low: int,
     return value
 
 
-def _options(fields: dict[str, str], max_frames: int) -> PrepareOptions:
+def _options(fields: dict[str, str], max_frames: int) -> JobOptions:
     model = fields.get("model", "").strip()
     if model and model != "musetalk":
         raise ApiError(400, f"'model' {model!r} is not available: this server prepares MuseTalk avatars "
@@ -146,7 +145,7 @@ def _options(fields: dict[str, str], max_frames: int) -> PrepareOptions:
     if version not in VERSIONS:
         raise ApiError(400, f"'version' must be one of {', '.join(VERSIONS)}")
     frames = _int_field(fields, "max_frames", max_frames, 1, max_frames)
-    return PrepareOptions(version=version, bbox_shift=_int_field(fields, "bbox_shift", 0, -100, 100) or 0,
+    return JobOptions(version=version, bbox_shift=_int_field(fields, "bbox_shift", 0, -100, 100) or 0,
                           extra_margin=_int_field(fields, "extra_margin", 10, 0, 100) or 0, max_frames=frames)
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from musetalk.avatar import demo_image, prepare_avatar
+from musetalk.avatar_demo import demo_image
+from musetalk.avatar_prepare import PrepareOptions, prepare_avatar
 from musetalk.face import FaceLandmarker
 from testing.media import decode_video, shifted, write_video
 
@@ -54,11 +55,11 @@ def face_video(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) 
 
 @pytest.fixture(scope="session")
 def prepared_video(tmp_path_factory: pytest.TempPathFactory, face_video: Path) -> Path:
-    return prepare_avatar(face_video, "drift", tmp_path_factory.mktemp("avatars"), progress=False,
-                          models_dir=tmp_path_factory.mktemp("no_models"))
+    return prepare_avatar(face_video, "drift", tmp_path_factory.mktemp("avatars"),
+                          PrepareOptions(progress=False, models_dir=tmp_path_factory.mktemp("no_models")))
 
 
 @pytest.fixture(scope="session")
 def prepared_demo(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> Path:
-    return prepare_avatar(astronaut, "demo", tmp_path_factory.mktemp("avatars"), progress=False,
-                          models_dir=tmp_path_factory.mktemp("no_models"))
+    return prepare_avatar(astronaut, "demo", tmp_path_factory.mktemp("avatars"),
+                          PrepareOptions(progress=False, models_dir=tmp_path_factory.mktemp("no_models")))

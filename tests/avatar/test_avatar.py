@@ -14,9 +14,12 @@ import torch
 from diffusers import AutoencoderKL
 
 from musetalk.avatar import (
-    AvatarError, AvatarExistsError, AvatarNotFoundError, NoFaceError, decode_video, face_crops, load_avatar, main,
-    _npy_header, prepare_avatar, validate_avatar_id,
+    AvatarError, AvatarExistsError, AvatarNotFoundError, NoFaceError, face_crops, load_avatar, validate_avatar_id,
 )
+from musetalk.avatar_cli import main
+from musetalk.avatar_prepare import PrepareOptions, prepare_avatar
+from musetalk.avatar_source import decode_video
+from musetalk.avatar_writer import _npy_header
 from musetalk.blending import prepare_blend
 from musetalk.config import vae_tiny_config
 from musetalk.face import FaceLandmarker, blend_mask, crop_box, face_box
@@ -62,10 +65,12 @@ def test_demo_round_trip(prepared_demo: Path, astronaut: np.ndarray, astronaut_l
 def test_frames_are_written_one_by_one_not_held_in_memory(tmp_path: Path, astronaut: np.ndarray) -> None:
     frames = np.repeat(astronaut[None], 60, axis=0)  # 45 MB of frames; holding (or stacking) them would show
     frames[:, :8] = np.arange(60, dtype=np.uint8)[:, None, None, None]  # each frame recognisable
-    prepare_avatar(frames[:2], "warm", tmp_path, progress=False, models_dir=tmp_path / "no-models")  # imports
+    prepare_avatar(frames[:2], "warm", tmp_path,  # imports
+                   PrepareOptions(progress=False, models_dir=tmp_path / "no-models"))
     tracemalloc.start()
     try:
-        path = prepare_avatar(frames, "long", tmp_path, progress=False, models_dir=tmp_path / "no-models")
+        path = prepare_avatar(frames, "long", tmp_path,
+                              PrepareOptions(progress=False, models_dir=tmp_path / "no-models"))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -88,8 +93,8 @@ def test_npy_header_has_room_for_any_frame_count() -> None:
 def test_image_file_source(tmp_path: Path, astronaut: np.ndarray) -> None:
     small = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
     cv2.imwrite(str(tmp_path / "face.png"), small)
-    path = prepare_avatar(tmp_path / "face.png", "img", tmp_path / "avatars", version="v1", bbox_shift=4,
-                          progress=False, models_dir=tmp_path)
+    path = prepare_avatar(tmp_path / "face.png", "img", tmp_path / "avatars",
+                          PrepareOptions(version="v1", bbox_shift=4, progress=False, models_dir=tmp_path))
     avatar = load_avatar("img", tmp_path / "avatars")
     assert avatar.manifest["source"] == "face.png" and avatar.manifest["bbox_shift"] == 4
     np.testing.assert_array_equal(avatar.frames[0], small)
@@ -135,7 +140,7 @@ def test_no_face_video_leaves_nothing(tmp_path: Path, media: Any) -> None:
     video = media.write_video(tmp_path / "empty.mp4", frames)
     avatars = tmp_path / "avatars"
     with pytest.raises(NoFaceError, match="no face found in any of the 4 frame"):
-        prepare_avatar(video, "nobody", avatars, progress=False, models_dir=tmp_path)
+        prepare_avatar(video, "nobody", avatars, PrepareOptions(progress=False, models_dir=tmp_path))
     assert not avatars.exists() or not any(avatars.iterdir())
 
 
@@ -154,9 +159,9 @@ def test_existing_avatar_needs_overwrite(tmp_path: Path, prepared_demo: Path, as
     avatars = tmp_path / "avatars"
     shutil.copytree(prepared_demo, avatars / "demo")
     with pytest.raises(AvatarExistsError):
-        prepare_avatar(astronaut, "demo", avatars, progress=False, models_dir=tmp_path)
+        prepare_avatar(astronaut, "demo", avatars, PrepareOptions(progress=False, models_dir=tmp_path))
     flipped = np.ascontiguousarray(astronaut[:, ::-1])
-    prepare_avatar(flipped, "demo", avatars, progress=False, overwrite=True, models_dir=tmp_path)
+    prepare_avatar(flipped, "demo", avatars, PrepareOptions(progress=False, overwrite=True, models_dir=tmp_path))
     np.testing.assert_array_equal(load_avatar("demo", avatars).frames[0], flipped)
     assert sorted(p.name for p in avatars.iterdir()) == ["demo"]
 
@@ -214,7 +219,7 @@ def test_latents_with_a_tiny_vae(tmp_path: Path, astronaut: np.ndarray, media: A
     torch.manual_seed(0)
     vae = AutoencoderKL(**vae_tiny_config()).eval()
     frames = np.stack([media.shifted(astronaut, 4 * i, -3 * i) for i in range(3)])
-    prepare_avatar(frames, "lat", tmp_path, vae=vae, progress=False, models_dir=tmp_path)
+    prepare_avatar(frames, "lat", tmp_path, PrepareOptions(progress=False, models_dir=tmp_path), vae=vae)
     avatar = load_avatar("lat", tmp_path)
     assert avatar.manifest["latents"] == ["v15"] and avatar.latents("v1") is None
     latents = avatar.latents("v15")
@@ -267,7 +272,8 @@ def test_latents_from_the_official_models_layout(tmp_path: Path, astronaut: np.n
 
     torch.manual_seed(1)
     AutoencoderKL(**vae_tiny_config()).save_pretrained(tmp_path / "models" / "sd-vae")
-    prepare_avatar(astronaut, "official", tmp_path, version="v1", progress=False, models_dir=tmp_path / "models")
+    prepare_avatar(astronaut, "official", tmp_path,
+                   PrepareOptions(version="v1", progress=False, models_dir=tmp_path / "models"))
     avatar = load_avatar("official", tmp_path)
     assert avatar.manifest["latents"] == ["v1"] and avatar.latents("v15") is None
     vae = load_vae(tmp_path / "models" / "sd-vae", "cpu", torch.float32)

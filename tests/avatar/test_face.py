@@ -160,23 +160,25 @@ def test_bad_arguments() -> None:
 
 
 def test_rejected_frames_use_the_nearest_good_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import musetalk.avatar as avatar_module
+    import musetalk.avatar_prepare as prepare_module
+    from musetalk.avatar import NoFaceError, load_avatar
 
     good0, good4 = face_points(20.0, 70.0, chin=90.0, y29=50.0), face_points(30.0, 80.0, chin=95.0, y29=60.0)
     detected = [good0, face_points(-1.2, 70.0, chin=90.0, y29=50.0), None,
                 face_points(20.0, 70.0, chin=40.0, y29=50.0), good4]  # good, x1 < 0, no face, empty, good
-    monkeypatch.setattr(avatar_module, "_detect_all", lambda frames, progress: detected)
+    monkeypatch.setattr(prepare_module, "_detect_all", lambda frames, progress: detected)
     frames = np.zeros((5, 120, 160, 3), np.uint8)
-    avatar_module.prepare_avatar(frames, "rej", tmp_path, version="v1", progress=False, models_dir=tmp_path)
-    avatar = avatar_module.load_avatar("rej", tmp_path)
+    options = prepare_module.PrepareOptions(version="v1", progress=False, models_dir=tmp_path)
+    prepare_module.prepare_avatar(frames, "rej", tmp_path, options)
+    avatar = load_avatar("rej", tmp_path)
     # Good boxes: (20, 10, 70, 90) and (30, 25, 80, 95). Frame 2 is as near to 0 as to 4: the earlier one.
     expected = [(20, 10, 70, 90)] * 3 + [(30, 25, 80, 95)] * 2
     assert [tuple(int(v) for v in b) for b in avatar.face_boxes] == expected
     for i, j in enumerate((0, 0, 0, 4, 4)):
         np.testing.assert_array_equal(avatar.landmarks[i], detected[j])
-    monkeypatch.setattr(avatar_module, "_detect_all", lambda frames, progress: [detected[1], detected[3]])
-    with pytest.raises(avatar_module.NoFaceError):
-        avatar_module.prepare_avatar(frames[:2], "rej2", tmp_path, version="v1", progress=False, models_dir=tmp_path)
+    monkeypatch.setattr(prepare_module, "_detect_all", lambda frames, progress: [detected[1], detected[3]])
+    with pytest.raises(NoFaceError):
+        prepare_module.prepare_avatar(frames[:2], "rej2", tmp_path, options)
     assert not (tmp_path / "rej2").exists()
 
 

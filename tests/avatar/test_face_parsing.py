@@ -18,7 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from musetalk.avatar import load_avatar, main, prepare_avatar
+from musetalk.avatar import load_avatar
+from musetalk.avatar_cli import main
+from musetalk.avatar_prepare import PrepareOptions, prepare_avatar
 from musetalk.face import blend_mask, blur_mask, crop_box, face_box
 from musetalk.face_parsing import BiSeNet, FaceParser, cheek_mask, labels_to_mask, load_face_parser, parsing_input
 from musetalk.models import CheckpointError, MissingWeightsError
@@ -368,7 +370,7 @@ def _manifest(path: Path) -> dict:
 
 def test_prepare_uses_bisenet_when_its_weights_are_there(tmp_path: Path, models: Path, astronaut: np.ndarray,
                                                           astronaut_landmarks: np.ndarray) -> None:
-    path = prepare_avatar(astronaut, "parsed", tmp_path, progress=False, models_dir=models)
+    path = prepare_avatar(astronaut, "parsed", tmp_path, PrepareOptions(progress=False, models_dir=models))
     manifest = _manifest(path)
     assert manifest["mask"] == "bisenet-jaw" and manifest["cheek_width"] == 90
     avatar = load_avatar("parsed", tmp_path)
@@ -406,7 +408,8 @@ def test_prepare_cli_modes_and_defaults_per_version(tmp_path: Path, models: Path
 
 def test_prepare_falls_back_to_the_oval_without_weights(tmp_path: Path, astronaut: np.ndarray,
                                                         astronaut_landmarks: np.ndarray) -> None:
-    path = prepare_avatar(astronaut, "oval", tmp_path, progress=False, models_dir=tmp_path / "no-models")
+    path = prepare_avatar(astronaut, "oval", tmp_path,
+                          PrepareOptions(progress=False, models_dir=tmp_path / "no-models"))
     assert _manifest(path)["mask"] == "face-oval" and "cheek_width" not in _manifest(path)
     avatar = load_avatar("oval", tmp_path)
     box = tuple(int(v) for v in avatar.face_boxes[0])
@@ -418,8 +421,8 @@ def test_prepare_falls_back_to_the_oval_without_weights(tmp_path: Path, astronau
 def test_a_parsing_mode_without_weights_is_an_error(tmp_path: Path, astronaut: np.ndarray,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(MissingWeightsError, match="79999_iter.pth"):
-        prepare_avatar(astronaut, "x", tmp_path / "avatars", progress=False, models_dir=tmp_path / "none",
-                       parsing_mode="jaw")
+        prepare_avatar(astronaut, "x", tmp_path / "avatars",
+                       PrepareOptions(progress=False, models_dir=tmp_path / "none", parsing_mode="jaw"))
     assert not (tmp_path / "avatars").exists() or not any((tmp_path / "avatars").iterdir())
     cv2.imwrite(str(tmp_path / "face.png"), astronaut)
     assert main(["--avatars_dir", str(tmp_path / "avatars"), "prepare", "--source", str(tmp_path / "face.png"),

@@ -9,7 +9,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from musetalk.avatar import demo_image, ensure_demo, prepare_avatar
+from musetalk.avatar_demo import demo_image, ensure_demo
+from musetalk.avatar_prepare import PrepareOptions, prepare_avatar
 from tests.browser.test_page import CHROMIUM_FLAGS, running_server, wait_until
 
 
@@ -20,8 +21,8 @@ def test_the_picker_lists_avatars_and_switches_live(tmp_path: Path, chromium: Pa
 
     avatars = tmp_path / "avatars"
     ensure_demo(avatars, progress=False, models_dir=tmp_path / "no-models")
-    prepare_avatar(cv2.resize(demo_image(), (384, 384)), "second", avatars, progress=False,
-                   models_dir=tmp_path / "no-models")
+    prepare_avatar(cv2.resize(demo_image(), (384, 384)), "second", avatars,
+                   PrepareOptions(progress=False, models_dir=tmp_path / "no-models"))
     errors: list[str] = []
     with running_server(tmp_path, "--avatars_dir", str(avatars)) as base, sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(

@@ -5,7 +5,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from musetalk.avatar import Avatar, ensure_demo, load_avatar
+from musetalk.avatar import Avatar, load_avatar
+from musetalk.avatar_demo import ensure_demo
 from testing.tiny_models import TinyLayout, write_tiny_layout
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from musetalk.avatar import ensure_demo, load_avatar
+from musetalk.avatar import load_avatar
+from musetalk.avatar_demo import ensure_demo
 from pipeline.actions import load_actions, main
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from engines.lite import LiteEngine
-from musetalk.avatar import ensure_demo, load_avatar
+from musetalk.avatar import load_avatar
+from musetalk.avatar_demo import ensure_demo
 from pipeline.actions import save_action
 from server.config import ServerConfig
 from server.services import Services, build_llm, build_tts

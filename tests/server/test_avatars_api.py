@@ -17,7 +17,8 @@ import numpy as np
 import psutil
 import pytest
 
-from musetalk.avatar import demo_image, list_avatars
+from musetalk.avatar import list_avatars
+from musetalk.avatar_demo import demo_image
 from server.avatar_jobs import leftovers
 from testing.server_client import Server, until
 

@@ -178,10 +178,11 @@ async def test_bad_custom_config_is_refused_before_a_slot_is_taken(serve, config
 
 async def test_customvideo_config_applies_to_every_session_and_follows_set_avatar(serve, config, data, own_avatars,
                                                                                   tmp_path, loopback_only) -> None:
-    from musetalk.avatar import demo_image, prepare_avatar
+    from musetalk.avatar_demo import demo_image
+    from musetalk.avatar_prepare import PrepareOptions, prepare_avatar
 
-    prepare_avatar(cv2.resize(demo_image(), (256, 256)), "small", own_avatars, progress=False,
-                   models_dir=tmp_path / "no-models")
+    prepare_avatar(cv2.resize(demo_image(), (256, 256)), "small", own_avatars,
+                   PrepareOptions(progress=False, models_dir=tmp_path / "no-models"))
     file = tmp_path / "custom_config.json"
     file.write_text(json.dumps(config_list(data)))
     assert parse_args(["--customvideo_config", str(file)]).customvideo_config == file

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from aiortc import MediaStreamTrack
 
-from musetalk.avatar import demo_image, load_avatar, prepare_avatar
+from musetalk.avatar import load_avatar
+from musetalk.avatar_demo import demo_image
+from musetalk.avatar_prepare import PrepareOptions, prepare_avatar
 from pipeline.compositor import warm_blend_plans
 from pipeline.session import Session
 from testing.rtc import frames_of
@@ -30,7 +32,7 @@ def two_avatars(avatars_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     shutil.copytree(avatars_dir / "demo", root / "demo")
     img = cv2.resize(demo_image(), (SECOND_SIZE, SECOND_SIZE), interpolation=cv2.INTER_AREA)
     img[..., 0] = np.clip(img[..., 0].astype(int) + 60, 0, 255)
-    prepare_avatar(img, "second", root, progress=False, models_dir=root / "no-models")
+    prepare_avatar(img, "second", root, PrepareOptions(progress=False, models_dir=root / "no-models"))
     return root
 
 

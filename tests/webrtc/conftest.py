@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from musetalk.avatar import Avatar, ensure_demo, load_avatar
+from musetalk.avatar import Avatar, load_avatar
+from musetalk.avatar_demo import ensure_demo
 from testing.rtc import loopback_only
 
 
