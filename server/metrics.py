@@ -9,7 +9,7 @@ closed, so they only ever grow."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector, generate_latest,
@@ -95,6 +95,13 @@ class Metrics:
     def upload_rejected(self, status: int) -> None:
         self.uploads_rejected.labels(str(status)).inc()
 
+    def frame_totals(self, live: Iterable[LiveSession]) -> _FrameTotals:
+        """The frame counters of the closed sessions plus those of the live ones."""
+        totals = replace(self._closed_frames)
+        for s in live:
+            totals.add(s.session.stats)
+        return totals
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -131,9 +138,7 @@ class _LiveCollector(Collector):
         info = GaugeMetricFamily("avatar_engine_info", "The lip-sync engine in use.", labels=["engine"])
         info.add_metric([self.engine()], 1)
         yield info
-        totals = _FrameTotals(**{f.name: getattr(self.metrics._closed_frames, f.name) for f in fields(_FrameTotals)})
-        for s in live:
-            totals.add(s.session.stats)
+        totals = self.metrics.frame_totals(live)
         frames = CounterMetricFamily("avatar_frames", "Video frames by source: sent showing speech, idle, an action "
                                      "clip, the previous frame again (repeat), or rendered too late and dropped.",
                                      labels=["source"])
