@@ -1,5 +1,5 @@
 // The page's elements: connection and speaking state, messages, transcript, subtitle, stats. Elements are
-// looked up when used, so that importing this module needs no page (the module tests import it too).
+// looked up when used, so that importing this module touches no element (a page without them can import it).
 
 import { t } from "./i18n.js";
 
