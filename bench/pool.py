@@ -10,6 +10,8 @@ Two parts, in the same run:
    and through the pool (one replica); the hop is a call's time less the time its replica spent on it.
 2. Aggregate rate: `--clients` threads submit faces jobs of B rows back to back for `--seconds`, with 1 and then 2
    replicas; frames per second and the per-call latency.
+3. The same with 1 replica batching with Serve's ``@serve.batch`` (up to 4 jobs, 3 ms wait) around the faces model
+   instead of our batcher: which of the two the pool should use.
 """
 from __future__ import annotations
 
@@ -99,8 +101,8 @@ def main() -> None:
 
     tiny = a.tiny if a.tiny is not None else a.address is None
     cluster = LocalRayCluster(nodes=2, cpus_per_node=1) if a.address is None else None
-    print(f"# machine: {machine()}")
-    print(f"# pool: {'local CPU cluster, 2 nodes x 1 CPU' if cluster else a.address}, "
+    print(f"machine: {machine()}")
+    print(f"pool: {'local CPU cluster, 2 nodes x 1 CPU' if cluster else a.address}, "
           f"{'tiny models' if tiny else 'models/'}; {a.rows} frames a job", flush=True)
     try:
         if cluster is not None:
@@ -134,11 +136,50 @@ def main() -> None:
             finally:
                 runner.stop()
         print(f"2 replicas / 1 replica: {rates[2] / rates[1]:.2f}x")
+        handle = serve.run(serve_batched_app(options, a.clients), name=APP, route_prefix=None)
+        runner = RayRunner(handle)
+        try:
+            timed_calls(runner, a.rows, 2)
+            fps, times = aggregate(runner, a.rows, a.clients, a.seconds)
+            print(f"1 replica with @serve.batch, {a.clients} clients: {fps:.1f} frames/s, calls {ms(times)} "
+                  f"(our batcher: {rates[1]:.1f} frames/s)", flush=True)
+        finally:
+            runner.stop()
         serve.delete(APP)
     finally:
         ray.shutdown()
         if cluster is not None:
             cluster.stop()
+
+
+def serve_batched_app(options: dict, max_jobs: int):  # noqa: ANN201 -- a Serve Application
+    """One replica whose faces jobs are batched by ``@serve.batch`` and run on the faces model directly."""
+    import asyncio
+
+    from ray import serve
+
+    from engines.ray_serve_app import MuseTalkReplica
+    from engines.render_pool import PoolJob, PoolResult
+
+    @serve.deployment(name="ServeBatched", num_replicas=1, max_ongoing_requests=4 * max_jobs,
+                      ray_actor_options={"num_cpus": options["num_cpus"], "num_gpus": options.get("num_gpus", 0)})
+    class ServeBatched:
+        def __init__(self) -> None:
+            self.replica = MuseTalkReplica(tiny=options["tiny"], batch_size=options["batch_size"])
+            self.faces = self.replica.engine.batch_models[FACES]
+
+        def describe(self):  # noqa: ANN202
+            return self.replica.describe()
+
+        @serve.batch(max_batch_size=max_jobs, batch_wait_timeout_s=0.003)
+        async def run(self, jobs: list[PoolJob]) -> list[PoolResult]:
+            started = time.perf_counter()
+            inputs = tuple(np.concatenate([job.inputs[i] for job in jobs]) for i in range(2))
+            out = await asyncio.to_thread(self.faces, inputs, len(inputs[0]))
+            seconds, ends = time.perf_counter() - started, np.cumsum([len(job.inputs[0]) for job in jobs])
+            return [PoolResult(part, self.replica.replica, seconds) for part in np.split(out, ends[:-1])]
+
+    return ServeBatched.bind()
 
 
 def _local_engine(tiny: bool, rows: int):  # noqa: ANN202 -- MuseTalkEngine

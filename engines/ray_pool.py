@@ -73,10 +73,6 @@ class RayRunner:
         self._thread.start()
         self._watcher = asyncio.run_coroutine_threadsafe(self._watch_turns(), self._loop)
 
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
     def submit(self, job: Job) -> Future:
         if job.stale():
             future: Future = Future()
@@ -119,7 +115,7 @@ class RayRunner:
             response.cancel()
             with self._lock:
                 self.stats.failed += 1
-            raise PoolError(f"the render pool failed a {job.kind} job: {_reason(e)}") from None
+            raise PoolError(f"the render pool failed the {job.kind} job: {_reason(e)}") from None
         finally:
             self._in_flight.pop(task, None)
         if job.stale():  # rendered, but its turn ended meanwhile: never shown

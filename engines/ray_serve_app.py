@@ -53,7 +53,6 @@ class LatentCache:
         self.avatars_dir, self.version, self.runner, self.limit = avatars_dir, version, runner, limit
         self._cached: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._loading: dict[tuple[str, str], asyncio.Task] = {}
-        self.loads = 0
 
     async def rows(self, ref: AvatarRows) -> np.ndarray:
         key = (ref.avatar_id, ref.created)
@@ -83,7 +82,6 @@ class LatentCache:
         if latents is None:  # prepared without weights: encoded once here, by the replica's models
             crops = face_crops(avatar.frames, avatar.face_boxes)
             latents = self.runner.submit(Job(LATENTS, (crops,), time.monotonic() + 60)).result()
-        self.loads += 1
         log.info("avatar %s: %d latent rows cached", avatar_id, len(latents))
         return np.ascontiguousarray(latents, np.float32)
 
@@ -111,7 +109,6 @@ class MuseTalkReplica:
         self.latents = LatentCache(Path(avatars_dir), version, self.runner, max_avatars)
         self.late_grace_s = late_grace_s
         self.replica = serve.get_replica_context().replica_id.unique_id
-        self.dropped_late = 0
 
     def describe(self) -> PoolSpec:
         e = self.engine
@@ -120,7 +117,6 @@ class MuseTalkReplica:
     async def run(self, job: PoolJob) -> PoolResult:
         started = time.perf_counter()
         if job.seconds_left is not None and job.seconds_left < -self.late_grace_s:
-            self.dropped_late += 1
             raise LateJob(f"the {job.kind} job arrived {-job.seconds_left:.2f} s after its deadline")
         deadline = 0.0 if job.seconds_left is None else time.monotonic() + job.seconds_left
         inputs = job.inputs

@@ -3,7 +3,8 @@ with a small object store, in a temporary folder; stopped by ending exactly the 
 
 ``ray stop`` would end every Ray process of the machine (other clusters included), so `LocalRayCluster.stop`
 ends the processes that carry this cluster's mark in their environment (`MARK`, set for ``ray start`` and
-inherited by every process Ray starts, agents and workers included): all of them are ours.
+inherited by the processes Ray starts), and the agents of its raylets (started with an environment of their own
+that names their raylet): all of them are ours.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class LocalRayCluster:
         self.nodes, self.cpus, self.port, self.store = nodes, cpus_per_node, port, object_store_mb * 1024 * 1024
         self.root = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths must stay short
         self.address = f"127.0.0.1:{port}"
+        self._seen: set[int] = set()  # every marked process seen: agents name their raylet by its id
 
     def __enter__(self) -> LocalRayCluster:
         try:
@@ -58,19 +60,22 @@ class LocalRayCluster:
                         "--ray-client-server-port", str(self.port + 1))
         for _ in range(self.nodes - 1):
             self._ray_start("--address", self.address)
+        self.processes()  # the raylets' ids, while they run
 
     def processes(self) -> list[int]:
-        """Ids of this cluster's processes (their environment carries its mark)."""
-        mine, marker = [], f"{MARK}={self.root}".encode()
+        """Ids of this cluster's processes: those whose environment carries its mark, and the agents of its raylets
+        (Ray starts them with an environment of their own, naming their raylet)."""
+        environs: dict[int, list[bytes]] = {}
         for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                if marker in (entry / "environ").read_bytes().split(b"\0"):
-                    mine.append(int(entry.name))
-            except OSError:  # it ended meanwhile, or is not ours to read
-                continue
-        return mine
+            if entry.name.isdigit():
+                try:
+                    environs[int(entry.name)] = (entry / "environ").read_bytes().split(b"\0")
+                except OSError:  # it ended meanwhile, or is not ours to read
+                    continue
+        marked = {pid for pid, env in environs.items() if f"{MARK}={self.root}".encode() in env}
+        self._seen |= marked  # remembered: a raylet's agents may outlive it
+        raylets = {f"RAY_RAYLET_PID={pid}".encode() for pid in self._seen}
+        return sorted(marked | {pid for pid, env in environs.items() if raylets.intersection(env)})
 
     def stop(self, grace_s: float = 10.0) -> None:
         """End this cluster's processes (SIGTERM, then SIGKILL after `grace_s`) and remove its folder."""

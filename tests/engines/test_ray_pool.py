@@ -170,7 +170,7 @@ async def test_a_replica_dying_mid_speech(front_end, demo_avatar: Avatar) -> Non
     sessions = [Session(f"k{i}", demo_avatar, engine, options=SessionOptions(crossfade_ticks=0), stepped=True)
                 for i in range(2)]
     events = [s.subscribe() for s in sessions]
-    ticks = 30
+    ticks = 20
     for i, s in enumerate(sessions):
         await s.start()
         await s.push_audio(speech(ticks / 25, i))
@@ -212,3 +212,48 @@ async def test_a_replica_dying_mid_speech(front_end, demo_avatar: Avatar) -> Non
         await asyncio.sleep(1)
     else:
         raise AssertionError(f"the pool did not get back to {REPLICAS} replicas: {serve.status()}")
+
+
+@pytest.mark.slow
+def test_app_front_ends_join_the_pool_and_leave_cleanly(pool: dict[str, str], demo_avatar: Avatar,
+                                                        tmp_path: Path) -> None:
+    """Two app.py servers on two ports with --render_pool ray: both start on the pool (their lead measured through
+    it), answer /healthz, and stop on SIGINT with status 0."""
+    import signal
+    import urllib.request
+
+    from testing.fake_services import free_port
+
+    ports = [free_port(), free_port()]
+    logs = [tmp_path / f"front-end-{port}.log" for port in ports]
+    procs = []
+    for port, log_path in zip(ports, logs):
+        with open(log_path, "wb") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "app.py", "--engine", "musetalk", "--render_pool", "ray", "--batch_size", "2",
+                 "--host", "127.0.0.1", "--listenport", str(port), "--avatars_dir", str(demo_avatar.path.parent),
+                 "--records_dir", str(tmp_path / "records"), "--llm_base_url", f"http://127.0.0.1:{free_port()}/v1"],
+                cwd=ROOT, env=pool, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        for port, proc, log_path in zip(ports, procs, logs):
+            deadline = time.monotonic() + 180
+            while True:
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                        if json.loads(resp.read()).get("ok"):
+                            break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.5)
+        for proc, log_path in zip(procs, logs):
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(60) == 0, log_path.read_text()[-3000:]
+            text = log_path.read_text()
+            assert "render pool 'musetalk-pool'" in text and "Traceback" not in text, text[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
