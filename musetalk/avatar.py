@@ -52,10 +52,15 @@ class AvatarExistsError(AvatarError):
     pass
 
 
+class InvalidAvatarIdError(AvatarError, ValueError):
+    """An id that is not a plain folder name (a ValueError too: it is a bad value, whoever gave it)."""
+
+
 def validate_avatar_id(avatar_id: str) -> str:
     """The id itself if it is 1..64 characters of A-Z a-z 0-9 _ - (so it is always a plain folder name)."""
     if not isinstance(avatar_id, str) or not _ID_RE.fullmatch(avatar_id):
-        raise ValueError(f"invalid avatar id {avatar_id!r}: use 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'")
+        raise InvalidAvatarIdError(f"invalid avatar id {avatar_id!r}: use 1 to 64 characters from A-Z, a-z, 0-9, "
+                                   f"'_' and '-'")
     return avatar_id
 
 

@@ -67,7 +67,8 @@ def save_action(avatar_path: Path, audiotype: int, frames: Iterable[np.ndarray],
 
 
 def load_actions(avatar_path: Path, frame_shape: tuple[int, int]) -> dict[int, ActionClip]:
-    """Clips in `<avatar>/actions/<N>/` (frames.npy, optional audio.npy); wrong-sized clips are an error."""
+    """Clips in `<avatar>/actions/<N>/` (frames.npy, optional audio.npy); AvatarError for a clip that cannot be
+    read or does not fit the avatar (the avatar's folder is damaged)."""
     clips: dict[int, ActionClip] = {}
     root = avatar_path / ACTIONS_DIR
     if not root.is_dir():
@@ -75,11 +76,14 @@ def load_actions(avatar_path: Path, frame_shape: tuple[int, int]) -> dict[int, A
     for folder in sorted(root.iterdir()):
         if not (folder.is_dir() and re.fullmatch(r"\d{1,6}", folder.name)):
             continue
-        frames = np.load(folder / "frames.npy", mmap_mode="r", allow_pickle=False)
-        if frames.ndim != 4 or frames.shape[1:3] != tuple(frame_shape) or frames.shape[3] != 3 or not len(frames):
-            raise ValueError(f"action clip {folder}: frames {frames.shape} do not match the avatar's {frame_shape}")
         audio_path = folder / "audio.npy"
-        audio = np.load(audio_path, allow_pickle=False).astype(np.float32) if audio_path.exists() else None
+        try:
+            frames = np.load(folder / "frames.npy", mmap_mode="r", allow_pickle=False)
+            audio = np.load(audio_path, allow_pickle=False).astype(np.float32) if audio_path.exists() else None
+        except (OSError, ValueError) as e:
+            raise AvatarError(f"action clip {folder}: cannot read it: {e}") from e
+        if frames.ndim != 4 or frames.shape[1:3] != tuple(frame_shape) or frames.shape[3] != 3 or not len(frames):
+            raise AvatarError(f"action clip {folder}: frames {frames.shape} do not match the avatar's {frame_shape}")
         clips[int(folder.name)] = ActionClip(frames=frames, audio=audio)
     return clips
 

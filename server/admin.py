@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.clock import VIDEO_FPS
-from server.errors import ApiError
+from server.errors import Forbidden, NotFound
 from server.registry import LiveSession
 from server.routes import ok
 from server.state import STATE, AppState
@@ -35,8 +35,8 @@ def _loopback(remote: str | None) -> bool:
 def check_admin(request: web.Request) -> None:
     """403 for a client beyond loopback when the server has no tokens (the access middleware checked them)."""
     if not request.app[STATE].config.auth_tokens and not _loopback(request.remote):
-        raise ApiError(403, "the admin API answers only local clients unless the server is started with "
-                            "--auth_token (then send the token)")
+        raise Forbidden("the admin API answers only local clients unless the server is started with "
+                        "--auth_token (then send the token)")
 
 
 def _without_stream_key(url: str | None) -> str | None:
@@ -65,7 +65,7 @@ def find(state: AppState, handle: str) -> LiveSession:
     for live in state.registry:
         if handle in (live.tag, live.id):
             return live
-    raise ApiError(404, "session not found")
+    raise NotFound("session not found")
 
 
 async def sessions(request: web.Request) -> web.Response:

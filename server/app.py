@@ -13,9 +13,9 @@ from aiohttp import web
 from musetalk.avatar_demo import DEMO_ID, ensure_demo
 from musetalk.extras import available
 from server.config import AUTH_TOKEN_ENV, ServerConfig
-from server.registry import SessionEndedError, SessionLimitError, SessionRegistry
+from server.registry import SessionRegistry
 from server import admin, avatars_api, ice, rtmp, ws_audio
-from server.errors import ApiError
+from server.errors import INTERNAL, status_of
 from server.metrics import Metrics
 from server.routes import error_response, is_protected, setup_routes
 from server.services import Services
@@ -79,22 +79,22 @@ def access_control(config: ServerConfig):  # noqa: ANN201
 
 @web.middleware
 async def api_errors(request: web.Request, handler) -> web.StreamResponse:  # noqa: ANN001
-    """Every failure of an API route becomes a `{code: -1, msg}` body with a fitting HTTP status."""
+    """Every failure of an API route becomes a `{code: -1, msg}` body, its HTTP status that of the error's
+    domain class (server.errors.HTTP_STATUS); any other exception is a bug: logged, answered 500."""
     try:
         return await handler(request)
-    except ApiError as e:
-        return error_response(e.status, str(e))
-    except SessionLimitError as e:
-        return error_response(503, str(e))
-    except SessionEndedError as e:
-        return error_response(404, str(e))
     except web.HTTPRequestEntityTooLarge as e:
         return error_response(413, f"the request is too large ({e.text})")
     except web.HTTPException:
         raise
     except Exception as e:
-        log.exception("%s %s failed", request.method, request.path)
-        return error_response(500, f"internal error: {e or type(e).__name__}")
+        status = status_of(e)
+        if status is None:
+            log.exception("%s %s failed", request.method, request.path)
+            return error_response(INTERNAL, f"internal error: {e or type(e).__name__}")
+        if status >= 500:  # the server's fault (a damaged file on its disk): the operator must hear of it
+            log.error("%s %s: %s", request.method, request.path, e)
+        return error_response(status, str(e))
 
 
 @web.middleware

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.errors import Conflict, TooBusy, Unavailable
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -35,14 +37,6 @@ HISTORY = 32  # finished jobs remembered for polling
 TERMINATE_GRACE_S = 5.0
 # (stage name in prepare_avatar's progress bars, share of the whole job before it, share of this stage)
 STAGES = {"reading frames": (0.0, 0.3), "face landmarks": (0.3, 0.55), "blend masks": (0.85, 0.1)}
-
-
-class JobError(Exception):
-    """A job that cannot be queued (status: 409 conflict, 429 queue full)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -131,13 +125,14 @@ class AvatarJobs:
 
     def submit(self, avatar_id: str, source: Path, source_name: str, options: JobOptions,
                expected_frames: int) -> AvatarJob:
-        """Queue a job; the job owns `source` (and its folder) from here on. JobError if it cannot be queued."""
+        """Queue a job; the job owns `source` (and its folder) from here on. Conflict (already being prepared),
+        TooBusy (queue full) or Unavailable (shutting down) if it cannot be queued."""
         if self._closed:
-            raise JobError(503, "the server is shutting down")
+            raise Unavailable("the server is shutting down")
         if self.busy(avatar_id):
-            raise JobError(409, f"avatar {avatar_id!r} is already being prepared")
+            raise Conflict(f"avatar {avatar_id!r} is already being prepared")
         if sum(not j.finished for j in self._jobs.values()) >= MAX_QUEUED:
-            raise JobError(429, f"{MAX_QUEUED} avatars are already waiting to be prepared; try again later")
+            raise TooBusy(f"{MAX_QUEUED} avatars are already waiting to be prepared; try again later")
         job = AvatarJob(secrets.token_hex(8), avatar_id, source, source_name, options, max(1, expected_frames))
         self._jobs[job.id] = job
         self._forget_old()

@@ -24,9 +24,9 @@ from musetalk.avatar import Avatar, AvatarError, AvatarNotFoundError, list_avata
 from musetalk.avatar_source import IMAGE_SUFFIXES
 from musetalk.config import VERSIONS, VIDEO_FPS
 from pipeline.compositor import warm_blend_plans
-from server.avatar_jobs import JOB_ID, AvatarJob, AvatarJobs, JobError, JobOptions
+from server.avatar_jobs import JOB_ID, AvatarJob, AvatarJobs, JobOptions
 from server.custom_video import decode_custom_clips
-from server.errors import ApiError
+from server.errors import BadRequest, Conflict, NotFound, TooLarge
 from server.routes import json_body, live_session, loaded_avatar, ok, stream_events
 from server.state import STATE
 
@@ -67,10 +67,7 @@ async def list_route(request: web.Request) -> web.Response:
 
 
 def _avatar_id(request: web.Request) -> str:
-    try:
-        return validate_avatar_id(request.match_info["avatar_id"])
-    except ValueError as e:
-        raise ApiError(400, str(e)) from e
+    return validate_avatar_id(request.match_info["avatar_id"])  # InvalidAvatarIdError: 400
 
 
 def _thumbnail(avatars_dir: Path, avatar_id: str) -> bytes:
@@ -89,7 +86,7 @@ async def thumbnail_route(request: web.Request) -> web.Response:
     try:
         data = await asyncio.to_thread(_thumbnail, request.app[STATE].config.avatars_dir, avatar_id)
     except AvatarNotFoundError as e:
-        raise ApiError(404, f"avatar {avatar_id!r} not found") from e
+        raise NotFound(f"avatar {avatar_id!r} not found") from e
     return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
 
 
@@ -106,16 +103,16 @@ async def delete_route(request: web.Request) -> web.Response:
     state = request.app[STATE]
     avatar_id = _avatar_id(request)
     if avatar_id == state.config.avatar_id:
-        raise ApiError(409, f"avatar {avatar_id!r} is the server's default (--avatar_id) and cannot be deleted")
+        raise Conflict(f"avatar {avatar_id!r} is the server's default (--avatar_id) and cannot be deleted")
     if request.app[JOBS].busy(avatar_id):
-        raise ApiError(409, f"avatar {avatar_id!r} is being prepared; cancel its task first")
+        raise Conflict(f"avatar {avatar_id!r} is being prepared; cancel its task first")
     users = [live for live in state.registry if live.session.avatar.avatar_id == avatar_id]
     if users:
-        raise ApiError(409, f"avatar {avatar_id!r} is shown by {len(users)} session(s); switch them to another "
-                            f"avatar or end them first")
+        raise Conflict(f"avatar {avatar_id!r} is shown by {len(users)} session(s); switch them to another "
+                       f"avatar or end them first")
     folder = state.config.avatars_dir / avatar_id
     if not (folder / "manifest.json").is_file():
-        raise ApiError(404, f"avatar {avatar_id!r} not found")
+        raise NotFound(f"avatar {avatar_id!r} not found")
     await asyncio.to_thread(_remove, folder)
     state.services.forget_avatar(avatar_id)
     return ok({"id": avatar_id})
@@ -130,20 +127,20 @@ def _int_field(fields: dict[str, str], name: str, default: int | None, low: int,
     try:
         value = int(text)
     except ValueError as e:
-        raise ApiError(400, f"'{name}' must be an integer") from e
+        raise BadRequest(f"'{name}' must be an integer") from e
     if not low <= value <= high:
-        raise ApiError(400, f"'{name}' must be between {low} and {high}")
+        raise BadRequest(f"'{name}' must be between {low} and {high}")
     return value
 
 
 def _options(fields: dict[str, str], max_frames: int) -> JobOptions:
     model = fields.get("model", "").strip()
     if model and model != "musetalk":
-        raise ApiError(400, f"'model' {model!r} is not available: this server prepares MuseTalk avatars "
-                            f"(model=musetalk)")
+        raise BadRequest(f"'model' {model!r} is not available: this server prepares MuseTalk avatars "
+                         f"(model=musetalk)")
     version = fields.get("version", "").strip() or "v15"
     if version not in VERSIONS:
-        raise ApiError(400, f"'version' must be one of {', '.join(VERSIONS)}")
+        raise BadRequest(f"'version' must be one of {', '.join(VERSIONS)}")
     frames = _int_field(fields, "max_frames", max_frames, 1, max_frames)
     return JobOptions(version=version, bbox_shift=_int_field(fields, "bbox_shift", 0, -100, 100) or 0,
                           extra_margin=_int_field(fields, "extra_margin", 10, 0, 100) or 0, max_frames=frames)
@@ -153,30 +150,30 @@ def _suffix(filename: str | None) -> str:
     match = _SUFFIX.search(filename or "")
     suffix = match.group(0).lower() if match else ""
     if suffix not in VIDEO_SUFFIXES | IMAGE_SUFFIXES:
-        raise ApiError(400, f"the file must be a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or an image "
-                            f"({', '.join(sorted(IMAGE_SUFFIXES))}), by its name")
+        raise BadRequest(f"the file must be a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or an image "
+                         f"({', '.join(sorted(IMAGE_SUFFIXES))}), by its name")
     return suffix
 
 
 def _probe(path: Path, max_seconds: float) -> int:
-    """Expected frame count of an uploaded video or image (ApiError 400 if it is neither, 413 too long)."""
+    """Expected frame count of an uploaded video or image (BadRequest if it is neither, TooLarge if too long)."""
     if path.suffix in IMAGE_SUFFIXES:
         if cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
-            raise ApiError(400, "the file is not a readable image")
+            raise BadRequest("the file is not a readable image")
         return 1
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise ApiError(400, "the file has no video stream")
+                raise BadRequest("the file has no video stream")
             stream = container.streams.video[0]
             if stream.duration is not None and stream.time_base is not None:
                 seconds = float(stream.duration * stream.time_base)
             else:
                 seconds = (container.duration or 0) / av.time_base
     except av.FFmpegError as e:
-        raise ApiError(400, f"cannot read the video: {e}") from e
+        raise BadRequest(f"cannot read the video: {e}") from e
     if seconds > max_seconds:
-        raise ApiError(413, f"the video is {seconds:.0f} s long; the limit is {max_seconds:g} s")
+        raise TooLarge(f"the video is {seconds:.0f} s long; the limit is {max_seconds:g} s")
     return max(1, round(seconds * VIDEO_FPS))
 
 
@@ -186,19 +183,19 @@ async def _read_upload(request: web.Request, folder: Path, max_bytes: int,
     on the fields that came before the file, before any of it is read (a bad id costs no upload), and
     `check(fields, True)` on all of them at the end."""
     if not request.content_type.startswith("multipart/"):
-        raise ApiError(400, "send the avatar as multipart/form-data with fields 'avatar_id' and 'file'")
+        raise BadRequest("send the avatar as multipart/form-data with fields 'avatar_id' and 'file'")
     if request.content_length is not None and request.content_length > max_bytes + 64 * 1024:
-        raise ApiError(413, f"the upload is larger than {max_bytes // (1024 * 1024)} MB")
+        raise TooLarge(f"the upload is larger than {max_bytes // (1024 * 1024)} MB")
     fields: dict[str, str] = {}
     found: tuple[Path, str] | None = None
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
-                raise ApiError(400, "nested multipart forms are not supported")
+                raise BadRequest("nested multipart forms are not supported")
             if part.name in ("file", "video_file"):  # ours, LiveTalking's
                 if found is not None:
-                    raise ApiError(400, "send one file")
+                    raise BadRequest("send one file")
                 check(fields, False)
                 name = Path(part.filename or "").name or "upload"
                 path = folder / f"source{_suffix(name)}"
@@ -207,22 +204,22 @@ async def _read_upload(request: web.Request, folder: Path, max_bytes: int,
                     while chunk := await part.read_chunk(_READ_CHUNK):
                         size += len(chunk)
                         if size > max_bytes:
-                            raise ApiError(413, f"the file is larger than {max_bytes // (1024 * 1024)} MB")
+                            raise TooLarge(f"the file is larger than {max_bytes // (1024 * 1024)} MB")
                         out.write(chunk)
                 if size == 0:
-                    raise ApiError(400, "the file is empty")
+                    raise BadRequest("the file is empty")
                 found = (path, name)
             elif part.name:
                 value = await part.read(decode=True)
                 if len(value) > _MAX_FIELD_BYTES:
-                    raise ApiError(400, f"form field {part.name!r} is too long")
+                    raise BadRequest(f"form field {part.name!r} is too long")
                 fields[part.name] = value.decode("utf-8", "replace")
     except ValueError as e:  # malformed multipart framing
-        raise ApiError(400, f"malformed multipart form: {e}") from e
+        raise BadRequest(f"malformed multipart form: {e}") from e
     if found is None:
         if "video_path" in fields:
-            raise ApiError(400, "'video_path' (a file on the server) is not accepted: upload the file as 'file'")
-        raise ApiError(400, "the form has no 'file' field (a video or an image)")
+            raise BadRequest("'video_path' (a file on the server) is not accepted: upload the file as 'file'")
+        raise BadRequest("the form has no 'file' field (a video or an image)")
     check(fields, True)
     return fields, *found
 
@@ -237,28 +234,22 @@ async def create(request: web.Request) -> AvatarJob:
             avatar_id = fields.get("avatar_id", "").strip()
             if not avatar_id:
                 if complete:
-                    raise ApiError(400, "'avatar_id' is required")
+                    raise BadRequest("'avatar_id' is required")
                 return  # it may come after the file
-            try:
-                validate_avatar_id(avatar_id)
-            except ValueError as e:
-                raise ApiError(400, str(e)) from e
+            validate_avatar_id(avatar_id)
             if avatar_id in RESERVED_IDS:
-                raise ApiError(400, f"{avatar_id!r} is a reserved name; choose another avatar id")
+                raise BadRequest(f"{avatar_id!r} is a reserved name; choose another avatar id")
             if (config.avatars_dir / avatar_id).exists():
-                raise ApiError(409, f"avatar {avatar_id!r} already exists; delete it first")
+                raise Conflict(f"avatar {avatar_id!r} already exists; delete it first")
             if jobs.busy(avatar_id):
-                raise ApiError(409, f"avatar {avatar_id!r} is already being prepared")
+                raise Conflict(f"avatar {avatar_id!r} is already being prepared")
 
         fields, path, name = await _read_upload(request, folder, config.max_avatar_upload_bytes, check)
         max_frames = int(config.max_avatar_seconds * VIDEO_FPS)
         options = _options(fields, max_frames)
         # In the uploads' own pool, as audio uploads: never in the threads aiortc encodes with.
         expected = await state.decoder.pool.run(_probe, path, config.max_avatar_seconds)
-        try:
-            job = jobs.submit(fields["avatar_id"].strip(), path, name, options, min(expected, options.max_frames))
-        except JobError as e:
-            raise ApiError(e.status, str(e)) from e
+        job = jobs.submit(fields["avatar_id"].strip(), path, name, options, min(expected, options.max_frames))
     except BaseException:  # an error, or the client went away mid-upload (the handler is cancelled)
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -275,10 +266,10 @@ async def create_route(request: web.Request) -> web.Response:
 def _job(request: web.Request) -> AvatarJob:
     job_id = request.match_info["task_id"]
     if not JOB_ID.fullmatch(job_id):
-        raise ApiError(400, f"invalid task id {job_id[:40]!r}")
+        raise BadRequest(f"invalid task id {job_id[:40]!r}")
     job = request.app[JOBS].get(job_id)
     if job is None:
-        raise ApiError(404, "task not found")
+        raise NotFound("task not found")
     return job
 
 
@@ -293,7 +284,7 @@ async def task_route(request: web.Request) -> web.Response:
 async def cancel_route(request: web.Request) -> web.Response:
     job = _job(request)
     if job.finished:
-        raise ApiError(409, f"the task has already ended ({job.status})")
+        raise Conflict(f"the task has already ended ({job.status})")
     await request.app[JOBS].cancel(job)
     return ok(job.to_json())
 
@@ -344,7 +335,7 @@ async def set_avatar_route(request: web.Request) -> web.Response:
     live = live_session(state, body.get("sessionid"))
     avatar_id = body.get("avatar")
     if not isinstance(avatar_id, str):
-        raise ApiError(400, "'avatar' (an avatar id) is required")
+        raise BadRequest("'avatar' (an avatar id) is required")
     avatar, actions = await loaded_avatar(state, avatar_id)
     session = live.session
     await asyncio.to_thread(warm_blend_plans, avatar, session.clock.current_tick())

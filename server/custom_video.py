@@ -11,7 +11,7 @@ from musetalk.avatar import Avatar, AvatarError
 from pipeline.actions import ActionClip, CustomClip, load_custom_clips, parse_custom_config
 from pipeline.clock import VIDEO_FPS
 from server.config import ServerConfig
-from server.errors import ApiError
+from server.errors import BadRequest, ServerFault
 
 
 def read_config_file(path: Path) -> tuple[CustomClip, ...]:
@@ -20,15 +20,19 @@ def read_config_file(path: Path) -> tuple[CustomClip, ...]:
 
 
 def custom_clips_of(config: ServerConfig, body: dict[str, Any]) -> tuple[CustomClip, ...]:
-    """The clips a new session plays: the offer's custom_config, else the server's file (ApiError 400 if bad)."""
+    """The clips a new session plays: the offer's custom_config (BadRequest if bad), else the server's file
+    (checked at start: ServerFault if it went bad since)."""
     given = body.get("custom_config")
-    try:
-        if given not in (None, "", []):
+    if given not in (None, "", []):
+        try:
             return parse_custom_config(given, root=config.custom_dir)
-        if config.customvideo_config is not None:
+        except (ValueError, OSError) as e:
+            raise BadRequest(str(e)) from e
+    if config.customvideo_config is not None:
+        try:
             return read_config_file(config.customvideo_config)
-    except (ValueError, OSError) as e:
-        raise ApiError(400, str(e)) from e
+        except (ValueError, OSError) as e:
+            raise ServerFault(f"--customvideo_config {config.customvideo_config}: {e}") from e
     return ()
 
 
@@ -40,4 +44,4 @@ async def decode_custom_clips(clips: tuple[CustomClip, ...], avatar: Avatar, max
     try:
         return await asyncio.to_thread(load_custom_clips, clips, avatar, int(max_seconds * VIDEO_FPS))
     except (AvatarError, OSError) as e:
-        raise ApiError(400, f"custom_config: {e}") from e
+        raise BadRequest(f"custom_config: {e}") from e

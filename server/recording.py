@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.items import SAMPLE_RATE, TICK_SAMPLES, OutputTick
 from pipeline.session import Session
-from server.errors import ApiError
+from server.errors import BadRequest, Conflict, ServerFault
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +34,10 @@ _POLL_S = 0.05
 _RECORD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-class RecordingError(ApiError):
-    """A recording that ended without a file: nothing was recorded (409) or writing failed (500)."""
-
-
 def record_path(records_dir: Path, session_id: str) -> Path:
-    """Where the recording of `session_id` lives; ValueError for an id that is not a plain file name."""
+    """Where the recording of `session_id` lives; BadRequest for an id that is not a plain file name."""
     if not _RECORD_ID.fullmatch(session_id):
-        raise ValueError(f"invalid session id {session_id!r}")
+        raise BadRequest(f"invalid session id {session_id!r}")
     return records_dir / f"{session_id}.mp4"
 
 
@@ -79,7 +75,7 @@ class Recorder:
     async def finish(self) -> Path:
         """Stop taking ticks, let the thread encode what is queued (at most DRAIN_SECONDS) and close the file.
 
-        Idempotent. RecordingError when there is no file: nothing was recorded, or writing it failed."""
+        Idempotent. Conflict when nothing was recorded, ServerFault when writing it failed."""
         assert self._done is not None, "finish() before start()"
         self.session.remove_sink(self)
         if not self._stop.is_set():
@@ -87,10 +83,10 @@ class Recorder:
             self._stop.set()
         await asyncio.shield(self._done)  # the thread resolves it on every path; shielded: a cancelled caller
         if self.error is not None:        # (session closing) must not leave a half-written file behind
-            raise RecordingError(500, f"recording failed: {self.error}")
+            raise ServerFault(f"recording failed: {self.error}")
         if self.frames == 0:
-            raise RecordingError(409, "nothing was recorded: end_record came before the session's first video "
-                                      "frame; record for longer")
+            raise Conflict("nothing was recorded: end_record came before the session's first video "
+                           "frame; record for longer")
         if self.dropped:
             log.warning("recording %s: %d ticks dropped (encoder too slow)", self.path.name, self.dropped)
         return self.path

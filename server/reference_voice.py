@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.session import Session
 from server.config import ServerConfig
-from server.errors import ApiError
+from server.errors import BadRequest
 from server.services import Services, build_tts
 from server.voice import Voice
 from voices.llm import Conversation
@@ -37,7 +37,7 @@ def _field(body: dict[str, Any], name: str) -> str | None:
     if value is None or value == "":  # LiveTalking's page leaves empty inputs out; others may send ""
         return None
     if not isinstance(value, str) or len(value) > MAX_FIELD_CHARS:
-        raise ApiError(400, f"'{name}' must be a string of at most {MAX_FIELD_CHARS} characters")
+        raise BadRequest(f"'{name}' must be a string of at most {MAX_FIELD_CHARS} characters")
     return value
 
 
@@ -49,8 +49,8 @@ def reference_of(body: dict[str, Any], voice: str, config: ServerConfig) -> Refe
         return None
     if voice not in CLONING_VOICES:
         named = "'refaudio'" if audio is not None else "'reftext'"
-        raise ApiError(400, f"{named} (a reference voice for the session) is not supported by the voice "
-                            f"{voice!r}; it needs {' or '.join(CLONING_VOICES)} (--tts)")
+        raise BadRequest(f"{named} (a reference voice for the session) is not supported by the voice "
+                         f"{voice!r}; it needs {' or '.join(CLONING_VOICES)} (--tts)")
     if voice == "cosyvoice" and audio is not None:
         audio = str(_recording(audio, config))
     return Reference(audio, text)
@@ -62,16 +62,16 @@ def _recording(name: str, config: ServerConfig) -> Path:
     folder = Path(config.REF_FILE).parent
     path = folder / name
     if not _RECORDING_NAME.fullmatch(name) or not path.is_file():
-        raise ApiError(400, f"'refaudio' must name a .wav file beside the configured reference recording "
-                            f"(in {folder}); {name!r} is not one")
+        raise BadRequest(f"'refaudio' must name a .wav file beside the configured reference recording "
+                         f"(in {folder}); {name!r} is not one")
     return path
 
 
 def check_tts_field(body: dict[str, Any]) -> None:
     """/human `tts` (LiveTalking: per-request ref_file/ref_text): a 400, unless it is empty."""
     if body.get("tts") not in (None, {}, ""):
-        raise ApiError(400, "'tts' (a voice per request) is not supported: choose the session's reference voice "
-                            "with /offer 'refaudio' and 'reftext' (gpt-sovits, cosyvoice), or its voice with 'voice'")
+        raise BadRequest("'tts' (a voice per request) is not supported: choose the session's reference voice "
+                         "with /offer 'refaudio' and 'reftext' (gpt-sovits, cosyvoice), or its voice with 'voice'")
 
 
 class OwnVoiceSpeaker(Speaker):
@@ -93,5 +93,5 @@ async def reference_speaker(config: ServerConfig, services: Services, session: S
     try:
         tts = await asyncio.to_thread(build_tts, own)  # CosyVoice reads the recording
     except TTSError as e:
-        raise ApiError(400, f"'refaudio': {e}") from e
+        raise BadRequest(f"'refaudio': {e}") from e
     return OwnVoiceSpeaker(session, tts, Conversation(services.llm, config.system_prompt))

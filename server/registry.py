@@ -17,7 +17,7 @@ from aiortc import RTCPeerConnection
 
 from pipeline.items import SAMPLE_RATE
 from pipeline.session import Session
-from server.errors import ApiError
+from server.errors import ApiError, NotFound, Unavailable
 from server.media import SessionTracks
 from server.recording import Recorder
 from server.voice import Voice
@@ -32,12 +32,12 @@ log = logging.getLogger(__name__)
 FPS_WINDOW_S = 5.0
 
 
-class SessionLimitError(Exception):
-    """No slot for a new session: the limit is reached, or the server is shutting down (503)."""
+class SessionLimitError(Unavailable):
+    """No slot for a new session: the limit is reached, or the server is shutting down."""
 
 
-class SessionEndedError(Exception):
-    """The session ended while a request for it was under way (404)."""
+class SessionEndedError(NotFound):
+    """The session ended while a request for it was under way."""
 
 
 def new_session_id(taken: set[str]) -> str:

@@ -11,12 +11,12 @@ from typing import Any
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from musetalk.avatar import Avatar, AvatarError, AvatarNotFoundError, validate_avatar_id
+from musetalk.avatar import Avatar, AvatarNotFoundError, validate_avatar_id
 from pipeline.actions import ActionClip, CustomClip
 from pipeline.items import SAMPLE_RATE, Event
 from pipeline.session import Session
 from server.custom_video import custom_clips_of, decode_custom_clips
-from server.errors import ApiError
+from server.errors import BadRequest, NotFound, TooBusy, TooLarge
 from server.media import SessionTracks
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.recording import Recorder, record_path
@@ -51,72 +51,69 @@ def error_response(status: int, message: str) -> web.Response:
 async def json_body(request: web.Request) -> dict[str, Any]:
     """The JSON object of a request, read with a size cap (uploads may be large; JSON bodies may not)."""
     if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
-        raise ApiError(413, f"the request body is larger than {MAX_JSON_BYTES // 1024} KB")
+        raise TooLarge(f"the request body is larger than {MAX_JSON_BYTES // 1024} KB")
     raw = bytearray()
     async for chunk in request.content.iter_chunked(64 * 1024):
         raw += chunk
         if len(raw) > MAX_JSON_BYTES:
-            raise ApiError(413, f"the request body is larger than {MAX_JSON_BYTES // 1024} KB")
+            raise TooLarge(f"the request body is larger than {MAX_JSON_BYTES // 1024} KB")
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"the request body is not valid JSON: {e}") from e
+        raise BadRequest(f"the request body is not valid JSON: {e}") from e
     except RecursionError as e:
-        raise ApiError(400, "the request body is nested too deeply") from e
+        raise BadRequest("the request body is nested too deeply") from e
     if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
+        raise BadRequest("the request body must be a JSON object")
     return body
 
 
 def session_id_of(value: object) -> str:
     """LiveTalking clients send the id as a string (current pages) or a number (classic pages, tools)."""
     if isinstance(value, bool) or value is None or value == "":
-        raise ApiError(400, "'sessionid' is required")
+        raise BadRequest("'sessionid' is required")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, (str, int)):
-        raise ApiError(400, "'sessionid' must be a string or a number")
+        raise BadRequest("'sessionid' must be a string or a number")
     return str(value).strip()
 
 
 def live_session(state: AppState, value: object) -> LiveSession:
     live = state.registry.get(session_id_of(value))
     if live is None:
-        raise ApiError(404, "session not found")
+        raise NotFound("session not found")
     return live
 
 
 async def loaded_avatar(state: AppState, avatar_id: str) -> tuple[Avatar, dict[int, ActionClip]]:
-    """A prepared avatar, loaded and bound once (services.avatar), or the ApiError that says what is wrong."""
+    """A prepared avatar, loaded and bound once (services.avatar). An invalid id is the client's error (400), a
+    damaged avatar or action clip on disk the server's (AvatarError: 500), as server.errors maps them."""
     try:
         return await state.services.avatar(avatar_id)
-    except ValueError as e:
-        raise ApiError(400, str(e)) from e
-    except AvatarNotFoundError as e:
-        raise ApiError(404, f"avatar {avatar_id!r} not found") from e
-    except AvatarError as e:
-        raise ApiError(500, str(e)) from e
+    except AvatarNotFoundError as e:  # its own message tells an operator how to prepare one
+        raise NotFound(f"avatar {avatar_id!r} not found") from e
 
 
 def admit_speech(state: AppState, live: LiveSession, audio_seconds: float = 0.0) -> None:
     """429 when the session already has as much speech waiting as it may (requests or seconds)."""
     c = state.config
     if live.voice.pending >= c.max_pending_requests:
-        raise ApiError(429, f"this session already has {live.voice.pending} requests waiting to be spoken (the "
-                            f"limit is {c.max_pending_requests}); wait for them to play, or /interrupt_talk")
+        raise TooBusy(f"this session already has {live.voice.pending} requests waiting to be spoken (the "
+                      f"limit is {c.max_pending_requests}); wait for them to play, or /interrupt_talk")
     queued = live.queued_seconds
     if queued + audio_seconds > c.max_queued_seconds:
-        raise ApiError(429, f"this session already has {queued:.0f} s of speech waiting to be played; "
-                            f"{'with this audio ' if audio_seconds else ''}that would pass the limit of "
-                            f"{c.max_queued_seconds:g} s; wait for it to play, or /interrupt_talk")
+        raise TooBusy(f"this session already has {queued:.0f} s of speech waiting to be played; "
+                      f"{'with this audio ' if audio_seconds else ''}that would pass the limit of "
+                      f"{c.max_queued_seconds:g} s; wait for it to play, or /interrupt_talk")
 
 
 def text_field(state: AppState, body: dict[str, Any]) -> str:
     text = body.get("text")
     if not isinstance(text, str) or not text.strip():
-        raise ApiError(400, "'text' must be a non-empty string")
+        raise BadRequest("'text' must be a non-empty string")
     if len(text) > state.config.max_text_chars:
-        raise ApiError(413, f"'text' is longer than {state.config.max_text_chars} characters")
+        raise TooLarge(f"'text' is longer than {state.config.max_text_chars} characters")
     return text
 
 
@@ -127,20 +124,18 @@ async def offer(request: web.Request) -> web.Response:
     body = await json_body(request)
     sdp, kind = body.get("sdp"), body.get("type")
     if not isinstance(sdp, str) or not sdp.strip():
-        raise ApiError(400, "'sdp' (the offer's SDP text) is required")
+        raise BadRequest("'sdp' (the offer's SDP text) is required")
     if kind != "offer":
-        raise ApiError(400, "'type' must be \"offer\"")
+        raise BadRequest("'type' must be \"offer\"")
     avatar_id = body.get("avatar") or state.config.avatar_id
     if not isinstance(avatar_id, str):
-        raise ApiError(400, "'avatar' must be a string (an avatar id)")
+        raise BadRequest("'avatar' must be a string (an avatar id)")
     voice = body.get("voice") or None  # our extension: one of /healthz "voices"
-    try:  # everything that can be checked before a session slot is taken
-        validate_avatar_id(avatar_id)
-        if voice is not None:
-            state.services.check_voice(voice)
-        check_offer(sdp)
-    except ValueError as e:
-        raise ApiError(400, str(e)) from e
+    # everything that can be checked before a session slot is taken
+    validate_avatar_id(avatar_id)
+    if voice is not None:
+        state.services.check_voice(voice)
+    check_offer(sdp)
     # refaudio/reftext: honoured, or a 400
     reference = reference_of(body, voice or state.services.voices[0], state.config)
     custom = custom_clips_of(state.config, body)  # LiveTalking's custom_config, else --customvideo_config
@@ -168,7 +163,7 @@ async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str, voi
         local = await answer(pc, sdp, "offer", [tracks.audio, tracks.video])
     except Exception as e:  # aiortc raises assorted errors for SDP it cannot parse or use
         await close_media(sid, tracks, pc, session)
-        raise ApiError(400, f"cannot use the offer SDP: {str(e) or type(e).__name__}") from e
+        raise BadRequest(f"cannot use the offer SDP: {str(e) or type(e).__name__}") from e
     live: LiveSession | None = None
     try:
         if reference is not None:  # the session clones a voice of its own
@@ -204,7 +199,7 @@ async def human(request: web.Request) -> web.Response:
     check_tts_field(body)
     kind = body.get("type")
     if kind not in ("echo", "chat"):
-        raise ApiError(400, "'type' must be \"echo\" (speak the text) or \"chat\" (answer it)")
+        raise BadRequest("'type' must be \"echo\" (speak the text) or \"chat\" (answer it)")
     if body.get("interrupt") in _TRUE:
         await live.voice.interrupt()
         live.check_open()  # the interrupt was awaited: the session may have ended meanwhile
@@ -220,10 +215,10 @@ async def human(request: web.Request) -> web.Response:
 async def human_audio(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if not request.content_type.startswith("multipart/"):
-        raise ApiError(400, "send the audio as multipart/form-data with fields 'file' and 'sessionid'")
+        raise BadRequest("send the audio as multipart/form-data with fields 'file' and 'sessionid'")
     limit = state.config.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + 64 * 1024:
-        raise ApiError(413, f"the upload is larger than {limit // (1024 * 1024)} MB")
+        raise TooLarge(f"the upload is larger than {limit // (1024 * 1024)} MB")
     found: list[LiveSession] = []
 
     def check_session(fields: dict[str, str]) -> None:
@@ -234,9 +229,9 @@ async def human_audio(request: web.Request) -> web.Response:
     try:
         data = await read_form(await request.multipart(), limit, check_session)
     except ValueError as e:  # malformed multipart framing
-        raise ApiError(400, f"malformed multipart form: {e}") from e
+        raise BadRequest(f"malformed multipart form: {e}") from e
     live = found[0]
-    pcm = await state.decoder.decode(data)  # UploadError: answered with its own status
+    pcm = await state.decoder.decode(data)  # BadRequest or TooLarge for an audio file it cannot take
     live.check_open()
     admit_speech(state, live, len(pcm) / SAMPLE_RATE)
     live.push_audio_file(pcm)
@@ -266,13 +261,13 @@ async def set_audiotype(request: web.Request) -> web.Response:
     except ValueError:
         audiotype = None
     if audiotype is None:
-        raise ApiError(400, "'audiotype' must be an integer")
+        raise BadRequest("'audiotype' must be an integer")
     try:
         live.session.set_audiotype(audiotype)
     except KeyError as e:
         have = ", ".join(str(k) for k in sorted(live.session.actions)) or "none"
-        raise ApiError(400, f"avatar {live.session.avatar.avatar_id!r} has no action clip {audiotype} "
-                            f"(available: {have})") from e
+        raise BadRequest(f"avatar {live.session.avatar.avatar_id!r} has no action clip {audiotype} "
+                         f"(available: {have})") from e
     return ok()
 
 
@@ -283,7 +278,7 @@ async def record(request: web.Request) -> web.Response:
     kind = body.get("type")
     if kind == "start_record":
         if live.recorder is not None:
-            raise ApiError(400, "already recording")
+            raise BadRequest("already recording")
         recorder = Recorder(live.session, record_path(state.config.records_dir, live.id))
         recorder.start()
         live.recorder = recorder
@@ -291,24 +286,21 @@ async def record(request: web.Request) -> web.Response:
     if kind == "end_record":
         recorder = live.recorder
         if recorder is None:
-            raise ApiError(400, "not recording (send type start_record first)")
+            raise BadRequest("not recording (send type start_record first)")
         try:  # a second end_record meanwhile waits for the same end; a start_record is refused until it
-            await recorder.finish()  # RecordingError: answered with its own status and message
+            await recorder.finish()  # Conflict (nothing recorded) or ServerFault (writing failed)
         finally:
             if live.recorder is recorder:
                 live.recorder = None
         return ok({"url": f"/record/{live.id}"})
-    raise ApiError(400, "'type' must be \"start_record\" or \"end_record\"")
+    raise BadRequest("'type' must be \"start_record\" or \"end_record\"")
 
 
 async def download_record(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    try:
-        path = record_path(state.config.records_dir, request.match_info["sessionid"])
-    except ValueError as e:
-        raise ApiError(400, str(e)) from e
+    path = record_path(state.config.records_dir, request.match_info["sessionid"])
     if not path.is_file():
-        raise ApiError(404, "Record not found")
+        raise NotFound("Record not found")
     return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{path.name}"'})
 
 
@@ -325,8 +317,8 @@ async def sse(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     live = live_session(state, request.query.get("sessionid"))
     if live.sse_streams >= state.config.max_sse_per_session:
-        raise ApiError(429, f"this session already has {live.sse_streams} /sse streams open (the limit is "
-                            f"{state.config.max_sse_per_session}); close one first")
+        raise TooBusy(f"this session already has {live.sse_streams} /sse streams open (the limit is "
+                      f"{state.config.max_sse_per_session}); close one first")
     live.sse_streams += 1
     queue = live.session.subscribe()
     try:

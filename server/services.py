@@ -14,6 +14,7 @@ from musetalk.avatar import Avatar, load_avatar, validate_avatar_id
 from pipeline.actions import ActionClip, load_actions
 from pipeline.session import Session
 from server.config import ServerConfig
+from server.errors import BadRequest
 from server.voice import RealtimeVoice, Voice
 from voices.asr import Transcriber
 from voices.llm import ChatLLM, ChatModel, Conversation, LocalChatLLM
@@ -89,7 +90,7 @@ class Services:
     async def avatar(self, avatar_id: str) -> tuple[Avatar, dict[int, ActionClip]]:
         """A prepared avatar and its action clips, loaded and bound to the engine once (off the event loop).
 
-        ValueError: invalid id; AvatarNotFoundError: no such avatar; AvatarError: a damaged one."""
+        InvalidAvatarIdError, AvatarNotFoundError: no such avatar; AvatarError: a damaged one (or action clip)."""
         validate_avatar_id(avatar_id)
         if (loaded := self._avatars.get(avatar_id)) is not None:
             return loaded  # not behind another avatar's load, which can take seconds (latents encoded on bind)
@@ -121,15 +122,15 @@ class Services:
         return [c.tts] + [name for name in ("piper", "edgetts") if name != c.tts]
 
     def check_voice(self, name: str) -> None:
-        """ValueError, naming the voices offered, unless `name` is one of `voices`."""
+        """BadRequest, naming the voices offered, unless `name` is one of `voices`."""
         if name not in self.voices:
-            raise ValueError(f"unknown voice {name!r}; this server offers {', '.join(self.voices)}")
+            raise BadRequest(f"unknown voice {name!r}; this server offers {', '.join(self.voices)}")
 
     async def tts(self, name: str) -> TTS:
-        """A TTS backend, built on first use and shared by the sessions that chose it. ValueError if unknown."""
+        """A TTS backend, built on first use and shared by the sessions that chose it. BadRequest if unknown."""
         self.check_voice(name)
         if name == "realtime":
-            raise ValueError("the realtime voice is a speech-to-speech model, not a TTS backend")
+            raise BadRequest("the realtime voice is a speech-to-speech model, not a TTS backend")
         async with self._tts_lock:
             if name not in self._tts:
                 # --REF_FILE / --TTS_SERVER describe the --tts backend only; another one starts from its defaults.
@@ -140,7 +141,7 @@ class Services:
             return self._tts[name]
 
     async def new_voice(self, session: Session, name: str | None = None) -> Voice:
-        """A per-session voice: `name` from `voices` (default: the first). ValueError if unknown."""
+        """A per-session voice: `name` from `voices` (default: the first). BadRequest if unknown."""
         c = self.config
         name = name or self.voices[0]
         if name == "realtime" and c.tts == "realtime":

@@ -15,17 +15,13 @@ import numpy as np
 from aiohttp import BodyPartReader, MultipartReader
 
 from pipeline.items import SAMPLE_RATE
-from server.errors import ApiError
+from server.errors import ApiError, BadRequest, TooLarge
 from voices._threads import Pool
 from voices.audio import MonoResampler
 
 MIN_RATE, MAX_RATE = 1000, 384_000
 MAX_CHANNELS = 16
 _READ_CHUNK = 64 * 1024
-
-
-class UploadError(ApiError):
-    """A bad upload (its status: 400 unreadable, 413 too large)."""
 
 
 async def read_form(reader: MultipartReader, max_bytes: int, check: Callable[[dict[str, str]], None],
@@ -39,18 +35,18 @@ async def read_form(reader: MultipartReader, max_bytes: int, check: Callable[[di
     checked = False
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
-            raise UploadError(400, "nested multipart forms are not supported")
+            raise BadRequest("nested multipart forms are not supported")
         if part.name == "file":
             buf = bytearray()
             while chunk := await part.read_chunk(_READ_CHUNK):
                 buf += chunk
                 if len(buf) > max_bytes:
-                    raise UploadError(413, f"the file is larger than {max_bytes // (1024 * 1024)} MB")
+                    raise TooLarge(f"the file is larger than {max_bytes // (1024 * 1024)} MB")
             data = bytes(buf)
         elif part.name:
             value = await part.read(decode=True)
             if len(value) > 4096:
-                raise UploadError(400, f"form field {part.name!r} is too long")
+                raise BadRequest(f"form field {part.name!r} is too long")
             fields[part.name] = value.decode("utf-8", "replace")
             if part.name == key and not checked:
                 checked = True
@@ -58,29 +54,29 @@ async def read_form(reader: MultipartReader, max_bytes: int, check: Callable[[di
     if not checked:
         check(fields)
     if data is None:
-        raise UploadError(400, "the form has no 'file' field")
+        raise BadRequest("the form has no 'file' field")
     return data
 
 
 def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
     """Any common audio file -> float32 mono 16 kHz (blocking: call it in a worker thread)."""
     if not data:
-        raise UploadError(400, "the file is empty")
+        raise BadRequest("the file is empty")
     max_samples = int(max_seconds * SAMPLE_RATE)
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.audio:
-                raise UploadError(400, "the file has no audio stream")
+                raise BadRequest("the file has no audio stream")
             stream = container.streams.audio[0]
             codec = stream.codec_context
             if codec is None:  # FFmpeg found no decoder for what the header describes (e.g. 0 bits a sample)
-                raise UploadError(400, "cannot decode the audio file: its audio format is not supported "
-                                       "(the header describes no decodable codec)")
+                raise BadRequest("cannot decode the audio file: its audio format is not supported "
+                                 "(the header describes no decodable codec)")
             rate, channels = codec.sample_rate, codec.channels
             if not MIN_RATE <= (rate or 0) <= MAX_RATE:
-                raise UploadError(400, f"unsupported sample rate {rate} Hz (expected {MIN_RATE}..{MAX_RATE})")
+                raise BadRequest(f"unsupported sample rate {rate} Hz (expected {MIN_RATE}..{MAX_RATE})")
             if not 1 <= (channels or 0) <= MAX_CHANNELS:
-                raise UploadError(400, f"unsupported channel count {channels}")
+                raise BadRequest(f"unsupported channel count {channels}")
             to_mono = MonoResampler()
             parts: list[np.ndarray] = []
             total = 0
@@ -88,13 +84,13 @@ def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
                 parts.append(to_mono(frame))
                 total += len(parts[-1])
                 if total > max_samples:
-                    raise UploadError(413, f"the audio is longer than {max_seconds:g} s")
-    except UploadError:
+                    raise TooLarge(f"the audio is longer than {max_seconds:g} s")
+    except ApiError:
         raise
     except (av.FFmpegError, ValueError, EOFError, MemoryError) as e:
-        raise UploadError(400, f"cannot decode the audio file: {e}") from e
+        raise BadRequest(f"cannot decode the audio file: {e}") from e
     if total == 0:
-        raise UploadError(400, "the file contains no audio samples")
+        raise BadRequest("the file contains no audio samples")
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import aioice.ice
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
+from server.errors import BadRequest
+
 
 DEFAULT_TURN_REST_USER = "avatar"
 
@@ -75,7 +77,7 @@ _MEDIA_LINE = re.compile(r"^m=(audio|video) (\d+) (\S+)", re.MULTILINE)
 
 
 def check_offer(sdp: str) -> None:
-    """ValueError naming what is missing from an offer that could never connect (so it takes no session slot).
+    """BadRequest naming what is missing from an offer that could never connect (so it takes no session slot).
 
     Every offer needs a DTLS fingerprint, ICE credentials and an RTP audio or video section. Candidates it may
     lack: the client then reaches our candidates itself and is learnt as a peer-reflexive one (a browser with
@@ -88,7 +90,7 @@ def check_offer(sdp: str) -> None:
     if not media:
         missing.append("an audio or video media section (m=audio / m=video over RTP, port not 0)")
     if missing:
-        raise ValueError("the offer SDP lacks " + "; ".join(missing))
+        raise BadRequest("the offer SDP lacks " + "; ".join(missing))
 
 
 async def answer(pc: RTCPeerConnection, sdp: str, kind: str, tracks: Sequence[MediaStreamTrack]) -> RTCSessionDescription:

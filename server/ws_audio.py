@@ -33,7 +33,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from pipeline.clock import TICK_SECONDS
 from pipeline.items import SAMPLE_RATE
-from server.errors import ApiError
+from server.errors import BadRequest, Conflict
 from server.registry import LiveSession
 from server.routes import live_session, sse_data
 from server.state import STATE, AppState
@@ -296,10 +296,10 @@ async def ws_audio(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=int(max(RATES) * 2 * MAX_MESSAGE_SECONDS) + 1024,
                                heartbeat=HEARTBEAT_S)
     if not ws.can_prepare(request).ok:
-        raise ApiError(400, "/ws/audio is a WebSocket: connect with a WebSocket client (Upgrade: websocket)")
+        raise BadRequest("/ws/audio is a WebSocket: connect with a WebSocket client (Upgrade: websocket)")
     streams = request.app[STREAMS]
     if live.id in streams:
-        raise ApiError(409, "this session already has an open /ws/audio stream; close it first")
+        raise Conflict("this session already has an open /ws/audio stream; close it first")
     streams.add(live.id)
     try:
         await ws.prepare(request)

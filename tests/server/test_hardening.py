@@ -21,7 +21,8 @@ import pytest
 import soundfile as sf
 
 from pipeline.session import Session
-from server.recording import Recorder, RecordingError
+from server.errors import ApiError
+from server.recording import Recorder
 from testing.server_client import Client, Server, connect_with_events, is_speaking, offer_sdp, until, upload
 from voices._threads import ASR_POOL, LLM_POOL, TTS_POOL
 
@@ -56,10 +57,10 @@ async def test_a_recording_stopped_before_the_first_frame_ends_at_once_with_a_cl
     for recorder in recorders:
         recorder.start()
     for recorder in recorders:
-        with pytest.raises(RecordingError) as e:
+        with pytest.raises(ApiError) as e:
             await asyncio.wait_for(recorder.finish(), 5)
         assert e.value.status == 409 and "nothing was recorded" in str(e.value)
-        with pytest.raises(RecordingError):
+        with pytest.raises(ApiError):
             await asyncio.wait_for(recorder.finish(), 5)  # idempotent: the same end again
         recorder._thread.join(5)  # it resolved finish() as its last step
         assert not recorder._thread.is_alive() and not recorder.path.exists()
@@ -82,7 +83,7 @@ async def test_a_recording_whose_encoder_fails_ends_with_a_500_and_frees_everyth
     recorder.start()
     for _ in range(5):
         session.step()
-    with pytest.raises(RecordingError) as e:
+    with pytest.raises(ApiError) as e:
         await asyncio.wait_for(recorder.finish(), 5)
     assert e.value.status == 500 and "No space left" in str(e.value)
     recorder._thread.join(5)

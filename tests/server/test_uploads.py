@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from server.uploads import UploadError, decode_audio
+from server.errors import ApiError
+from server.uploads import decode_audio
 
 
 def dominant_hz(x: np.ndarray, rate: int = 16000) -> float:
@@ -50,7 +51,7 @@ def wav_header(rate: int, channels: int, data_bytes: int) -> bytes:
 ])
 def test_hostile_files_fail_fast_with_a_clear_status(data: bytes, status: int, words: str) -> None:
     t0 = time.monotonic()
-    with pytest.raises(UploadError) as exc:
+    with pytest.raises(ApiError) as exc:
         decode_audio(data, max_seconds=3)
     assert exc.value.status == status and words in str(exc.value)
     assert time.monotonic() - t0 < 1.0
@@ -67,6 +68,6 @@ def test_expansion_stops_at_the_duration_limit() -> None:
     buf = io.BytesIO()
     sf.write(buf, np.zeros(48000 * 600, np.int16), 48000, format="FLAC")  # 10 min of silence, a small file
     t0 = time.monotonic()
-    with pytest.raises(UploadError) as exc:
+    with pytest.raises(ApiError) as exc:
         decode_audio(buf.getvalue(), max_seconds=5)
     assert exc.value.status == 413 and time.monotonic() - t0 < 1.0
