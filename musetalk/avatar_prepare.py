@@ -67,6 +67,28 @@ def _nearest(found: np.ndarray, n: int) -> np.ndarray:
     return np.where(use_left, found[left], found[right])
 
 
+def _faces(frames: np.ndarray, version: Version, bbox_shift: int, extra_margin: int, source_name: str,
+           progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(N,468,2) landmarks and (N,4) face boxes of every frame. Frames where no face is found, or whose landmark
+    box the official rule rejects, take those of the nearest frame with a good one; NoFaceError if none has."""
+    n, shape = len(frames), frames.shape[1:]
+    landmarks = np.zeros((n, N_LANDMARKS, 2), np.float32)
+    boxes = np.zeros((n, 4), np.int32)
+    ok = np.zeros(n, bool)
+    for i, lm in enumerate(_detect_all(frames, progress)):
+        if lm is None:
+            continue
+        try:
+            boxes[i] = face_box(lm, shape, version, bbox_shift, extra_margin)
+        except FaceBoxRejected:  # upstream falls back to its S3FD box; we have none: as a frame with no face
+            continue
+        landmarks[i], ok[i] = lm, True
+    if not ok.any():
+        raise NoFaceError(f"no face found in any of the {n} frame(s) of {source_name}")
+    nearest = _nearest(np.flatnonzero(ok), n)
+    return landmarks[nearest], boxes[nearest]
+
+
 def _official_vae(models_dir: Path) -> AutoencoderKL | None:
     """The sd-vae from the official layout if it is there (checked cheaply before importing torch)."""
     if not (models_dir / "sd-vae").is_dir():
@@ -153,22 +175,7 @@ def prepare_avatar(source: Path | np.ndarray, avatar_id: str, avatars_dir: Path 
     with building(final, o.overwrite) as folder:
         frames_arr = write_frames(frames, folder / "frames.npy", source_name, o.progress)
         n, shape = len(frames_arr), frames_arr.shape[1:]
-        detected = _detect_all(frames_arr, o.progress)
-        landmarks = np.zeros((n, N_LANDMARKS, 2), np.float32)
-        boxes = np.zeros((n, 4), np.int32)
-        ok = np.zeros(n, bool)
-        for i, lm in enumerate(detected):
-            if lm is None:
-                continue
-            try:
-                boxes[i] = face_box(lm, shape, o.version, bbox_shift, o.extra_margin)
-            except FaceBoxRejected:  # upstream falls back to its S3FD box; we have none: as a frame with no face
-                continue
-            landmarks[i], ok[i] = lm, True
-        if not ok.any():
-            raise NoFaceError(f"no face found in any of the {n} frame(s) of {source_name}")
-        nearest = _nearest(np.flatnonzero(ok), n)
-        landmarks, boxes = landmarks[nearest], boxes[nearest]
+        landmarks, boxes = _faces(frames_arr, o.version, bbox_shift, o.extra_margin, source_name, o.progress)
         crops = np.array([crop_box(tuple(b)) for b in boxes.tolist()], np.int32)
         masks = _blend_masks(frames_arr, landmarks, boxes, crops, parser, mode, cheek_width, o.progress)
         mask_name = OVAL_MASK if parser is None else f"bisenet-{mode}"
