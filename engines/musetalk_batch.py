@@ -24,6 +24,7 @@ Outputs of a graph live in its static buffers until the next replay, so each bat
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -41,6 +42,8 @@ from musetalk.whisper import encoder_states
 ENCODER = "encoder"
 FACES = "faces"
 LATENTS = "latents"
+
+log = logging.getLogger(__name__)
 
 GRAPH_MODES = ("cudagraphs", "reduce-overhead")
 FACE_SIZES = (1, 2, 4, 8, 16, 32)
@@ -66,8 +69,29 @@ def graphed(fn: Callable[..., torch.Tensor], mode: str | None) -> Callable[..., 
     # limit of 8 it would fall back to eager without a word.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * len(FACE_SIZES))
     if mode == "cudagraphs":
-        return torch.compile(fn, backend="cudagraphs", dynamic=False)
-    return torch.compile(fn, mode="reduce-overhead", dynamic=False)
+        return OrEager(fn, torch.compile(fn, backend="cudagraphs", dynamic=False))
+    return OrEager(fn, torch.compile(fn, mode="reduce-overhead", dynamic=False))
+
+
+class OrEager:
+    """A compiled function that falls back to `fn` itself, for good, for an input shape (a batch size) whose graph
+    fails to build or run: a compiler's corner case costs that size its speed-up, not the sessions their faces."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], compiled: Callable[..., torch.Tensor]) -> None:
+        self.fn, self.compiled = fn, compiled
+        self.eager_shapes: set[tuple] = set()
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        shapes = tuple(tuple(a.shape) for a in args)
+        if shapes in self.eager_shapes:
+            return self.fn(*args)
+        try:
+            return self.compiled(*args)
+        except Exception as e:  # noqa: BLE001 -- logged; an error of the model itself is raised again by fn
+            log.warning("graph of %s for inputs %s failed (%s: %s); eager for this batch size from now on",
+                        getattr(self.fn, "func", self.fn).__name__, shapes, type(e).__name__, str(e)[:200])
+            self.eager_shapes.add(shapes)
+            return self.fn(*args)
 
 
 def use_channels_last(models: MuseTalkModels) -> None:
@@ -207,7 +231,8 @@ def encode_window_batched(runner: JobRunner, audio: np.ndarray, version: str, fi
 
 def warm_up(runner: JobRunner, kind: str, sizes: Sequence[int], inputs: Callable[[int], tuple[np.ndarray, ...]]
             ) -> None:
-    """One batch of each size of `kind`, one after the other (with graphs: each size is built now, not when a
-    session first needs it)."""
+    """Two batches of each size of `kind`, one after the other: with graphs, each size is built now (CUDA graph
+    trees run a new graph once eagerly, then record it), not when a session first needs it."""
     for size in sizes:
-        runner.submit(Job(kind, inputs(size), deadline=0.0)).result()
+        for _ in range(2):
+            runner.submit(Job(kind, inputs(size), deadline=0.0)).result()

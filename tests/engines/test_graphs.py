@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.musetalk_batch import EncoderModel, FacesModel, graphed
+from engines.musetalk_batch import EncoderModel, FacesModel, OrEager, graphed
 from musetalk import config
 from musetalk.inference import decoded_pixels, unet_latents
 from musetalk.models import MuseTalkModels, PositionalEncoding, build_unet, build_vae
@@ -90,6 +90,48 @@ def test_inductor_compiled_faces_match_eager(fp32) -> None:
     torch._dynamo.reset()
 
 
+def test_a_batch_size_whose_graph_fails_runs_eager_from_then_on(caplog) -> None:
+    calls = []
+
+    def broken_graph(x):
+        calls.append(tuple(x.shape))
+        raise RuntimeError("Expected X.is_contiguous(memory_format) to be true")
+
+    def double(x):
+        return 2 * x
+
+    fn = OrEager(double, broken_graph)
+    for _ in range(2):
+        torch.testing.assert_close(fn(torch.ones(2, 3)), torch.full((2, 3), 2.0))
+    assert calls == [(2, 3)] and "eager for this batch size from now on" in caplog.text  # tried once, then eager
+    fn(torch.ones(4, 3))
+    assert calls == [(2, 3), (4, 3)]  # another size still tries its graph
+
+
 def test_graph_mode_is_checked() -> None:
     with pytest.raises(ValueError, match="graph mode must be one of cudagraphs, reduce-overhead"):
         graphed(lambda x: x, "fast")
+
+
+@pytest.mark.slow
+def test_the_engine_with_graphs_renders_as_eager_even_where_a_graph_fails() -> None:
+    """The engine's graph path end to end on the CPU (micro models of bench.gpu): warm-up builds each batch size,
+    and its faces equal those of the same models without graphs. (On the CPU the micro VAE decoder's graph hits a
+    stride check of aten.native_group_norm that eager never meets: that size runs eager, with a warning.)"""
+    from bench.gpu import build_models
+    from engines.musetalk_engine import MuseTalkEngine
+
+    loaded = build_models("micro", torch.device("cpu"))
+    engines = [MuseTalkEngine(loaded=loaded, batch_size=1, max_sessions=1, graph_mode=mode)
+               for mode in (None, "cudagraphs")]
+    try:
+        eager, graphs = engines
+        assert graphs.sizes["faces"] == (1,) and eager.graph_mode is None
+        audio = (0.1 * np.random.default_rng(2).standard_normal(4800)).astype(np.float32)
+        latents = np.random.default_rng(3).standard_normal((1, 8, 32, 32)).astype(np.float32)
+        np.testing.assert_array_equal(graphs.faces(audio, 0, 1, latents, final=True),
+                                      eager.faces(audio, 0, 1, latents, final=True))
+    finally:
+        for engine in engines:
+            engine.close()
+        torch._dynamo.reset()
