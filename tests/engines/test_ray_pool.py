@@ -214,15 +214,42 @@ async def test_a_replica_dying_mid_speech(front_end, demo_avatar: Avatar) -> Non
         raise AssertionError(f"the pool did not get back to {REPLICAS} replicas: {serve.status()}")
 
 
+def _wav(seconds: float, seed: int) -> bytes:
+    import io
+    import wave
+
+    from testing.pool_frontend import speech
+
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((speech(seconds, seed) * 32767).astype("<i2").tobytes())
+    return out.getvalue()
+
+
+async def _rendered_frames(http, url: str) -> float:  # noqa: ANN001 -- aiohttp.ClientSession
+    """Faces the engine rendered for the server's sessions: shown in time, or too late and dropped."""
+    async with http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(('avatar_frames_total{source="speech"}', 'avatar_frames_total{source="dropped"}')))
+
+
 @pytest.mark.slow
-def test_app_front_ends_join_the_pool_and_leave_cleanly(pool: dict[str, str], demo_avatar: Avatar,
-                                                        tmp_path: Path) -> None:
+async def test_app_front_ends_speak_through_the_pool(pool: dict[str, str], demo_avatar: Avatar,
+                                                     tmp_path: Path) -> None:
     """Two app.py servers on two ports with --render_pool ray: both start on the pool (their lead measured through
-    it), answer /healthz, and stop on SIGINT with status 0."""
+    it), a session on each speaks an uploaded sentence whose faces the pool renders, and both stop on SIGINT with
+    status 0. (Real time: on this CPU the tiny models cannot keep up with 25 fps; the stepped front ends above
+    check the frames one by one.)"""
     import signal
-    import urllib.request
+
+    import aiohttp
 
     from testing.fake_services import free_port
+    from testing.server_client import offer_sdp
 
     ports = [free_port(), free_port()]
     logs = [tmp_path / f"front-end-{port}.log" for port in ports]
@@ -232,24 +259,40 @@ def test_app_front_ends_join_the_pool_and_leave_cleanly(pool: dict[str, str], de
             procs.append(subprocess.Popen(
                 [sys.executable, "app.py", "--engine", "musetalk", "--render_pool", "ray", "--batch_size", "2",
                  "--host", "127.0.0.1", "--listenport", str(port), "--avatars_dir", str(demo_avatar.path.parent),
-                 "--records_dir", str(tmp_path / "records"), "--llm_base_url", f"http://127.0.0.1:{free_port()}/v1"],
+                 "--records_dir", str(tmp_path / "records"), "--llm_base_url", f"http://127.0.0.1:{free_port()}/v1",
+                 "--connect_timeout", "300"],  # the sessions' peers never connect: their media is not looked at
                 cwd=ROOT, env=pool, stdout=log, stderr=subprocess.STDOUT))
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
-        for port, proc, log_path in zip(ports, procs, logs):
-            deadline = time.monotonic() + 180
-            while True:
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-                        if json.loads(resp.read()).get("ok"):
-                            break
-                except OSError:
-                    pass
-                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-                time.sleep(0.5)
+        async with aiohttp.ClientSession() as http:
+            for url, proc, log_path in zip(urls, procs, logs):
+                deadline = time.monotonic() + 180
+                while True:
+                    assert proc.poll() is None, log_path.read_text()[-3000:]
+                    try:
+                        async with http.get(url + "/healthz") as resp:
+                            if (await resp.json()).get("ok"):
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+                    await asyncio.sleep(0.5)
+            for i, url in enumerate(urls):
+                async with http.post(url + "/offer", json={"sdp": await offer_sdp(), "type": "offer"}) as resp:
+                    sid = (await resp.json())["sessionid"]
+                form = aiohttp.FormData()
+                form.add_field("sessionid", str(sid))
+                form.add_field("file", _wav(1.0, i), filename="a.wav", content_type="audio/wav")
+                async with http.post(url + "/humanaudio", data=form) as resp:
+                    assert resp.status == 200, await resp.text()
+            deadline = time.monotonic() + 120
+            for url, log_path in zip(urls, logs):
+                while await _rendered_frames(http, url) == 0:
+                    assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+                    await asyncio.sleep(0.5)
         for proc, log_path in zip(procs, logs):
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(60) == 0, log_path.read_text()[-3000:]
+            assert await asyncio.to_thread(proc.wait, 60) == 0, log_path.read_text()[-3000:]
             text = log_path.read_text()
             assert "render pool 'musetalk-pool'" in text and "Traceback" not in text, text[-3000:]
     finally:
