@@ -340,6 +340,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         parser.error("--turn needs --turn_user and --turn_password, or --turn_secret (TURN REST credentials)")
     if turn_secret and not a.turn:
         parser.error("--turn_secret needs --turn (the TURN server URL)")
+    if a.render_pool is not None and a.engine == "lite":
+        parser.error("--render_pool runs the musetalk engine's models; it does not go with --engine lite")
     if "rtmp" in a.transport and not (a.push_url or "").startswith(("rtmp://", "rtmps://")):
         parser.error("--transport rtmp needs --push_url rtmp://host/app/stream")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", a.push_session_id):

@@ -48,6 +48,16 @@ def test_pool_addresses() -> None:
     assert len(rows) == 2 and rows.indices.tolist() == [3, 4] and rows.avatar_id == "a"
 
 
+def test_render_pool_option() -> None:
+    from server.config import parse_args
+
+    assert parse_args([]).render_pool is None
+    assert parse_args(["--render_pool", "ray://10.0.0.5:10001"]).render_pool == "ray://10.0.0.5:10001"
+    for bad in (["--render_pool", "redis://x"], ["--render_pool", "ray", "--engine", "lite"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
 def test_unreachable_pool_stops_the_start_with_a_clear_error(tmp_path: Path) -> None:
     require_loopback_namespace()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
