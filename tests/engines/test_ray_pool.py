@@ -185,11 +185,14 @@ async def test_a_replica_dying_mid_speech(front_end, demo_avatar: Avatar) -> Non
         await s.start()
         await s.push_audio(speech(ticks / 25, i))
         await s.end_speech()
-    # Two long batches first (their deadline is the earliest): Serve gives them one replica each, so the replica
-    # killed is in the middle of a batch, with sessions' jobs queued behind it.
-    ballast = [engine.pool.submit(Job("faces", (np.zeros((16, 50, 384), np.float32),
-                                                np.zeros((16, 8, 32, 32), np.float32)), 0.0)) for _ in range(2)]
-    await asyncio.sleep(1.0)
+    # Long batches first (their deadline is the earliest), sent one by one so that Serve, which sends a call to the
+    # replica with fewer calls in flight, spreads them over both: the replica killed is in the middle of a batch,
+    # with sessions' jobs queued behind it.
+    ballast = []
+    for _ in range(4):
+        ballast.append(engine.pool.submit(Job("faces", (np.zeros((8, 50, 384), np.float32),
+                                                        np.zeros((8, 8, 32, 32), np.float32)), 0.0)))
+        await asyncio.sleep(0.3)
     ray.kill(_replica_actor(next(iter(engine.pool.stats.by_replica))))
     killed = time.monotonic()
     # Ticks of a failed batch wait for their frame in vain (stepped sessions): a short wait, then the last frame.
