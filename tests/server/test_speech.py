@@ -167,7 +167,9 @@ async def test_hostile_uploads_do_not_stall_another_sessions_video(serve, config
         client_fps, base_client_fps = watcher.fps_between(t0, t1), watcher.fps_between(b0, t0)
         print(f"uploads took {t1 - t0:.2f} s; server {server_fps:.1f} fps (before {base_server_fps:.1f}), "
               f"client {client_fps:.1f} fps (before {base_client_fps:.1f})")
-        assert server_fps >= 22, "the session's output clock stalled during the uploads"
+        # Relative to the baseline as for the client: a stall (the loop blocked by a decode) stops the clock for
+        # the whole upload, while a loaded 2-core machine costs a few frames/s before and during alike.
+        assert server_fps >= 0.8 * base_server_fps, "the session's output clock stalled during the uploads"
         assert client_fps >= 0.8 * base_client_fps, "the watcher received fewer frames during the uploads"
         await uploader.close()
         await watcher.close()
