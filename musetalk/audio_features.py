@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache
 
 import numpy as np
@@ -227,18 +226,13 @@ def window_mels(audio: np.ndarray, version: Version, first_step: int) -> tuple[t
     return torch.cat(mels), [p for _, p, _ in parts], [n for _, _, n in parts]
 
 
-def encode_window(audio: np.ndarray, encoder: WhisperEncoder, version: Version, first_step: int = 0,
-                  encoder_lock: AbstractContextManager[object] | None = None) -> np.ndarray:
+def encode_window(audio: np.ndarray, encoder: WhisperEncoder, version: Version, first_step: int = 0) -> np.ndarray:
     """(n,) samples starting at utterance step ``first_step`` -> (n // 320, 5, D) float32, encoded at the positions
-    of the official segmenting (see ``window_mels``): one encoder input per 30 s segment the audio touches.
-
-    ``encoder_lock`` (a lock shared with other users of the model) is held around the encoder pass only: the
-    log-mel of a 30 s input is CPU work that other sessions' model calls need not wait for."""
+    of the official segmenting (see ``window_mels``): one encoder input per 30 s segment the audio touches."""
     mels, positions, counts = window_mels(audio, version, first_step)
-    with encoder_lock or nullcontext():
-        states = encoder_states(encoder, mels, layer_norm_last=version == "v15")
-        return np.concatenate([states[i, p:p + n].float().cpu().numpy()
-                               for i, (p, n) in enumerate(zip(positions, counts))])
+    states = encoder_states(encoder, mels, layer_norm_last=version == "v15")
+    return np.concatenate([states[i, p:p + n].float().cpu().numpy()
+                           for i, (p, n) in enumerate(zip(positions, counts))])
 
 
 def whisper_steps(audio: np.ndarray, encoder: WhisperEncoder, version: Version) -> np.ndarray:
@@ -335,10 +329,9 @@ class StreamingFeatures:
     """
 
     def __init__(self, encoder: WhisperEncoder, version: Version, batch_frames: int = 8,
-                 left_context_s: float | None = None, right_context_s: float = 0.2, fps: int = VIDEO_FPS,
-                 encoder_lock: AbstractContextManager[object] | None = None) -> None:
+                 left_context_s: float | None = None, right_context_s: float = 0.2, fps: int = VIDEO_FPS) -> None:
         def step_features(audio: np.ndarray, first_step: int) -> np.ndarray:
-            return encode_window(audio, encoder, version, first_step, encoder_lock)
+            return encode_window(audio, encoder, version, first_step)
 
         self._init(step_features, encoder.config.d_model, version, batch_frames, left_context_s, right_context_s, fps)
 

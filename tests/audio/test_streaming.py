@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import threading
 
 import numpy as np
 import pytest
@@ -200,21 +199,6 @@ def test_window_placement(version, micro_encoder, speech_like):
         np.testing.assert_allclose(placed, mel_segments(waveform, "v15")[0][0].numpy(), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="does not fit"):
         window_mel(audio, version, 1500 - 50)
-
-
-def test_encoder_lock_is_held_for_each_encoder_pass(micro_encoder, speech_like):
-    """The engine shares one model between sessions: every encoder pass must run inside the given lock."""
-    held, during_pass = threading.Lock(), []
-    hook = micro_encoder.conv1.register_forward_pre_hook(lambda *_: during_pass.append(held.locked()))
-    try:
-        locked = StreamingFeatures(micro_encoder, "v15", batch_frames=4, encoder_lock=held)
-        plain = StreamingFeatures(micro_encoder, "v15", batch_frames=4)
-        audio = speech_like(16000)
-        start, end = locked.window(8)
-        np.testing.assert_array_equal(locked.chunks(audio[start:end], 8), plain.chunks(audio[start:end], 8))
-    finally:
-        hook.remove()
-    assert during_pass == [True, False] and not held.locked()
 
 
 def test_v1_batches_given_the_utterance_equal_its_offline_v1_features(micro_encoder, speech_like):
