@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from core.extras import MissingExtraError
 from engines.render_pool import PoolUnavailableError
-from musetalk.extras import MissingExtraError
 from server.app import create_app, runner_options
 from server.config import parse_args
 from server.logs import setup_logging

@@ -6,7 +6,7 @@
 
 The engine is built from models in memory with random weights (speed does not depend on the values; no weights
 on disk needed): the full-size UNet / VAE / whisper-tiny encoder on CUDA, the reduced-width ones of
-``testing.tiny_models`` with ``--config tiny``. Two parts, each row printed as soon as it is measured:
+``musetalk.tiny`` with ``--config tiny``. Two parts, each row printed as soon as it is measured:
 
 1. Per batch size B (the batcher's fixed sizes): the faces model split into the UNet pass (PE + UNet at t=0) and the
    VAE decode, timed with CUDA events on a GPU (wall time on a CPU), and the faces call's wall time (incl. the
@@ -29,8 +29,17 @@ import torch
 from transformers import WhisperConfig
 
 from bench.common import machine
-from bench.sessions import (GAP_S, SENTENCE_S, SESSIONS_HEADER, Cost, LockRunner, SimulatedEncoder, SimulatedFaces,
-                            run_sessions, run_throughput)
+from bench.sessions import (
+    GAP_S,
+    SENTENCE_S,
+    SESSIONS_HEADER,
+    Cost,
+    LockRunner,
+    SimulatedEncoder,
+    SimulatedFaces,
+    run_sessions,
+    run_throughput,
+)
 from engines.batcher import Batcher, BatchModel, Job, JobRunner
 from engines.musetalk_batch import ENCODER, FACE_SIZES, FACES, GRAPH_MODES, FacesModel
 from engines.musetalk_engine import MuseTalkEngine
@@ -53,7 +62,7 @@ def no_cuda_reason() -> str | None:
 
 
 def configs(config: str) -> tuple[dict, dict, WhisperConfig]:
-    """UNet, VAE and whisper configs: ``full`` (the real sizes), ``tiny`` (``testing.tiny_models``: reduced widths,
+    """UNet, VAE and whisper configs: ``full`` (the real sizes), ``tiny`` (``musetalk.tiny``: reduced widths,
     whisper-tiny's width with a small FFN) or ``micro``: every layer of the real architectures (so as many kernels
     and as much host work per call) at widths of 8 to 32, so that on a CPU a call costs mostly its host work, as
     the full model's small batches do on a GPU."""

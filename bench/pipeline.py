@@ -21,7 +21,13 @@ import numpy as np
 from aiortc import RTCPeerConnection
 
 from bench.common import machine, summary
-from bench.measure import IDLE_MATCH, audio_onsets, mouth_difference, mouth_region, video_onsets
+from bench.measure import (
+    IDLE_MATCH,
+    audio_onsets,
+    mouth_difference,
+    mouth_region,
+    video_onsets,
+)
 from bench.receivers import WHOLE_FRAME, ReceiverClient, half_open_times
 from engines.base import Engine
 from engines.lite import LiteEngine
@@ -157,7 +163,7 @@ async def musetalk_latency(avatar: Avatar, trials: int) -> tuple[list[float], st
     from pathlib import Path
 
     from engines.musetalk_engine import MuseTalkEngine
-    from testing.tiny_models import write_tiny_layout
+    from musetalk.tiny import write_tiny_layout
 
     with tempfile.TemporaryDirectory() as tmp:
         write_tiny_layout(Path(tmp))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 
 from bench.common import machine, summary
 from musetalk.avatar_demo import ensure_demo
@@ -22,7 +21,13 @@ from server.services import Services
 from testing import fake_realtime
 from testing.receiver_audio import AudioWatch, spoken
 from testing.rtc import require_loopback_namespace
-from testing.server_client import Client, ScriptedMicrophone, is_speaking, running_server, until
+from testing.server_client import (
+    Client,
+    ScriptedMicrophone,
+    is_speaking,
+    running_server,
+    until,
+)
 
 
 async def main() -> None:

@@ -23,10 +23,16 @@ import psutil
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from bench.measure import MOUTH_ONSET, audio_onsets, mouth_darkening, video_onsets
-from pipeline.clock import VIDEO_PTS_PER_TICK
+from core.clock import VIDEO_PTS_PER_TICK
 from server.media import SessionTracks
 from server.webrtc import IceOptions, answer
-from testing.rtc import LoopbackReceiver, Received, frames_of, media_time_ms, require_loopback_namespace
+from testing.rtc import (
+    LoopbackReceiver,
+    Received,
+    frames_of,
+    media_time_ms,
+    require_loopback_namespace,
+)
 
 WHOLE_FRAME = (slice(None), slice(None))  # a recording peer keeps only the mouth region
 

@@ -22,10 +22,15 @@ import numpy as np
 import torch
 
 from bench.common import machine
+from core.units import TICK_SECONDS
 from engines.base import lead_ticks_for
 from engines.musetalk_engine import context_ticks
-from musetalk.audio_features import StreamingFeatures, encode_window, frame_chunks, whisper_steps
-from pipeline.clock import TICK_SECONDS
+from musetalk.audio_features import (
+    StreamingFeatures,
+    encode_window,
+    frame_chunks,
+    whisper_steps,
+)
 from tests.audio.ct2_whisper import ct2_whisper_encoder
 
 SENTENCES = ("The morning train was late again, so Maria walked to the office along the river.",
@@ -37,7 +42,7 @@ BATCH_TIMES_MS = (20.0, 40.0)  # one batch on the GPU (on paper, BENCHMARKS.md s
 
 def piper_sentences(count: int) -> list[np.ndarray]:
     """The first `count` SENTENCES, each as the offline piper voice speaks it, 16 kHz float32."""
-    from voices.audio import resample
+    from core.audio import resample
     from voices.tts import load_piper_voice
 
     out = []

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.capacity import speech
+from core.units import TICK_SAMPLES, TICK_SECONDS
 from engines.batcher import BatchModel, Job
 from engines.musetalk_engine import MuseTalkEngine
 from musetalk.avatar import Avatar
-from pipeline.clock import TICK_SECONDS
-from pipeline.items import TICK_SAMPLES
 from pipeline.session import Session, SessionOptions
 
 COUNTERS = ("speech_frames", "rendered_frames", "repeated_frames", "dropped_frames", "late_ticks", "skipped_ticks")

@@ -29,7 +29,12 @@ from av import VideoFrame
 
 from bench.common import machine
 from engines.lite import LiteEngine, LiteRenderer
-from musetalk.audio_features import StreamingFeatures, log_mel, normalise_log_mel, placed_log_mel
+from musetalk.audio_features import (
+    StreamingFeatures,
+    log_mel,
+    normalise_log_mel,
+    placed_log_mel,
+)
 from musetalk.avatar import Avatar, load_avatar
 from musetalk.avatar_demo import ensure_demo
 from musetalk.blending import BlendPlan, prepare_blend
@@ -44,8 +49,8 @@ from musetalk.models import (
     build_vae,
     load_models,
 )
+from musetalk.tiny import write_tiny_layout
 from musetalk.whisper import build_encoder, whisper_tiny_config
-from testing.tiny_models import write_tiny_layout
 
 FRAME_MS = 40.0  # one video frame at 25 fps
 STEP_MS = 20.0  # one whisper step = one audio frame

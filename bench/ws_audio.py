@@ -18,7 +18,7 @@ import asyncio
 import numpy as np
 
 from bench.latency import lip_sync_bench, print_stages
-from voices.audio import float_to_pcm16
+from core.audio import float_to_pcm16
 
 RATE = 24000
 PIECE = RATE * 2 // 50  # 20 ms of PCM16

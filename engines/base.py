@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.units import TICK_SECONDS
 from musetalk.avatar import Avatar
-from pipeline.clock import TICK_SECONDS
-
 
 # Seconds of audio after a batch (past the features' own look-ahead) that a lip-sync engine waits for before
 # rendering it, unless the utterance ends first: more is closer to the features of the whole utterance, less is

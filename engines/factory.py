@@ -36,7 +36,7 @@ def create_engine(name: str = "auto", models_dir: Path = Path("models"), version
     if render_pool is not None:
         if name == "lite":
             raise ValueError("--render_pool runs the musetalk engine; it does not go with --engine lite")
-        from musetalk.extras import require
+        from core.extras import require
 
         require("ray.serve", "ray", "the render pool (--render_pool)")
         from engines.ray_pool import create_pooled_engine

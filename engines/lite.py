@@ -13,10 +13,11 @@ import threading
 import cv2
 import numpy as np
 
-from engines.base import AvatarBinding, Engine, RenderRequest, Renderer
+from core.audio import dbfs
+from core.units import TICK_SAMPLES
+from engines.base import AvatarBinding, Engine, Renderer, RenderRequest
 from musetalk.avatar import Avatar, face_crops
 from musetalk.config import FACE_SIZE
-from pipeline.items import TICK_SAMPLES
 
 # mediapipe face-mesh indices
 UPPER_LIP_INNER, LOWER_LIP_INNER = 13, 14
@@ -32,9 +33,7 @@ MOUTH_INTERIOR_BGR = (38, 28, 52)
 
 def loudness_target(pcm: np.ndarray) -> float:
     """Opening 0..1 for a chunk of audio, linear in dBFS between QUIET_DB and LOUD_DB."""
-    rms = float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64)))) if len(pcm) else 0.0
-    db = 20.0 * np.log10(rms + 1e-9)
-    return float(np.clip((db - QUIET_DB) / (LOUD_DB - QUIET_DB), 0.0, 1.0))
+    return float(np.clip((dbfs(pcm) - QUIET_DB) / (LOUD_DB - QUIET_DB), 0.0, 1.0))
 
 
 class MouthGeometry:

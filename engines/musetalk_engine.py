@@ -32,17 +32,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.base import DEFAULT_RIGHT_CONTEXT_S, AvatarBinding, Engine, RenderRequest, Renderer, lead_ticks_for
+from core.units import TICK_SAMPLES
+from engines.base import (
+    DEFAULT_RIGHT_CONTEXT_S,
+    AvatarBinding,
+    Engine,
+    Renderer,
+    RenderRequest,
+    lead_ticks_for,
+)
 from engines.batcher import Batcher, BatchModel, Job, JobRunner
-from engines.musetalk_batch import (ENCODER, FACES, LATENTS, check_graph_mode, default_graph_mode,
-                                    encode_window_batched, musetalk_models, musetalk_sizes, use_channels_last,
-                                    warm_up)
-from musetalk.audio_features import SEGMENT_STEPS, StreamingFeatures, StepFunction
+from engines.musetalk_batch import (
+    ENCODER,
+    FACES,
+    LATENTS,
+    check_graph_mode,
+    default_graph_mode,
+    encode_window_batched,
+    musetalk_models,
+    musetalk_sizes,
+    use_channels_last,
+    warm_up,
+)
+from musetalk.audio_features import SEGMENT_STEPS, StepFunction, StreamingFeatures
 from musetalk.avatar import Avatar, face_crops
 from musetalk.config import FACE_SIZE
 from musetalk.models import ModelPaths, MuseTalkModels, load_models
 from musetalk.whisper import load_encoder
-from pipeline.items import TICK_SAMPLES
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +128,7 @@ class MuseTalkEngine(Engine):
                                   Batcher(self.batch_models, self.sizes, name="musetalk-batcher").start())
         self._features: dict[int, StreamingFeatures] = {}
         self.batch_seconds = 0.0  # a faces batch (measured by the warm-up): encoder jobs are due this much earlier
-        # Diagnostics (musetalk.parity): called with (first utterance frame, chunks) of every batch rendered.
+        # Diagnostics (bench.parity): called with (first utterance frame, chunks) of every batch rendered.
         self.features_observer: Callable[[int, np.ndarray], None] | None = None
         self.left_context_ticks, self.right_context_ticks, self._usable_right_ticks = context_ticks(
             self.features(self.batch_size))

@@ -24,9 +24,11 @@ import torch
 from transformers import WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .config import AUDIO_FRAME_SAMPLES, SAMPLE_RATE, VIDEO_FPS, Version, check_version
-from .whisper import N_STATES, encoder_states
+from core.units import FRAME_SAMPLES as AUDIO_FRAME_SAMPLES
+from core.units import SAMPLE_RATE, VIDEO_FPS
 
+from .config import Version, check_version
+from .whisper import N_STATES, encoder_states
 
 N_FFT = 400
 MEL_HOP = 160

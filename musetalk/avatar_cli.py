@@ -8,11 +8,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from musetalk.avatar import DEFAULT_AVATARS_DIR, Avatar, AvatarError, list_avatars, load_avatar
+from core.units import VIDEO_FPS
+from musetalk.avatar import (
+    DEFAULT_AVATARS_DIR,
+    Avatar,
+    AvatarError,
+    list_avatars,
+    load_avatar,
+)
 from musetalk.avatar_demo import ensure_demo
 from musetalk.avatar_prepare import DEFAULT_MODELS_DIR, PrepareOptions, prepare_avatar
 from musetalk.cli import ArgumentParser
-from musetalk.config import VERSIONS, VIDEO_FPS
+from musetalk.config import VERSIONS
 from musetalk.face import OVAL_MASK, PARSING_MODES
 
 

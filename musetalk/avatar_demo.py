@@ -6,9 +6,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from musetalk.avatar import DEFAULT_AVATARS_DIR, AvatarError, AvatarNotFoundError, load_avatar
+from core.extras import require
+from musetalk.avatar import (
+    DEFAULT_AVATARS_DIR,
+    AvatarError,
+    AvatarNotFoundError,
+    load_avatar,
+)
 from musetalk.avatar_prepare import DEFAULT_MODELS_DIR, PrepareOptions, prepare_avatar
-from musetalk.extras import require
 
 DEMO_ID = "demo"
 

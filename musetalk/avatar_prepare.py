@@ -10,15 +10,29 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.units import VIDEO_FPS
 from musetalk.avatar import (
-    DEFAULT_AVATARS_DIR, FORMAT_VERSION, AvatarExistsError, NoFaceError, face_crops, validate_avatar_id,
+    DEFAULT_AVATARS_DIR,
+    FORMAT_VERSION,
+    AvatarExistsError,
+    NoFaceError,
+    face_crops,
+    validate_avatar_id,
 )
 from musetalk.avatar_source import read_source
 from musetalk.avatar_writer import building, write_avatar, write_frames
-from musetalk.config import VIDEO_FPS, Version, check_version
+from musetalk.config import Version, check_version
 from musetalk.face import (
-    DEFAULT_CHEEK_WIDTH, DEFAULT_PARSING_MODE, N_LANDMARKS, OVAL_MASK, FaceBoxRejected, FaceLandmarker, blend_mask,
-    check_parsing, crop_box, face_box,
+    DEFAULT_CHEEK_WIDTH,
+    DEFAULT_PARSING_MODE,
+    N_LANDMARKS,
+    OVAL_MASK,
+    FaceBoxRejected,
+    FaceLandmarker,
+    blend_mask,
+    check_parsing,
+    crop_box,
+    face_box,
 )
 
 if TYPE_CHECKING:

@@ -11,10 +11,7 @@ from typing import Any, Literal
 
 UNET_CONFIG_PATH = Path(__file__).with_name("musetalk.json")
 
-# Sampling rates and rates of the feature / video streams the official code assumes.
-SAMPLE_RATE = 16000
-AUDIO_FRAME_SAMPLES = 320  # 20 ms at 16 kHz: one whisper encoder step
-VIDEO_FPS = 25
+# Image sizes the official code assumes (its audio and video rates are core.units's).
 FACE_SIZE = 256
 LATENT_SIZE = FACE_SIZE // 8
 VAE_SCALING_FACTOR = 0.18215

@@ -29,7 +29,11 @@ from pathlib import Path
 
 from huggingface_hub import hf_hub_download, is_offline_mode
 from huggingface_hub.errors import (
-    EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
+    EntryNotFoundError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 from tqdm import tqdm

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import os
 from types import TracebackType
+
 import cv2
 import numpy as np
 
+from core.extras import require
 from musetalk.config import Version, check_version
-from musetalk.extras import require
 
 Box = tuple[int, int, int, int]
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from musetalk.face import PARSING_MODES, Box, blur_mask, check_parsing, lower_face
+from musetalk.face import Box, blur_mask, check_parsing, lower_face
 
 PARSING_DIR = "face-parse-bisent"
 PARSING_WEIGHTS = "79999_iter.pth"  # the whole BiSeNet, trained 80k iterations on CelebAMask-HQ

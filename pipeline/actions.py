@@ -21,12 +21,11 @@ import av
 import cv2
 import numpy as np
 
+from core.audio import MonoResampler
+from core.units import SAMPLE_RATE, TICK_SAMPLES, VIDEO_FPS
 from musetalk.avatar import DEFAULT_AVATARS_DIR, Avatar, AvatarError, load_avatar
 from musetalk.avatar_source import IMAGE_SUFFIXES, decode_video
 from musetalk.avatar_writer import building, write_frames
-from musetalk.config import VIDEO_FPS
-from pipeline.items import SAMPLE_RATE, TICK_SAMPLES
-from voices.audio import MonoResampler
 
 ACTIONS_DIR = "actions"
 CUSTOM_CACHE_DIR = ".custom"  # in the avatar's folder: config clips decoded and resized for it, memory-mapped

@@ -5,7 +5,6 @@ import numpy as np
 
 from musetalk.avatar import Avatar
 
-
 WARM_TICKS = 75  # 3 s of frames
 
 

@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pipeline.items import FRAME_SAMPLES, AudioFrame, Event, Kind, TickAudio
+from core.events import Event
+from core.items import AudioFrame, Kind, TickAudio
+from core.units import FRAME_SAMPLES
 
 # Below this RMS (about -60 dBFS) a 20 ms frame counts as silence: the model is not run for silent batches.
 SILENCE_RMS = 1e-3

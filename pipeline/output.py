@@ -9,24 +9,37 @@ the mouth starting or stopping to speak on the avatar's own frames is not.
 from __future__ import annotations
 
 import collections
+import enum
 import time
 from collections.abc import Callable
 
 import cv2
 import numpy as np
 
+from core.events import Event
+from core.items import Kind, OutputTick, Source, TickAudio, VideoResult
+from core.units import TICK_SAMPLES
 from musetalk.avatar import Avatar
 from pipeline.actions import ActionClip
-from pipeline.items import TICK_SAMPLES, Event, Kind, OutputTick, TickAudio, VideoResult
 from pipeline.stats import SessionStats
 from pipeline.worker import TickQueue
 
 SILENCE = np.zeros(TICK_SAMPLES, np.float32)
-SOURCE_CATEGORY = {"speech": "speech", "repeat": "speech", "idle": "idle", "action": "action"}
+
+
+class Picture(enum.Enum):
+    AVATAR = "the avatar's own frames"
+    ACTION = "an action clip"
+    IDLE_CLIP = "the idle clip"
+
+
+# A repeated frame belongs to speech: the mouth is still speaking.
+SOURCE_CATEGORY = {Source.SPEECH: Source.SPEECH, Source.REPEAT: Source.SPEECH, Source.IDLE: Source.IDLE,
+                   Source.ACTION: Source.ACTION}
 # Speech and idle frames are the same picture (the avatar's own frames, the mouth moving or not); an action clip is
 # another. Only a switch of picture is crossfaded: a fade when the mouth starts would damp its first opening
 # frames and make the lips lag the sound.
-CATEGORY_PICTURE = {"speech": "avatar", "idle": "avatar", "action": "action"}
+CATEGORY_PICTURE = {Source.SPEECH: Picture.AVATAR, Source.IDLE: Picture.AVATAR, Source.ACTION: Picture.ACTION}
 
 
 class Output:
@@ -41,8 +54,8 @@ class Output:
         self._audio: collections.deque[TickAudio] = collections.deque()
         self._action: tuple[ActionClip, int, int] | None = None  # clip, audiotype, first tick
         self._last_frame: np.ndarray | None = None
-        self._last_category = "idle"
-        self._last_picture = "avatar"
+        self._last_category = Source.IDLE
+        self._last_picture = Picture.AVATAR
         self.idle_clip: ActionClip | None = None  # a custom idle video (LiveTalking's audiotype 1), looped
         self._fade_from: np.ndarray | None = None
         self._fade_left = 0
@@ -82,7 +95,7 @@ class Output:
 
     @property
     def speaking(self) -> bool:
-        return any(not t.silent for t in self._audio) or self._last_category == "speech"
+        return any(not t.silent for t in self._audio) or self._last_category is Source.SPEECH
 
     # -- the tick ------------------------------------------------------------------------------------------
     def tick(self, k: int, wait_for_video: float = 0.0) -> OutputTick:
@@ -94,23 +107,23 @@ class Output:
             audio, kind = tick_audio.pcm, (Kind.SILENCE if tick_audio.silent else Kind.SPEECH)
             events = [e for f in tick_audio.frames for e in f.events]
             if video is not None:
-                frame, source = video.frame, "speech"
-                if tick_audio.seg_pos == 0 or self._last_category != "speech":
+                frame, source = video.frame, Source.SPEECH
+                if tick_audio.seg_pos == 0 or self._last_category is not Source.SPEECH:
                     self.stats.record_latency(self.tick_time(k) - tick_audio.t_in)
             elif tick_audio.silent:
-                frame, source = self._own(k), "idle"
+                frame, source = self._own(k), Source.IDLE
             else:
                 self.stats.repeated_frames += 1
-                frame, source = ((self._last_frame, "repeat") if self._last_category == "speech"
-                                 else (self._own(k), "idle"))
+                frame, source = ((self._last_frame, Source.REPEAT) if self._last_category is Source.SPEECH
+                                 else (self._own(k), Source.IDLE))
         elif self._action is not None and k >= self._action[2]:
             clip, _, start = self._action
             i = k - start
-            frame, audio, kind, source = clip.frame(i), clip.tick_audio(i), Kind.ACTION, "action"
+            frame, audio, kind, source = clip.frame(i), clip.tick_audio(i), Kind.ACTION, Source.ACTION
             if i + 1 >= clip.n_ticks:
                 self._action = None
         else:
-            frame, audio, kind, source = self._idle(k), SILENCE, Kind.SILENCE, "idle"
+            frame, audio, kind, source = self._idle(k), SILENCE, Kind.SILENCE, Source.IDLE
         category = SOURCE_CATEGORY[source]
         frame = self._crossfade(frame, category, self._picture(category, tick_audio is not None))
         self._count(source)
@@ -125,11 +138,11 @@ class Output:
         clip = self.idle_clip
         return clip.frame(k % clip.n_ticks) if clip is not None else self._own(k)
 
-    def _picture(self, category: str, in_speech: bool) -> str:
+    def _picture(self, category: Source, in_speech: bool) -> Picture:
         """The picture a tick shows (crossfaded when it changes): the avatar's frames (also in the pauses of
         speech), an action clip, or the idle clip."""
-        if category == "idle" and self.idle_clip is not None and not in_speech:
-            return "idle clip"
+        if category is Source.IDLE and self.idle_clip is not None and not in_speech:
+            return Picture.IDLE_CLIP
         return CATEGORY_PICTURE[category]
 
     def _take_audio(self, k: int) -> TickAudio | None:
@@ -162,7 +175,7 @@ class Output:
                 # Only in stepped (test / offline) mode: block until the worker delivers tick k.
                 q.cond.wait(remaining)
 
-    def _crossfade(self, frame: np.ndarray, category: str, picture: str) -> np.ndarray:
+    def _crossfade(self, frame: np.ndarray, category: Source, picture: Picture) -> np.ndarray:
         if picture != self._last_picture and self._last_frame is not None:
             self._fade_from, self._fade_left = self._last_frame, self.crossfade_ticks
         self._last_category, self._last_picture = category, picture
@@ -173,11 +186,11 @@ class Output:
         self._fade_left -= 1
         return cv2.addWeighted(np.asarray(self._fade_from), 1.0 - alpha, np.asarray(frame), alpha, 0.0)
 
-    def _count(self, source: str) -> None:
+    def _count(self, source: Source) -> None:
         self.stats.ticks += 1
-        if source == "speech":
+        if source is Source.SPEECH:
             self.stats.speech_frames += 1
-        elif source == "action":
+        elif source is Source.ACTION:
             self.stats.action_frames += 1
-        elif source == "idle":
+        elif source is Source.IDLE:
             self.stats.idle_frames += 1

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.clock import ManualTime, MediaClock
+from core.events import Event, EventKind
+from core.items import OutputTick, TickAudio
+from core.units import TICK_SECONDS
 from engines.base import Engine
 from musetalk.avatar import Avatar
 from pipeline.actions import ActionClip
-from pipeline.clock import TICK_SECONDS, ManualTime, MediaClock
 from pipeline.compositor import Compositor
 from pipeline.framer import AudioFramer
-from pipeline.items import Event, OutputTick, TickAudio
 from pipeline.output import Output
 from pipeline.stats import SessionStats
 from pipeline.worker import InferenceWorker
@@ -77,7 +79,7 @@ class Session:
     def _render_failed(self, error: Exception) -> None:
         """From the worker's thread, once per outage: a `render_error` event for the session's listeners (/sse)."""
         if self._loop is not None and not self._loop.is_closed():
-            event = Event("render_error", f"rendering failed, the last frame is shown until it recovers: {error}",
+            event = Event(EventKind.RENDER_ERROR, f"rendering failed, the last frame is shown until it recovers: {error}",
                           self._turn)
             self._loop.call_soon_threadsafe(self.publish, event)
 
@@ -229,7 +231,7 @@ class Session:
 
     def publish(self, event: Event) -> None:
         """An event not tied to audio (e.g. a TTS failure): delivered to listeners right away."""
-        self.stats.record_event(event.name)
+        self.stats.record_event(event.kind)
         for q in self._listeners:
             self._offer(q, event)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from core.events import EventKind
+
 
 class StatsObserver(Protocol):
     """Told of each measurement as it happens (the server's metrics: histograms need every value)."""
@@ -14,7 +16,7 @@ class StatsObserver(Protocol):
 
     def tts_first_audio_observed(self, seconds: float) -> None: ...
 
-    def event(self, name: str) -> None: ...
+    def event(self, kind: EventKind) -> None: ...
 
 
 @dataclass
@@ -50,10 +52,10 @@ class SessionStats:
         if self.observer is not None:
             self.observer.tts_first_audio_observed(seconds)
 
-    def record_event(self, name: str) -> None:
+    def record_event(self, kind: EventKind) -> None:
         """An event published to the session's listeners (tts_error, llm_error...)."""
         if self.observer is not None:
-            self.observer.event(name)
+            self.observer.event(kind)
 
     @property
     def inference_fps(self) -> float:

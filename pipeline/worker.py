@@ -18,10 +18,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engines.base import Engine, RenderRequest, Renderer, lead_ticks_for
+from core.items import TickAudio, VideoResult
+from core.units import TICK_SAMPLES
+from engines.base import Engine, Renderer, RenderRequest, lead_ticks_for
 from engines.batcher import StaleJob
 from pipeline.compositor import Compositor
-from pipeline.items import TICK_SAMPLES, TickAudio, VideoResult
 from pipeline.stats import SessionStats
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.clock import VIDEO_FPS
+from core.units import VIDEO_FPS
 from server.errors import Forbidden, NotFound
 from server.registry import LiveSession
 from server.routes import ok

@@ -10,13 +10,13 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from core.extras import available
 from musetalk.avatar_demo import DEMO_ID, ensure_demo
-from musetalk.extras import available
-from server.config import AUTH_TOKEN_ENV, ServerConfig
-from server.registry import SessionRegistry
 from server import admin, avatars_api, ice, rtmp, ws_audio
+from server.config import AUTH_TOKEN_ENV, ServerConfig
 from server.errors import INTERNAL, status_of
 from server.metrics import Metrics
+from server.registry import SessionRegistry
 from server.routes import error_response, is_protected, setup_routes
 from server.services import Services
 from server.state import STATE, AppState

@@ -20,9 +20,17 @@ import av
 import cv2
 from aiohttp import BodyPartReader, web
 
-from musetalk.avatar import Avatar, AvatarError, AvatarNotFoundError, list_avatars, load_avatar, validate_avatar_id
+from core.units import VIDEO_FPS
+from musetalk.avatar import (
+    Avatar,
+    AvatarError,
+    AvatarNotFoundError,
+    list_avatars,
+    load_avatar,
+    validate_avatar_id,
+)
 from musetalk.avatar_source import IMAGE_SUFFIXES
-from musetalk.config import VERSIONS, VIDEO_FPS
+from musetalk.config import VERSIONS
 from pipeline.compositor import warm_blend_plans
 from server.avatar_jobs import JOB_ID, AvatarJob, AvatarJobs, JobOptions
 from server.custom_video import decode_custom_clips

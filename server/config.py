@@ -11,8 +11,8 @@ from pathlib import Path
 
 from engines.base import DEFAULT_RIGHT_CONTEXT_S
 from musetalk.avatar import validate_avatar_id
-from pipeline.actions import parse_custom_config
 from musetalk.cli import ArgumentParser
+from pipeline.actions import parse_custom_config
 from server.options import add_options, ignored_notices, with_config_file
 
 TTS_CHOICES = ("piper", "edgetts", "openai", "gpt-sovits", "cosyvoice", "realtime")

@@ -7,9 +7,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from core.units import VIDEO_FPS
 from musetalk.avatar import Avatar, AvatarError
-from pipeline.actions import ActionClip, CustomClip, load_custom_clips, parse_custom_config
-from pipeline.clock import VIDEO_FPS
+from pipeline.actions import (
+    ActionClip,
+    CustomClip,
+    load_custom_clips,
+    parse_custom_config,
+)
 from server.config import ServerConfig
 from server.errors import BadRequest, ServerFault
 

@@ -16,8 +16,14 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, VideoFrame
 from scipy.signal import firwin, lfilter, lfilter_zi
 
-from pipeline.clock import AUDIO_OUT_RATE, AUDIO_OUT_SAMPLES_PER_FRAME, VIDEO_CLOCK_RATE, MediaClock
-from pipeline.items import FRAME_SAMPLES, OutputTick
+from core.clock import (
+    AUDIO_OUT_RATE,
+    AUDIO_OUT_SAMPLES_PER_FRAME,
+    VIDEO_CLOCK_RATE,
+    MediaClock,
+)
+from core.items import OutputTick
+from core.units import FRAME_SAMPLES
 from pipeline.session import Session
 
 log = logging.getLogger(__name__)

@@ -12,21 +12,29 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector, generate_latest,
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from core.events import ERROR_SERVICES, EventKind
+from core.items import Source
 from server.registry import LiveSession
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Frame counters of pipeline.stats.SessionStats, by source: what each frame sent showed, or that it was dropped.
-FRAME_SOURCES = {"speech": "speech_frames", "idle": "idle_frames", "action": "action_frames",
-                 "repeat": "repeated_frames", "dropped": "dropped_frames"}
+DROPPED = "dropped"  # the label of frames rendered too late (not a source: they were never shown)
+FRAME_SOURCES = {Source.SPEECH: "speech_frames", Source.IDLE: "idle_frames", Source.ACTION: "action_frames",
+                 Source.REPEAT: "repeated_frames", DROPPED: "dropped_frames"}
 LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
 TTS_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 4.0)
-ERROR_EVENTS = {"tts_error": "tts", "llm_error": "llm"}
 
 
 @dataclass
@@ -61,10 +69,10 @@ class Metrics:
         self.tts_first_audio = Histogram("avatar_tts_first_audio_seconds",
                                          "A sentence handed to TTS to its first audio.", buckets=TTS_BUCKETS,
                                          registry=r)
-        self.errors = Counter("avatar_errors", "TTS and LLM failures reported to a session.", ["kind"], registry=r)
+        self.errors = Counter("avatar_errors", "Failures reported to a session (TTS, LLM, ASR, rendering).", ["kind"], registry=r)
         self.uploads_rejected = Counter("avatar_uploads_rejected", "Uploads refused, by HTTP status.", ["status"],
                                         registry=r)
-        for kind in ERROR_EVENTS.values():
+        for kind in ERROR_SERVICES.values():
             self.errors.labels(kind)  # present at 0 from the start: a rate() needs the series before the first error
         self._closed_frames = _FrameTotals()
         r.register(_LiveCollector(self, sessions, max_sessions, engine, per_session))
@@ -88,9 +96,9 @@ class Metrics:
     def tts_first_audio_observed(self, seconds: float) -> None:
         self.tts_first_audio.observe(seconds)
 
-    def event(self, name: str) -> None:
-        if (kind := ERROR_EVENTS.get(name)) is not None:
-            self.errors.labels(kind).inc()
+    def event(self, kind: EventKind) -> None:
+        if (service := ERROR_SERVICES.get(kind)) is not None:
+            self.errors.labels(service).inc()
 
     def upload_rejected(self, status: int) -> None:
         self.uploads_rejected.labels(str(status)).inc()

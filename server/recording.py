@@ -21,13 +21,13 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.items import SAMPLE_RATE, TICK_SAMPLES, OutputTick
+from core.items import OutputTick
+from core.units import SAMPLE_RATE, TICK_SAMPLES, VIDEO_FPS
 from pipeline.session import Session
 from server.errors import BadRequest, Conflict, ServerFault
 
 log = logging.getLogger(__name__)
 
-VIDEO_FPS = 25
 QUEUE_TICKS = 250  # 10 s of output
 DRAIN_SECONDS = 0.8  # after end_record, ticks still queued are encoded for at most this long, then dropped
 _POLL_S = 0.05

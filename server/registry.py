@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from aiortc import RTCPeerConnection
 
-from pipeline.items import SAMPLE_RATE
+from core.units import SAMPLE_RATE
 from pipeline.session import Session
 from server.errors import ApiError, NotFound, Unavailable
 from server.media import SessionTracks

@@ -11,16 +11,22 @@ from typing import Any
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from core.events import Event, EventKind
+from core.units import SAMPLE_RATE
 from musetalk.avatar import Avatar, AvatarNotFoundError, validate_avatar_id
 from pipeline.actions import ActionClip, CustomClip
-from pipeline.items import SAMPLE_RATE, Event
 from pipeline.session import Session
 from server.custom_video import custom_clips_of, decode_custom_clips
 from server.errors import BadRequest, NotFound, TooBusy, TooLarge
 from server.media import SessionTracks
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.recording import Recorder, record_path
-from server.reference_voice import Reference, check_tts_field, reference_of, reference_speaker
+from server.reference_voice import (
+    Reference,
+    check_tts_field,
+    reference_of,
+    reference_speaker,
+)
 from server.registry import LiveSession, close_live, close_media
 from server.state import STATE, AppState
 from server.uploads import read_form
@@ -306,11 +312,11 @@ async def download_record(request: web.Request) -> web.StreamResponse:
 
 def sse_data(event: Event) -> dict[str, Any]:
     """LiveTalking's eventpoint format for sentences; other events carry their name."""
-    if event.name == "sentence_start":
+    if event.kind is EventKind.SENTENCE_START:
         return {"status": "start", "text": event.text}
-    if event.name == "sentence_end":
+    if event.kind is EventKind.SENTENCE_END:
         return {"status": "end", "text": event.text}
-    return {"event": event.name, "text": event.text}
+    return {"event": event.kind.value, "text": event.text}
 
 
 async def sse(request: web.Request) -> web.StreamResponse:

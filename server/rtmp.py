@@ -22,8 +22,9 @@ import av
 import numpy as np
 from aiohttp import web
 
-from pipeline.clock import AUDIO_OUT_RATE, VIDEO_FPS
-from pipeline.items import OutputTick
+from core.clock import AUDIO_OUT_RATE
+from core.items import OutputTick
+from core.units import VIDEO_FPS
 from pipeline.session import Session
 from server.custom_video import custom_clips_of, decode_custom_clips
 from server.media import Upsampler, to_s16

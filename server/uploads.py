@@ -14,10 +14,10 @@ import av
 import numpy as np
 from aiohttp import BodyPartReader, MultipartReader
 
-from pipeline.items import SAMPLE_RATE
+from core.audio import MonoResampler
+from core.units import SAMPLE_RATE
 from server.errors import ApiError, BadRequest, TooLarge
 from voices._threads import Pool
-from voices.audio import MonoResampler
 
 MIN_RATE, MAX_RATE = 1000, 384_000
 MAX_CHANNELS = 16

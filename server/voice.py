@@ -10,13 +10,24 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.items import Event
+from core.audio import float_to_pcm16
+from core.events import Event, EventKind
 from pipeline.session import Session
+from voices.realtime import (
+    FATAL_CODES,
+    AudioDelta,
+    RealtimeAuthError,
+    RealtimeClient,
+    RealtimeError,
+    ResponseDone,
+    ServerError,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptDelta,
+    UserTranscript,
+)
 from voices.speaker import one_chunk
 from voices.tasks import TaskSet
-from voices.audio import float_to_pcm16
-from voices.realtime import (FATAL_CODES, AudioDelta, RealtimeAuthError, RealtimeClient, RealtimeError, ResponseDone,
-                             ServerError, SpeechStarted, SpeechStopped, TranscriptDelta, UserTranscript)
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +121,13 @@ class RealtimeVoice:
     # -- internals ------------------------------------------------------------------------------------------
     async def _play(self, chunks: AsyncIterator[np.ndarray], label: str, turn: int) -> None:
         async with self._playing:
-            events: list[Event] | None = [Event("sentence_start", label, turn)]
+            events: list[Event] | None = [Event(EventKind.SENTENCE_START, label, turn)]
             async for pcm in chunks:
                 if not await self.session.push_audio(pcm, events, turn):
                     return  # interrupted
                 events = None
             if events is None:  # something was played
-                await self.session.end_speech([Event("sentence_end", label, turn)], turn)
+                await self.session.end_speech([Event(EventKind.SENTENCE_END, label, turn)], turn)
 
     async def _request(self, send: Callable[[RealtimeClient], Awaitable[None]]) -> None:
         given_up = self._given_up
@@ -127,9 +138,9 @@ class RealtimeVoice:
             await send(client)
         except RealtimeError as e:
             if given_up is not None:
-                self.session.publish(Event("tts_error", given_up, self.session.turn))  # logged when it happened
+                self.session.publish(Event(EventKind.TTS_ERROR, given_up, self.session.turn))  # logged when it happened
             elif self._given_up is None:
-                self._fail("tts_error", str(e))
+                self._fail(EventKind.TTS_ERROR, str(e))
             # else: the connection has just been given up on, and the page was told why
 
     def _start(self) -> None:
@@ -160,10 +171,10 @@ class RealtimeVoice:
                 await client.update_session(self._setup)
             except RealtimeAuthError as e:
                 self._given_up = str(e)
-                self._fail("tts_error", str(e))
+                self._fail(EventKind.TTS_ERROR, str(e))
                 return
             except RealtimeError as e:
-                self._fail("tts_error", f"{e}; trying again in {delay:.1f} s")
+                self._fail(EventKind.TTS_ERROR, f"{e}; trying again in {delay:.1f} s")
                 await client.close()
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, self._max_delay)
@@ -178,11 +189,11 @@ class RealtimeVoice:
                 self._connected.clear()
                 await client.close()
             if self._given_up is not None:
-                self._fail("tts_error", self._given_up)
+                self._fail(EventKind.TTS_ERROR, self._given_up)
                 return
             if time.monotonic() - started > self._max_delay:
                 delay = self._first_delay  # it had been working: start the backoff again
-            self._fail("tts_error", f"{reason}; reconnecting in {delay:.1f} s")
+            self._fail(EventKind.TTS_ERROR, f"{reason}; reconnecting in {delay:.1f} s")
             await asyncio.sleep(delay)
             delay = min(2 * delay, self._max_delay)
 
@@ -197,7 +208,7 @@ class RealtimeVoice:
                     if ev.code in FATAL_CODES:
                         self._given_up = f"Realtime API: {ev.message}"
                     elif ev.code not in _QUIET_CODES:
-                        self._fail("llm_error", f"Realtime API: {ev.message}")
+                        self._fail(EventKind.LLM_ERROR, f"Realtime API: {ev.message}")
                 elif isinstance(ev, SpeechStarted):
                     await self._barge_in()
                 elif isinstance(ev, SpeechStopped):
@@ -205,22 +216,22 @@ class RealtimeVoice:
                     self._request_turn, self._responding = self.session.turn, True
                 elif isinstance(ev, UserTranscript):
                     if ev.text:
-                        self.session.publish(Event("user_text", ev.text, self.session.turn))
+                        self.session.publish(Event(EventKind.USER_TEXT, ev.text, self.session.turn))
                 elif isinstance(ev, TranscriptDelta):
                     transcripts[ev.response_id] = transcripts.get(ev.response_id, "") + ev.text
-                    subtitles.append(Event("subtitle", ev.text, turns.get(ev.response_id, self._request_turn)))
+                    subtitles.append(Event(EventKind.SUBTITLE, ev.text, turns.get(ev.response_id, self._request_turn)))
                 elif isinstance(ev, AudioDelta):
                     events, subtitles = subtitles, []
                     turn = turns.get(ev.response_id)
                     if turn is None:  # the response's first audio: it now owns the session's voice
                         turn = turns[ev.response_id] = self._request_turn
                         await self._playing.acquire()
-                        events.insert(0, Event("sentence_start", "", turn))
+                        events.insert(0, Event(EventKind.SENTENCE_START, "", turn))
                     await self.session.push_audio(ev.audio, events, turn)
                 elif isinstance(ev, ResponseDone):
                     self._responding = False
                     if (turn := turns.pop(ev.response_id, None)) is not None:
-                        end = Event("sentence_end", transcripts.pop(ev.response_id, ""), turn)
+                        end = Event(EventKind.SENTENCE_END, transcripts.pop(ev.response_id, ""), turn)
                         await self.session.end_speech([*subtitles, end], turn)
                         subtitles = []
                         self._playing.release()
@@ -229,19 +240,19 @@ class RealtimeVoice:
             return str(e)
         finally:
             for response_id, turn in turns.items():  # cut short by the drop: what arrived plays to its end
-                await self.session.end_speech([Event("sentence_end", transcripts.get(response_id, ""), turn)], turn)
+                await self.session.end_speech([Event(EventKind.SENTENCE_END, transcripts.get(response_id, ""), turn)], turn)
             if turns:
                 self._playing.release()
 
     async def _barge_in(self) -> None:
         """The user started speaking: the avatar stops at once (the service stops its answer too)."""
-        self.session.publish(Event("user_speech_start", "", self.session.turn))
+        self.session.publish(Event(EventKind.USER_SPEECH_START, "", self.session.turn))
         if self.session.speaking or self._responding:
             await self.interrupt()
 
-    def _fail(self, name: str, message: str) -> None:
+    def _fail(self, kind: EventKind, message: str) -> None:
         log.warning("realtime: %s", message)
-        self.session.publish(Event(name, message, self.session.turn))
+        self.session.publish(Event(kind, message, self.session.turn))
 
 
 # Errors the service sends that are no news to the user: a cancel that arrived after the response had ended.

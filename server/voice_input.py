@@ -16,11 +16,12 @@ import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from pipeline.items import Event
+from core.audio import MonoResampler
+from core.events import Event, EventKind
+from core.units import SAMPLE_RATE
 from pipeline.session import Session
 from server.voice import RealtimeVoice, Voice
 from voices.asr import SpeechStart, Transcriber, VADConfig, VoiceActivityDetector
-from voices.audio import SAMPLE_RATE, MonoResampler
 from voices.realtime import API_RATE
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class VoiceInput:
             vad = VoiceActivityDetector(self._vad)
         except Exception as e:  # e.g. the asr extra is not installed: the session goes on without voice input
             log.warning("voice input is off: %s", e)
-            self.session.publish(Event("asr_error", f"voice input is off: {e}", self.session.turn))
+            self.session.publish(Event(EventKind.ASR_ERROR, f"voice input is off: {e}", self.session.turn))
             await drain(self.track)
             return
         try:
@@ -59,7 +60,7 @@ class VoiceInput:
     async def _feed(self, vad: VoiceActivityDetector, pcm: np.ndarray) -> None:
         for event in vad.push(pcm):
             if isinstance(event, SpeechStart):
-                self.session.publish(Event("user_speech_start", "", self.session.turn))
+                self.session.publish(Event(EventKind.USER_SPEECH_START, "", self.session.turn))
                 if self.session.speaking:
                     await self.voice.interrupt()  # barge-in
             else:
@@ -73,10 +74,10 @@ class VoiceInput:
                 text = await (await self._transcriber()).transcribe(audio)
             except Exception as e:  # a broken ASR model must not end the session
                 log.exception("transcription failed")
-                self.session.publish(Event("asr_error", f"speech recognition failed: {e}", self.session.turn))
+                self.session.publish(Event(EventKind.ASR_ERROR, f"speech recognition failed: {e}", self.session.turn))
                 return
             if text:
-                self.session.publish(Event("user_text", text, self.session.turn))
+                self.session.publish(Event(EventKind.USER_TEXT, text, self.session.turn))
                 self.voice.chat(text)
 
 

@@ -31,14 +31,13 @@ from typing import Any
 import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from pipeline.clock import TICK_SECONDS
-from pipeline.items import SAMPLE_RATE
+from core.audio import StreamResampler, pcm16_to_float
+from core.units import SAMPLE_RATE, TICK_SECONDS
 from server.errors import BadRequest, Conflict
 from server.registry import LiveSession
 from server.routes import live_session, sse_data
 from server.state import STATE, AppState
 from server.voice import Voice
-from voices.audio import StreamResampler, pcm16_to_float
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from core.audio import rms
 from testing.fake_services import REC, _serve, tone_pcm16
 
 RATE = 24000
@@ -257,7 +258,7 @@ class _Conn:
         detection = self.session["audio"]["input"].get("turn_detection")
         if not detection:
             return  # turn detection off: the client commits
-        voiced = float(np.sqrt(np.mean((frame / 32768.0) ** 2))) > SPEECH_LEVEL
+        voiced = rms(frame / 32768.0) > SPEECH_LEVEL
         if self.speech_item is None:
             self.voiced_run = self.voiced_run + 1 if voiced else 0
             if self.voiced_run < START_FRAMES:

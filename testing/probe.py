@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.base import AvatarBinding, Engine, RenderRequest, Renderer
+from core.units import TICK_SAMPLES
+from engines.base import AvatarBinding, Engine, Renderer, RenderRequest
 from musetalk.avatar import Avatar
-from pipeline.items import TICK_SAMPLES
 
 FACE_BOX = (16, 16, 48, 48)
 CROP_BOX = (8, 8, 56, 56)

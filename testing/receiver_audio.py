@@ -7,8 +7,9 @@ import time
 
 import numpy as np
 
+from core.audio import resample
+from core.units import SAMPLE_RATE
 from testing.server_client import MIC_RATE, Client
-from voices.audio import SAMPLE_RATE, resample
 from voices.tts import PiperTTS
 
 

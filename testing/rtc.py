@@ -13,8 +13,8 @@ import aiohttp
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
-from av.frame import Frame
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from av.frame import Frame
 
 from pipeline.session import Session
 from server.media import SessionTracks

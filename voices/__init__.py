@@ -2,7 +2,7 @@
 the OpenAI Realtime API client and voice input (VAD + ASR).
 
 Everything that produces audio yields float32 mono numpy arrays at 16 kHz
-(``voices.audio.SAMPLE_RATE``) as soon as they are available. Submodules are
+(``core.audio.SAMPLE_RATE``) as soon as they are available. Submodules are
 imported explicitly (``from voices.tts import PiperTTS``) so that using one
 backend never imports the heavy dependencies of another.
 """

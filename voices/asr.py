@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from musetalk.extras import require
+from core.extras import require
+from core.units import SAMPLE_RATE
 from voices._threads import ASR_POOL
-from voices.audio import SAMPLE_RATE
 
 if TYPE_CHECKING:
     import onnxruntime

@@ -19,7 +19,7 @@ import numpy as np
 import openai
 import websockets
 
-from voices.audio import StreamResampler, pcm16_to_float
+from core.audio import StreamResampler, pcm16_to_float
 from voices.openai_api import OpenAIEndpoint
 
 if TYPE_CHECKING:

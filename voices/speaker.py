@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.items import Event
+from core.events import Event, EventKind
 from voices.llm import Conversation, LLMError
 from voices.sentences import SentenceSplitter
 from voices.tasks import TaskSet
@@ -118,7 +118,7 @@ class Speaker:
             for sentence in splitter.flush():
                 await self._sentences.put((turn, sentence))
         except LLMError as e:
-            self._report("llm_error", str(e))
+            self._report(EventKind.LLM_ERROR, str(e))
 
     async def _speak_loop(self) -> None:
         while True:
@@ -131,19 +131,19 @@ class Speaker:
             _, chunks, label, played = item
             try:
                 if turn == self.sink.turn:
-                    await self._push(chunks, Event("sentence_start", label, turn), Event("sentence_end", label, turn),
+                    await self._push(chunks, Event(EventKind.SENTENCE_START, label, turn), Event(EventKind.SENTENCE_END, label, turn),
                                      turn)
             finally:  # played, skipped or cut short: its request is over either way
                 if not played.done():
                     played.set_result(None)
 
     async def _speak(self, sentence: str, turn: int) -> None:
-        start, end = Event("sentence_start", sentence, turn), Event("sentence_end", sentence, turn)
+        start, end = Event(EventKind.SENTENCE_START, sentence, turn), Event(EventKind.SENTENCE_END, sentence, turn)
         try:
             async with contextlib.aclosing(self.tts.synthesize(sentence)) as chunks:
                 await self._push(self._timed(chunks), start, end, turn)
         except TTSError as e:
-            self._report("tts_error", str(e))
+            self._report(EventKind.TTS_ERROR, str(e))
 
     async def _push(self, chunks: AsyncIterator[np.ndarray], start: Event, end: Event, turn: int) -> None:
         first = True
@@ -163,12 +163,12 @@ class Speaker:
             first = False
             yield chunk
 
-    def _report(self, name: str, message: str) -> None:
+    def _report(self, kind: EventKind, message: str) -> None:
         """Tell the client (as an event) every time; log each distinct failure once."""
         if message not in self._errors_reported:
             self._errors_reported.add(message)
-            log.warning("%s: %s", name, message)
-        self.sink.publish(Event(name, message, self.sink.turn))
+            log.warning("%s: %s", kind.value, message)
+        self.sink.publish(Event(kind, message, self.sink.turn))
 
 
 async def one_chunk(pcm: np.ndarray) -> AsyncIterator[np.ndarray]:

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from musetalk.extras import require
+from core.audio import resample
+from core.extras import require
 from voices._threads import TTS_POOL, stream_from_thread
-from voices.audio import resample
 
 if TYPE_CHECKING:
     import onnxruntime

@@ -15,7 +15,7 @@ import av
 import numpy as np
 from av.codec.context import CodecContext
 
-from voices.audio import SAMPLE_RATE
+from core.units import SAMPLE_RATE
 from voices.tts import TTSError
 
 

@@ -11,8 +11,8 @@ import httpx2
 import numpy as np
 import openai
 
+from core.audio import StreamResampler, pcm16_to_float
 from voices._http import HTTPBackend, given
-from voices.audio import StreamResampler, pcm16_to_float
 from voices.openai_api import OpenAIBackend, OpenAIEndpoint, describe
 from voices.tts import TTSError
 

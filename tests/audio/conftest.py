@@ -14,7 +14,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from musetalk.whisper import whisper_tiny_config  # noqa: E402
-from tests.audio.official import micro_config as _micro_config, seeded_encoder as _seeded_encoder  # noqa: E402
+from tests.audio.official import micro_config as _micro_config  # noqa: E402
+from tests.audio.official import seeded_encoder as _seeded_encoder
 from tests.audio.official import speech_like as _speech_like  # noqa: E402
 
 torch.set_num_threads(2)

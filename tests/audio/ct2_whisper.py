@@ -112,7 +112,7 @@ def ct2_whisper_encoder(model_dir: Path | None = None, config: WhisperConfig | N
 
 def write_whisper_folder(folder: Path) -> None:
     """A Hugging Face whisper folder (as models/whisper) whose encoder is tiny.en's (the decoder is random and
-    unused: MuseTalk takes the encoder only), e.g. to run ``python -m musetalk.parity`` with real whisper weights."""
+    unused: MuseTalk takes the encoder only), e.g. to run ``python -m bench.parity`` with real whisper weights."""
     from transformers import WhisperModel
 
     config = whisper_tiny_config()

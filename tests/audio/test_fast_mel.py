@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from musetalk.audio_features import _mel_filters, placed_log_mel, window_mel, window_mels
+from musetalk.audio_features import (
+    _mel_filters,
+    placed_log_mel,
+    window_mel,
+    window_mels,
+)
 
 SEGMENT = 480000
 # 0 samples, 1, shorter than a hop, exactly one hop / one step / one FFT window, 0.5 s, 2.3 s, 29.99 s, 30 s

@@ -18,7 +18,12 @@ import torch
 import whisper
 from whisper.audio import N_FRAMES, log_mel_spectrogram, pad_or_trim
 
-from musetalk.audio_features import frame_chunks, mel_segments, num_frames, whisper_steps
+from musetalk.audio_features import (
+    frame_chunks,
+    mel_segments,
+    num_frames,
+    whisper_steps,
+)
 from musetalk.whisper import encoder_states, load_encoder_v1
 
 TINY = whisper.model.ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6,

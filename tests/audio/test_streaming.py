@@ -9,9 +9,23 @@ import numpy as np
 import pytest
 import torch
 
-from musetalk.audio_features import (StreamingFeatures, encode_steps, encode_window, frame_chunks, mel_segments,
-                                     num_frames, num_steps, whisper_steps, window_mel)
-from tests.audio.official import official_chunks, official_step_read, official_steps, relative_l2
+from musetalk.audio_features import (
+    StreamingFeatures,
+    encode_steps,
+    encode_window,
+    frame_chunks,
+    mel_segments,
+    num_frames,
+    num_steps,
+    whisper_steps,
+    window_mel,
+)
+from tests.audio.official import (
+    official_chunks,
+    official_step_read,
+    official_steps,
+    relative_l2,
+)
 
 
 def _local_steps(audio: np.ndarray, first_step: int = 0) -> np.ndarray:

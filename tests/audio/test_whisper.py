@@ -9,7 +9,12 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import WhisperForConditionalGeneration, WhisperModel
 
-from musetalk.whisper import encoder_states, load_encoder_v1, load_encoder_v15, whisper_tiny_config
+from musetalk.whisper import (
+    encoder_states,
+    load_encoder_v1,
+    load_encoder_v15,
+    whisper_tiny_config,
+)
 
 
 def test_tiny_config_dims(tiny_encoder):

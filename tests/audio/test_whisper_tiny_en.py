@@ -12,7 +12,12 @@ import torch
 
 from musetalk.audio_features import StreamingFeatures
 from tests.audio.ct2_whisper import ct2_model_dir, ct2_whisper_encoder
-from tests.audio.official import check_frames_read_official_steps, official_chunks, official_steps, relative_l2
+from tests.audio.official import (
+    check_frames_read_official_steps,
+    official_chunks,
+    official_steps,
+    relative_l2,
+)
 
 TEXT = ("The morning train was late again, so Maria walked to the office along the river. "
         "She counted the boats, watched a heron fishing near the old bridge, and thought about the meeting. "
@@ -28,7 +33,7 @@ def tiny_en():
 @pytest.fixture(scope="module")
 def speech() -> np.ndarray:
     """About 20 s of piper speech, repeated to 40 s, peak 0.9 (the session clips to [-1, 1])."""
-    from voices.audio import resample
+    from core.audio import resample
     from voices.tts import load_piper_voice
 
     chunks = list(load_piper_voice().synthesize(TEXT))

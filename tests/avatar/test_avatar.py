@@ -14,7 +14,13 @@ import torch
 from diffusers import AutoencoderKL
 
 from musetalk.avatar import (
-    AvatarError, AvatarExistsError, AvatarNotFoundError, NoFaceError, face_crops, load_avatar, validate_avatar_id,
+    AvatarError,
+    AvatarExistsError,
+    AvatarNotFoundError,
+    NoFaceError,
+    face_crops,
+    load_avatar,
+    validate_avatar_id,
 )
 from musetalk.avatar_cli import main
 from musetalk.avatar_prepare import PrepareOptions, prepare_avatar

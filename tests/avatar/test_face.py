@@ -8,8 +8,16 @@ import pytest
 from mediapipe.python.solutions.face_mesh import FACEMESH_FACE_OVAL
 
 from musetalk.face import (
-    FACE_OVAL_INDICES, HALF_FACE_INDEX, JAW_INDICES, FaceBoxRejected, FaceLandmarker, blend_mask, blur_kernel_size,
-    crop_box, face_box, mask_region,
+    FACE_OVAL_INDICES,
+    HALF_FACE_INDEX,
+    JAW_INDICES,
+    FaceBoxRejected,
+    FaceLandmarker,
+    blend_mask,
+    blur_kernel_size,
+    crop_box,
+    face_box,
+    mask_region,
 )
 
 

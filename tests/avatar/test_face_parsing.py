@@ -22,7 +22,14 @@ from musetalk.avatar import load_avatar
 from musetalk.avatar_cli import main
 from musetalk.avatar_prepare import PrepareOptions, prepare_avatar
 from musetalk.face import blend_mask, blur_mask, crop_box, face_box
-from musetalk.face_parsing import BiSeNet, FaceParser, cheek_mask, labels_to_mask, load_face_parser, parsing_input
+from musetalk.face_parsing import (
+    BiSeNet,
+    FaceParser,
+    cheek_mask,
+    labels_to_mask,
+    load_face_parser,
+    parsing_input,
+)
 from musetalk.models import CheckpointError, MissingWeightsError
 
 N = 19  # CelebAMask-HQ classes

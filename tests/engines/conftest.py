@@ -7,7 +7,7 @@ import torch
 
 from musetalk.avatar import Avatar, load_avatar
 from musetalk.avatar_demo import ensure_demo
-from testing.tiny_models import TinyLayout, write_tiny_layout
+from musetalk.tiny import TinyLayout, write_tiny_layout
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from engines.batcher import Batcher, BatcherStopped, Job, StaleJob
-from engines.musetalk_batch import ENCODER, FACES, encode_window_batched, musetalk_models
+from engines.musetalk_batch import (
+    ENCODER,
+    FACES,
+    encode_window_batched,
+    musetalk_models,
+)
 
 FAR = 1e9  # a deadline that never comes
 

@@ -16,10 +16,17 @@ from transformers import WhisperModel
 from engines.batcher import Batcher
 from engines.musetalk_batch import FACES
 from engines.musetalk_engine import MuseTalkEngine
+from musetalk.tiny import write_tiny_layout
 from pipeline.session import Session, SessionOptions
-from testing.tiny_models import write_tiny_layout
-from tests.audio.official import (check_frames_read_official_steps, micro_config, official_chunks, official_steps,
-                                  perturb_norms_and_biases, relative_l2, speech_like)
+from tests.audio.official import (
+    check_frames_read_official_steps,
+    micro_config,
+    official_chunks,
+    official_steps,
+    perturb_norms_and_biases,
+    relative_l2,
+    speech_like,
+)
 
 
 class UNetRecorder:

@@ -1,4 +1,4 @@
-"""`python -m musetalk.parity` on CPU with the tiny official-layout models and the demo avatar."""
+"""`python -m bench.parity` on CPU with the tiny official-layout models and the demo avatar."""
 import csv
 import math
 import wave
@@ -6,7 +6,7 @@ import wave
 import numpy as np
 import pytest
 
-from musetalk.parity import main, psnr
+from bench.parity import main, psnr
 
 
 def write_wav(path, seconds: float) -> None:

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from musetalk.tiny import TinyLayout, write_tiny_layout
 from testing.fake_hub import FakeHub, serve_fake_hub
-from testing.tiny_models import TinyLayout, write_tiny_layout
 
 
 @pytest.fixture(autouse=True, scope="module")

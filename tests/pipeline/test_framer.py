@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
+from core.events import Event, EventKind
+from core.items import Kind
+from core.units import FRAME_SAMPLES
 from pipeline.framer import SILENCE_RMS, AudioFramer
-from pipeline.items import FRAME_SAMPLES, Event, Kind
 
 
 class Ticks:
@@ -58,7 +60,7 @@ def test_silence_and_speech_tagging() -> None:
 
 def test_events_ride_on_the_first_and_last_frames() -> None:
     framer = AudioFramer(Ticks(), lead_ticks=1)
-    start, end = Event("sentence_start", "Hello."), Event("sentence_end", "Hello.")
+    start, end = Event(EventKind.SENTENCE_START, "Hello."), Event(EventKind.SENTENCE_END, "Hello.")
     ticks = framer.push(np.full(1000, 0.1, np.float32), 0, events=[start])
     ticks += framer.flush(0, events=[end])
     frames = [f for t in ticks for f in t.frames]
@@ -71,7 +73,7 @@ def test_end_event_without_pending_audio_joins_the_last_unplayed_tick_or_gets_a_
     clock = Ticks()
     framer = AudioFramer(clock, lead_ticks=1)
     (last,) = framer.push(np.full(640, 0.1, np.float32), 0)
-    end = Event("sentence_end", "x")
+    end = Event(EventKind.SENTENCE_END, "x")
     assert framer.flush(0, events=[end]) == []
     assert last.frames[1].events == [end] and last.last  # not played yet: it carries the event
     clock.now = last.tick  # now it is being played: a new silent tick is needed
@@ -83,7 +85,7 @@ def test_end_event_without_pending_audio_joins_the_last_unplayed_tick_or_gets_a_
 def test_events_pushed_without_audio_ride_on_the_end_too_and_are_not_left_for_the_next_utterance() -> None:
     framer = AudioFramer(Ticks(), lead_ticks=1)
     (last,) = framer.push(np.full(640, 0.1, np.float32), 0)
-    start, end = Event("sentence_start", "Hi."), Event("sentence_end", "Hi.")
+    start, end = Event(EventKind.SENTENCE_START, "Hi."), Event(EventKind.SENTENCE_END, "Hi.")
     assert framer.push(np.zeros(0, np.float32), 0, events=[start]) == []
     assert framer.flush(0, events=[end]) == []
     assert last.frames[1].events == [start, end]
@@ -128,5 +130,5 @@ def test_an_event_carrier_after_the_utterance_holds_no_audio_of_it() -> None:
     framer = AudioFramer(clock, lead_ticks=1)
     (last,) = framer.push(np.full(640, 0.1, np.float32), 0)
     clock.now = last.tick
-    (carrier,) = framer.flush(0, events=[Event("sentence_end", "x")])
+    (carrier,) = framer.flush(0, events=[Event(EventKind.SENTENCE_END, "x")])
     assert carrier.last and carrier.samples == 0 and carrier.silent

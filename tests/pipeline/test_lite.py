@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from core.units import TICK_SAMPLES
 from engines.base import RenderRequest
 from engines.lite import LiteEngine, MouthGeometry, loudness_target
-from pipeline.items import TICK_SAMPLES
 
 
 def tone(db: float, n: int = TICK_SAMPLES) -> np.ndarray:

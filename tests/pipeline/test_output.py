@@ -2,11 +2,10 @@
 must not lag the sound); switches to or from an action clip, a different picture, are."""
 import numpy as np
 
+from core.units import TICK_SAMPLES
 from pipeline.actions import ActionClip
 from pipeline.compositor import Compositor
-from pipeline.items import TICK_SAMPLES
 from pipeline.session import Session, SessionOptions
-
 from testing.probe import ProbeEngine, probe_audio, probe_value, synthetic_avatar
 
 FADE = SessionOptions(crossfade_ticks=2)

@@ -9,8 +9,13 @@ import psutil
 
 from engines.lite import LiteEngine
 from pipeline.session import Session, SessionOptions
-
-from testing.probe import ProbeEngine, face_value, probe_audio, probe_value, synthetic_avatar
+from testing.probe import (
+    ProbeEngine,
+    face_value,
+    probe_audio,
+    probe_value,
+    synthetic_avatar,
+)
 
 
 def session_threads() -> int:

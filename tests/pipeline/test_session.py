@@ -4,11 +4,18 @@ import asyncio
 import numpy as np
 import pytest
 
+from core.events import Event, EventKind
+from core.units import TICK_SAMPLES
 from pipeline.actions import ActionClip
-from pipeline.items import TICK_SAMPLES, Event
 from pipeline.session import Session, SessionClosed, SessionOptions
-
-from testing.probe import FACE_BOX, ProbeEngine, face_value, probe_audio, probe_value, synthetic_avatar
+from testing.probe import (
+    FACE_BOX,
+    ProbeEngine,
+    face_value,
+    probe_audio,
+    probe_value,
+    synthetic_avatar,
+)
 
 NO_FADE = SessionOptions(crossfade_ticks=0)
 
@@ -89,17 +96,17 @@ async def test_silent_batches_skip_the_model_and_show_the_avatar_frames() -> Non
 async def test_events_fire_when_their_audio_is_played() -> None:
     session = await make_session()
     listener = session.subscribe()
-    await session.push_audio(probe_audio(5), events=[Event("sentence_start", "Hi.")])
-    await session.end_speech(events=[Event("sentence_end", "Hi.")])
+    await session.push_audio(probe_audio(5), events=[Event(EventKind.SENTENCE_START, "Hi.")])
+    await session.end_speech(events=[Event(EventKind.SENTENCE_END, "Hi.")])
     fired = {}
     for _ in range(12):
         out = session.step()
         for e in out.events:
-            fired[e.name] = out.tick
+            fired[e.kind] = out.tick
     assert fired == {"sentence_start": 3, "sentence_end": 7}
-    assert listener.get_nowait().name == "sentence_start"
+    assert listener.get_nowait().kind is EventKind.SENTENCE_START
     await session.close()
-    assert listener.get_nowait().name == "sentence_end" and listener.get_nowait() is None
+    assert listener.get_nowait().kind is EventKind.SENTENCE_END and listener.get_nowait() is None
 
 
 async def test_interrupt_drops_old_turn_items_at_every_stage() -> None:

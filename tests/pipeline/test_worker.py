@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 
+from core.units import TICK_SAMPLES
 from engines.base import RenderRequest, lead_ticks_for
 from engines.batcher import StaleJob
 from pipeline.compositor import Compositor
 from pipeline.framer import AudioFramer
-from pipeline.items import TICK_SAMPLES
 from pipeline.stats import SessionStats
 from pipeline.worker import InferenceWorker
 from testing.probe import ProbeEngine, ProbeRenderer, probe_audio, synthetic_avatar

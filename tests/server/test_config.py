@@ -202,7 +202,7 @@ def test_app_starts_from_a_config_file_with_livetalking_options_and_json_logs(tm
 
 
 def test_a_missing_extra_is_named_with_how_to_install_it() -> None:
-    from musetalk.extras import MissingExtraError, available, require
+    from core.extras import MissingExtraError, available, require
 
     with pytest.raises(MissingExtraError) as e:
         require("no_such_module_here.sub", "asr", "voice input")

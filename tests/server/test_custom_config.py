@@ -13,9 +13,9 @@ import pytest
 import soundfile as sf
 from aiortc import MediaStreamTrack
 
+from core.items import Kind
 from musetalk.avatar import load_avatar
 from pipeline.actions import CUSTOM_CACHE_DIR, load_custom_clips, parse_custom_config
-from pipeline.items import Kind
 from pipeline.session import Session
 from server.config import parse_args
 from testing.rtc import frames_of

@@ -9,11 +9,26 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from musetalk.avatar import AvatarError, AvatarExistsError, AvatarNotFoundError, InvalidAvatarIdError, NoFaceError
+from musetalk.avatar import (
+    AvatarError,
+    AvatarExistsError,
+    AvatarNotFoundError,
+    InvalidAvatarIdError,
+    NoFaceError,
+)
 from pipeline.actions import save_action
 from server.app import api_errors
 from server.errors import (
-    HTTP_STATUS, ApiError, BadRequest, Conflict, Forbidden, NotFound, ServerFault, TooBusy, TooLarge, Unavailable,
+    HTTP_STATUS,
+    ApiError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServerFault,
+    TooBusy,
+    TooLarge,
+    Unavailable,
     status_of,
 )
 from server.registry import SessionEndedError, SessionLimitError

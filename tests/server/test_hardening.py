@@ -23,7 +23,15 @@ import soundfile as sf
 from pipeline.session import Session
 from server.errors import ApiError
 from server.recording import Recorder
-from testing.server_client import Client, Server, connect_with_events, is_speaking, offer_sdp, until, upload
+from testing.server_client import (
+    Client,
+    Server,
+    connect_with_events,
+    is_speaking,
+    offer_sdp,
+    until,
+    upload,
+)
 from voices._threads import ASR_POOL, LLM_POOL, TTS_POOL
 
 pytestmark = pytest.mark.usefixtures("loopback_only")

@@ -8,7 +8,13 @@ from prometheus_client import REGISTRY
 from server.metrics import Metrics
 from testing.fake_services import free_port
 from testing.metrics import parse_metrics
-from testing.server_client import Client, connect_with_events, is_speaking, until, upload
+from testing.server_client import (
+    Client,
+    connect_with_events,
+    is_speaking,
+    until,
+    upload,
+)
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 

@@ -8,11 +8,16 @@ import time
 import numpy as np
 import pytest
 
+from core.audio import resample
 from testing import fake_realtime
 from testing.receiver_audio import AudioWatch, spoken
-from testing.server_client import ScriptedMicrophone, connect_with_events, is_speaking, until
+from testing.server_client import (
+    ScriptedMicrophone,
+    connect_with_events,
+    is_speaking,
+    until,
+)
 from voices.asr import Transcriber
-from voices.audio import resample
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 

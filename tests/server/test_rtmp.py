@@ -18,7 +18,8 @@ import pytest
 import soundfile as sf
 
 from bench.measure import mouth_darkening, mouth_region
-from pipeline.items import TICK_SAMPLES, Kind, OutputTick
+from core.items import Kind, OutputTick
+from core.units import TICK_SAMPLES
 from server.config import parse_args
 from server.rtmp import RtmpPusher
 from testing.fake_services import free_port

@@ -13,8 +13,8 @@ import io
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 import psutil

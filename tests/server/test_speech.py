@@ -13,7 +13,13 @@ import pytest
 import soundfile as sf
 
 from testing import fake_services
-from testing.server_client import Client, connect_with_events, is_speaking, until, upload
+from testing.server_client import (
+    Client,
+    connect_with_events,
+    is_speaking,
+    until,
+    upload,
+)
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 

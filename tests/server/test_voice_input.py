@@ -11,7 +11,12 @@ from server import voice_input
 from server.config import parse_args
 from testing import fake_services
 from testing.receiver_audio import spoken
-from testing.server_client import ScriptedMicrophone, connect_with_events, is_speaking, until
+from testing.server_client import (
+    ScriptedMicrophone,
+    connect_with_events,
+    is_speaking,
+    until,
+)
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 

@@ -8,10 +8,10 @@ import aiohttp
 import numpy as np
 import pytest
 
+from core.audio import float_to_pcm16
 from server import ws_audio
 from server.ws_audio import STREAMS
 from testing.server_client import Client, Server, is_speaking, offer_sdp, until
-from voices.audio import float_to_pcm16
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 

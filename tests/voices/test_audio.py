@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from voices.audio import StreamResampler, float_to_pcm16, pcm16_to_float, resample
+from core.audio import StreamResampler, float_to_pcm16, pcm16_to_float, resample
 from voices.tts_edge import MP3StreamDecoder
 from voices.tts_http import WavHeader
 

@@ -1,7 +1,6 @@
 """The Realtime client (GA protocol, through the openai SDK) against the local fake, which refuses what the real
 service refuses."""
 import asyncio
-import base64
 import json
 
 import numpy as np
@@ -9,10 +8,21 @@ import pytest
 import websockets
 from scipy.signal import resample_poly
 
+from core.audio import float_to_pcm16
 from voices.openai_api import OpenAIEndpoint
-from voices.realtime import (AudioDelta, RealtimeAuthError, RealtimeClient, RealtimeError, ResponseDone, ServerError,
-                             SpeechStarted, SpeechStopped, TranscriptDelta, UserTranscript, session_config)
-from voices.audio import float_to_pcm16
+from voices.realtime import (
+    AudioDelta,
+    RealtimeAuthError,
+    RealtimeClient,
+    RealtimeError,
+    ResponseDone,
+    ServerError,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptDelta,
+    UserTranscript,
+    session_config,
+)
 
 
 def client(url, key="sk-rt", **kw):

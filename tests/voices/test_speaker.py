@@ -84,7 +84,7 @@ async def test_echo_speaks_each_sentence_with_events_in_order() -> None:
     got = []
     while not events.empty():
         e = events.get_nowait()
-        got.append((e.name, e.text))
+        got.append((e.kind, e.text))
     assert got == [("sentence_start", "Hello there, my friend."), ("sentence_end", "Hello there, my friend."),
                    ("sentence_start", "How are you doing today?"), ("sentence_end", "How are you doing today?")]
     await speaker.close()
@@ -134,11 +134,11 @@ async def test_tts_and_llm_failures_are_reported_as_events_and_the_session_survi
     await wait_until(lambda: tts.spoken == ["This one works fine."])
     await speaker.chat("hi")
     first = events.get_nowait()
-    assert (first.name, first.text) == ("tts_error", "voice server answered 503")
+    assert (first.kind, first.text) == ("tts_error", "voice server answered 503")
     await wait_until(lambda: not events.empty())
     names = []
     while not events.empty():
-        names.append(events.get_nowait().name)
+        names.append(events.get_nowait().kind)
     assert "llm_error" in names
     await speaker.close()
     await session.close()
@@ -185,7 +185,7 @@ async def test_sdk_errors_become_llm_error_and_tts_error_events_and_retries_get_
         speaker = Speaker(session, ToneTTS(), Conversation(refused))
         await speaker.chat("hi")
         error = events.get_nowait()
-        assert (error.name, error.text) == ("llm_error", "LLM: HTTP 401: Incorrect API key provided: sk-bad.")
+        assert (error.kind, error.text) == ("llm_error", "LLM: HTTP 401: Incorrect API key provided: sk-bad.")
         speaker.conversation = Conversation(flaky)  # a 429, then a 503, then the answer: the user sees the answer
         tts = speaker.tts
         await speaker.chat("hi")
@@ -195,6 +195,6 @@ async def test_sdk_errors_become_llm_error_and_tts_error_events_and_retries_get_
         await speaker.say("Hello.")
         await wait_until(lambda: not events.empty())
         error = events.get_nowait()
-        assert (error.name, error.text) == ("tts_error", "OpenAI TTS: HTTP 400: unknown voice")
+        assert (error.kind, error.text) == ("tts_error", "OpenAI TTS: HTTP 400: unknown voice")
         await speaker.close()
     await session.close()

@@ -14,7 +14,7 @@ import av
 import numpy as np
 from scipy.signal import firwin, resample_poly
 
-SAMPLE_RATE = 16000
+from core.units import SAMPLE_RATE
 
 
 def resample(audio: np.ndarray, src_rate: int, dst_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -26,6 +26,17 @@ def resample(audio: np.ndarray, src_rate: int, dst_rate: int = SAMPLE_RATE) -> n
     if src_rate == dst_rate:
         return x.copy()
     return resample_poly(x, dst_rate, src_rate).astype(np.float32)
+
+
+def rms(audio: np.ndarray) -> float:
+    """Root mean square of float audio (0 for no samples), accumulated in float64."""
+    x = np.asarray(audio)
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+
+
+def dbfs(audio: np.ndarray) -> float:
+    """Level in dB relative to full scale (a full-scale square wave is 0 dBFS; silence about -180)."""
+    return 20.0 * math.log10(rms(audio) + 1e-9)
 
 
 def pcm16_to_float(data: bytes) -> np.ndarray:

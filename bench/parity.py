@@ -1,6 +1,6 @@
 """Check the streaming MuseTalk path against the offline official one on your own weights, avatar and audio.
 
-    python -m musetalk.parity --avatar ID --audio speech.wav [--version v15|v1] [--pace ahead|realtime]
+    python -m bench.parity --avatar ID --audio speech.wav [--version v15|v1] [--pace ahead|realtime]
 
 The same audio is rendered twice with the same models and avatar:
 - streaming: through a session (the audio framer, the inference worker, the musetalk engine's windowed whisper
@@ -13,7 +13,7 @@ with the relative L2 distance between the audio features the UNet got on either 
 Frames the streaming path showed as the avatar's own picture (silent batches skip the model) are marked and left
 out of the summary. The streaming path takes ``floor(n / 16000 * 25)`` frames from the model, as the official one.
 
-This is a tool at the top of the stack (it drives a session), kept here beside the models it checks.
+This is a tool at the top of the stack (it drives a session), so it lives with the benchmarks.
 """
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio_features import frame_chunks, whisper_steps
-from .avatar import DEFAULT_AVATARS_DIR, Avatar, load_avatar
-from .avatar_prepare import DEFAULT_MODELS_DIR
-from .cli import ArgumentParser
-from .config import SAMPLE_RATE, VERSIONS
+from core.units import SAMPLE_RATE
+from musetalk.audio_features import frame_chunks, whisper_steps
+from musetalk.avatar import DEFAULT_AVATARS_DIR, Avatar, load_avatar
+from musetalk.avatar_prepare import DEFAULT_MODELS_DIR
+from musetalk.cli import ArgumentParser
+from musetalk.config import VERSIONS
 
 WAIT_S = 120.0  # the longest a stepped tick waits for its frame (a slow CPU renders a batch in seconds)
 
@@ -45,7 +46,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def offline_frames(engine, avatar: Avatar, audio: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     """The official whole-clip path: features of the whole utterance, UNet + VAE in batches, paste-back.
     Returns the frames and the per-frame features (N, 50, 384)."""
-    from .inference import infer_faces
+    from musetalk.inference import infer_faces
 
     steps = whisper_steps(audio, engine.encoder, engine.version)
     chunks = frame_chunks(steps, len(audio), engine.version)
@@ -60,12 +61,12 @@ def offline_frames(engine, avatar: Avatar, audio: np.ndarray) -> tuple[list[np.n
 async def streamed_frames(engine, avatar: Avatar, audio: np.ndarray, realtime: bool) -> list[tuple[np.ndarray, str]]:
     """(frame, source) of every tick of the utterance, through a stepped session; frame i is utterance frame i.
     (The engine's ``features_observer`` sees the features of each batch on the way.)"""
-    from pipeline.items import Event
+    from core.events import Event, EventKind
     from pipeline.session import Session, SessionOptions
 
     session = Session("parity", avatar, engine, options=SessionOptions(crossfade_ticks=0), stepped=True)
     await session.start()
-    start_mark, ticks = Event("parity_start"), math.ceil(len(audio) / 640)
+    start_mark, ticks = Event(EventKind.SENTENCE_START, "parity"), math.ceil(len(audio) / 640)
     try:
         outs, piece = [], 640 if realtime else SAMPLE_RATE
         for start in range(0, len(audio), piece):
@@ -96,7 +97,7 @@ def compare(streamed: list[tuple[np.ndarray, str]], offline: list[np.ndarray], a
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m musetalk.parity", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m bench.parity", description=__doc__.split("\n\n")[0])
     p.add_argument("--avatar", required=True, help="prepared avatar id")
     p.add_argument("--audio", type=Path, required=True, help="speech: any file PyAV reads (resampled to 16 kHz mono)")
     p.add_argument("--version", choices=VERSIONS, default="v15", help="MuseTalk weights version")

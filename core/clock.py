@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-VIDEO_FPS = 25
-TICK_SECONDS = 1.0 / VIDEO_FPS
+from core.units import TICK_SECONDS, VIDEO_FPS
+
 AUDIO_FRAMES_PER_TICK = 2
 VIDEO_CLOCK_RATE = 90_000
 AUDIO_OUT_RATE = 48_000

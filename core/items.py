@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
-FRAME_SAMPLES = 320  # 20 ms at 16 kHz
-TICK_SAMPLES = 2 * FRAME_SAMPLES
+from core.events import Event
+from core.units import TICK_SAMPLES
 
 
 class Kind(enum.Enum):
@@ -17,13 +16,13 @@ class Kind(enum.Enum):
     ACTION = "action"
 
 
-@dataclass(frozen=True)
-class Event:
-    """A sentence boundary (or other marker) that fires when its audio is actually played out."""
+class Source(enum.StrEnum):
+    """What an output tick's picture is (the metrics' frame label)."""
 
-    name: str  # "sentence_start" | "sentence_end" | ...
-    text: str = ""
-    turn: int = 0
+    SPEECH = "speech"  # a lip-synced face rendered for its audio
+    IDLE = "idle"  # the avatar's own frame
+    ACTION = "action"  # a frame of an action clip
+    REPEAT = "repeat"  # speech played while its face was not ready: the last frame shown again
 
 
 @dataclass
@@ -79,6 +78,6 @@ class OutputTick:
     frame: np.ndarray  # (H, W, 3) uint8 BGR
     audio: np.ndarray  # (640,) float32 at 16 kHz: audio frames 2*tick and 2*tick+1
     kind: Kind
-    source: str  # "speech" | "idle" | "action" | "repeat"
+    source: Source
     events: list[Event]
     turn: int
