@@ -21,6 +21,7 @@ import numpy as np
 
 from bench.common import machine, summary
 from bench.measure import MOUTH_ONSET, mouth_darkening, mouth_region
+from core.items import Source
 from musetalk.avatar import load_avatar
 from musetalk.avatar_demo import ensure_demo
 from server.config import ServerConfig
@@ -71,7 +72,7 @@ class LipSyncBench:
         t_emit = t_arrive = None
         while now_ms() - t0 < 10_000 and t_arrive is None:
             await asyncio.sleep(0.01)
-            t_emit = next((t for t, src in self.emitted if t > t0 and src == "speech"), None)
+            t_emit = next((t for t, src in self.emitted if t > t0 and src is Source.SPEECH), None)
             if t_emit is not None:
                 t_arrive = next((f.arrival_ms for f in self.receiver.frames["video"] if f.arrival_ms > t_emit
                                  and mouth_darkening(f.data, reference, self.region) > MOUTH_ONSET), None)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.items import Source
 from core.units import SAMPLE_RATE
 from musetalk.audio_features import frame_chunks, whisper_steps
 from musetalk.avatar import DEFAULT_AVATARS_DIR, Avatar, load_avatar
@@ -92,7 +93,7 @@ def compare(streamed: list[tuple[np.ndarray, str]], offline: list[np.ndarray], a
         rel = math.nan if feature is None else float(
             np.linalg.norm(feature - offline_features[i]) / np.linalg.norm(offline_features[i]))
         rows.append({"frame": i, "psnr_db": psnr(frame[region], reference[region]), "features_rel_l2": rel,
-                     "streamed": {"speech": "model", "idle": "own frame (silent)"}.get(source, source)})
+                     "streamed": {Source.SPEECH: "model", Source.IDLE: "own frame (silent)"}.get(source, source)})
     return rows
 
 

@@ -29,6 +29,7 @@ from bench.measure import (
     video_onsets,
 )
 from bench.receivers import WHOLE_FRAME, ReceiverClient, half_open_times
+from core.items import Source
 from engines.base import Engine
 from engines.lite import LiteEngine
 from musetalk.avatar import Avatar, load_avatar
@@ -51,7 +52,7 @@ def tone(seconds: float) -> np.ndarray:
 async def session_latency(avatar: Avatar, engine: Engine, trials: int) -> list[float]:
     session = Session("latency", avatar, engine)
     first_speech: list[float] = []
-    session.add_sink(lambda out: out.source == "speech" and not first_speech and first_speech.append(time.monotonic()))
+    session.add_sink(lambda out: out.source is Source.SPEECH and not first_speech and first_speech.append(time.monotonic()))
     await session.start()
     results = []
     for _ in range(trials):

@@ -5,7 +5,8 @@ import { t } from "./i18n.js";
 
 const SUBTITLE_LINGER_MS = 1200;  // keep a finished sentence on screen briefly
 
-// The event kinds the server sends (and LiveTalking's field names for them).
+// The event kinds the server sends (and LiveTalking's field names for them); core/events.py defines them,
+// tests/core/test_event_names.py keeps the two in step.
 export const EVENT = Object.freeze({
   START: "start",                          // a sentence starts playing (its text)
   SUBTITLE: "subtitle",                    // streamed speech: the next words of the playing sentence
@@ -18,6 +19,7 @@ const ERROR_TITLES = {
   tts_error: "Speech synthesis failed",
   llm_error: "The language model failed",
   asr_error: "Speech recognition failed",
+  render_error: "Rendering failed",
 };
 
 // One SSE message's data as {kind, text}; null for keep-alives and anything that is not a JSON object.

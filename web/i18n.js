@@ -50,6 +50,7 @@ const ZH = {
   "Transcript": "字幕记录",
   "Speech synthesis failed": "语音合成失败",
   "The language model failed": "大模型出错",
+  "Rendering failed": "画面渲染出错",
   "Speech recognition failed": "语音识别失败",
   "The server refused the connection": "服务器拒绝了连接",
   "Connect failed": "连接失败",
