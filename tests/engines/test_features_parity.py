@@ -1,9 +1,9 @@
 """The features the musetalk engine feeds its UNet through the real session path (framer, worker, renderer) against
-the official offline computation of the whole utterance, restated from the reference notes (tests/audio/official.py).
+the official offline computation of the whole utterance, restated from the reference notes (testing/official_audio.py).
 
 The UNet pass is replaced by a recorder (it sees exactly the chunks the UNet would); the whisper encoder is a seeded
 random one of whisper-tiny's structure at width 64, so 30 s inputs are cheap. Real whisper weights:
-tests/audio/test_whisper_tiny_en.py."""
+tests/musetalk/test_whisper_tiny_en.py."""
 from __future__ import annotations
 
 import math
@@ -18,7 +18,7 @@ from engines.musetalk_batch import FACES
 from engines.musetalk_engine import MuseTalkEngine
 from musetalk.tiny import write_tiny_layout
 from pipeline.session import Session, SessionOptions
-from tests.audio.official import (
+from testing.official_audio import (
     check_frames_read_official_steps,
     micro_config,
     official_chunks,

@@ -20,7 +20,7 @@ from musetalk.audio_features import (
     whisper_steps,
     window_mel,
 )
-from tests.audio.official import (
+from testing.official_audio import (
     official_chunks,
     official_step_read,
     official_steps,

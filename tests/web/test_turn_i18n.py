@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from testing.turn import coturn
-from tests.browser.test_page import CHROMIUM_FLAGS, running_server, wait_until
+from tests.web.test_page import CHROMIUM_FLAGS, running_server, wait_until
 
 # The pair the browser's media goes over: its local candidate's type ("relay" when through TURN).
 SELECTED_PAIR_JS = """async () => {

