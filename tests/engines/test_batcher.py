@@ -16,30 +16,9 @@ from engines.musetalk_batch import (
     encode_window_batched,
     musetalk_models,
 )
+from testing.fake_models import FakeFacesModel, FakeModel
 
 FAR = 1e9  # a deadline that never comes
-
-
-class FakeModel:
-    """Doubles its input rows; costs `per_batch + per_row * size` seconds; records every call."""
-
-    def __init__(self, per_batch: float = 0.0, per_row: float = 0.0) -> None:
-        self.per_batch, self.per_row = per_batch, per_row
-        self.calls: list[tuple[int, int, np.ndarray]] = []  # (padded size, real rows, the input)
-        self.threads: set[str] = set()
-        self.before: callable | None = None  # called with the input before the work (to block or raise)
-
-    def __call__(self, inputs, rows):
-        (x,) = inputs
-        self.threads.add(threading.current_thread().name)
-        self.calls.append((len(x), rows, x.copy()))
-        if self.before is not None:
-            self.before(x)
-        time.sleep(self.per_batch + self.per_row * len(x))
-        return x * 2
-
-    def firsts(self) -> list[float]:
-        return [float(x[0, 0]) for _, _, x in self.calls]
 
 
 def rows(first: float, n: int) -> np.ndarray:
@@ -191,20 +170,8 @@ def test_a_model_error_reaches_every_job_of_its_batch_and_the_owner_goes_on(fake
     assert batcher.stats.failed_batches == 1 and batcher.stats.batches == 1
 
 
-class FacesFake:
-    """Two inputs like the faces model (audio rows, avatar latent rows): returns audio + latent per row."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, int]] = []
-
-    def __call__(self, inputs, rows):
-        chunks, latents = inputs
-        self.calls.append((len(chunks), rows))
-        return chunks + latents
-
-
 def test_mixed_avatars_share_a_batch_and_each_job_gets_its_own_rows() -> None:
-    model = FacesFake()
+    model = FakeFacesModel()
     batcher = Batcher({"faces": model}, sizes=(4, 8), gather_s=0)
     avatars = {"alice": 1000.0, "bob": 2000.0}  # the latent rows say which avatar they are
     jobs = [("alice", 0, 3), ("bob", 10, 2), ("alice", 20, 2)]  # (avatar, first audio row, frames)

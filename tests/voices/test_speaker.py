@@ -1,57 +1,15 @@
 """Speaker -> session: sentences become audio with timed events; interrupt stops LLM and TTS at once."""
 import asyncio
-from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 
 from pipeline.session import Session
+from testing.fake_voices import ScriptedLLM, ToneTTS
 from testing.probe import ProbeEngine, synthetic_avatar
-from voices.llm import ChatLLM, Conversation, LLMError
+from voices.llm import ChatLLM, Conversation
 from voices.openai_api import OpenAIEndpoint
 from voices.speaker import Speaker
-from voices.tts import TTSError
 from voices.tts_http import OpenAITTS
-
-
-class ToneTTS:
-    """0.1 s of tone per word, in one chunk per word, with a small synthesis delay per chunk."""
-
-    def __init__(self, delay: float = 0.0, fail_on: str | None = None) -> None:
-        self.delay, self.fail_on = delay, fail_on
-        self.spoken: list[str] = []
-        self.closed_early = 0
-
-    async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
-        if self.fail_on and self.fail_on in text:
-            raise TTSError("voice server answered 503")
-        self.spoken.append(text)
-        words = text.split()
-        done = 0
-        try:
-            for _ in words:
-                await asyncio.sleep(self.delay)
-                yield np.full(1600, 0.2, np.float32)
-                done += 1
-        finally:
-            if done < len(words):
-                self.closed_early += 1
-
-
-class ScriptedLLM:
-    def __init__(self, deltas: Sequence[str], delay: float = 0.0, fail: bool = False) -> None:
-        self.deltas, self.delay, self.fail = deltas, delay, fail
-        self.cancelled = False
-
-    async def stream(self, messages) -> AsyncIterator[str]:  # noqa: ANN001
-        try:
-            for d in self.deltas:
-                await asyncio.sleep(self.delay)
-                yield d
-            if self.fail:
-                raise LLMError("chat endpoint answered 500")
-        except (asyncio.CancelledError, GeneratorExit):
-            self.cancelled = True
-            raise
 
 
 async def drain(session: Session, ticks: int) -> list:
