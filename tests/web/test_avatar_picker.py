@@ -11,7 +11,7 @@ import pytest
 
 from musetalk.avatar_demo import demo_image, ensure_demo
 from musetalk.avatar_prepare import PrepareOptions, prepare_avatar
-from tests.web.test_page import CHROMIUM_FLAGS, running_server, wait_until
+from testing.browser import CHROMIUM_FLAGS, running_server, wait_until
 
 
 @pytest.mark.slow
@@ -47,7 +47,8 @@ def test_the_picker_lists_avatars_and_switches_live(tmp_path: Path, chromium: Pa
             switched = time.monotonic() - started
             assert page.evaluate("window.avatarClient.sessionId") == session  # the same session and connection
             assert s["connectionState"] == "connected" and page.locator("#errors").inner_text() == ""
-            assert page.eval_on_selector("#avatar-thumb", "img => img.src").endswith("/api/avatars/second/thumbnail.jpg")
+            thumbnail = page.eval_on_selector("#avatar-thumb", "img => img.src")
+            assert thumbnail.endswith("/api/avatars/second/thumbnail.jpg")
         finally:
             ctx.close()
     assert errors == []

@@ -2,16 +2,8 @@
 speaks a typed sentence (sound, mouth movement and subtitle all seen by the browser)."""
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +11,8 @@ import pytest
 import soundfile as sf
 
 from musetalk.avatar import load_avatar
-from testing.fake_services import free_port
+from testing.browser import CHROMIUM_FLAGS, ROOT, running_server, session_count, stats, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-    # Inside a loopback-only namespace: allow 127.0.0.1 candidates, and offer raw IPs instead of mDNS names
-    # (without multicast, gathering of mDNS candidates never completes).
-    "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
 SENTENCE = "Hello from the browser test."
 
 # Mean grey level of a box of the <video>'s current frame, per pixel (row-major): what the viewer sees.
@@ -47,67 +30,6 @@ GRAB_JS = """([x1, y1, x2, y2]) => {
 }"""
 
 
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=2) as resp:
-        return json.loads(resp.read())
-
-
-@contextlib.contextmanager
-def running_server(tmp_path: Path, *extra: str, timeout: float = 45.0) -> Iterator[str]:
-    """app.py (lite engine, one session at most, an LLM URL where nothing listens) in a subprocess on a free
-    loopback port; yields its base URL once /healthz answers."""
-    port, no_llm_port = free_port(), free_port()
-    log_path = tmp_path / "server.log"
-    cmd = [sys.executable, "app.py", "--listenport", str(port), "--host", "127.0.0.1", "--ice_host", "127.0.0.1",
-           "--engine", "lite", "--max_session", "1", "--avatars_dir", str(ROOT / "avatars"),
-           "--records_dir", str(tmp_path / "records"),
-           "--llm_base_url", f"http://127.0.0.1:{no_llm_port}/v1", *extra]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"app.py exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(OSError):
-                if get_json(f"{base}/healthz").get("ok"):
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not answer /healthz within {timeout} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # a clean shutdown closes sessions and joins worker threads
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-
-
-def session_count(base: str) -> int:
-    sessions = get_json(f"{base}/healthz")["sessions"]
-    return sessions if isinstance(sessions, int) else len(sessions)
-
-
-def stats(page) -> dict:  # noqa: ANN001
-    return page.evaluate("window.avatarClient.stats()")
-
-
-def wait_until(page, predicate, timeout: float, what: str) -> dict:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while True:
-        s = stats(page)
-        if predicate(s):
-            return s
-        if time.monotonic() > deadline:
-            errors = page.locator("#errors").inner_text()
-            pytest.fail(f"timed out waiting for {what}; last stats {s}; page errors: {errors!r}")
-        page.wait_for_timeout(100)
-
-
 def block_change(a: np.ndarray, b: np.ndarray, size: int = 8) -> float:
     """The largest change of mean brightness of a size x size block: lossy-codec noise averages out within a
     block (a few grey levels), a mouth opening does not (tens)."""
@@ -116,7 +38,7 @@ def block_change(a: np.ndarray, b: np.ndarray, size: int = 8) -> float:
     return float(np.abs(means[0] - means[1]).max())
 
 
-def grab(page, box: tuple[int, int, int, int]) -> np.ndarray:  # noqa: ANN001
+def grab(page, box: tuple[int, int, int, int]) -> np.ndarray:
     x1, y1, x2, y2 = box
     return np.array(page.evaluate(GRAB_JS, list(box)), dtype=np.float64).reshape(y2 - y1, x2 - x1)
 
@@ -259,12 +181,12 @@ def test_page_asks_for_the_token_once_and_keeps_it(tmp_path: Path, chromium: Pat
         try:
             page = ctx.pages[0] if ctx.pages else ctx.new_page()
 
-            def answer(dialog) -> None:  # noqa: ANN001
+            def answer(dialog) -> None:
                 asked.append(dialog.message)
                 dialog.accept(token)
 
             page.on("dialog", answer)
-            for visit in range(2):  # the second visit uses the kept token: no question
+            for _visit in range(2):  # the second visit uses the kept token: no question
                 page.goto(f"{base}/")
                 page.wait_for_function("window.avatarClient !== undefined")
                 page.click("#connect")

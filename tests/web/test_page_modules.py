@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.web.test_page import CHROMIUM_FLAGS, ROOT, running_server
+from testing.browser import CHROMIUM_FLAGS, ROOT, running_server
 
 TESTS_DIR = Path(__file__).parent / "modules"
 TESTS_URL = "/__tests__/"  # where the test page is served, next to the page's modules (same origin)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from testing.browser import CHROMIUM_FLAGS, running_server, wait_until
 from testing.turn import coturn
-from tests.web.test_page import CHROMIUM_FLAGS, running_server, wait_until
 
 # The pair the browser's media goes over: its local candidate's type ("relay" when through TURN).
 SELECTED_PAIR_JS = """async () => {
