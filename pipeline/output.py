@@ -113,7 +113,7 @@ class Output:
             elif tick_audio.silent:
                 frame, source = self._own(k), Source.IDLE
             else:
-                self.stats.repeated_frames += 1
+                self.stats.add(repeated_frames=1)
                 frame, source = ((self._last_frame, Source.REPEAT) if self._last_category is Source.SPEECH
                                  else (self._own(k), Source.IDLE))
         elif self._action is not None and k >= self._action[2]:
@@ -149,7 +149,7 @@ class Output:
         q = self._audio
         while q and (q[0].tick < k or q[0].turn != self.turn):
             q.popleft()
-            self.stats.dropped_stale += 1
+            self.stats.add(dropped_stale=1)
         return q.popleft() if q and q[0].tick == k else None
 
     def _take_video(self, k: int, wait: float) -> VideoResult | None:
@@ -161,9 +161,9 @@ class Output:
                 while head is not None and (head.tick < k or head.turn != self.turn):
                     q.popleft()
                     if head.turn != self.turn:
-                        self.stats.dropped_stale += 1
+                        self.stats.add(dropped_stale=1)
                     else:
-                        self.stats.dropped_frames += 1
+                        self.stats.add(dropped_frames=1)
                     head = q.peek()
                 if head is not None and head.tick == k:
                     q.popleft()
@@ -187,10 +187,10 @@ class Output:
         return cv2.addWeighted(np.asarray(self._fade_from), 1.0 - alpha, np.asarray(frame), alpha, 0.0)
 
     def _count(self, source: Source) -> None:
-        self.stats.ticks += 1
+        self.stats.add(ticks=1)
         if source is Source.SPEECH:
-            self.stats.speech_frames += 1
+            self.stats.add(speech_frames=1)
         elif source is Source.ACTION:
-            self.stats.action_frames += 1
+            self.stats.add(action_frames=1)
         elif source is Source.IDLE:
-            self.stats.idle_frames += 1
+            self.stats.add(idle_frames=1)

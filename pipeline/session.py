@@ -1,5 +1,8 @@
 """One session: owns its stages, their thread and task, and stops all of them when closed.
 
+`Session.tasks` owns every task and thread of the session, its own and those of what serves it (the voice, the
+client's connection, a recording): all of them start through it, and close() ends them all.
+
     push_audio -> AudioFramer (20 ms frames, ticks) -> InferenceWorker thread (render + composite)
                                  \\-> Output (audio schedule)  <- rendered frames
     ticker task (media clock, 40 ms) -> Output.tick -> sinks (WebRTC tracks, recorder) + event listeners
@@ -16,6 +19,7 @@ import numpy as np
 from core.clock import ManualTime, MediaClock
 from core.events import Event, EventKind
 from core.items import OutputTick, TickAudio
+from core.tasks import OwnerClosedError, TaskOwner
 from core.units import TICK_SECONDS
 from engines.base import Engine
 from musetalk.avatar import Avatar
@@ -54,15 +58,15 @@ class Session:
         self.stepped = stepped
         self.clock = MediaClock(now=ManualTime()) if stepped else MediaClock()
         self.stats = SessionStats()
+        self.tasks = TaskOwner(f"session-{session_id}")
         self._turn = 0
         self._closed = False
         self._started = False
         self._next_tick = 0
         self._max_ticks = int(options.max_scheduled_seconds / TICK_SECONDS)
         self._sinks: list[Sink] = []
-        self._listeners: set[asyncio.Queue] = set()
         self._ticker: asyncio.Task | None = None
-        self._retired: list[asyncio.Task] = []  # stopping the workers of avatars switched away from
+        self._listeners: set[asyncio.Queue] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # the session's event loop, once started
         self.worker = self._new_worker(avatar)
         self.framer = AudioFramer(self.clock.current_tick, lambda: self.worker.lead_ticks, now=self.clock.now)
@@ -90,24 +94,17 @@ class Session:
         self._started = True
         self._loop = asyncio.get_running_loop()
         self.clock.start()
-        self.worker.start()
+        self.worker.start(self.tasks)
         if not self.stepped:
-            self._ticker = asyncio.create_task(self._run_ticker(), name=f"ticker-{self.session_id}")
+            self._ticker = self.tasks.spawn(self._run_ticker(), f"ticker-{self.session_id}")
 
     async def close(self) -> None:
-        """Stop the ticker and join the worker thread; idempotent."""
+        """End every task and thread of the session (the ticker, the workers, whatever else started through
+        `tasks`) and wait for them; idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self._ticker is not None:
-            self._ticker.cancel()
-            try:
-                await self._ticker
-            except (asyncio.CancelledError, Exception):  # a failed ticker has logged its error already
-                pass
-        if self._started:
-            await asyncio.to_thread(self.worker.stop)
-        await asyncio.gather(*self._retired, return_exceptions=True)
+        await self.tasks.close()
         self.worker.inbox.clear()
         self.worker.outbox.clear()
         self._sinks.clear()
@@ -149,7 +146,7 @@ class Session:
         self._turn += 1
         self.framer.reset()
         dropped = self.worker.inbox.purge_turns_before(self._turn) + self.output.interrupt(self._turn)
-        self.stats.dropped_stale += dropped
+        self.stats.add(dropped_stale=dropped)
         return self._turn
 
     def set_audiotype(self, audiotype: int) -> None:
@@ -169,18 +166,17 @@ class Session:
         self._check_open()
         new = self._new_worker(avatar)
         if self._started:
-            await asyncio.to_thread(new.start)
-            if self._closed:  # closed meanwhile: close() did not know this worker
-                await asyncio.to_thread(new.stop)
+            try:
+                await asyncio.to_thread(new.start, self.tasks)
+            except OwnerClosedError:  # closed meanwhile
                 self._check_open()
+                raise
         turn = self.interrupt()
         old = self.worker
         self.avatar, self.actions, self.worker = avatar, actions or {}, new
         tick = self.clock.current_tick() + 1
         self.output.switch_avatar(avatar, new.outbox)
-        self._retired = [t for t in self._retired if not t.done()]
-        if self._started:
-            self._retired.append(asyncio.create_task(asyncio.to_thread(old.stop), name=f"retire-{self.session_id}"))
+        old.stop()  # its thread ends by itself (the owner forgets it then, or joins it if the session closes first)
         log.info("session %s: avatar %s from tick %d (turn %d)", self.session_id, avatar.avatar_id, tick, turn)
         return tick
 
@@ -245,25 +241,21 @@ class Session:
         return self._emit(self.output.tick(k, wait_for_video=wait_for_video))
 
     async def _run_ticker(self) -> None:
-        k = 0
-        try:
-            while True:
-                delay = self.clock.tick_time(k) - self.clock.now()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                behind = self.clock.current_tick() - k
-                if behind > 0:
-                    self.stats.late_ticks += 1
-                if behind > MAX_CATCH_UP_TICKS:  # a long stall: skip what cannot be sent in time any more
-                    self.stats.skipped_ticks += behind
-                    k += behind
-                # A short stall (the event loop was busy) is caught up by sending the missed ticks back to back:
-                # receivers' jitter buffers absorb that, and no audio is lost.
-                self._emit(self.output.tick(k))
-                k += 1
-        except Exception:
-            log.exception("session %s: output clock failed", self.session_id)
-            raise
+        k = 0  # a failure ends the task: its owner (self.tasks) logs it
+        while True:
+            delay = self.clock.tick_time(k) - self.clock.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            behind = self.clock.current_tick() - k
+            if behind > 0:
+                self.stats.add(late_ticks=1)
+            if behind > MAX_CATCH_UP_TICKS:  # a long stall: skip what cannot be sent in time any more
+                self.stats.add(skipped_ticks=behind)
+                k += behind
+            # A short stall (the event loop was busy) is caught up by sending the missed ticks back to back:
+            # receivers' jitter buffers absorb that, and no audio is lost.
+            self._emit(self.output.tick(k))
+            k += 1
 
     def _emit(self, out: OutputTick) -> OutputTick:
         for sink in list(self._sinks):

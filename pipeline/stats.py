@@ -1,7 +1,8 @@
 """Per-session counters, readable by the server (health page, metrics)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 from core.events import EventKind
@@ -36,10 +37,24 @@ class SessionStats:
     render_seconds: float = 0.0
     last_latency_ms: float | None = None  # first speech sample in -> its frame out, for the latest stretch
     observer: StatsObserver | None = field(default=None, repr=False, compare=False)
+    # Two threads write these counters: the session's inference worker and the event loop (output, interrupt,
+    # ticker) both count dropped frames and stale items. `x += n` reads, adds and writes: a thread switch in
+    # between loses the other thread's increment. So every change goes through add() under this lock (a few
+    # uncontended acquisitions a tick); reading a counter needs no lock (one attribute load).
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        """Increase the named counters, e.g. add(dropped_stale=3); safe from any thread."""
+        if unknown := counts.keys() - COUNTERS:
+            raise AttributeError(f"SessionStats has no counter {', '.join(sorted(unknown))}")
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
 
     def record_batch(self, frames: int, seconds: float) -> None:
-        self.rendered_frames += frames
-        self.render_seconds += seconds
+        with self._lock:
+            self.rendered_frames += frames
+            self.render_seconds += seconds
         if self.observer is not None:
             self.observer.batch(frames, seconds)
 
@@ -60,3 +75,6 @@ class SessionStats:
     @property
     def inference_fps(self) -> float:
         return self.rendered_frames / self.render_seconds if self.render_seconds > 0 else 0.0
+
+
+COUNTERS = frozenset(f.name for f in fields(SessionStats) if f.type == "int")  # what add() may change

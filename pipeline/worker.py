@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from core.items import TickAudio, VideoResult
+from core.tasks import TaskOwner
 from core.units import TICK_SAMPLES
 from engines.base import Engine, Renderer, RenderRequest, lead_ticks_for
 from engines.batcher import StaleJob
@@ -107,23 +108,23 @@ class InferenceWorker:
         self.inbox = TickQueue(queue_capacity)
         self.outbox = TickQueue(out_capacity)
         self._history: collections.deque[TickAudio] = collections.deque(maxlen=max(1, engine.left_context_ticks))
+        self.name = name
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread: threading.Thread | None = None  # started by start(), through the session's task owner
         # Seconds a batch is expected to take; the worker stops waiting for a full batch this long before the
         # first frame is due. Starts pessimistic and follows the measured render time.
         self._budget = 0.02
 
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, tasks: TaskOwner) -> None:
+        """Start the worker's thread, owned by `tasks` (the session's owner stops and joins it when it closes)."""
+        self._thread = tasks.start_thread(self._run, self.name, stop=self.stop)
 
     def stop(self) -> None:
+        """Tell the thread to end (it ends within a wait of its queues); its owner joins it. Never blocks."""
         self._stop.set()
         for q in (self.inbox, self.outbox):
             with q.cond:
                 q.cond.notify_all()
-        self._thread.join(timeout=10)
-        if self._thread.is_alive():
-            log.error("inference thread did not stop within 10 s")
 
     @property
     def lead_ticks(self) -> int:
@@ -134,7 +135,7 @@ class InferenceWorker:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -146,10 +147,10 @@ class InferenceWorker:
         try:
             self._render(batch, right, ends)
         except StaleJob:  # its turn ended (or the session closed) while it waited for the models: never shown
-            self.stats.dropped_stale += len(batch)
+            self.stats.add(dropped_stale=len(batch))
         except Exception as e:  # a failed batch must not kill the session: its speech ticks repeat the last frame
             log.exception("render failed for ticks %d..%d", batch[0].tick, batch[-1].tick)
-            self.stats.render_errors += 1
+            self.stats.add(render_errors=1)
             if not self._failing and self.on_render_error is not None:
                 self.on_render_error(e)
             self._failing = True
@@ -205,7 +206,7 @@ class InferenceWorker:
         while (head := q.peek()) is not None:
             if head.turn != self.current_turn():
                 q.popleft()
-                self.stats.dropped_stale += 1
+                self.stats.add(dropped_stale=1)
                 continue
             run, ended = self._utterance_run(size + usable)
             covered = len(run) if ended else max(0, len(run) - context)  # ticks whose right context has arrived
@@ -222,7 +223,7 @@ class InferenceWorker:
             if now <= self.tick_time(head.tick):
                 return None
             self._remember([q.popleft()])  # too late to be shown; still the left context of the ticks after it
-            self.stats.dropped_frames += 1
+            self.stats.add(dropped_frames=1)
             q.cond.notify_all()
         return None
 
@@ -230,7 +231,7 @@ class InferenceWorker:
         turn = batch[0].turn
         indices = [self.cycle_index(t.tick) for t in batch]
         if all(t.silent for t in batch):
-            self.stats.silent_batches += 1
+            self.stats.add(silent_batches=1)
             self._remember(batch)
             return  # silence skips the model: the output plays the avatar's own frames for these ticks
         started = time.perf_counter()
@@ -274,4 +275,4 @@ class InferenceWorker:
             return not self._stop.is_set() and result.turn == self.current_turn()
 
         if not (current() and self.outbox.put_wait(result, current)):
-            self.stats.dropped_stale += 1
+            self.stats.add(dropped_stale=1)

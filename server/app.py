@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from core.extras import available
+from core.tasks import TaskOwner
 from musetalk.avatar_demo import DEMO_ID, ensure_demo
 from server import admin, avatars_api, ice, rtmp, ws_audio
 from server.config import AUTH_TOKEN_ENV, ServerConfig
@@ -176,16 +177,18 @@ def create_app(config: ServerConfig, services: Services | None = None) -> web.Ap
                 if built:
                     log.info("built the demo avatar in %s", config.avatars_dir / DEMO_ID)
             shared = await Services.create(config)
-        registry = SessionRegistry(config.max_session, config.idle_timeout, config.connect_timeout)
+        tasks = TaskOwner("app")
+        registry = SessionRegistry(config.max_session, config.idle_timeout, config.connect_timeout, tasks=tasks)
         registry.observer = metrics = Metrics(lambda: registry, config.max_session, shared.engine.describe,
                                               config.metrics_per_session)
         app[STATE] = AppState(config, shared, registry, ice_options(config), AudioDecoder(config.max_audio_seconds),
-                              metrics)
+                              metrics, tasks)
 
     async def shutdown(app: web.Application) -> None:
         await app[STATE].registry.close_all()
 
     async def cleanup(app: web.Application) -> None:
+        await app[STATE].tasks.close()  # the sessions have ended (shutdown): nothing of the server runs after this
         app[STATE].decoder.pool.close()
         if own_services:
             await app[STATE].services.aclose()

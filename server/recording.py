@@ -55,13 +55,16 @@ class Recorder:
         self._stop = threading.Event()
         self._drain_until = 0.0
         self._done: asyncio.Future[None] | None = None
-        self._thread = threading.Thread(target=self._run, name=f"record-{session.session_id}", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start the recording thread, owned by the session's task owner (which ends it if the session closes
+        without finish(): what is queued is then dropped)."""
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._thread.start()
+        self._thread = self.session.tasks.start_thread(self._run, f"record-{self.session.session_id}",
+                                                       stop=self._stop.set)
         self.session.add_sink(self)
 
     def __call__(self, out: OutputTick) -> None:

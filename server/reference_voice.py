@@ -94,4 +94,4 @@ async def reference_speaker(config: ServerConfig, services: Services, session: S
         tts = await asyncio.to_thread(build_tts, own)  # CosyVoice reads the recording
     except TTSError as e:
         raise BadRequest(f"'refaudio': {e}") from e
-    return OwnVoiceSpeaker(session, tts, Conversation(services.llm, config.system_prompt))
+    return OwnVoiceSpeaker(session, tts, Conversation(services.llm, config.system_prompt), tasks=session.tasks)

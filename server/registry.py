@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from aiortc import RTCPeerConnection
 
+from core.tasks import TaskOwner
 from core.units import SAMPLE_RATE
 from pipeline.session import Session
 from server.errors import ApiError, NotFound, Unavailable
 from server.media import SessionTracks
 from server.recording import Recorder
 from server.voice import Voice
-from voices.tasks import TaskSet
 
 if TYPE_CHECKING:
     from pipeline.actions import CustomClip
@@ -52,7 +52,9 @@ def new_session_id(taken: set[str]) -> str:
 
 @dataclass
 class LiveSession:
-    """One client's session and everything it owns."""
+    """One client's session and everything it owns. Every task and thread of it is owned by `session.tasks`
+    (closed last, by session.close()); what serves the client (watchdog, microphone, /ws/audio events) runs in
+    the group `tasks`."""
 
     id: str
     session: Session
@@ -64,11 +66,14 @@ class LiveSession:
     recorder: Recorder | None = None
     pusher: RtmpPusher | None = None
     custom_clips: tuple[CustomClip, ...] = ()  # LiveTalking's custom-video config, decoded again for a new avatar
-    tasks: TaskSet = field(default_factory=TaskSet)  # watchdogs, voice input
+    tasks: TaskOwner = field(init=False)  # watchdog, voice input, /ws/audio events: ended first when closing
     upload_seconds: float = 0.0  # decoded /humanaudio audio handed to the voice and not yet queued
     sse_streams: int = 0
     closed: bool = False  # set when closing starts: nothing new may be started for it after that
     _samples: deque = field(default_factory=lambda: deque(maxlen=int(FPS_WINDOW_S) + 2))  # (time, ticks)
+
+    def __post_init__(self) -> None:
+        self.tasks = self.session.tasks.group("client")
 
     @property
     def tag(self) -> str:
@@ -138,8 +143,10 @@ class RegistryObserver(Protocol):
 
 class SessionRegistry:
     def __init__(self, max_sessions: int, idle_timeout: float, connect_timeout: float,
-                 observer: RegistryObserver | None = None) -> None:
+                 observer: RegistryObserver | None = None, tasks: TaskOwner | None = None) -> None:
+        """`tasks`: the app's owner, which runs the endings (a session's own owner cannot: ending closes it)."""
         self.max_sessions = max_sessions
+        self._tasks = tasks if tasks is not None else TaskOwner("sessions")
         self.observer = observer
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
@@ -195,7 +202,7 @@ class SessionRegistry:
             log.info("session %s ends: %s", session_id, reason)
             if self.observer is not None:
                 self.observer.closed(live)
-            task = asyncio.create_task(close_live(live), name=f"end-{session_id}")
+            task = self._tasks.spawn(close_live(live), f"end-{session_id}")
             self._ending[session_id] = task
             task.add_done_callback(lambda _: self._ending.pop(session_id, None))
         return task
@@ -252,7 +259,7 @@ async def _step(what: str, sid: str, action: Callable[[], Awaitable[object] | ob
 
 async def close_live(live: LiveSession) -> None:
     live.closed = True
-    await live.tasks.cancel()
+    await live.tasks.close()
     await _step("voice", live.id, live.voice.close)
     if live.recorder is not None:
         await _step("recording", live.id, live.recorder.finish)

@@ -59,7 +59,7 @@ class RtmpPusher:
         self._accepting = threading.Event()  # a connection is being opened or is open: ticks are queued
         self._queue: queue.Queue[OutputTick] = queue.Queue(QUEUE_TICKS)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"rtmp-{session.session_id}", daemon=True)
+        self._thread: threading.Thread | None = None
 
     @property
     def connected(self) -> bool:
@@ -70,7 +70,10 @@ class RtmpPusher:
         return self._connected.wait(timeout)
 
     def start(self) -> None:
-        self._thread.start()
+        """Start pushing from a thread owned by the session's task owner (it stops the thread if the session
+        closes first)."""
+        self._thread = self.session.tasks.start_thread(self._run, f"rtmp-{self.session.session_id}",
+                                                       stop=self._stop.set)
         self.session.add_sink(self)
 
     def __call__(self, out: OutputTick) -> None:
@@ -85,6 +88,8 @@ class RtmpPusher:
         """Detach, close the connection and end the thread (blocking: run it off the event loop)."""
         self.session.remove_sink(self)
         self._stop.set()
+        if self._thread is None:
+            return
         self._thread.join(timeout=IO_TIMEOUT_S + 5)
         if self._thread.is_alive():
             log.error("rtmp push thread did not stop")

@@ -149,7 +149,7 @@ class Services:
             return RealtimeVoice(session, lambda: RealtimeClient(endpoint, c.realtime_model, c.TTS_SERVER),
                                  session_config(c.system_prompt, c.REF_FILE, c.realtime_turn_detection))
         return Speaker(session, await self.tts(name), Conversation(self.llm, c.system_prompt),
-                       on_first_audio=session.stats.record_tts_first_audio)
+                       on_first_audio=session.stats.record_tts_first_audio, tasks=session.tasks)
 
     async def transcriber(self) -> Transcriber:
         """The speech recogniser, loaded on first use (a few seconds), once per process."""

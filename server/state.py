@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from core.tasks import TaskOwner
 from server.config import ServerConfig
 from server.metrics import Metrics
 from server.registry import SessionRegistry
@@ -21,6 +22,7 @@ class AppState:
     ice: IceOptions
     decoder: AudioDecoder
     metrics: Metrics
+    tasks: TaskOwner  # the server's own tasks, not a session's (sessions' endings): closed at cleanup
 
 
 STATE = web.AppKey("state", AppState)

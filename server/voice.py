@@ -27,7 +27,6 @@ from voices.realtime import (
     UserTranscript,
 )
 from voices.speaker import one_chunk
-from voices.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +65,12 @@ class RealtimeVoice:
         self._setup = setup  # the session.update body, sent on every (re)connection
         self._first_delay, self._max_delay = first_delay, max_delay
         self._client: RealtimeClient | None = None  # while connected
-        self._connected = asyncio.Event()
+        self._connected = asyncio.Event()  # set while connected, and for good once the supervisor has ended
+        self._owner = session.tasks.group("realtime")  # the connection's supervisor, and the requests' group
         self._supervisor: asyncio.Task | None = None
         self._given_up: str | None = None  # why the connection is not tried again (refused credentials)
         self._playing = asyncio.Lock()  # one response or audio file goes into the session at a time
-        self._tasks = TaskSet()  # requests: say, chat, audio files
+        self._tasks = self._owner.group("requests")  # say, chat, audio files
         self._request_turn = 0
         self._responding = False  # a response was asked for and is not done: there is something to cancel
 
@@ -113,10 +113,7 @@ class RealtimeVoice:
         return turn
 
     async def close(self) -> None:
-        await self._tasks.cancel()
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
+        await self._owner.close()  # the requests first, then the connection
 
     # -- internals ------------------------------------------------------------------------------------------
     async def _play(self, chunks: AsyncIterator[np.ndarray], label: str, turn: int) -> None:
@@ -145,17 +142,13 @@ class RealtimeVoice:
 
     def _start(self) -> None:
         if self._supervisor is None:
-            self._supervisor = asyncio.create_task(self._supervise(), name="realtime-connection")
+            self._supervisor = self._owner.spawn(self._supervise(), "realtime-connection")
+            self._supervisor.add_done_callback(lambda _: self._connected.set())  # it ended: nobody waits in vain
 
     async def _connection(self) -> RealtimeClient:
         """The connected client, waiting for a (re)connection in progress."""
         self._start()
-        assert self._supervisor is not None
-        connected = asyncio.ensure_future(self._connected.wait())
-        try:
-            await asyncio.wait([connected, self._supervisor], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            connected.cancel()
+        await self._connected.wait()
         if self._client is None:
             raise RealtimeError(self._given_up or "Realtime API: not connected")
         return self._client

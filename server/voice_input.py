@@ -36,9 +36,15 @@ class VoiceInput:
         self._transcriber = transcriber
         self._vad = vad
         self._in_order = asyncio.Lock()  # utterances are transcribed and answered in the order spoken
-        self._pending: set[asyncio.Task] = set()
+        self._answers = session.tasks.group("voice-input")  # transcriptions in flight, ended with the microphone
 
     async def run(self) -> None:
+        try:
+            await self._listen()
+        finally:
+            await self._answers.close()
+
+    async def _listen(self) -> None:
         if isinstance(self.voice, RealtimeVoice):
             await self.voice.listen(microphone(self.track, API_RATE))  # the service hears the user itself
             return
@@ -49,13 +55,8 @@ class VoiceInput:
             self.session.publish(Event(EventKind.ASR_ERROR, f"voice input is off: {e}", self.session.turn))
             await drain(self.track)
             return
-        try:
-            async for pcm in microphone(self.track):
-                await self._feed(vad, pcm)
-        finally:
-            for task in self._pending:
-                task.cancel()
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        async for pcm in microphone(self.track):
+            await self._feed(vad, pcm)
 
     async def _feed(self, vad: VoiceActivityDetector, pcm: np.ndarray) -> None:
         for event in vad.push(pcm):
@@ -64,9 +65,7 @@ class VoiceInput:
                 if self.session.speaking:
                     await self.voice.interrupt()  # barge-in
             else:
-                task = asyncio.create_task(self._answer(event.audio), name="asr")
-                self._pending.add(task)
-                task.add_done_callback(self._pending.discard)
+                self._answers.spawn(self._answer(event.audio), "asr")
 
     async def _answer(self, audio: np.ndarray) -> None:
         async with self._in_order:

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from core.audio import StreamResampler, pcm16_to_float
 from core.units import SAMPLE_RATE, TICK_SECONDS
@@ -48,6 +48,10 @@ HEARTBEAT_S = 20.0  # pings find a vanished client; its stream then ends like a 
 UTTERANCE_IDLE_S = 5.0  # no audio or end for this long in the middle of an utterance: it is ended
 BUFFERED_PIECES = 4  # audio messages held between the socket and the voice; beyond, the socket is not read
 SPEAKING_POLL_S = 0.1
+# How soon a stream notices that its session ended while it waits for the client: the session's closing ends the
+# event sender (a task the session owns) before anything could tell this side.
+SESSION_POLL_S = 0.25
+CLOSE_TIMEOUT_S = 2.0  # a client that does not answer our close frame is disconnected after this (aiohttp: 10 s)
 STREAMS = web.AppKey("ws_audio_streams", set)  # ids of the sessions with an open audio socket (one each)
 
 
@@ -70,9 +74,10 @@ class Utterance:
 
     def __init__(self, voice: Voice, label: str) -> None:
         self._pieces: asyncio.Queue[np.ndarray | None] = asyncio.Queue()  # unbounded: the end always fits
-        self._taken = asyncio.Event()
+        self._taken = asyncio.Event()  # a piece was taken, or the voice's task ended (it takes no more then)
         self.buffered_seconds = 0.0  # handed on, not yet taken by the voice (so not yet counted by the session)
         self.task = voice.push_audio_stream(self._stream(), label)
+        self.task.add_done_callback(lambda _: self._taken.set())
 
     async def _stream(self) -> AsyncIterator[np.ndarray]:
         while (piece := await self._pieces.get()) is not None:
@@ -85,11 +90,7 @@ class Utterance:
         no more of this utterance (interrupted, or the session ended)."""
         while self._pieces.qsize() >= BUFFERED_PIECES and not self.task.done():
             self._taken.clear()
-            taken = asyncio.ensure_future(self._taken.wait())
-            try:
-                await asyncio.wait({taken, self.task}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                taken.cancel()
+            await self._taken.wait()
         if self.task.done():
             return False
         self._pieces.put_nowait(pcm)
@@ -116,20 +117,25 @@ class AudioStream:
 
     async def run(self) -> None:
         events = self.live.session.subscribe()
-        sender = asyncio.create_task(self._send_events(events), name=f"ws-audio-events-{self.live.id}")
+        sender: asyncio.Task | None = None
         code, reason = WSCloseCode.OK, "bye"
         try:
+            if self.live.closed:  # it ended while the socket was being accepted
+                raise StreamClosed(WSCloseCode.GOING_AWAY, "the session ended")
+            sender = self.live.spawn(self._send_events(events), "ws-audio-events")  # named with the session id
             await self._start()
             await self._receive()
         except StreamClosed as e:
             code, reason = e.code, e.reason
         finally:
             self._end_utterance()  # what was received is played; the voice does not wait for more
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            if sender is not None:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
             self.live.session.unsubscribe(events)
         if not self.ws.closed:
-            if code != WSCloseCode.OK:  # the whole reason (a close frame holds at most 123 bytes of it)
+            if code != WSCloseCode.OK and not self.live.closed:  # the whole reason (a close frame holds at most
+                # 123 bytes of it); an ended session is no fault of the client: its socket just closes with 1001
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await self.ws.send_json({"event": "error", "code": code, "text": reason})
             await self.ws.close(code=code, message=close_reason(reason))
@@ -137,7 +143,7 @@ class AudioStream:
     # -- from the client --------------------------------------------------------------------------------------
     async def _start(self) -> None:
         try:
-            msg = await self.ws.receive(timeout=HEADER_TIMEOUT_S)
+            msg = await self._message(HEADER_TIMEOUT_S)
         except asyncio.TimeoutError as e:
             raise StreamClosed(WSCloseCode.POLICY_VIOLATION,
                                f"no start message within {HEADER_TIMEOUT_S:g} s") from e
@@ -170,7 +176,7 @@ class AudioStream:
             # quiet in the middle of one has it ended for it.
             idle = UTTERANCE_IDLE_S if self._utterance is not None else None
             try:
-                msg = await self.ws.receive(timeout=idle)
+                msg = await self._message(idle)
             except asyncio.TimeoutError:
                 await self._flush()
                 continue
@@ -182,6 +188,22 @@ class AudioStream:
                 await self._command(self._control(msg.data))
             elif msg.type == WSMsgType.ERROR:  # e.g. a message over the size limit: aiohttp closed with 1009
                 raise StreamClosed(self.ws.close_code or WSCloseCode.PROTOCOL_ERROR, str(msg.data))
+
+    async def _message(self, timeout: float | None) -> WSMessage:
+        """The client's next message; asyncio.TimeoutError after `timeout` seconds (None: none), StreamClosed
+        once the session has ended."""
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        while True:
+            if self.live.closed:
+                raise StreamClosed(WSCloseCode.GOING_AWAY, "the session ended")
+            wait = SESSION_POLL_S if deadline is None else min(SESSION_POLL_S,
+                                                                deadline - asyncio.get_running_loop().time())
+            if wait <= 0:
+                raise asyncio.TimeoutError
+            try:
+                return await self.ws.receive(timeout=wait)
+            except asyncio.TimeoutError:
+                continue
 
     @staticmethod
     def _control(text: str) -> dict[str, Any]:
@@ -293,7 +315,7 @@ async def ws_audio(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     live = live_session(state, request.query.get("sessionid"))
     ws = web.WebSocketResponse(max_msg_size=int(max(RATES) * 2 * MAX_MESSAGE_SECONDS) + 1024,
-                               heartbeat=HEARTBEAT_S)
+                               heartbeat=HEARTBEAT_S, timeout=CLOSE_TIMEOUT_S)
     if not ws.can_prepare(request).ok:
         raise BadRequest("/ws/audio is a WebSocket: connect with a WebSocket client (Upgrade: websocket)")
     streams = request.app[STREAMS]

@@ -11,15 +11,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Protocol
 
 import numpy as np
 
 from core.events import Event, EventKind
+from core.tasks import TaskOwner
 from voices.llm import Conversation, LLMError
 from voices.sentences import SentenceSplitter
-from voices.tasks import TaskSet
 from voices.tts import TTS, TTSError
 
 log = logging.getLogger(__name__)
@@ -39,38 +39,42 @@ class SpeechSink(Protocol):
 
 class Speaker:
     def __init__(self, sink: SpeechSink, tts: TTS, conversation: Conversation | None = None,
-                 max_pending: int = 64, on_first_audio: Callable[[float], None] | None = None) -> None:
+                 max_pending: int = 64, on_first_audio: Callable[[float], None] | None = None,
+                 tasks: TaskOwner | None = None) -> None:
+        """`tasks`: the owner of the session spoken into (the Speaker's tasks run in a group of it); without
+        one the Speaker is their only owner, and close() ends them."""
         self.sink = sink
         self.tts = tts
         self.conversation = conversation
         self.on_first_audio = on_first_audio  # told the seconds from a sentence to its first TTS audio (metrics)
         self._sentences: asyncio.Queue = asyncio.Queue(max_pending)
-        self._producers = TaskSet()  # requests still queueing speech: say, chat, audio files
-        self._voice = asyncio.create_task(self._speak_loop(), name="speaker")
+        self._tasks = tasks.group("speaker") if tasks is not None else TaskOwner("speaker")
+        self._producers = self._tasks.group("requests")  # requests still queueing speech: say, chat, audio files
+        self._voice: asyncio.Task | None = None  # the speaking loop, started by the first request after a quiet spell
         self._errors_reported: set[str] = set()
 
     # -- what the server calls ------------------------------------------------------------------------------
     def say(self, text: str) -> asyncio.Task:
         """Speak `text` verbatim, sentence by sentence, after whatever is already queued; returns the request's
         task (done when its last sentence is queued; cancelled by interrupt)."""
-        return self._producers.spawn(self._say(text, self.sink.turn), "say")
+        return self._request(self._say(text, self.sink.turn), "say")
 
     def chat(self, text: str) -> asyncio.Task:
         """Ask the LLM and speak its answer as it streams; returns the producing task."""
         if self.conversation is None:
             raise RuntimeError("no LLM configured for chat")
-        return self._producers.spawn(self._chat(text, self.sink.turn), "chat")
+        return self._request(self._chat(text, self.sink.turn), "chat")
 
     def push_audio_file(self, pcm: np.ndarray, label: str = "") -> asyncio.Task:
         """Speak prepared audio (an uploaded file) as one 'sentence' after what is queued; returns its task,
         done once the audio is in the session (until then this voice holds it)."""
-        return self._producers.spawn(self._audio(one_chunk(pcm), label, self.sink.turn), "audio-file")
+        return self._request(self._audio(one_chunk(pcm), label, self.sink.turn), "audio-file")
 
     def push_audio_stream(self, chunks: AsyncIterator[np.ndarray], label: str = "") -> asyncio.Task:
         """Speak audio that arrives in pieces (a WebSocket stream) as one 'sentence' after what is queued: its
         pieces are taken only as fast as the session accepts them. Returns its task, done once the stream has
         ended and all of it is in the session (or it was skipped or interrupted)."""
-        return self._producers.spawn(self._audio(chunks, label, self.sink.turn), "audio-stream")
+        return self._request(self._audio(chunks, label, self.sink.turn), "audio-stream")
 
     @property
     def pending(self) -> int:
@@ -84,19 +88,23 @@ class Speaker:
         while not self._sentences.empty():
             self._sentences.get_nowait()
         turn = self.sink.interrupt()
-        # The speaking loop may be inside a TTS call of the old turn: restart it so that call is closed now.
-        self._voice.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._voice
-        self._voice = asyncio.create_task(self._speak_loop(), name="speaker")
+        # The speaking loop may be inside a TTS call of the old turn: end it so that call is closed now (the next
+        # request starts it again).
+        await self._tasks.cancel()
+        self._voice = None
         return turn
 
     async def close(self) -> None:
-        await self._producers.cancel()
-        self._voice.cancel()
-        await asyncio.gather(self._voice, return_exceptions=True)
+        await self._tasks.close()
 
     # -- internals ------------------------------------------------------------------------------------------
+    def _request(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task:
+        """Run a request in the requests' group, starting the speaking loop if it is not running."""
+        task = self._producers.spawn(coro, name)  # first: refused once closed (then so is the loop's group)
+        if self._voice is None or self._voice.done():
+            self._voice = self._tasks.spawn(self._speak_loop(), "speaker")
+        return task
+
     async def _say(self, text: str, turn: int) -> None:
         splitter = SentenceSplitter()
         for sentence in splitter.feed(text) + splitter.flush():

@@ -19,6 +19,7 @@ import soundfile as sf
 
 from bench.measure import mouth_darkening, mouth_region
 from core.items import Kind, OutputTick
+from core.tasks import TaskOwner
 from core.units import TICK_SAMPLES
 from server.config import parse_args
 from server.rtmp import RtmpPusher
@@ -139,6 +140,9 @@ class StubSession:
     """What a pusher needs of a session: an id and its sinks."""
 
     session_id = "stub"
+
+    def __init__(self) -> None:
+        self.tasks = TaskOwner("stub")
 
     def add_sink(self, sink) -> None:  # noqa: ANN001
         pass
