@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -51,7 +52,7 @@ class LipSyncBench:
         """`trials` timings of speech started by `start(i)`; a trial with no lip-synced frame is reported."""
         rows = []
         for i in range(trials):
-            row = await self.trial(lambda: start(i))
+            row = await self.trial(functools.partial(start, i))
             if row is None:
                 print(f"trial {i}: no lip-synced frame within 10 s")
             else:

@@ -52,7 +52,8 @@ def tone(seconds: float) -> np.ndarray:
 async def session_latency(avatar: Avatar, engine: Engine, trials: int) -> list[float]:
     session = Session("latency", avatar, engine)
     first_speech: list[float] = []
-    session.add_sink(lambda out: out.source is Source.SPEECH and not first_speech and first_speech.append(time.monotonic()))
+    session.add_sink(
+        lambda out: out.source is Source.SPEECH and not first_speech and first_speech.append(time.monotonic()))
     await session.start()
     results = []
     for _ in range(trials):

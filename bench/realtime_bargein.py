@@ -54,7 +54,7 @@ async def main() -> None:
                 await asyncio.sleep(1.0)
                 heard = len(rec.speech_started_at)
                 mic.play(question)
-                if not await until(lambda: len(rec.speech_started_at) > heard, 5):
+                if not await until(lambda heard=heard: len(rec.speech_started_at) > heard, 5):
                     raise SystemExit("the fake never heard the microphone")
                 started = rec.speech_started_at[heard]
                 await asyncio.sleep(0.8)

@@ -77,7 +77,7 @@ class CountingPeer(LoopbackReceiver):
     video_pts: list[int] = field(default_factory=list)  # frames decoded since the mark
     audio_frames: int = 0
 
-    async def _consume(self, track, arrivals: object) -> None:  # noqa: ANN001 - arrival times are not needed
+    async def _consume(self, track, arrivals: object) -> None:
         async for frame in frames_of(track):
             if track.kind == "video":
                 self.video_pts.append(frame.pts)

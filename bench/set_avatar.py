@@ -2,11 +2,11 @@
 
     .venv/bin/python -m bench.set_avatar [--switches 10]
 
-Two avatars: the demo (one 512 px frame) and a 100-frame 384 px video avatar prepared here. Per switch: loading and warming the avatar
-(load + engine bind + the blend plans of its first 3 s; first use only, then cached), the switch itself (on the
-event loop), the time from the request to the first frame of the new avatar leaving the session's clock, and the
-longest gap between two ticks around the switch (a stall of the clock would show here; 40 ms is none) beside the
-longest gap in as many ticks just before it (the machine's own jitter).
+Two avatars: the demo (one 512 px frame) and a 100-frame 384 px video avatar prepared here. Per switch: loading and
+warming the avatar (load + engine bind + the blend plans of its first 3 s; first use only, then cached), the switch
+itself (on the event loop), the time from the request to the first frame of the new avatar leaving the session's
+clock, and the longest gap between two ticks around the switch (a stall of the clock would show here; 40 ms is none)
+beside the longest gap in as many ticks just before it (the machine's own jitter).
 """
 from __future__ import annotations
 

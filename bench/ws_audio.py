@@ -24,7 +24,7 @@ RATE = 24000
 PIECE = RATE * 2 // 50  # 20 ms of PCM16
 
 
-async def stream_tone(ws, seconds: float) -> None:  # noqa: ANN001
+async def stream_tone(ws, seconds: float) -> None:
     """One utterance of a 220 Hz tone, a message every 20 ms on a clock, then its end."""
     pcm = float_to_pcm16(0.5 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * RATE)) / RATE))
     loop = asyncio.get_running_loop()

@@ -14,10 +14,11 @@ import av
 import numpy as np
 from scipy.signal import firwin, resample_poly
 
+from core.arrays import Pcm
 from core.units import SAMPLE_RATE
 
 
-def resample(audio: np.ndarray, src_rate: int, dst_rate: int = SAMPLE_RATE) -> np.ndarray:
+def resample(audio: Pcm, src_rate: int, dst_rate: int = SAMPLE_RATE) -> Pcm:
     """Resample a complete mono signal (zero-phase polyphase filter)."""
     _check_rates(src_rate, dst_rate)
     x = np.asarray(audio, dtype=np.float32)
@@ -25,31 +26,31 @@ def resample(audio: np.ndarray, src_rate: int, dst_rate: int = SAMPLE_RATE) -> n
         raise ValueError(f"expected mono audio (1-D), got shape {x.shape}")
     if src_rate == dst_rate:
         return x.copy()
-    return resample_poly(x, dst_rate, src_rate).astype(np.float32)
+    return np.asarray(resample_poly(x, dst_rate, src_rate), dtype=np.float32)
 
 
-def rms(audio: np.ndarray) -> float:
+def rms(audio: Pcm) -> float:
     """Root mean square of float audio (0 for no samples), accumulated in float64."""
     x = np.asarray(audio)
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
 
 
-def dbfs(audio: np.ndarray) -> float:
+def dbfs(audio: Pcm) -> float:
     """Level in dB relative to full scale (a full-scale square wave is 0 dBFS; silence about -180)."""
     return 20.0 * math.log10(rms(audio) + 1e-9)
 
 
-def pcm16_to_float(data: bytes) -> np.ndarray:
+def pcm16_to_float(data: bytes) -> Pcm:
     """Little-endian signed 16-bit PCM -> float32 in [-1, 1)."""
     if len(data) % 2:
         raise ValueError("PCM16 data must have an even number of bytes")
     return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
 
 
-def float_to_pcm16(audio: np.ndarray) -> bytes:
+def float_to_pcm16(audio: Pcm) -> bytes:
     """float32 in [-1, 1] -> little-endian signed 16-bit PCM (clipped)."""
     x = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
-    return np.round(x * 32767.0).astype("<i2").tobytes()
+    return (x * 32767.0).round().astype("<i2").tobytes()
 
 
 class StreamResampler:
@@ -81,7 +82,7 @@ class StreamResampler:
         # Leading zeros reproduce resample_poly's zero padding before the start.
         self._buf = np.zeros(self.context, dtype=np.float32)
 
-    def process(self, audio: np.ndarray) -> np.ndarray:
+    def process(self, audio: Pcm) -> Pcm:
         """Feed input samples; return every output sample that is now final."""
         x = np.asarray(audio, dtype=np.float32).reshape(-1)
         if self.passthrough:
@@ -94,7 +95,7 @@ class StreamResampler:
         self._buf = self._buf[core:]
         return out
 
-    def flush(self) -> np.ndarray:
+    def flush(self) -> Pcm:
         """End of stream: return the held-back tail and reset."""
         if self.passthrough:
             return np.zeros(0, dtype=np.float32)
@@ -109,11 +110,11 @@ class StreamResampler:
         self.reset()
         return out
 
-    def _filter(self, segment: np.ndarray, core: int | None) -> np.ndarray:
+    def _filter(self, segment: Pcm, core: int | None) -> Pcm:
         y = resample_poly(segment, self.up, self.down, window=self._fir)
         start = self.context * self.up // self.down
         stop = None if core is None else start + core * self.up // self.down
-        return y[start:stop].astype(np.float32)
+        return np.asarray(y[start:stop], dtype=np.float32)
 
 
 def _check_rates(src_rate: int, dst_rate: int) -> None:
@@ -130,7 +131,7 @@ class MonoResampler:
     def __init__(self, rate: int = SAMPLE_RATE) -> None:
         self._swr = av.AudioResampler(format="fltp", layout=None, rate=rate)
 
-    def __call__(self, frame: av.AudioFrame | None) -> np.ndarray:
+    def __call__(self, frame: av.AudioFrame | None) -> Pcm:
         """Resample one frame (None: flush the tail)."""
         parts = [out.to_ndarray().mean(axis=0) for out in self._swr.resample(frame)]
         return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)

@@ -6,8 +6,8 @@ cannot drift apart: they are two views of one counter.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from core.units import TICK_SECONDS, VIDEO_FPS
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.arrays import Image, Pcm
 from core.events import Event
 from core.units import TICK_SAMPLES
 
@@ -29,7 +30,7 @@ class Source(enum.StrEnum):
 class AudioFrame:
     """20 ms of 16 kHz float32 mono audio."""
 
-    pcm: np.ndarray
+    pcm: Pcm
     kind: Kind
     turn: int
     events: list[Event] = field(default_factory=list)
@@ -49,7 +50,7 @@ class TickAudio:
     samples: int = TICK_SAMPLES  # how much of the tick is utterance audio (less only for the flush-padded last tick)
 
     @property
-    def pcm(self) -> np.ndarray:
+    def pcm(self) -> Pcm:
         return np.concatenate([self.frames[0].pcm, self.frames[1].pcm])
 
     @property
@@ -67,7 +68,7 @@ class VideoResult:
 
     tick: int
     turn: int
-    frame: np.ndarray  # (H, W, 3) uint8 BGR
+    frame: Image  # (H, W, 3) uint8 BGR
 
 
 @dataclass
@@ -75,8 +76,8 @@ class OutputTick:
     """One unit of output: a video frame and its two audio frames, with the pts of both."""
 
     tick: int
-    frame: np.ndarray  # (H, W, 3) uint8 BGR
-    audio: np.ndarray  # (640,) float32 at 16 kHz: audio frames 2*tick and 2*tick+1
+    frame: Image  # (H, W, 3) uint8 BGR
+    audio: Pcm  # (640,) float32 at 16 kHz: audio frames 2*tick and 2*tick+1
     kind: Kind
     source: Source
     events: list[Event]

@@ -41,9 +41,9 @@ class RenderRequest:
     `audio` holds the 16 kHz samples of [left context | 2 audio frames per tick | right context], the contexts
     only from the same utterance: up to the engine's `left_context_ticks` before, and after it at least
     `right_context_ticks` (unless the utterance ends first), more when more has arrived, as far as
-    `max_right_context_ticks` past a full batch; `left_samples` and `right_samples` say how long they are. `seg_pos` is the position of
-    the first tick within its contiguous stretch of audio, `utterance_pos` within its utterance (the audio since
-    the stretch began or the last end of speech: the clip a lip-sync model pads at both ends), so
+    `max_right_context_ticks` past a full batch; `left_samples` and `right_samples` say how long they are. `seg_pos`
+    is the position of the first tick within its contiguous stretch of audio, `utterance_pos` within its utterance
+    (the audio since the stretch began or the last end of speech: the clip a lip-sync model pads at both ends), so
     `audio[left_samples]` is utterance sample `utterance_pos * 640`. `utterance_samples` is the utterance's
     length in samples when it ends within this request's ticks or right context (None: it goes on past them);
     the ticks' samples beyond it are padding. `deadline` is when the first tick is due (``time.monotonic()``
@@ -118,5 +118,5 @@ class Engine(abc.ABC):
     def describe(self) -> str:
         return self.name
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- optional: an engine with nothing of its own to release keeps this
         """Release what the engine runs beside the sessions (threads, devices); called once at shutdown."""

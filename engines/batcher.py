@@ -338,7 +338,7 @@ class Batcher:
     def _is_stale(self, p: _Pending) -> bool:
         try:
             return p.job.stale()
-        except Exception as e:  # a broken getter fails its own job, not the batcher
+        except Exception as e:  # noqa: BLE001 -- a broken getter fails its own job, not the batcher
             self._fail(p, e)
             return False
 

@@ -36,7 +36,7 @@ def load_pcm16(path: Path, rate: int | None) -> tuple[bytes, int]:
 
 
 async def stream(url: str, sessionid: str, pcm: bytes, rate: int, *, token: str | None = None, text: str = "",
-                 piece_ms: int = 20, realtime: bool = True, printer=print) -> list[dict]:  # noqa: ANN001
+                 piece_ms: int = 20, realtime: bool = True, printer=print) -> list[dict]:
     """Send the audio as one utterance and return the events received until it was played."""
     ws_url = url.replace("http", "ws", 1).rstrip("/") + "/ws/audio"
     headers = {"Authorization": f"Bearer {token}"} if token else {}

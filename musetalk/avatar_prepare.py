@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -200,7 +200,7 @@ def prepare_avatar(source: Path | np.ndarray, avatar_id: str, avatars_dir: Path 
         manifest = {
             "format_version": FORMAT_VERSION, "avatar_id": avatar_id, "fps": o.fps, "width": shape[1],
             "height": shape[0], "n_frames": n, "source": source_name, "version": o.version, "bbox_shift": bbox_shift,
-            "extra_margin": o.extra_margin, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "extra_margin": o.extra_margin, "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "latents": [o.version] if latents is not None else [],
             "mask": mask_name,
         }

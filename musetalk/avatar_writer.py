@@ -58,7 +58,8 @@ def write_avatar(folder: Path, manifest: dict[str, Any], arrays: dict[str, np.nd
     if latents is not None:
         from safetensors.numpy import save_file
 
-        save_file({"latents": np.ascontiguousarray(latents)}, str(folder / f"latents_{manifest['version']}.safetensors"))
+        latents_file = folder / f"latents_{manifest['version']}.safetensors"
+        save_file({"latents": np.ascontiguousarray(latents)}, str(latents_file))
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 

@@ -221,7 +221,7 @@ def download(version: str, models_dir: Path, endpoint: str, whisper_url: str) ->
     jobs = [(f.dest(models_dir), lambda f=f: fetch_hub_file(f, models_dir, endpoint)) for f in todo.hub]
     if todo.whisper_tiny is not None:
         jobs.append((todo.whisper_tiny, lambda: fetch_checked_file(whisper_url, todo.whisper_tiny)))
-    for dest, job in jobs:
+    for _, job in jobs:
         try:
             job()
         except DownloadError as e:

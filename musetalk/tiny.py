@@ -35,13 +35,15 @@ def write_tiny_layout(root: Path, seed: int = 0, whisper: bool = True) -> TinyLa
         json.dumps({"_class_name": "UNet2DConditionModel", **config.unet_tiny_config()}))
     torch.save(unet.state_dict(), root / "musetalkV15" / "unet.pth")
     (root / "sd-vae").mkdir()
-    (root / "sd-vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", **config.vae_tiny_config()}))
+    vae_config = {"_class_name": "AutoencoderKL", **config.vae_tiny_config()}
+    (root / "sd-vae" / "config.json").write_text(json.dumps(vae_config))
     torch.save(vae.state_dict(), root / "sd-vae" / "diffusion_pytorch_model.bin")
     folder = root / "whisper"
     if whisper:
         cfg = whisper_tiny_config()
         cfg.encoder_ffn_dim, cfg.decoder_ffn_dim, cfg.decoder_layers = 128, 128, 1
-        cfg.vocab_size, cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id, cfg.decoder_start_token_id = 64, 0, 1, 2, 1
+        cfg.vocab_size, cfg.pad_token_id, cfg.decoder_start_token_id = 64, 0, 1
+        cfg.bos_token_id, cfg.eos_token_id = 1, 2
         WhisperModel(cfg).save_pretrained(folder)
         (folder / "preprocessor_config.json").write_text("{}")
     else:

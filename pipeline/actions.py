@@ -21,6 +21,7 @@ import av
 import cv2
 import numpy as np
 
+from core.arrays import Image, Pcm
 from core.audio import MonoResampler
 from core.units import SAMPLE_RATE, TICK_SAMPLES, VIDEO_FPS
 from musetalk.avatar import DEFAULT_AVATARS_DIR, Avatar, AvatarError, load_avatar
@@ -35,17 +36,18 @@ MAX_CUSTOM_CLIPS = 32
 
 @dataclass(frozen=True)
 class ActionClip:
-    frames: np.ndarray  # (M, H, W, 3) uint8 BGR, the avatar's frame size
-    audio: np.ndarray | None = None  # float32 16 kHz mono, played with the frames (2 audio frames per video frame)
+    frames: Image  # (M, H, W, 3) uint8 BGR, the avatar's frame size
+    audio: Pcm | None = None  # float32 16 kHz mono, played with the frames (2 audio frames per video frame)
 
     @property
     def n_ticks(self) -> int:
         return len(self.frames)
 
-    def frame(self, i: int) -> np.ndarray:
-        return self.frames[i]
+    def frame(self, i: int) -> Image:
+        frame: Image = self.frames[i]  # (numpy types an element of an array as Any)
+        return frame
 
-    def tick_audio(self, i: int) -> np.ndarray:
+    def tick_audio(self, i: int) -> Pcm:
         out = np.zeros(TICK_SAMPLES, np.float32)
         if self.audio is not None:
             part = self.audio[i * TICK_SAMPLES:(i + 1) * TICK_SAMPLES]
@@ -53,7 +55,7 @@ class ActionClip:
         return out
 
 
-def save_action(avatar_path: Path, audiotype: int, frames: Iterable[np.ndarray], audio: np.ndarray | None = None,
+def save_action(avatar_path: Path, audiotype: int, frames: Iterable[Image], audio: Pcm | None = None,
                 source_name: str = "<array>") -> Path:
     """Write clip `audiotype` (frames one by one, never all in memory), replacing a previous clip of that number
     whole: nothing of the old one (its sound, say) is left, and on error the old one is kept."""
@@ -151,7 +153,7 @@ def _numbered(name: str) -> tuple[int, int, str]:
     return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
 
 
-def _clip_frames(source: Path, size: tuple[int, int], max_frames: int) -> Iterator[np.ndarray]:
+def _clip_frames(source: Path, size: tuple[int, int], max_frames: int) -> Iterator[Image]:
     """The frames of an image folder (numeric names in numeric order, as LiveTalking reads them) or of a video
     (at 25 fps), resized to the avatar's (h, w)."""
     h, w = size
@@ -159,18 +161,26 @@ def _clip_frames(source: Path, size: tuple[int, int], max_frames: int) -> Iterat
         names = sorted((p.name for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_numbered)
         if not names:
             raise AvatarError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {source}")
-        frames: Iterable[np.ndarray] = (_read_image(source / name) for name in names[:max_frames])
+        frames: Iterable[Image] = (_read_image(source / name) for name in names[:max_frames])
     else:
         frames = decode_video(source, VIDEO_FPS, max_frames)
     for f in frames:
-        yield f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)
+        yield _resized(f, (h, w))
 
 
-def _read_image(path: Path) -> np.ndarray:
+def _resized(frame: Image, size: tuple[int, int]) -> Image:
+    """`frame` at the avatar's (h, w)."""
+    h, w = size
+    if frame.shape[:2] == (h, w):
+        return frame
+    return np.asarray(cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA), np.uint8)
+
+
+def _read_image(path: Path) -> Image:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise AvatarError(f"cannot read image {path}")
-    return img
+    return np.asarray(img, np.uint8)  # what IMREAD_COLOR reads: only the type changes
 
 
 def _cache_key(clip: CustomClip, size: tuple[int, ...], max_frames: int) -> str:
@@ -206,7 +216,7 @@ def load_custom_clips(clips: Sequence[CustomClip], avatar: Avatar, max_frames: i
     return actions, actions.pop(IDLE_AUDIOTYPE, None)
 
 
-def decode_audio(path: Path) -> np.ndarray | None:
+def decode_audio(path: Path) -> Pcm | None:
     """The first audio stream of a media file as 16 kHz mono float32, or None if it has none."""
     with av.open(str(path)) as container:
         if not container.streams.audio:
@@ -223,8 +233,7 @@ def add_action(avatar_id: str, audiotype: int, source: Path, avatars_dir: Path =
     needed) and, unless with_audio is False, its sound."""
     avatar = load_avatar(avatar_id, avatars_dir)
     h, w = avatar.frames.shape[1:3]
-    frames = (f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)
-              for f in decode_video(source, avatar.fps, None))
+    frames = (_resized(f, (h, w)) for f in decode_video(source, avatar.fps, None))
     audio = decode_audio(source) if with_audio else None
     return save_action(avatar.path, audiotype, frames, audio, source_name=str(source))
 

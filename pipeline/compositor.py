@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.arrays import Image
 from musetalk.avatar import Avatar
 
 WARM_TICKS = 75  # 3 s of frames
@@ -20,6 +21,6 @@ class Compositor:
     def __init__(self, avatar: Avatar) -> None:
         self._avatar = avatar
 
-    def compose(self, index: int, face: np.ndarray) -> np.ndarray:
+    def compose(self, index: int, face: Image) -> Image:
         """A new full frame: avatar frame `index` (original order) with `face` blended into its face box."""
         return self._avatar.blend_plan(index).apply(np.asarray(self._avatar.frames[index]), face)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from core.arrays import Pcm
 from core.events import Event
 from core.items import AudioFrame, Kind, TickAudio
 from core.units import FRAME_SAMPLES
@@ -21,7 +22,7 @@ from core.units import FRAME_SAMPLES
 SILENCE_RMS = 1e-3
 
 
-def frame_kind(pcm: np.ndarray) -> Kind:
+def frame_kind(pcm: Pcm) -> Kind:
     return Kind.SPEECH if float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64)))) > SILENCE_RMS else Kind.SILENCE
 
 
@@ -55,7 +56,7 @@ class AudioFramer:
     def buffered_samples(self) -> int:
         return len(self._partial) + (FRAME_SAMPLES if self._half is not None else 0)
 
-    def push(self, pcm: np.ndarray, turn: int, events: list[Event] | None = None) -> list[TickAudio]:
+    def push(self, pcm: Pcm, turn: int, events: list[Event] | None = None) -> list[TickAudio]:
         """Add audio; `events` fire with the first frame made from this chunk. Returns newly scheduled ticks."""
         pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
         if not np.all(np.isfinite(pcm)):
@@ -98,11 +99,11 @@ class AudioFramer:
         self._utterance_pos = 0
         return ticks
 
-    def _add_frames(self, data: np.ndarray, turn: int) -> list[TickAudio]:
+    def _add_frames(self, data: Pcm, turn: int) -> list[TickAudio]:
         ticks = [self._add_frame(data[i:i + FRAME_SAMPLES], turn) for i in range(0, len(data), FRAME_SAMPLES)]
         return [t for t in ticks if t is not None]
 
-    def _add_frame(self, chunk: np.ndarray, turn: int) -> TickAudio | None:
+    def _add_frame(self, chunk: Pcm, turn: int) -> TickAudio | None:
         frame = AudioFrame(pcm=chunk, kind=frame_kind(chunk), turn=turn, events=self._pending_events,
                            t_in=self._partial_t_in)
         self._pending_events = []

@@ -57,7 +57,8 @@ def describe(state: AppState, live: LiveSession, now: float) -> dict[str, Any]:
         "queued_s": round(live.queued_seconds, 2),
         "connection": live.pc.connectionState if live.pc is not None else "pushed",
         "model": state.services.engine.describe(), "REF_FILE": state.config.REF_FILE or "",
-        "transport": "webrtc" if live.pc is not None else "rtmp", "batch_size": state.services.engine.batch_size, "customopt": [],
+        "transport": "webrtc" if live.pc is not None else "rtmp", "batch_size": state.services.engine.batch_size,
+        "customopt": [],
     }
 
 

@@ -154,7 +154,7 @@ class AvatarJobs:
         try:
             try:
                 await asyncio.wait_for(_ended(done), TERMINATE_GRACE_S)
-            except asyncio.TimeoutError:  # stuck in native code: SIGTERM cannot unwind it
+            except TimeoutError:  # stuck in native code: SIGTERM cannot unwind it
                 self._signal(signal.SIGKILL)
                 await _ended(done)
         finally:
@@ -210,8 +210,8 @@ class AvatarJobs:
             log.info("avatar job %s (%s): %s%s", job.id, job.avatar_id, status, f": {error}" if error else "")
 
     async def _prepare(self, job: AvatarJob) -> tuple[str, str | None]:
-        args = {"source": str(job.source), "source_name": job.source_name, "avatar_id": job.avatar_id, "avatars_dir": str(self.avatars_dir),
-                "models_dir": str(self.models_dir), **asdict(job.options)}
+        args = {"source": str(job.source), "source_name": job.source_name, "avatar_id": job.avatar_id,
+                "avatars_dir": str(self.avatars_dir), "models_dir": str(self.models_dir), **asdict(job.options)}
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "server.avatar_jobs", json.dumps(args), cwd=str(PROJECT_ROOT),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -237,7 +237,8 @@ class AvatarJobs:
             return "cancelled", None
         if child.returncode == 0:
             return "done", None
-        return "failed", error or (stderr_tail[-1] if stderr_tail else f"the preparation exited with {child.returncode}")
+        exited = f"the preparation exited with {child.returncode}"
+        return "failed", error or (stderr_tail[-1] if stderr_tail else exited)
 
     @staticmethod
     def _progress(job: AvatarJob, line: str) -> str | None:

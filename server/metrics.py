@@ -69,7 +69,8 @@ class Metrics:
         self.tts_first_audio = Histogram("avatar_tts_first_audio_seconds",
                                          "A sentence handed to TTS to its first audio.", buckets=TTS_BUCKETS,
                                          registry=r)
-        self.errors = Counter("avatar_errors", "Failures reported to a session (TTS, LLM, ASR, rendering).", ["kind"], registry=r)
+        self.errors = Counter("avatar_errors", "Failures reported to a session (TTS, LLM, ASR, rendering).", ["kind"],
+                              registry=r)
         self.uploads_rejected = Counter("avatar_uploads_rejected", "Uploads refused, by HTTP status.", ["status"],
                                         registry=r)
         for kind in ERROR_SERVICES.values():

@@ -268,12 +268,11 @@ async def set_audiotype(request: web.Request) -> web.Response:
         audiotype = None
     if audiotype is None:
         raise BadRequest("'audiotype' must be an integer")
-    try:
-        live.session.set_audiotype(audiotype)
-    except KeyError as e:
+    if audiotype not in live.session.actions:  # checked here: a KeyError from inside would be a bug, not a 400
         have = ", ".join(str(k) for k in sorted(live.session.actions)) or "none"
         raise BadRequest(f"avatar {live.session.avatar.avatar_id!r} has no action clip {audiotype} "
-                         f"(available: {have})") from e
+                         f"(available: {have})")
+    live.session.set_audiotype(audiotype)
     return ok()
 
 
@@ -344,7 +343,7 @@ async def stream_events(request: web.Request, queue: asyncio.Queue, encode: Call
         while True:
             try:
                 item = await asyncio.wait_for(queue.get(), SSE_HEARTBEAT_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await resp.write(b": keep-alive\n\n")
                 continue
             if item is None:
@@ -376,7 +375,7 @@ def is_protected(request: web.Request) -> bool:
     return resource is None or resource.canonical in API_PATHS or resource.canonical.startswith("/api/")
 
 
-def setup_routes(app: web.Application, web_dir) -> None:  # noqa: ANN001
+def setup_routes(app: web.Application, web_dir) -> None:
     r = app.router
     r.add_post("/offer", offer)
     r.add_post("/human", human)

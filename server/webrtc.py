@@ -98,7 +98,8 @@ def check_offer(sdp: str) -> None:
         raise BadRequest("the offer SDP lacks " + "; ".join(missing))
 
 
-async def answer(pc: RTCPeerConnection, sdp: str, kind: str, tracks: Sequence[MediaStreamTrack]) -> RTCSessionDescription:
+async def answer(pc: RTCPeerConnection, sdp: str, kind: str,
+                 tracks: Sequence[MediaStreamTrack]) -> RTCSessionDescription:
     """Attach our send tracks, apply the remote offer and return the answer (ICE gathering complete)."""
     for track in tracks:
         pc.addTrack(track)

@@ -319,9 +319,9 @@ def _unknown_field(value: dict[str, Any], fields: dict[str, Any], path: str) -> 
     for key, sub in value.items():
         if key not in fields:
             return f"{path}.{key}"
-        if isinstance(fields[key], dict) and isinstance(sub, dict):
-            if (unknown := _unknown_field(sub, fields[key], f"{path}.{key}")) is not None:
-                return unknown
+        if (isinstance(fields[key], dict) and isinstance(sub, dict)
+                and (unknown := _unknown_field(sub, fields[key], f"{path}.{key}")) is not None):
+            return unknown
     return None
 
 

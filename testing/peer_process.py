@@ -19,16 +19,16 @@ async def main(url: str, token: str | None) -> None:
     pc.addTransceiver("audio", direction="recvonly")
     tasks = []
 
-    async def consume(track) -> None:  # noqa: ANN001
+    async def consume(track) -> None:
         async for _ in frames_of(track):
             pass
 
     pc.on("track", lambda track: tasks.append(asyncio.create_task(consume(track))))
     await pc.setLocalDescription(await pc.createOffer())
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.post(f"{url}/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"}) as resp:
-            body = await resp.json()
+    offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
+    async with aiohttp.ClientSession(headers=headers) as http, http.post(f"{url}/offer", json=offer) as resp:
+        body = await resp.json()
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
     print(body["sessionid"], flush=True)
     await asyncio.Event().wait()

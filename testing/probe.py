@@ -27,7 +27,7 @@ def synthetic_avatar(n_frames: int = 3, size: int = 64) -> Avatar:
 
 def probe_value(pcm: np.ndarray) -> int:
     """The grey level the probe engine paints for a tick's audio: a function of that audio only."""
-    return int(round(float(np.mean(pcm)) * 1000)) % 256
+    return round(float(np.mean(pcm)) * 1000) % 256
 
 
 def probe_audio(ticks: int, first: int = 1) -> np.ndarray:

@@ -65,7 +65,7 @@ _RECORDED: dict[int, _Arrivals] = {}
 _original_handle = RTCRtpReceiver._handle_rtp_packet
 
 
-async def _recording_handle(self: RTCRtpReceiver, packet, arrival_time_ms: int) -> None:  # noqa: ANN001
+async def _recording_handle(self: RTCRtpReceiver, packet, arrival_time_ms: int) -> None:
     arrivals = _RECORDED.get(id(self))
     if arrivals is not None:
         if arrivals.first_ts is None:
@@ -137,7 +137,7 @@ class LoopbackReceiver:
             _RECORDED[id(rtp_receiver)] = _Arrivals()
 
         @self.pc.on("track")
-        def on_track(track) -> None:  # noqa: ANN001
+        def on_track(track) -> None:
             receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
             self._tasks.append(asyncio.create_task(self._consume(track, _RECORDED[id(receiver)])))
 
@@ -147,7 +147,7 @@ class LoopbackReceiver:
     async def accept(self, reply: RTCSessionDescription) -> None:
         await self.pc.setRemoteDescription(reply)
 
-    async def _consume(self, track, arrivals: _Arrivals) -> None:  # noqa: ANN001
+    async def _consume(self, track, arrivals: _Arrivals) -> None:
         async for frame in frames_of(track):
             arrival = arrivals.by_pts.get(frame.pts % 2**32)
             if arrival is None:

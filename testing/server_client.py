@@ -219,7 +219,7 @@ async def sse_events(server: Server, sessionid: str, into: list[dict], ready: as
                 into.append(json.loads(text[5:]))
 
 
-async def until(predicate, timeout: float, step: float = 0.03) -> bool:  # noqa: ANN001
+async def until(predicate, timeout: float, step: float = 0.03) -> bool:
     """Poll `predicate` (returning a bool or an awaitable bool) until it holds or `timeout` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -5,7 +5,6 @@ with a message fit for a user."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -39,7 +38,7 @@ class HTTPBackend:
             await self._session.close()
             self._session = None
 
-    async def __aenter__(self) -> "HTTPBackend":
+    async def __aenter__(self) -> HTTPBackend:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -59,7 +58,7 @@ class HTTPBackend:
                 if resp.status >= 400:
                     raise self._fail(await _describe_status(resp))
                 yield resp
-        except asyncio.TimeoutError as e:
+        except TimeoutError as e:
             raise self._fail(f"timed out talking to {url}") from e
         except aiohttp.ClientConnectorError as e:
             raise self._fail(f"cannot connect to {url} ({e.os_error or e})") from e
@@ -72,7 +71,7 @@ class HTTPBackend:
 async def _describe_status(resp: aiohttp.ClientResponse) -> str:
     try:
         body = (await resp.content.read(_MAX_ERROR_TEXT + 1)).decode("utf-8", "replace").strip()
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         body = ""
     text = f"HTTP {resp.status} {resp.reason or ''}".strip()
     if body and len(body) <= _MAX_ERROR_TEXT:

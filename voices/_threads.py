@@ -65,7 +65,7 @@ async def stream_from_thread(producer: Producer[T], pool: Pool) -> AsyncIterator
     def run() -> None:
         try:
             producer(lambda item: None if stop.is_set() else put(item), stop)
-        except BaseException as e:  # handed over to the consumer
+        except BaseException as e:  # noqa: BLE001 -- handed over to the consumer
             put(e)
         else:
             put(_DONE)

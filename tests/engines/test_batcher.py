@@ -188,7 +188,10 @@ def test_a_session_closing_mid_batch_loses_only_its_own_work(fake) -> None:
     release, entered = threading.Event(), threading.Event()
     fake.before = lambda x: (entered.set(), release.wait(5)) if 1 in x else None
     open_ = {"a": True}
-    turn_a = lambda: 0 if open_["a"] else -1  # noqa: E731 -- a closing worker's turn getter (InferenceWorker)
+
+    def turn_a() -> int:  # a closing worker's turn getter (InferenceWorker)
+        return 0 if open_["a"] else -1
+
     with Batcher({"fake": fake}, sizes=(1, 2), gather_s=0) as batcher:
         in_flight = batcher.submit(job(1, deadline=0, current_turn=turn_a))
         assert entered.wait(5)

@@ -55,7 +55,8 @@ async def test_session_frames_are_the_model_output_for_their_own_audio(engine, d
     # the model, called directly (as a batch of 2: CPU kernels may round differently for another batch size;
     # threads may flip a rounding).
     sf = StreamingFeatures(engine.encoder, "v15", batch_frames=2)
-    latents = faces_to_latents(engine.models.vae, face_crops(np.asarray(demo_avatar.frames[:1]), demo_avatar.face_boxes[:1]))
+    crops = face_crops(np.asarray(demo_avatar.frames[:1]), demo_avatar.face_boxes[:1])
+    latents = faces_to_latents(engine.models.vae, crops)
     faces = infer_faces(engine.models, sf.chunks(audio, 0, final=True), latents.repeat(2, 1, 1, 1))
     for out, face in zip(speech_out[:2], faces):
         expected = demo_avatar.blend_plan(0).apply(np.asarray(demo_avatar.frames[0]), face)

@@ -103,7 +103,7 @@ async def test_a_stalled_event_loop_is_caught_up_without_losing_ticks() -> None:
     session.add_sink(lambda out: seen.append((time.monotonic(), out.tick)))
     await session.start()
     await asyncio.sleep(0.3)
-    time.sleep(0.2)  # the event loop is blocked for 5 ticks
+    time.sleep(0.2)  # noqa: ASYNC251 -- the fault under test: the event loop is blocked for 5 ticks
     await asyncio.sleep(0.5)
     await session.close()
     ticks = [k for _, k in seen]
@@ -116,7 +116,7 @@ async def test_a_stalled_event_loop_is_caught_up_without_losing_ticks() -> None:
 async def test_close_stops_the_worker_even_after_the_output_clock_failed() -> None:
     session = Session("broken", synthetic_avatar(), ProbeEngine())
 
-    def failing_tick(k: int):  # noqa: ANN202 - a fault injected into the output clock
+    def failing_tick(k: int):
         raise RuntimeError("output broke")
 
     session.output.tick = failing_tick  # type: ignore[method-assign]

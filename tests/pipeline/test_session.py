@@ -49,7 +49,8 @@ async def test_video_frame_i_travels_with_audio_frames_2i_and_2i_plus_1() -> Non
         # ... and the video shown with it was made from exactly that audio
         assert face_value(o.frame) == probe_value(o.audio)
         # composited onto the avatar frame of the same tick (the idle cycle continues under the face)
-        assert np.array_equal(outside_face(o.frame), outside_face(session.avatar.frames[session.avatar.cycle_index(o.tick)]))
+        idle_frame = session.avatar.frames[session.avatar.cycle_index(o.tick)]
+        assert np.array_equal(outside_face(o.frame), outside_face(idle_frame))
     assert all(o.source == "idle" and not o.audio.any() for o in outs[:3] + outs[33:])
     await session.close()
 

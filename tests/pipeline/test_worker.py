@@ -133,7 +133,7 @@ class OfficialCountRenderer(ProbeRenderer):
         return faces[:max(0, frames - request.utterance_pos)]
 
 
-@pytest.mark.parametrize("n, frames", [(37120, 57), (36800, 57), (18560, 28)])
+@pytest.mark.parametrize(("n", "frames"), [(37120, 57), (36800, 57), (18560, 28)])
 def test_the_end_of_an_utterance_reaches_the_renderer_and_ticks_past_its_frames_show_the_avatar(n, frames) -> None:
     rig = Rig(ProbeEngine(batch_size=8, left=4, right=7), lead=3)
     rig.worker.renderer = OfficialCountRenderer(rig.engine)
@@ -200,7 +200,7 @@ def test_a_full_batch_waits_for_more_of_a_streamed_utterance_until_a_batch_time_
     assert rig2.render_ready() == 1 and list(rig2.requests[-1].ticks) == [12, 13, 14, 15]
 
 
-@pytest.mark.parametrize("right, budget", [(3, 0.05), (7, 0.15), (2, 0.3)])
+@pytest.mark.parametrize(("right", "budget"), [(3, 0.05), (7, 0.15), (2, 0.3)])
 @pytest.mark.parametrize("phase", [0.0, 0.013, 0.031])
 def test_the_lead_keeps_audio_that_arrives_as_it_plays_on_time_with_its_context(right, budget, phase) -> None:
     """A voice streaming at real-time pace (each 20 ms frame complete 20 ms after the one before): with the lead of

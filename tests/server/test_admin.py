@@ -13,12 +13,12 @@ TOKEN = "admin-test-token-0123456789abcdef"
 SECRETS = ("sk-secret-key-0123", "turn-password-0123", "turn-secret-0123")
 
 
-async def get(server, path: str, headers: dict | None = None) -> tuple[int, dict]:  # noqa: ANN001
+async def get(server, path: str, headers: dict | None = None) -> tuple[int, dict]:
     async with server.http.get(server.url + path, headers=headers or {}) as resp:
         return resp.status, await resp.json()
 
 
-async def delete(server, path: str, headers: dict | None = None) -> tuple[int, dict]:  # noqa: ANN001
+async def delete(server, path: str, headers: dict | None = None) -> tuple[int, dict]:
     async with server.http.delete(server.url + path, headers=headers or {}) as resp:
         return resp.status, await resp.json()
 

@@ -63,7 +63,7 @@ def form(fields: dict[str, str], data: bytes | None = None, name: str = "talk.mp
     return out
 
 
-async def call(server: Server, method: str, path: str, **kwargs) -> tuple[int, dict]:  # noqa: ANN003
+async def call(server: Server, method: str, path: str, **kwargs) -> tuple[int, dict]:
     async with server.http.request(method, server.url + path, **kwargs) as resp:
         text = await resp.text()
     try:
@@ -175,7 +175,7 @@ async def test_cancel_a_running_and_a_queued_task_leaves_nothing(serve, config, 
 
 async def test_shutdown_ends_a_running_preparation(serve, config, own_avatars) -> None:
     async with serve(config, avatars_dir=own_avatars) as server:
-        _, body = await call(server, "POST", "/api/avatars", data=form({"avatar_id": "long"}, video_bytes(250, 384)))
+        await call(server, "POST", "/api/avatars", data=form({"avatar_id": "long"}, video_bytes(250, 384)))
 
         async def started() -> bool:
             return bool(preparing_children())
@@ -226,7 +226,7 @@ async def test_livetalking_avatar_page_requests(serve, config, own_avatars) -> N
         assert status == 400 and "musetalk" in reply["msg"]
 
 
-@pytest.mark.parametrize("fields, data, name, status, words", [
+@pytest.mark.parametrize(("fields", "data", "name", "status", "words"), [
     ({"avatar_id": "../etc"}, b"x", "a.mp4", 400, "invalid avatar id"),
     ({"avatar_id": "tasks"}, b"x", "a.mp4", 400, "reserved"),
     ({"avatar_id": "demo"}, b"x", "a.mp4", 409, "already exists"),

@@ -38,7 +38,7 @@ def test_livetalking_and_own_options(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_args(["--llm_api_key", "sk-cli"]).llm_api_key == "sk-cli"
 
 
-@pytest.mark.parametrize("argv, words", [
+@pytest.mark.parametrize(("argv", "words"), [
     (["--model", "wav2lip"], "not supported"),
     (["--avatar_id", "../x"], "invalid avatar id"),
     (["--max_session", "0"], "at least 1"),
@@ -123,7 +123,7 @@ REF_FILE: voice.onnx
     assert parse_args(["-c", str(file)]).max_session == 2  # LiveTalking's short form
 
 
-@pytest.mark.parametrize("text, words", [
+@pytest.mark.parametrize(("text", "words"), [
     ("listen_port: 1", "unknown option 'listen_port'"),
     ("max_session: 0", "at least 1"),  # the file's values are checked as the command line's are
     ("listenport: [1, 2]", "listenport takes one value, not a list"),

@@ -160,7 +160,7 @@ async def test_offer_custom_config_plays_the_idle_clip_and_actions(serve, config
         assert not greenish(plain.colours[-1])
 
 
-@pytest.mark.parametrize("custom, words", [
+@pytest.mark.parametrize(("custom", "words"), [
     ("{broken", "not valid JSON"),
     ('[{"audiotype": 1, "imgpath": "/etc"}]', "outside"),
     ('[{"audiotype": 1, "imgpath": "DATA/customvideo/../../.."}]', "outside"),
@@ -199,7 +199,7 @@ async def test_customvideo_config_applies_to_every_session_and_follows_set_avata
         assert greenish(client.colours[-1])
 
 
-@pytest.mark.parametrize("text, words", [("not json", "not valid JSON"), ("[]", "list of 1 to")])
+@pytest.mark.parametrize(("text", "words"), [("not json", "not valid JSON"), ("[]", "list of 1 to")])
 def test_a_bad_customvideo_config_stops_the_start(tmp_path, text, words, capsys) -> None:
     file = tmp_path / "c.json"
     file.write_text(text)

@@ -293,7 +293,8 @@ async def test_a_killed_client_is_ended_within_the_idle_timeout(serve, config) -
     """SIGKILL: nothing says goodbye. aiortc would keep sending until ICE consent fails (~30 s); receiver
     reports stop at once, so the idle timeout bounds it."""
     async with serve(config, idle_timeout=2.0) as server:
-        peer = subprocess.Popen([sys.executable, "-m", "testing.peer_process", server.url],
+        # Popen returns once the child is started; its output is read line by line below.
+        peer = subprocess.Popen([sys.executable, "-m", "testing.peer_process", server.url],  # noqa: ASYNC220
                                 stdout=subprocess.PIPE, text=True)
         try:
             sid = (await asyncio.to_thread(peer.stdout.readline)).strip()
@@ -335,7 +336,7 @@ async def test_an_upload_for_an_unknown_session_is_refused_before_its_file_is_re
     async with serve(config) as server:
         sent = 0
 
-        async def body():  # noqa: ANN202
+        async def body():
             nonlocal sent
             yield (b"--B\r\nContent-Disposition: form-data; name=\"sessionid\"\r\n\r\nnobody\r\n"
                    b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n")

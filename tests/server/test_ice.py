@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("loopback_only")
 TOKEN = "ice-test-token-0123456789abcdef"
 
 
-async def ice(server, headers: dict | None = None) -> tuple[int, dict]:  # noqa: ANN001
+async def ice(server, headers: dict | None = None) -> tuple[int, dict]:
     async with server.http.get(server.url + "/api/ice", headers=headers or {}) as resp:
         return resp.status, await resp.json()
 
@@ -75,7 +75,7 @@ async def test_api_ice_gives_the_configured_servers(serve, config) -> None:
 async def test_coturn_accepts_the_credentials_and_the_server_relays_through_it(serve, config, tmp_path) -> None:
     with coturn(tmp_path) as turn:
         async with serve(config, turn=(turn.url,), turn_secret=turn.secret, turn_user="page") as server:
-            status, body = await ice(server)
+            _, body = await ice(server)
             server_turn = body["data"]["iceServers"][0]
             assert server_turn["username"].endswith(":page")
             assert await relay_candidates(turn.port, server_turn["username"], server_turn["credential"])

@@ -19,7 +19,7 @@ from testing.server_client import (
 pytestmark = pytest.mark.usefixtures("loopback_only")
 
 
-async def scrape(server) -> tuple[dict[str, str], dict, str]:  # noqa: ANN001
+async def scrape(server) -> tuple[dict[str, str], dict, str]:
     status, body = await server.get("/metrics")
     assert status == 200
     text = body.decode()
@@ -89,7 +89,7 @@ async def test_per_session_series_only_when_asked(serve, config) -> None:
 def test_each_app_has_its_own_registry() -> None:
     """Two apps in one process (as in the tests) never share or clash on series; nothing goes to the global
     registry."""
-    first, second = (Metrics(lambda: [], 1, lambda: "lite") for _ in range(2))
+    first, second = (Metrics(list, 1, lambda: "lite") for _ in range(2))
     first.upload_rejected(413)
     assert parse_metrics(first.exposition().decode())[1][("avatar_uploads_rejected_total", (("status", "413"),))] == 1
     assert ("avatar_uploads_rejected_total", (("status", "413"),)) not in parse_metrics(second.exposition().decode())[1]

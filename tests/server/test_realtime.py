@@ -42,7 +42,7 @@ async def test_realtime_answers_with_audio_and_subtitles_and_can_be_interrupted(
             assert item["item"]["content"] == [{"type": "input_text", "text": "Hello"}]
             assert create["type"] == "response.create" and rec.query["model"] == "gpt-realtime"
 
-            def speaking():  # noqa: ANN202
+            def speaking():
                 return is_speaking(server, sid)
 
             await server.post("/human", {"sessionid": sid, "text": "long", "type": "chat"})

@@ -79,7 +79,8 @@ async def test_humanaudio_plays_wav_mp3_and_ogg_and_rejects_bad_uploads(serve, c
         assert [e["status"] for e in events] == ["start", "end"] * 3
         assert max(client.audio_levels) > 0.3  # the 0.5-peak tone was played
 
-        absurd = (b"RIFF" + struct.pack("<I", 0xFFFFFFF0) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 7, 14, 2, 16)
+        absurd = (b"RIFF" + struct.pack("<I", 0xFFFFFFF0)
+                  + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 7, 14, 2, 16)
                   + b"data" + struct.pack("<I", 0xFFFFFFF0) + bytes(1000))
         bad = [(None, 400, "no 'file'"), (b"", 400, "empty"), (bytes(range(256)) * 100, 400, "decode"),
                (absurd, 400, "sample rate"), (audio_file("WAV", 16000, 4.0), 413, "longer than 3 s"),

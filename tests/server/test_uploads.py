@@ -18,7 +18,7 @@ def dominant_hz(x: np.ndarray, rate: int = 16000) -> float:
     return float(np.argmax(spectrum) * rate / len(x))
 
 
-@pytest.mark.parametrize("fmt, subtype, rate, channels", [
+@pytest.mark.parametrize(("fmt", "subtype", "rate", "channels"), [
     ("WAV", "PCM_16", 44100, 2), ("WAV", "FLOAT", 8000, 1), ("FLAC", "PCM_16", 96000, 1),
     ("OGG", "VORBIS", 48000, 2), ("MP3", "MPEG_LAYER_III", 22050, 1),
 ])
@@ -41,7 +41,7 @@ def wav_header(rate: int, channels: int, data_bytes: int) -> bytes:
             + b"data" + struct.pack("<I", data_bytes))
 
 
-@pytest.mark.parametrize("data, status, words", [
+@pytest.mark.parametrize(("data", "status", "words"), [
     (b"", 400, "empty"),
     (bytes(range(256)) * 400, 400, "cannot decode"),
     (wav_header(1, 1, 100) + bytes(100), 400, "sample rate 1 Hz"),

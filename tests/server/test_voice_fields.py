@@ -53,7 +53,7 @@ async def test_gpt_sovits_sessions_speak_with_their_own_reference(serve, config)
                 live = server.state.registry.get(sid)
                 status, _ = await server.post("/human", {"sessionid": sid, "text": f"Case {name}.", "type": "echo"})
                 assert status == 200
-                assert await until(lambda: any(r["text"] == f"Case {name}." for r in rec.requests), 10)
+                assert await until(lambda name=name: any(r["text"] == f"Case {name}." for r in rec.requests), 10)
                 sent = next(r for r in rec.requests if r["text"] == f"Case {name}.")
                 assert (sent["ref_audio_path"], sent["prompt_text"]) == expected[name], (name, sent)
                 tts, shared = live.voice.tts, server.state.services._tts["gpt-sovits"]
@@ -64,7 +64,7 @@ async def test_gpt_sovits_sessions_speak_with_their_own_reference(serve, config)
                 await client.close()
 
 
-def write_wav(path, seconds: float = 0.3, freq: float = 200.0) -> bytes:  # noqa: ANN001
+def write_wav(path, seconds: float = 0.3, freq: float = 200.0) -> bytes:
     import numpy as np
     import soundfile as sf
 
@@ -108,8 +108,8 @@ async def test_cosyvoice_streams_sentences_and_clones_the_sessions_reference(ser
                 said = f"Case {len(received)}."
                 status, _ = await server.post("/human", {"sessionid": sid, "text": said, "type": "echo"})
                 assert status == 200
-                assert await until(lambda: any(r.fields["tts_text"] == said for r in received), 10)
+                assert await until(lambda said=said: any(r.fields["tts_text"] == said for r in received), 10)
                 got = next(r for r in received if r.fields["tts_text"] == said)
                 assert (got.mode, got.prompt_wav, got.fields.get("prompt_text")) == (mode, wav, text), extra
-                assert await until(lambda: server.state.registry.get(sid).session.speaking, 5)  # it is heard
+                assert await until(lambda sid=sid: server.state.registry.get(sid).session.speaking, 5)  # it is heard
                 await client.close()

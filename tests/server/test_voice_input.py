@@ -29,9 +29,9 @@ async def test_spoken_question_interrupts_the_avatar_is_transcribed_and_answered
             mic = ScriptedMicrophone()
             client, events, sse = await connect_with_events(server, mic)
             sid = client.sessionid
-            asyncio.create_task(server.state.services.transcriber())  # start loading the model meanwhile
+            loading = asyncio.create_task(server.state.services.transcriber())  # start loading the model meanwhile
 
-            def speaking():  # noqa: ANN202
+            def speaking():
                 return is_speaking(server, sid)
 
             long_text = " ".join(f"This is sentence {i}, spoken to keep the avatar busy." for i in range(15))
@@ -55,6 +55,7 @@ async def test_spoken_question_interrupts_the_avatar_is_transcribed_and_answered
             # none of the interrupted echo's later sentences started after the barge-in
             started = [e["text"] for e in events if e.get("status") == "start"][n_started:]
             assert not any(t.startswith("This is sentence") for t in started), started
+            await loading  # loaded by now: the user's speech was transcribed
             sse.cancel()
             await client.close()
 

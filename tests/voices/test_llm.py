@@ -24,7 +24,7 @@ async def test_stream_yields_deltas_and_sends_a_proper_request(openai_server, fa
     assert rec.headers[0]["Authorization"] == "Bearer sk-test"
 
 
-@pytest.mark.parametrize("model, expected", [
+@pytest.mark.parametrize(("model", "expected"), [
     ("unauthorized", r"HTTP 401: Incorrect API key"),
     ("boom", r"HTTP 500.*internal failure"),
     ("error_event", r"model overloaded"),
@@ -33,10 +33,14 @@ async def test_stream_yields_deltas_and_sends_a_proper_request(openai_server, fa
 async def test_errors_become_llm_error_with_a_clear_message(openai_server, model, expected, fakes):
     base, _ = openai_server
     async with ChatLLM(OpenAIEndpoint(base), model) as llm:
-        got = []
-        with pytest.raises(LLMError, match=expected):
+        got: list[str] = []
+
+        async def consume() -> None:
             async for delta in llm.stream([{"role": "user", "content": "hi"}]):
                 got.append(delta)
+
+        with pytest.raises(LLMError, match=expected):
+            await consume()
     if model in ("cut", "error_event"):
         assert 0 < len(got) < len(fakes.ANSWER_DELTAS)  # what came before the failure was delivered
 
@@ -148,7 +152,7 @@ async def test_failed_exchange_with_no_text_is_not_recorded(openai_server):
         with pytest.raises(LLMError):
             await collect(conv.reply("hello"))
     assert conv.history == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_turns"):
         Conversation(llm, max_turns=0)
 
 

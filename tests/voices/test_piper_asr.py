@@ -118,7 +118,7 @@ async def test_piper_speech_is_transcribed_back(piper):
 
 
 def test_transcriber_rejects_a_folder_without_a_model(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model.bin"):
+    with pytest.raises(FileNotFoundError, match=r"model\.bin"):
         Transcriber(tmp_path)
 
 

@@ -114,7 +114,7 @@ async def test_microphone_audio_gets_turn_detection_a_transcript_and_an_answer(r
 
 
 async def test_a_beta_shaped_client_is_refused_as_the_service_does(realtime_server):
-    url, rec = realtime_server
+    url, _ = realtime_server
     # The retired beta header: an error event, then the socket is closed.
     async with websockets.connect(url + "?model=gpt-realtime", additional_headers={
             "Authorization": "Bearer sk-rt", "OpenAI-Beta": "realtime=v1"}) as ws:
@@ -162,10 +162,14 @@ async def test_a_dropped_socket_ends_the_events_with_an_error(realtime_server):
     url, rec = realtime_server
     async with client(url) as rt:
         await rt.send_text("long")
-        with pytest.raises(RealtimeError, match="connection was lost"):
+
+        async def drop_on_first_audio() -> None:
             async for event in rt.events():
                 if isinstance(event, AudioDelta):
                     rec.drop()
+
+        with pytest.raises(RealtimeError, match="connection was lost"):
+            await drop_on_first_audio()
 
 
 async def test_azure_openai_realtime_uses_the_deployment_the_api_version_and_its_key(realtime_server):

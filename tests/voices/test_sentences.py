@@ -106,5 +106,5 @@ def test_flush_resets_for_reuse():
 
 
 def test_bad_limits_are_rejected():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_chars"):
         SentenceSplitter(min_chars=10, max_chars=5)

@@ -16,7 +16,7 @@ async def drain(session: Session, ticks: int) -> list:
     return [session.step(wait_for_video=1.0) for _ in range(ticks)]
 
 
-async def wait_until(cond, timeout: float = 5.0) -> None:  # noqa: ANN001
+async def wait_until(cond, timeout: float = 5.0) -> None:
     for _ in range(int(timeout / 0.01)):
         if cond():
             return
@@ -134,7 +134,7 @@ async def test_an_audio_file_request_ends_when_its_audio_is_in_the_session() -> 
 
 
 async def test_sdk_errors_become_llm_error_and_tts_error_events_and_retries_get_through(openai_server, fakes) -> None:
-    base, rec = openai_server
+    base, _ = openai_server
     session = await make()
     events = session.subscribe()
     endpoint = OpenAIEndpoint(base)

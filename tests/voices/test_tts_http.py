@@ -33,7 +33,7 @@ async def test_openai_tts_streams_resampled_pcm(openai_server, fakes):
     assert rec.headers[0]["Authorization"] == "Bearer sk-x"
 
 
-@pytest.mark.parametrize("voice, expected", [("bad", r"HTTP 400: unknown voice"), ("boom", r"HTTP 503")])
+@pytest.mark.parametrize(("voice", "expected"), [("bad", r"HTTP 400: unknown voice"), ("boom", r"HTTP 503")])
 async def test_openai_tts_http_errors(openai_server, voice, expected):
     base, rec = openai_server
     async with OpenAITTS(OpenAIEndpoint(base), voice=voice) as tts:
