@@ -1,5 +1,5 @@
-"""Command-line options beside the server's own: a YAML config file (--config), logs and metrics, and
-LiveTalking's options that have no meaning here (accepted, with a warning, so its command lines still start)."""
+"""Command-line options beside the server's own: a YAML config file (--config) and LiveTalking's options that
+have no meaning here (accepted, with a warning, so its command lines still start)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,6 @@ from pathlib import Path
 
 import yaml
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # LiveTalking options with no meaning in this server: (flag, why it is ignored).
 IGNORED = (
     ("-l", "left audio context in 20 ms frames: the engine takes the context its model needs"),
@@ -28,13 +27,6 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", type=Path, default=None, metavar="FILE.yaml",
                    help="read options from a YAML file: keys are option names (listenport: 8010, stun: [...] for a "
                         "repeatable one, no_asr: true for a switch); the command line overrides the file")
-    logs = p.add_argument_group("logs and metrics")
-    logs.add_argument("--log_level", type=str.upper, choices=LOG_LEVELS, default="INFO", help="least severe log shown")
-    logs.add_argument("--log_json", action="store_true",
-                      help="write logs as JSON lines (time, level, logger, message, exception) for a log collector")
-    logs.add_argument("--metrics_per_session", action="store_true",
-                      help="/metrics also has series labelled by session (one set per open session: a label value "
-                           "per session, so only for a few sessions)")
     ignored = p.add_argument_group("LiveTalking options accepted and ignored (a warning at start says so)")
     for flag, why in IGNORED:
         ignored.add_argument(flag, dest=f"ignored{flag.replace('-', '_')}", default=None, metavar="VALUE", help=why)

@@ -6,7 +6,6 @@ CosyVoice: the name of a WAV file beside --REF_FILE on this server (a client nev
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,9 @@ from typing import Any
 from pipeline.session import Session
 from server.config import ServerConfig
 from server.errors import BadRequest
-from server.services import Services, build_tts
+from server.services import Services
 from server.voice import Voice
-from voices.llm import Conversation
+from voices.options import CloningOptions, CosyVoiceOptions, GPTSoVITSOptions, create_tts
 from voices.speaker import Speaker
 from voices.tts import TTSError
 
@@ -56,10 +55,20 @@ def reference_of(body: dict[str, Any], voice: str, config: ServerConfig) -> Refe
     return Reference(audio, text)
 
 
+def _configured(config: ServerConfig) -> CloningOptions:
+    """The options of the --tts voice, which takes a reference voice (reference_of checked that it does)."""
+    options = config.tts_options()
+    if not isinstance(options, GPTSoVITSOptions | CosyVoiceOptions):
+        raise BadRequest(f"the voice {config.tts!r} takes no reference voice; it needs {' or '.join(CLONING_VOICES)}")
+    return options
+
+
 def _recording(name: str, config: ServerConfig) -> Path:
     """A CosyVoice reference recording chosen by a client: a WAV file in the folder of --REF_FILE, by name."""
-    assert config.REF_FILE is not None  # --tts cosyvoice requires it
-    folder = Path(config.REF_FILE).parent
+    configured = _configured(config)
+    if not isinstance(configured, CosyVoiceOptions):
+        raise BadRequest(f"the voice {config.tts!r} takes no reference recording from this server")
+    folder = configured.recording.parent  # beside --REF_FILE
     path = folder / name
     if not _RECORDING_NAME.fullmatch(name) or not path.is_file():
         raise BadRequest(f"'refaudio' must name a .wav file beside the configured reference recording "
@@ -89,9 +98,9 @@ async def reference_speaker(config: ServerConfig, services: Services, session: S
     comes from --REF_FILE and --REF_TEXT (a new transcript for the configured audio; new audio has no transcript
     unless given)."""
     # a reference has audio, text or both (reference_of): new audio goes without the configured transcript
-    own = dataclasses.replace(config, REF_FILE=ref.audio or config.REF_FILE, REF_TEXT=ref.text or "")
+    own = _configured(config).with_reference(ref.audio, ref.text or "")
     try:
-        tts = await asyncio.to_thread(build_tts, own)  # CosyVoice reads the recording
+        tts = await asyncio.to_thread(create_tts, own)  # CosyVoice reads the recording
     except TTSError as e:
         raise BadRequest(f"'refaudio': {e}") from e
-    return OwnVoiceSpeaker(session, tts, Conversation(services.llm, config.system_prompt), tasks=session.tasks)
+    return OwnVoiceSpeaker(session, tts, services.conversation())

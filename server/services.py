@@ -5,7 +5,6 @@ Each session gets its own Voice (a Speaker with its own Conversation history, or
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 
 from engines.base import Engine
@@ -17,51 +16,23 @@ from server.config import ServerConfig
 from server.errors import BadRequest
 from server.voice import RealtimeVoice, Voice
 from voices.asr import Transcriber
-from voices.llm import ChatLLM, ChatModel, Conversation, LocalChatLLM
-from voices.openai_api import OpenAIEndpoint
-from voices.realtime import RealtimeClient, session_config
+from voices.llm import ChatModel, Conversation
+from voices.options import create_llm, create_transcriber, create_tts, new_conversation
 from voices.speaker import Speaker
-from voices.tts import TTS, PiperTTS
+from voices.tts import TTS
 
 log = logging.getLogger(__name__)
 
 
 def build_tts(config: ServerConfig) -> TTS | None:
-    """The configured TTS backend (None for realtime, which speaks by itself). Blocking (piper loads here)."""
-    if config.tts == "piper":
-        return PiperTTS(config.REF_FILE)  # a piper .onnx voice by path (its .onnx.json beside it), or the CC0 one
-    if config.tts == "edgetts":
-        from voices.tts_edge import EdgeTTS
-
-        return EdgeTTS(config.REF_FILE) if config.REF_FILE else EdgeTTS()
-    if config.tts == "openai":
-        from voices.tts_http import OpenAITTS
-
-        return OpenAITTS(openai_endpoint(config, config.TTS_SERVER or config.llm_base_url),
-                         voice=config.REF_FILE or "alloy")
-    if config.tts == "gpt-sovits":
-        from voices.tts_http import GPTSoVITSTTS
-
-        assert config.REF_FILE is not None
-        return GPTSoVITSTTS(config.TTS_SERVER or "http://127.0.0.1:9880", ref_audio_path=config.REF_FILE,
-                            prompt_text=config.REF_TEXT or "")
-    if config.tts == "cosyvoice":
-        from voices.tts_cosyvoice import DEFAULT_SERVER, CosyVoiceTTS
-
-        assert config.REF_FILE is not None
-        return CosyVoiceTTS.from_file(config.TTS_SERVER or DEFAULT_SERVER, config.REF_FILE, config.REF_TEXT or "")
-    return None
-
-
-def openai_endpoint(config: ServerConfig, base_url: str | None = None) -> OpenAIEndpoint:
-    """The OpenAI(-compatible) or Azure OpenAI service of the options (base URL None: OPENAI_BASE_URL or OpenAI's)."""
-    return OpenAIEndpoint(base_url, config.llm_api_key, config.llm_azure_endpoint, config.llm_api_version)
+    """The --tts backend (None for realtime, which speaks by itself). Blocking (piper loads here). ConfigError."""
+    options = config.tts_options()
+    return create_tts(options) if options is not None else None
 
 
 def build_llm(config: ServerConfig) -> ChatModel:
-    if config.llm_base_url or config.llm_azure_endpoint:
-        return ChatLLM(openai_endpoint(config, config.llm_base_url), config.llm_model)
-    return LocalChatLLM()  # loads its weights on the first chat, once per process
+    """The chat model (the offline one loads its weights on the first chat, once per process). ConfigError."""
+    return create_llm(config.llm_options())
 
 
 class Services:
@@ -71,6 +42,7 @@ class Services:
         self._tts: dict[str, TTS] = {config.tts: tts} if tts is not None else {}
         self._tts_lock = asyncio.Lock()
         self.llm = llm
+        self._llm_options = config.llm_options()
         self._avatars: dict[str, tuple[Avatar, dict[int, ActionClip]]] = {}
         self._avatar_lock = asyncio.Lock()
         self._transcriber: Transcriber | None = None
@@ -107,7 +79,8 @@ class Services:
 
     def _load_avatar(self, avatar_id: str) -> tuple[Avatar, dict[int, ActionClip]]:
         avatar = load_avatar(avatar_id, self.config.avatars_dir)
-        actions = load_actions(avatar.path, avatar.frames.shape[1:3])
+        height, width = avatar.frames.shape[1:3]
+        actions = load_actions(avatar.path, (height, width))
         self.engine.bind(avatar)
         return avatar, actions
 
@@ -129,35 +102,33 @@ class Services:
     async def tts(self, name: str) -> TTS:
         """A TTS backend, built on first use and shared by the sessions that chose it. BadRequest if unknown."""
         self.check_voice(name)
-        if name == "realtime":
+        options = self.config.tts_options(name)
+        if options is None:
             raise BadRequest("the realtime voice is a speech-to-speech model, not a TTS backend")
         async with self._tts_lock:
             if name not in self._tts:
-                # --REF_FILE / --TTS_SERVER describe the --tts backend only; another one starts from its defaults.
-                own = dataclasses.replace(self.config, tts=name, REF_FILE=None, REF_TEXT=None, TTS_SERVER=None)
-                tts = await asyncio.to_thread(build_tts, own)
-                assert tts is not None
-                self._tts[name] = tts
+                self._tts[name] = await asyncio.to_thread(create_tts, options)
             return self._tts[name]
+
+    def conversation(self) -> Conversation:
+        """A new session's conversation with the chat model (--system_prompt, its own history)."""
+        return new_conversation(self.llm, self._llm_options)
 
     async def new_voice(self, session: Session, name: str | None = None) -> Voice:
         """A per-session voice: `name` from `voices` (default: the first). BadRequest if unknown."""
         c = self.config
         name = name or self.voices[0]
         if name == "realtime" and c.tts == "realtime":
-            endpoint = openai_endpoint(c)
-            return RealtimeVoice(session, lambda: RealtimeClient(endpoint, c.realtime_model, c.TTS_SERVER),
-                                 session_config(c.system_prompt, c.REF_FILE, c.realtime_turn_detection))
-        return Speaker(session, await self.tts(name), Conversation(self.llm, c.system_prompt),
-                       on_first_audio=session.stats.record_tts_first_audio, tasks=session.tasks)
+            realtime = c.realtime_options()
+            return RealtimeVoice(session, realtime.client, realtime.session_config())
+        return Speaker(session, await self.tts(name), self.conversation(),
+                       on_first_audio=session.stats.record_tts_first_audio)
 
     async def transcriber(self) -> Transcriber:
         """The speech recogniser, loaded on first use (a few seconds), once per process."""
         async with self._asr_lock:
             if self._transcriber is None:
-                c = self.config
-                self._transcriber = await asyncio.to_thread(Transcriber, c.asr_model, language=c.asr_language,
-                                                            device=c.asr_device)
+                self._transcriber = await asyncio.to_thread(create_transcriber, self.config.asr_options())
             return self._transcriber
 
     async def aclose(self) -> None:

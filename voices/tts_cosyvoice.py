@@ -17,17 +17,16 @@ import aiohttp
 import numpy as np
 
 from voices._http import HTTPBackend
+from voices.options import COSYVOICE_SERVER
 from voices.tts import TTSError
 from voices.tts_http import _READ_SIZE, _PCMStream, _stream_pcm
-
-DEFAULT_SERVER = "http://127.0.0.1:50000"
 
 
 class CosyVoiceTTS(HTTPBackend):
     error_type = TTSError
     name = "CosyVoice"
 
-    def __init__(self, server: str = DEFAULT_SERVER, *, prompt_wav: bytes, prompt_text: str = "",
+    def __init__(self, server: str = COSYVOICE_SERVER, *, prompt_wav: bytes, prompt_text: str = "",
                  sample_rate: int = 24000, connect_timeout: float = 10.0, read_timeout: float = 60.0) -> None:
         super().__init__(connect_timeout=connect_timeout, read_timeout=read_timeout)
         if prompt_wav[:4] != b"RIFF" or prompt_wav[8:12] != b"WAVE":

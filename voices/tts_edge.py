@@ -7,7 +7,6 @@ cannot be pointed at a fake service; ``resolver`` (DNS override) and
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterable
 
 import aiohttp
@@ -16,6 +15,7 @@ import numpy as np
 from av.codec.context import CodecContext
 
 from core.units import SAMPLE_RATE
+from voices.options import EDGE_VOICE
 from voices.tts import TTSError
 
 
@@ -51,7 +51,7 @@ class EdgeTTS:
 
     def __init__(
         self,
-        voice: str = "zh-CN-YunxiaNeural",
+        voice: str = EDGE_VOICE,
         *,
         rate: str = "+0%",
         volume: str = "+0%",
@@ -85,7 +85,7 @@ class EdgeTTS:
             raise TTSError(f"edge-tts returned no audio for voice {self.voice!r}") from e
         except ValueError as e:  # a malformed voice name or rate/volume/pitch string
             raise TTSError(f"edge-tts: {e}") from e
-        except (edge_tts.exceptions.EdgeTTSException, aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, edge_tts.exceptions.EdgeTTSException, aiohttp.ClientError, OSError) as e:
             raise TTSError(f"edge-tts failed: {e or type(e).__name__}") from e
         tail = decoder.flush()
         if tail.size:

@@ -14,6 +14,7 @@ import openai
 from core.audio import StreamResampler, pcm16_to_float
 from voices._http import HTTPBackend, given
 from voices.openai_api import OpenAIBackend, OpenAIEndpoint, describe
+from voices.options import GPT_SOVITS_SERVER, OPENAI_TTS_MODEL, OPENAI_VOICE
 from voices.tts import TTSError
 
 _READ_SIZE = 4800  # 100 ms of 24 kHz PCM16: small enough to pass audio on quickly
@@ -59,8 +60,8 @@ class OpenAITTS(OpenAIBackend):
         self,
         endpoint: OpenAIEndpoint,
         *,
-        model: str = "gpt-4o-mini-tts",
-        voice: str = "alloy",
+        model: str = OPENAI_TTS_MODEL,
+        voice: str = OPENAI_VOICE,
         pcm_rate: int = 24000,
         instructions: str | None = None,
         speed: float | None = None,
@@ -97,7 +98,7 @@ class GPTSoVITSTTS(HTTPBackend):
 
     def __init__(
         self,
-        server: str = "http://127.0.0.1:9880",
+        server: str = GPT_SOVITS_SERVER,
         *,
         ref_audio_path: str,
         prompt_text: str = "",
