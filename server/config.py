@@ -142,14 +142,14 @@ def _transports(text: str) -> tuple[str, ...]:
 
 
 def auth_tokens(given: Sequence[str], file: Path | None, env: str | None) -> tuple[str, ...]:
-    """The accepted tokens from the command line, a tokens file and the environment (ValueError: a bad one)."""
+    """The accepted tokens from the command line, a tokens file and the environment (ConfigError: a bad one)."""
     tokens = [*given, *([env] if env else [])]
     if file is not None:
         lines = file.read_text(encoding="utf-8").splitlines()
         tokens += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     for token in tokens:
         if len(token) < MIN_TOKEN_CHARS or not token.isprintable() or " " in token:
-            raise ValueError(f"an auth token must be at least {MIN_TOKEN_CHARS} printable characters without "
+            raise ConfigError(f"an auth token must be at least {MIN_TOKEN_CHARS} printable characters without "
                              f"spaces (got one of {len(token)})")
     return tuple(dict.fromkeys(tokens))
 
@@ -497,7 +497,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     values = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
     try:
         tokens = auth_tokens(a.auth_tokens, a.auth_tokens_file, os.environ.get(AUTH_TOKEN_ENV))
-    except (OSError, ValueError) as e:
+    except (OSError, ConfigError) as e:
         parser.error(str(e))
     values.update(  # from the environment where the command line has none
         auth_tokens=tokens,

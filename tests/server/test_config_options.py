@@ -102,6 +102,9 @@ def test_realtime_chat_and_asr_options() -> None:
     (["--transport", "srt"], "argument --transport: unknown transport 'srt'; choose from webrtc, rtmp"),
     (["--transport", "rtmp"], "--transport rtmp needs --push_url rtmp://host/app/stream"),
     (["--model", "wav2lip"], "argument --model: 'wav2lip' is not supported: this server runs MuseTalk"),
+    (["--auth_token", "short"], "an auth token must be at least 16 printable characters without spaces (got one "
+                                "of 5)"),
+    (["--auth_tokens_file", "/no/such/tokens"], "No such file or directory: '/no/such/tokens'"),
 ])
 def test_every_refused_value_names_its_option(argv: list[str], message: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
@@ -109,6 +112,15 @@ def test_every_refused_value_names_its_option(argv: list[str], message: str,
         parse_args(argv)
     err = " ".join(capsys.readouterr().err.split())
     assert exc.value.code == 2 and message in err, err
+
+
+def test_auth_tokens_come_from_the_command_line_a_file_and_the_environment(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    file = tmp_path / "tokens"
+    file.write_text("# operators\n" + "f" * 16 + "\n\n" + "c" * 16 + "\n", encoding="utf-8")
+    monkeypatch.setenv("AVATAR_AUTH_TOKEN", "e" * 16)
+    c = parse_args(["--auth_token", "c" * 16, "--auth_tokens_file", str(file)])
+    assert c.auth_tokens == ("c" * 16, "e" * 16, "f" * 16)  # once each
 
 
 def test_a_config_made_in_code_is_checked_the_same_way() -> None:
