@@ -7,7 +7,7 @@ import importlib.util
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import openai
 
@@ -15,6 +15,9 @@ from voices._http import given
 from voices._threads import LLM_POOL, stream_from_thread
 from voices.openai_api import OpenAIBackend, OpenAIEndpoint, describe
 from voices.options import DEFAULT_SYSTEM_PROMPT
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
 
@@ -43,7 +46,8 @@ class ChatLLM(OpenAIBackend):
         started = False
         try:
             stream = await self._client.chat.completions.create(
-                model=self.model, messages=list(messages), stream=True, **self._options)  # type: ignore[call-overload]
+                model=self.model, messages=cast("list[ChatCompletionMessageParam]", list(messages)), stream=True,
+                **self._options)
             async with stream:
                 async for chunk in stream:
                     started = True
@@ -105,7 +109,10 @@ class LocalChatLLM:
         return _load_local(self.model_dir or smollm2_dir(), self.gguf_file)
 
     async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
-        async for delta in stream_from_thread(lambda emit, stop: self._generate(list(messages), emit, stop), LLM_POOL):
+        def produce(emit: Callable[[str], None], stop: threading.Event) -> None:
+            self._generate(list(messages), emit, stop)
+
+        async for delta in stream_from_thread(produce, LLM_POOL):
             yield delta
 
     def _generate(self, messages: list[Message], emit: Callable[[str], None], stop: threading.Event) -> None:

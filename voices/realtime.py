@@ -259,7 +259,7 @@ class RealtimeClient:
         return [*out, ResponseDone(response_id, status)]
 
 
-def _handshake_message(body: bytes | None) -> str:
+def _handshake_message(body: bytes | bytearray | None) -> str:
     """The service's message from a refused handshake's body (OpenAI's JSON error shape), else its text."""
     text = (body or b"").decode("utf-8", "replace").strip()
     try:

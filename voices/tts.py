@@ -106,7 +106,10 @@ class PiperTTS:
     async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
         if not text.strip():
             return
-        async for chunk in stream_from_thread(lambda emit, stop: self._run(text, emit, stop), TTS_POOL):
+        def produce(emit: Callable[[np.ndarray], None], stop: threading.Event) -> None:
+            self._run(text, emit, stop)
+
+        async for chunk in stream_from_thread(produce, TTS_POOL):
             yield chunk
 
     def _run(self, text: str, emit: Callable[[np.ndarray], None], stop: threading.Event) -> None:

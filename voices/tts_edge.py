@@ -8,6 +8,7 @@ cannot be pointed at a fake service; ``resolver`` (DNS override) and
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import aiohttp
 import av
@@ -35,7 +36,7 @@ class MP3StreamDecoder:
         return np.concatenate(out).astype(np.float32)
 
     def _decode(self, packets: Iterable[av.Packet | None]) -> np.ndarray:
-        out = [np.zeros(0, np.float32)]
+        out: list[np.ndarray] = [np.zeros(0, np.float32)]
         for packet in packets:
             try:
                 frames = self._codec.decode(packet)
@@ -62,7 +63,7 @@ class EdgeTTS:
         resolver: aiohttp.abc.AbstractResolver | None = None,
     ) -> None:
         self.voice = voice
-        self._options = dict(rate=rate, volume=volume, pitch=pitch, proxy=proxy,
+        self._options: dict[str, Any] = dict(rate=rate, volume=volume, pitch=pitch, proxy=proxy,
                              connect_timeout=connect_timeout, receive_timeout=receive_timeout)
         self._resolver = resolver
 
