@@ -103,4 +103,4 @@ async def reference_speaker(config: ServerConfig, services: Services, session: S
         tts = await asyncio.to_thread(create_tts, own)  # CosyVoice reads the recording
     except TTSError as e:
         raise BadRequest(f"'refaudio': {e}") from e
-    return OwnVoiceSpeaker(session, tts, services.conversation())
+    return OwnVoiceSpeaker(session, tts, services.conversation(), tasks=session.tasks)

@@ -122,7 +122,7 @@ class Services:
             realtime = c.realtime_options()
             return RealtimeVoice(session, realtime.client, realtime.session_config())
         return Speaker(session, await self.tts(name), self.conversation(),
-                       on_first_audio=session.stats.record_tts_first_audio)
+                       on_first_audio=session.stats.record_tts_first_audio, tasks=session.tasks)
 
     async def transcriber(self) -> Transcriber:
         """The speech recogniser, loaded on first use (a few seconds), once per process."""
