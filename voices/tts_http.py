@@ -88,8 +88,8 @@ class OpenAITTS(OpenAIBackend):
 class GPTSoVITSTTS(HTTPBackend):
     """GPT-SoVITS ``api_v2`` in streaming mode (``POST {server}/tts``).
 
-    ``ref_audio_path`` is a path on the GPT-SoVITS server (LiveTalking's
-    ``--REF_FILE``), ``prompt_text`` its transcript (``--REF_TEXT``).
+    ``ref_audio_path`` is the reference audio's path on the GPT-SoVITS
+    server, ``prompt_text`` its transcript.
     The sample rate comes from the WAV header (32 kHz for v2 models).
     """
 
