@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -267,7 +268,7 @@ def config(avatars_dir: Path, tmp_path: Path) -> ServerConfig:
 def serve(engine: LiteEngine) -> Callable[..., AbstractAsyncContextManager[Server]]:
     """serve(config, **changes) -> async context manager yielding a testing.server_client.Server."""
 
-    def start(config: ServerConfig, **changes: object) -> AbstractAsyncContextManager[Server]:
+    def start(config: ServerConfig, **changes: Any) -> AbstractAsyncContextManager[Server]:
         config = dataclasses.replace(config, **changes)
         return running_server(config, Services(config, engine, build_tts(config), build_llm(config)))
 

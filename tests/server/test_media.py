@@ -1,6 +1,7 @@
 """server/media.py: the 16 -> 48 kHz upsampler, the tracks' frames, timestamps and bounded queues, the tracks as a
 session's sink; then a real aiortc peer receiving the session's tracks over loopback."""
 import asyncio
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ async def test_a_video_frame_is_the_ticks_picture_at_the_ticks_90khz_time() -> N
     out = tick(7)
     track.push(out)
     frame = await track.recv()
-    assert frame.pts == 7 * 3600 and frame.time_base * VIDEO_CLOCK_RATE == 1
+    assert frame.pts == 7 * 3600 and frame.time_base == Fraction(1, VIDEO_CLOCK_RATE)
     np.testing.assert_array_equal(frame.to_ndarray(format="bgr24"), out.frame)
     track.stop()
 
@@ -66,7 +67,7 @@ async def test_a_tick_becomes_two_20ms_audio_frames_at_48khz_with_consecutive_ti
     frames = [await track.recv() for _ in range(2)]
     assert [f.pts for f in frames] == [10 * 960, 11 * 960]
     for f in frames:
-        assert f.sample_rate == AUDIO_OUT_RATE and f.time_base * AUDIO_OUT_RATE == 1 and f.format.name == "s16"
+        assert f.sample_rate == AUDIO_OUT_RATE and f.time_base == Fraction(1, AUDIO_OUT_RATE) and f.format.name == "s16"
         assert f.samples == AUDIO_OUT_SAMPLES_PER_FRAME and f.layout.name == "mono"
     pcm = np.concatenate([f.to_ndarray().ravel() for f in frames])
     assert abs(int(pcm[-1]) - 16384) <= 40  # the level, once the low-pass has settled
@@ -81,7 +82,7 @@ async def test_a_consumer_that_falls_behind_loses_the_oldest_ticks_and_gets_the_
         video.push(out)
         audio.push(out)
     assert video.dropped == 4 and audio.dropped == 8  # two audio frames per tick
-    assert [(await video.recv()).pts // 3600 for _ in range(QUEUE_TICKS)] == list(range(4, QUEUE_TICKS + 4))
+    assert [(await video.recv()).pts for _ in range(QUEUE_TICKS)] == [k * 3600 for k in range(4, QUEUE_TICKS + 4)]
     assert (await audio.recv()).pts == 2 * 4 * 960
     video.stop()
     audio.stop()

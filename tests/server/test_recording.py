@@ -62,6 +62,11 @@ async def record(session: Session, path: Path, ticks: list[OutputTick]) -> Recor
     return recorder
 
 
+def seconds(frame: av.VideoFrame | av.AudioFrame) -> float:
+    assert frame.time is not None, "a decoded frame without a timestamp"
+    return frame.time
+
+
 def read_back(path: Path) -> tuple[list[tuple[float, np.ndarray]], float, np.ndarray]:
     """(time in s, picture) of every video frame; the audio's start time in s and its samples."""
     with av.open(str(path)) as container:
@@ -69,10 +74,10 @@ def read_back(path: Path) -> tuple[list[tuple[float, np.ndarray]], float, np.nda
         (audio,) = container.streams.audio
         assert (video.codec_context.name, audio.codec_context.name) == ("h264", "aac")
         assert audio.codec_context.sample_rate == SAMPLE_RATE and audio.codec_context.layout.nb_channels == 1
-        frames = [(float(f.time), f.to_ndarray(format="bgr24")) for f in container.decode(video)]
+        frames = [(seconds(f), f.to_ndarray(format="bgr24")) for f in container.decode(video)]
         container.seek(0)
         parts = list(container.decode(audio))
-    return frames, float(parts[0].time), np.concatenate([p.to_ndarray()[0] for p in parts])
+    return frames, seconds(parts[0]), np.concatenate([p.to_ndarray()[0] for p in parts])
 
 
 @pytest.mark.parametrize("session_id", ["abc", "A-b_9", "x" * 64])
