@@ -99,6 +99,8 @@ class Output:
 
     # -- the tick ------------------------------------------------------------------------------------------
     def tick(self, k: int, wait_for_video: float = 0.0) -> OutputTick:
+        if self._action is not None and k - self._action[2] >= self._action[0].n_ticks:
+            self._action = None  # its ticks were skipped (the clock stalled past its end): it is over
         tick_audio = self._take_audio(k)
         video = self._take_video(k, wait_for_video if tick_audio is not None and not tick_audio.silent else 0.0)
         events: list[Event] = []

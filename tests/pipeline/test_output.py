@@ -67,3 +67,15 @@ async def test_switches_to_and_from_an_action_clip_still_crossfade() -> None:
     blend = before.frame.astype(float) + (plain - before.frame.astype(float)) / 3
     assert np.allclose(speech.frame, blend, atol=0.51) and not np.array_equal(speech.frame, plain.astype(np.uint8))
     await session.close()
+
+
+async def test_an_action_clip_whose_ticks_were_skipped_is_over() -> None:
+    """The clock skips ticks after a long stall of the event loop: a clip it skipped past ends (it once raised an
+    IndexError in the ticker, which then stopped the session's output)."""
+    clip = ActionClip(frames=np.full((3, 64, 64, 3), 250, np.uint8))
+    session = Session("s", synthetic_avatar(), ProbeEngine(), actions={5: clip}, stepped=True)
+    await session.start()
+    session.step()
+    session.set_audiotype(5)  # from tick 1
+    assert session.output.tick(30).source == "idle" and session.output.action is None
+    await session.close()
