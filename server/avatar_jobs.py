@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.tasks import TaskOwner
 from server.errors import Conflict, TooBusy, Unavailable
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,9 @@ def leftovers(avatars_dir: Path, avatar_id: str) -> list[Path]:
 
 
 class AvatarJobs:
-    def __init__(self, avatars_dir: Path, models_dir: Path) -> None:
+    def __init__(self, avatars_dir: Path, models_dir: Path, tasks: TaskOwner) -> None:
+        """`tasks`: the app's owner, in which the runner and the children's stderr readers run."""
+        self._tasks = tasks
         self.avatars_dir = Path(avatars_dir).resolve()
         self.models_dir = Path(models_dir).resolve()
         self._jobs: dict[str, AvatarJob] = {}
@@ -138,7 +141,7 @@ class AvatarJobs:
         self._forget_old()
         self._queue.put_nowait(job)
         if self._runner is None:
-            self._runner = asyncio.create_task(self._run(), name="avatar-jobs")
+            self._runner = self._tasks.spawn(self._run(), "avatar-jobs")
         return job
 
     async def cancel(self, job: AvatarJob) -> None:
@@ -221,7 +224,7 @@ class AvatarJobs:
         stderr_tail: deque[str] = deque(maxlen=5)
         error: str | None = None
         try:
-            drain = asyncio.create_task(_collect(child.stderr, stderr_tail))
+            drain = self._tasks.spawn(_collect(child.stderr, stderr_tail), f"avatar-job-stderr-{job.id}")
             async for line in _lines(child.stdout):
                 error = self._progress(job, line) or error
             await child.wait()

@@ -365,7 +365,7 @@ def setup(app: web.Application) -> None:
     """The routes (all under the token when one is configured) and the jobs' lifetime (closed on shutdown)."""
     async def start(app: web.Application) -> None:
         config = app[STATE].config
-        app[JOBS] = AvatarJobs(config.avatars_dir, config.models_dir)
+        app[JOBS] = AvatarJobs(config.avatars_dir, config.models_dir, app[STATE].tasks)
 
     async def stop(app: web.Application) -> None:
         await app[JOBS].close()
