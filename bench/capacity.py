@@ -183,6 +183,7 @@ async def server_main(args: argparse.Namespace) -> None:
         return
     one = results[0]
     verdict = "met" if best.n >= args.target else ("not reached yet" if capped else "MISSED")
+    cores = os.cpu_count() or 1
     print(f"\nanswer: {best.n}{'+' if capped else ''} concurrent lite sessions hold 25 fps with zero dropped/repeated "
           f"frames on this machine (target >= {args.target}: {verdict})"
           f"{'; the largest N tried passed (raise --max_sessions)' if capped else f'; N={results[-1].n} failed'}.\n"
@@ -190,8 +191,8 @@ async def server_main(args: argparse.Namespace) -> None:
           f"{100 * one.cpu_per_session:.1f} % of one core = {one.cpu_ms_per_frame:.2f} ms per frame with one session; "
           f"{100 * best.cpu_per_session:.1f} % = {best.cpu_ms_per_frame:.2f} ms at N={best.n} (lower once the cores "
           f"are saturated: the process gets less time, sessions do not get cheaper).\n"
-          f"at the one-session rate a server with the {os.cpu_count()} cores to itself (viewers elsewhere) would fit "
-          f"~{os.cpu_count() / one.cpu_per_session:.0f} sessions, ~{1 / one.cpu_per_session:.1f} per core")
+          f"at the one-session rate a server with the {cores} cores to itself (viewers elsewhere) would fit "
+          f"~{cores / one.cpu_per_session:.0f} sessions, ~{1 / one.cpu_per_session:.1f} per core")
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -27,6 +27,7 @@ import time
 import numpy as np
 import torch
 from transformers import WhisperConfig
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from bench.common import machine
 from bench.sessions import (
@@ -46,7 +47,7 @@ from engines.musetalk_engine import MuseTalkEngine
 from musetalk.avatar import Avatar
 from musetalk.config import unet_config, unet_tiny_config, vae_config, vae_tiny_config
 from musetalk.models import MuseTalkModels, PositionalEncoding, build_unet, build_vae
-from musetalk.whisper import build_encoder, whisper_tiny_config
+from musetalk.whisper import build_encoder, moved, whisper_tiny_config
 from testing.probe import synthetic_avatar
 
 CONFIGS = ("full", "tiny", "micro")
@@ -78,7 +79,7 @@ def configs(config: str) -> tuple[dict, dict, WhisperConfig]:
     return unet, dict(vae_config(), block_out_channels=[8, 8, 8, 8], norm_num_groups=4), whisper
 
 
-def build_models(config: str, device: torch.device) -> tuple[MuseTalkModels, torch.nn.Module]:
+def build_models(config: str, device: torch.device) -> tuple[MuseTalkModels, WhisperEncoder]:
     """Random weights of `config`'s architectures: fp16 on CUDA, fp32 on a CPU."""
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     unet_cfg, vae_cfg, whisper = configs(config)
@@ -86,7 +87,7 @@ def build_models(config: str, device: torch.device) -> tuple[MuseTalkModels, tor
     with device:  # initialised on the device: seconds instead of ~15 s of CPU init for 0.9 B parameters
         unet = build_unet(unet_cfg).to(dtype).eval().requires_grad_(False)
         vae = build_vae(vae_cfg).to(dtype).eval().requires_grad_(False)
-        encoder = build_encoder(whisper).to(dtype).eval()
+        encoder = moved(build_encoder(whisper), dtype=dtype).eval()
         pe = PositionalEncoding(whisper.d_model).to(dtype).eval()
     return MuseTalkModels(unet, vae, pe, device, dtype, "v15"), encoder
 
@@ -99,7 +100,8 @@ def batch_row(engine: MuseTalkEngine, batch: int, repeats: int) -> str:
     """One row of part 1: jobs of exactly one batch each through the engine's batcher (its owner thread runs the
     models and their graphs; the faces model records its UNet / VAE split there); wall times from submit to
     result, so they include the hand-over to that thread (~0.1 ms)."""
-    faces: FacesModel = engine.batch_models[FACES]
+    faces = engine.batch_models[FACES]
+    assert isinstance(faces, FacesModel)  # the engine's own, not simulated: part 1 reads its timings
     run = engine.runner
     cuda = engine.models.device.type == "cuda"
     rng = np.random.default_rng(batch)
@@ -216,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
           f"engine built and warmed up in {time.perf_counter() - started:.0f} s", flush=True)
     try:
         run_parts(engine, loaded, args)
+        assert isinstance(engine.runner, Batcher)  # simulated(Batcher, ...) builds one too
         stats = engine.runner.stats
         print(f"\nbatcher: {stats.batches} batches, {stats.rows} rows + {stats.padded_rows} padding, "
               f"{stats.late_jobs} late jobs, {stats.stale_jobs} stale; process peak RSS "
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         engine.close()
 
 
-def run_parts(engine: MuseTalkEngine, loaded: tuple[MuseTalkModels, torch.nn.Module], args: argparse.Namespace
+def run_parts(engine: MuseTalkEngine, loaded: tuple[MuseTalkModels, WhisperEncoder], args: argparse.Namespace
               ) -> None:
     if not args.skip_batches:
         cuda = engine.models.device.type == "cuda"
@@ -260,7 +263,7 @@ def simulated(kind: type, costs: tuple[Cost, Cost] | None, width: int):
     return build
 
 
-def compare_lock(engine: MuseTalkEngine, loaded: tuple[MuseTalkModels, torch.nn.Module], avatar: Avatar,
+def compare_lock(engine: MuseTalkEngine, loaded: tuple[MuseTalkModels, WhisperEncoder], avatar: Avatar,
                  args: argparse.Namespace) -> None:
     """Part 3: throughput of the same N stepped sessions (speech given ahead, driven as fast as they render) through
     the engine's batcher and through the old way (eager models, each worker calling them under one lock),

@@ -14,9 +14,10 @@ import argparse
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -46,11 +47,11 @@ class LipSyncBench:
     sessionid: str
     receiver: LoopbackReceiver
     region: tuple[slice, slice]
-    emitted: list[tuple[float, str]] = field(default_factory=list)  # (time, source) of each tick sent
+    emitted: list[tuple[float, Source]] = field(default_factory=list)  # (time, source) of each tick sent
 
-    async def run(self, trials: int, start: Callable[[int], Awaitable[object]]) -> list[tuple[float, ...]]:
+    async def run(self, trials: int, start: Callable[[int], Coroutine[Any, Any, object]]) -> list[tuple[float, ...]]:
         """`trials` timings of speech started by `start(i)`; a trial with no lip-synced frame is reported."""
-        rows = []
+        rows: list[tuple[float, ...]] = []
         for i in range(trials):
             row = await self.trial(functools.partial(start, i))
             if row is None:
@@ -59,11 +60,14 @@ class LipSyncBench:
                 rows.append(row)
         return rows
 
-    async def trial(self, start: Callable[[], Awaitable[object]]) -> tuple[float, float, float, float] | None:
+    async def trial(self, start: Callable[[], Coroutine[Any, Any, object]]
+                    ) -> tuple[float, float, float, float] | None:
         """Once the avatar is quiet, start speech (`start()`, run beside the timing) and return (start -> the
         mouth moves at the receiver, the part before the session, the session's own part, transport), or None
         when no lip-synced frame came within 10 s."""
-        session = self.server.state.registry.get(self.sessionid).session
+        live = self.server.state.registry.get(self.sessionid)
+        assert live is not None, "the bench's session ended"
+        session = live.session
         while session.speaking:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)
@@ -97,7 +101,9 @@ async def lip_sync_bench() -> AsyncIterator[LipSyncBench]:
         receiver = LoopbackReceiver()
         sid = await receiver.connect_http(server.http, server.url)
         bench = LipSyncBench(server, sid, receiver, mouth_region(load_avatar("demo")))
-        server.state.registry.get(sid).session.add_sink(lambda out: bench.emitted.append((now_ms(), out.source)))
+        live = server.state.registry.get(sid)
+        assert live is not None, "the session ended at once"
+        live.session.add_sink(lambda out: bench.emitted.append((now_ms(), out.source)))
         await asyncio.sleep(2.0)
         try:
             yield bench

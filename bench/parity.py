@@ -29,6 +29,7 @@ import numpy as np
 
 from core.items import Source
 from core.units import SAMPLE_RATE
+from engines.base import Engine
 from musetalk.audio_features import frame_chunks, whisper_steps
 from musetalk.avatar import DEFAULT_AVATARS_DIR, Avatar, load_avatar
 from musetalk.avatar_prepare import DEFAULT_MODELS_DIR
@@ -59,7 +60,8 @@ def offline_frames(engine, avatar: Avatar, audio: np.ndarray) -> tuple[list[np.n
     return frames, chunks
 
 
-async def streamed_frames(engine, avatar: Avatar, audio: np.ndarray, realtime: bool) -> list[tuple[np.ndarray, str]]:
+async def streamed_frames(engine: Engine, avatar: Avatar, audio: np.ndarray, realtime: bool
+                          ) -> list[tuple[np.ndarray, Source]]:
     """(frame, source) of every tick of the utterance, through a stepped session; frame i is utterance frame i.
     (The engine's ``features_observer`` sees the features of each batch on the way.)"""
     from core.events import Event, EventKind
@@ -82,7 +84,7 @@ async def streamed_frames(engine, avatar: Avatar, audio: np.ndarray, realtime: b
     return [(o.frame, o.source) for o in outs[first:first + ticks]]
 
 
-def compare(streamed: list[tuple[np.ndarray, str]], offline: list[np.ndarray], avatar: Avatar,
+def compare(streamed: list[tuple[np.ndarray, Source]], offline: list[np.ndarray], avatar: Avatar,
             streamed_features: dict[int, np.ndarray], offline_features: np.ndarray) -> list[dict]:
     """Per frame: PSNR over the pasted face region, and the relative L2 of the streamed features against the
     official ones (NaN where the streaming path did not run the model)."""

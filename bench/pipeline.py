@@ -29,7 +29,7 @@ from bench.measure import (
     video_onsets,
 )
 from bench.receivers import WHOLE_FRAME, ReceiverClient, half_open_times
-from core.items import Source
+from core.items import OutputTick, Source
 from engines.base import Engine
 from engines.lite import LiteEngine
 from musetalk.avatar import Avatar, load_avatar
@@ -52,8 +52,12 @@ def tone(seconds: float) -> np.ndarray:
 async def session_latency(avatar: Avatar, engine: Engine, trials: int) -> list[float]:
     session = Session("latency", avatar, engine)
     first_speech: list[float] = []
-    session.add_sink(
-        lambda out: out.source is Source.SPEECH and not first_speech and first_speech.append(time.monotonic()))
+
+    def note_first_speech(out: OutputTick) -> None:
+        if out.source is Source.SPEECH and not first_speech:
+            first_speech.append(time.monotonic())
+
+    session.add_sink(note_first_speech)
     await session.start()
     results = []
     for _ in range(trials):

@@ -80,6 +80,7 @@ class CountingPeer(LoopbackReceiver):
     async def _consume(self, track, arrivals: object) -> None:
         async for frame in frames_of(track):
             if track.kind == "video":
+                assert frame.pts is not None  # aiortc stamps every frame it decodes
                 self.video_pts.append(frame.pts)
             else:
                 self.audio_frames += 1

@@ -20,6 +20,7 @@ import argparse
 
 import numpy as np
 import torch
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from bench.common import machine
 from core.units import TICK_SECONDS
@@ -58,7 +59,7 @@ def relative_l2(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return np.linalg.norm(got - want, axis=axes) / np.maximum(np.linalg.norm(want, axis=axes), 1e-12)
 
 
-def streamed_errors(encoder: torch.nn.Module, audio: np.ndarray, right_context_s: float, batch: int,
+def streamed_errors(encoder: WhisperEncoder, audio: np.ndarray, right_context_s: float, batch: int,
                     cache: dict[int, np.ndarray]) -> np.ndarray:
     """Per frame of the utterance: relative L2 of the streamed features against the whole utterance's."""
     def steps(window: np.ndarray, first_step: int) -> np.ndarray:

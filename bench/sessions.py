@@ -185,8 +185,12 @@ async def run_throughput(engine: MuseTalkEngine, avatar: Avatar, n: int, seconds
             await s.end_speech()
         started = time.perf_counter()
         # Each session's clock stepped by its own thread, each tick waiting for its face: sessions in parallel.
-        await asyncio.gather(*(asyncio.to_thread(lambda s=s: [s.step(wait_for_video=120.0) for _ in range(ticks)])
-                               for s in sessions))
+
+        def run(session: Session) -> None:
+            for _ in range(ticks):
+                session.step(wait_for_video=120.0)
+
+        await asyncio.gather(*(asyncio.to_thread(run, s) for s in sessions))
         elapsed = time.perf_counter() - started
     finally:
         for s in sessions:

@@ -28,7 +28,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av import VideoFrame
 
 from bench.common import machine
-from engines.lite import LiteEngine, LiteRenderer
+from engines.lite import LiteBinding, LiteEngine, LiteRenderer
 from musetalk.audio_features import (
     StreamingFeatures,
     log_mel,
@@ -120,7 +120,9 @@ def interleaved(calls: dict[str, Call], repeats: int, warmup: int = 3) -> dict[s
 
 def frame_path_calls(avatar: Avatar) -> dict[str, Call]:
     """Face render, paste-back and VP8 encode of moving-mouth frames, one frame per call."""
-    renderer = LiteRenderer(LiteEngine().bind(avatar))
+    binding = LiteEngine().bind(avatar)
+    assert isinstance(binding, LiteBinding)
+    renderer = LiteRenderer(binding)
     plan = avatar.blend_plan(0)
     frame = np.asarray(avatar.frames[0])
     faces = [renderer.face(0, float(o)) for o in OPENINGS]
@@ -194,8 +196,11 @@ def mel_rows(repeats: int) -> list[Row]:
     placed[:len(audio[2.3])] = audio[2.3]
     calls: dict[str, Call] = {"v1.5 log-mel, full 30 s (every STFT frame)":
                               lambda _: normalise_log_mel(log_mel(placed))}
-    calls |= {f"v1.5 log-mel, placed_log_mel, {s:g} s of audio": (lambda _, a=a: placed_log_mel(a))
-              for s, a in audio.items()}
+
+    def placed_call(a: np.ndarray) -> Call:
+        return lambda _: placed_log_mel(a)
+
+    calls |= {f"v1.5 log-mel, placed_log_mel, {s:g} s of audio": placed_call(a) for s, a in audio.items()}
     return [Row(name, t, 16, "step") for name, t in interleaved(calls, repeats, warmup=2).items()]
 
 

@@ -117,11 +117,11 @@ class LiteRenderer(Renderer):
             return crop.copy()
         map_y = self.binding.map_y - open_px * field
         face = cv2.remap(crop, self.binding.map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        alpha = np.zeros((FACE_SIZE, FACE_SIZE), np.uint8)
+        mouth = np.zeros((FACE_SIZE, FACE_SIZE), np.uint8)
         center = (round(geo.cx * 4), round((geo.lip_y + open_px / 2) * 4))
         axes = (round(geo.half_w * 0.85 * 4), max(1, round(open_px / 2 * 4)))
-        cv2.ellipse(alpha, center, axes, 0, 0, 360, 255, -1, cv2.LINE_AA, shift=2)
-        alpha = cv2.GaussianBlur(alpha, (5, 5), 0).astype(np.float32)[:, :, None] / 255.0
+        cv2.ellipse(mouth, center, axes, 0, 0, 360, (255,), -1, cv2.LINE_AA, shift=2)
+        alpha = cv2.GaussianBlur(mouth, (5, 5), 0).astype(np.float32)[:, :, None] / 255.0
         interior = np.array(MOUTH_INTERIOR_BGR, np.float32)
         return (face * (1.0 - alpha) + interior * alpha + 0.5).astype(np.uint8)
 

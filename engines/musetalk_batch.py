@@ -35,6 +35,7 @@ import torch
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from engines.batcher import BatchModel, Job, JobRunner, Rows
+from musetalk.config import Version
 from musetalk.inference import decoded_pixels, faces_to_latents, to_host, unet_latents
 from musetalk.models import MuseTalkModels
 from musetalk.whisper import encoder_states
@@ -152,7 +153,8 @@ class FacesModel(_GraphModel):
             lat = torch.as_tensor(latents).to(m.device, m.dtype)
             if self.channels_last:
                 lat = lat.contiguous(memory_format=torch.channels_last)
-            marks = _Marks(m.device) if self.timings is not None else None
+            timings = self.timings
+            marks = _Marks(m.device) if timings is not None else None
             pred = self.unet(feats, lat)
             if marks is not None:
                 marks.mark()
@@ -160,9 +162,9 @@ class FacesModel(_GraphModel):
             if marks is not None:
                 marks.mark()
             out = to_host(pixels)
-        if marks is not None:
+        if timings is not None and marks is not None:
             unet_s, vae_s = marks.seconds()
-            self.timings.append((len(chunks), unet_s, vae_s))
+            timings.append((len(chunks), unet_s, vae_s))
         return out
 
 
@@ -217,7 +219,7 @@ def musetalk_sizes(max_faces: int, graphs: bool) -> dict[str, tuple[int, ...]]:
     return sizes if graphs else {kind: tuple(range(1, max(s) + 1)) for kind, s in sizes.items()}
 
 
-def encode_window_batched(runner: JobRunner, audio: np.ndarray, version: str, first_step: int, deadline: float,
+def encode_window_batched(runner: JobRunner, audio: np.ndarray, version: Version, first_step: int, deadline: float,
                           turn: int = 0, current_turn: Callable[[], int] | None = None) -> np.ndarray:
     """``musetalk.audio_features.encode_window`` through a job runner (a `Batcher`): the log-mel here (the caller's
     thread, CPU), the encoder pass in a batch with other sessions' windows."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from core.units import TICK_SAMPLES
 from engines.base import (
@@ -56,7 +56,7 @@ from engines.musetalk_batch import (
 )
 from musetalk.audio_features import SEGMENT_STEPS, StepFunction, StreamingFeatures
 from musetalk.avatar import Avatar, face_crops
-from musetalk.config import FACE_SIZE
+from musetalk.config import FACE_SIZE, check_version
 from musetalk.models import ModelPaths, MuseTalkModels, load_models
 from musetalk.whisper import load_encoder
 
@@ -98,7 +98,7 @@ class MuseTalkEngine(Engine):
                  device: str | None = None, left_context_s: float | None = None,
                  right_context_s: float = DEFAULT_RIGHT_CONTEXT_S, graph_mode: str | None = AUTO,
                  channels_last: bool | None = None, max_sessions: int = DEFAULT_MAX_SESSIONS,
-                 loaded: tuple[MuseTalkModels, torch.nn.Module] | None = None,
+                 loaded: tuple[MuseTalkModels, WhisperEncoder] | None = None,
                  runner: Callable[[dict[str, BatchModel], dict[str, tuple[int, ...]]], JobRunner] | None = None
                  ) -> None:
         """`graph_mode`: ``engines.musetalk_batch.GRAPH_MODES`` or None; "auto": cudagraphs on CUDA, none on a CPU.
@@ -107,7 +107,7 @@ class MuseTalkEngine(Engine):
         per kind (default: a `Batcher`; bench.gpu passes its lock-serialised baseline and simulated models)."""
         super().__init__()
         started = time.perf_counter()
-        self.version = version
+        self.version = check_version(version)
         if loaded is None:
             self.models: MuseTalkModels = load_models(models_dir, version, device)
             self.encoder = load_encoder(ModelPaths(Path(models_dir), version).whisper, version, self.models.device,
@@ -232,7 +232,7 @@ class MuseTalkRenderer(Renderer):
         origin = first * TICK_SAMPLES - request.left_samples
         end = origin + len(request.audio)
         final = request.utterance_samples is not None
-        if final:
+        if request.utterance_samples is not None:
             end = request.utterance_samples
         latents = self.binding.latents[list(request.cycle_indices)]
         tag = JobTag(request.deadline, request.turn, request.current_turn)

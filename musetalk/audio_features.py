@@ -148,9 +148,9 @@ def mel_segments(audio: np.ndarray, version: Version) -> tuple[torch.Tensor, lis
         mel = normalise_log_mel(log_mel(audio)) if len(audio) >= SAMPLES_PER_STEP else torch.zeros(N_MELS, 0)
         mels, steps = [], []
         for start in range(0, mel.shape[1], SEGMENT_MEL_FRAMES):
-            segment = mel[:, start:start + SEGMENT_MEL_FRAMES]
-            mels.append(torch.nn.functional.pad(segment, (0, SEGMENT_MEL_FRAMES - segment.shape[1])))
-            steps.append(segment.shape[1] // 2)
+            frames = mel[:, start:start + SEGMENT_MEL_FRAMES]
+            mels.append(torch.nn.functional.pad(frames, (0, SEGMENT_MEL_FRAMES - frames.shape[1])))
+            steps.append(frames.shape[1] // 2)
     if not mels:
         return torch.zeros(0, N_MELS, SEGMENT_MEL_FRAMES), []
     return torch.stack(mels), steps

@@ -27,10 +27,10 @@ import numpy as np
 
 from musetalk.blending import BlendPlan, prepare_blend
 from musetalk.config import FACE_SIZE, LATENT_SIZE, check_version
-from musetalk.face import N_LANDMARKS
+from musetalk.face import N_LANDMARKS, Box
 
 FORMAT_VERSION = 1
-DEFAULT_AVATARS_DIR = Path("avatars")
+DEFAULT_AVATARS_DIR: Path = Path("avatars")
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _MANIFEST_KEYS = ("format_version", "avatar_id", "fps", "width", "height", "n_frames", "source", "version",
                   "bbox_shift", "extra_margin", "created", "latents")
@@ -98,15 +98,15 @@ class Avatar:
 
     def mask(self, i: int) -> np.ndarray:
         """The crop-sized blend mask of original frame i."""
-        x1, y1, x2, y2 = (int(v) for v in self.crop_boxes[i])
+        x1, y1, x2, y2 = _box(self.crop_boxes[i])
         return self.masks[i, :y2 - y1, :x2 - x1]
 
     def blend_plan(self, i: int) -> BlendPlan:
         """The precomputed paste of a generated face into original frame i (built once, then cached)."""
         plan = self._plans.get(i)
         if plan is None:  # two sessions may both build it: the same plan, one of them kept
-            plan = prepare_blend(tuple(int(v) for v in self.face_boxes[i]), tuple(int(v) for v in self.crop_boxes[i]),
-                                 self.mask(i), self.frames.shape[1:3])
+            plan = prepare_blend(_box(self.face_boxes[i]), _box(self.crop_boxes[i]), self.mask(i),
+                                 self.frames.shape[1:3])
             plan = self._plans.setdefault(i, plan)
         return plan
 
@@ -152,6 +152,12 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
         raise AvatarError(f"avatar folder {folder}: format_version {manifest['format_version']!r} is not supported "
                           f"(expected {FORMAT_VERSION}); prepare it again")
     return manifest
+
+
+def _box(row: np.ndarray) -> Box:
+    """A stored (x1, y1, x2, y2) row as ints."""
+    x1, y1, x2, y2 = (int(v) for v in row)
+    return x1, y1, x2, y2
 
 
 def load_avatar(avatar_id: str, avatars_dir: Path = DEFAULT_AVATARS_DIR) -> Avatar:

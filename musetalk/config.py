@@ -20,10 +20,11 @@ Version = Literal["v1", "v15"]
 VERSIONS: tuple[Version, ...] = ("v1", "v15")
 
 
-def check_version(version: str) -> None:
-    """ValueError unless `version` names a MuseTalk release this code supports."""
+def check_version(version: str) -> Version:
+    """`version` as a Version; ValueError unless it names a MuseTalk release this code supports."""
     if version not in VERSIONS:
         raise ValueError(f"unknown MuseTalk version {version!r}; expected one of {', '.join(VERSIONS)}")
+    return version
 
 
 def unet_config() -> dict[str, Any]:

@@ -22,8 +22,9 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from http.client import HTTPException, HTTPResponse
 from pathlib import Path
 
@@ -218,9 +219,10 @@ def _parser() -> ArgumentParser:
 def download(version: str, models_dir: Path, endpoint: str, whisper_url: str) -> None:
     """Every file `version` needs; DownloadError names the file that failed and those still missing."""
     todo = plan(version, models_dir)
-    jobs = [(f.dest(models_dir), lambda f=f: fetch_hub_file(f, models_dir, endpoint)) for f in todo.hub]
+    jobs: list[tuple[Path, Callable[[], object]]] = [
+        (f.dest(models_dir), partial(fetch_hub_file, f, models_dir, endpoint)) for f in todo.hub]
     if todo.whisper_tiny is not None:
-        jobs.append((todo.whisper_tiny, lambda: fetch_checked_file(whisper_url, todo.whisper_tiny)))
+        jobs.append((todo.whisper_tiny, partial(fetch_checked_file, whisper_url, todo.whisper_tiny)))
     for _, job in jobs:
         try:
             job()

@@ -201,8 +201,8 @@ def mask_region(landmarks: np.ndarray, box: Box, crop: Box) -> np.ndarray:
     _check_landmarks(landmarks)
     cx1, cy1, cx2, cy2 = crop
     region = np.zeros((cy2 - cy1, cx2 - cx1), np.uint8)
-    oval = np.round(landmarks[list(FACE_OVAL_INDICES)] - np.array([cx1, cy1], np.float32)).astype(np.int32)
-    cv2.fillPoly(region, [oval], 255)
+    oval: np.ndarray = (landmarks[list(FACE_OVAL_INDICES)] - np.array([cx1, cy1], np.float32)).round().astype(np.int32)
+    cv2.fillPoly(region, [oval], (255,))
     return lower_face(region, box, crop)
 
 

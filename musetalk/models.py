@@ -28,6 +28,8 @@ FEATURE_DIM = 384  # whisper-tiny width = the UNet's cross_attention_dim
 class PositionalEncoding(nn.Module):
     """Fixed sinusoidal encoding added to the 50 audio tokens (interleaved sin/cos, as upstream)."""
 
+    pe: torch.Tensor  # (1, max_len, d_model), a buffer
+
     def __init__(self, d_model: int = FEATURE_DIM, max_len: int = 5000) -> None:
         super().__init__()
         pe = torch.zeros(max_len, d_model)

@@ -46,6 +46,13 @@ def build_encoder(config: WhisperConfig) -> WhisperEncoder:
     return encoder
 
 
+def moved(encoder: WhisperEncoder, device: str | torch.device | None = None,
+          dtype: torch.dtype | None = None) -> WhisperEncoder:
+    """`encoder` on `device` in `dtype` (the same module, as torch's Module.to)."""
+    # transformers wraps PreTrainedModel.to with functools.wraps, which mypy reads as a function without `self`.
+    return encoder.to(device=device, dtype=dtype)  # type: ignore[call-arg]
+
+
 def _load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return load_file(str(path))
@@ -74,7 +81,7 @@ def load_encoder_v15(whisper_dir: str | Path, device: str | torch.device = "cpu"
     encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     encoder = build_encoder(config)
     encoder.load_state_dict(encoder_state, strict=True)
-    return encoder.to(device=device, dtype=dtype)
+    return moved(encoder, device, dtype)
 
 
 # openai-whisper AudioEncoder name -> transformers WhisperEncoder name (after the "encoder." prefix).
@@ -138,7 +145,7 @@ def load_encoder_v1(tiny_pt_path: str | Path, device: str | torch.device = "cpu"
                      for k, v in checkpoint["model_state_dict"].items() if k.startswith("encoder.")}
     encoder = build_encoder(config_from_openai_dims(checkpoint["dims"]))
     encoder.load_state_dict(encoder_state, strict=True)
-    return encoder.to(device=device, dtype=dtype)
+    return moved(encoder, device, dtype)
 
 
 @torch.no_grad()

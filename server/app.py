@@ -6,9 +6,12 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypedDict
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from core.extras import available
 from core.tasks import TaskOwner
@@ -59,10 +62,10 @@ def _authorised(request: web.Request, tokens: tuple[str, ...]) -> bool:
     return any(hmac.compare_digest(given_bytes, token.encode()) for token in tokens)
 
 
-def access_control(config: ServerConfig):  # noqa: ANN201
+def access_control(config: ServerConfig) -> Middleware:
     """Origins (CORS) and tokens, checked before any handler runs."""
     @web.middleware
-    async def check(request: web.Request, handler) -> web.StreamResponse:  # noqa: ANN001
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not _origin_allowed(request, config.cors_origins):
             return error_response(403, f"cross-origin requests from {request.headers['Origin']} are not allowed "
                                        f"(the server allows: {', '.join(config.cors_origins) or 'same origin only'})")
@@ -79,7 +82,7 @@ def access_control(config: ServerConfig):  # noqa: ANN201
 
 
 @web.middleware
-async def api_errors(request: web.Request, handler) -> web.StreamResponse:  # noqa: ANN001
+async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure of an API route becomes a `{code: -1, msg}` body, its HTTP status that of the error's
     domain class (server.errors.HTTP_STATUS); any other exception is a bug: logged, answered 500."""
     try:
@@ -99,7 +102,7 @@ async def api_errors(request: web.Request, handler) -> web.StreamResponse:  # no
 
 
 @web.middleware
-async def count_rejected_uploads(request: web.Request, handler) -> web.StreamResponse:  # noqa: ANN001
+async def count_rejected_uploads(request: web.Request, handler: Handler) -> web.StreamResponse:
     """An upload answered with an error (too large, undecodable, too much queued...) counts in /metrics."""
     response = await handler(request)
     if request.method == "POST" and request.path in UPLOAD_ROUTES and response.status >= 400:
@@ -107,7 +110,7 @@ async def count_rejected_uploads(request: web.Request, handler) -> web.StreamRes
     return response
 
 
-def _cors(config: ServerConfig):  # noqa: ANN202
+def _cors(config: ServerConfig) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
     async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
         origin = request.headers.get("Origin")
         if origin is not None and _listed(origin, config.cors_origins):
@@ -117,7 +120,11 @@ def _cors(config: ServerConfig):  # noqa: ANN202
     return add_headers
 
 
-def runner_options(config: ServerConfig) -> dict[str, float]:
+class RunnerOptions(TypedDict):
+    keepalive_timeout: float
+
+
+def runner_options(config: ServerConfig) -> RunnerOptions:
     """aiohttp server options: a connection that sends no complete request headers within request_timeout is
     closed (aiohttp's keep-alive timer also runs from the moment a connection opens)."""
     return {"keepalive_timeout": config.request_timeout}

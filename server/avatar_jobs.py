@@ -40,14 +40,14 @@ TERMINATE_GRACE_S = 5.0
 STAGES = {"reading frames": (0.0, 0.3), "face landmarks": (0.3, 0.55), "blend masks": (0.85, 0.1)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class JobOptions:
     """What an API client chooses of musetalk.avatar_prepare.PrepareOptions (shown in the job's JSON)."""
 
     version: str = "v15"
     bbox_shift: int = 0
     extra_margin: int = 10
-    max_frames: int | None = None
+    max_frames: int  # the server's limit unless the client asks for fewer
 
 
 @dataclass

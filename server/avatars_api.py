@@ -128,7 +128,7 @@ async def delete_route(request: web.Request) -> web.Response:
 
 # ------------------------------------------------------------------------------------------------- uploads
 
-def _int_field(fields: dict[str, str], name: str, default: int | None, low: int, high: int) -> int | None:
+def _int_field(fields: dict[str, str], name: str, default: int, low: int, high: int) -> int:
     text = fields.get(name, "").strip()
     if not text:
         return default
@@ -150,8 +150,8 @@ def _options(fields: dict[str, str], max_frames: int) -> JobOptions:
     if version not in VERSIONS:
         raise BadRequest(f"'version' must be one of {', '.join(VERSIONS)}")
     frames = _int_field(fields, "max_frames", max_frames, 1, max_frames)
-    return JobOptions(version=version, bbox_shift=_int_field(fields, "bbox_shift", 0, -100, 100) or 0,
-                          extra_margin=_int_field(fields, "extra_margin", 10, 0, 100) or 0, max_frames=frames)
+    return JobOptions(version=version, bbox_shift=_int_field(fields, "bbox_shift", 0, -100, 100),
+                          extra_margin=_int_field(fields, "extra_margin", 10, 0, 100), max_frames=frames)
 
 
 def _suffix(filename: str | None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import logging
+from typing import Generic, TypeVar
 
 import numpy as np
 from aiortc import MediaStreamTrack
@@ -25,6 +26,8 @@ from core.clock import (
 from core.items import OutputTick
 from core.units import FRAME_SAMPLES
 from pipeline.session import Session
+
+T = TypeVar("T")  # what a track queues: ticks or frames
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +55,18 @@ def to_s16(x: np.ndarray) -> np.ndarray:
     return (np.clip(x, -1.0, 1.0) * 32767.0).round().astype(np.int16)
 
 
-class _TickTrack(MediaStreamTrack):
+class _TickTrack(MediaStreamTrack, Generic[T]):
+    """A send track fed by the session's clock; items beyond `capacity` waiting for the encoder are dropped, oldest
+    first."""
+
+    capacity: int
+
     def __init__(self) -> None:
         super().__init__()
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.queue: asyncio.Queue[T | None] = asyncio.Queue()  # None: the track stopped
         self.dropped = 0
 
-    def offer(self, item: object) -> None:
+    def offer(self, item: T) -> None:
         if self.readyState != "live":
             return
         while self.queue.qsize() >= self.capacity:
@@ -66,7 +74,7 @@ class _TickTrack(MediaStreamTrack):
             self.dropped += 1
         self.queue.put_nowait(item)
 
-    async def recv(self):  # type: ignore[override]
+    async def _next(self) -> T:
         if self.readyState != "live":
             raise MediaStreamError
         item = await self.queue.get()
@@ -80,22 +88,22 @@ class _TickTrack(MediaStreamTrack):
         super().stop()
 
 
-class AvatarVideoTrack(_TickTrack):
+class AvatarVideoTrack(_TickTrack[OutputTick]):
     kind = "video"
     capacity = QUEUE_TICKS
 
     def push(self, out: OutputTick) -> None:
         self.offer(out)  # made a VideoFrame only when the encoder takes it: a dropped tick costs no conversion
 
-    async def recv(self) -> VideoFrame:  # type: ignore[override]
-        out: OutputTick = await super().recv()
+    async def recv(self) -> VideoFrame:
+        out = await self._next()
         frame = VideoFrame.from_ndarray(np.ascontiguousarray(out.frame), format="bgr24")
         frame.pts = MediaClock.video_pts(out.tick)
         frame.time_base = VIDEO_TIME_BASE
         return frame
 
 
-class AvatarAudioTrack(_TickTrack):
+class AvatarAudioTrack(_TickTrack[AudioFrame]):
     kind = "audio"
     capacity = 2 * QUEUE_TICKS
 
@@ -112,6 +120,9 @@ class AvatarAudioTrack(_TickTrack):
             frame.pts = MediaClock.audio_pts(out.tick, sub)
             frame.time_base = AUDIO_TIME_BASE
             self.offer(frame)
+
+    async def recv(self) -> AudioFrame:
+        return await self._next()
 
 
 assert 2 * FRAME_SAMPLES * UP == 2 * AUDIO_OUT_SAMPLES_PER_FRAME

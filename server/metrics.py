@@ -166,7 +166,7 @@ class _LiveCollector(Collector):
                     family.add_metric([s.tag, s.session.avatar.avatar_id], v)
             yield family
         for name, help_text, counter in _PER_SESSION_COUNTERS:
-            family = CounterMetricFamily(name, help_text, labels=labels)
+            totals = CounterMetricFamily(name, help_text, labels=labels)
             for s in live:
-                family.add_metric([s.tag, s.session.avatar.avatar_id], getattr(s.session.stats, counter))
-            yield family
+                totals.add_metric([s.tag, s.session.avatar.avatar_id], getattr(s.session.stats, counter))
+            yield totals

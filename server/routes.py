@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -284,9 +285,9 @@ async def record(request: web.Request) -> web.Response:
     if kind == "start_record":
         if live.recorder is not None:
             raise BadRequest("already recording")
-        recorder = Recorder(live.session, record_path(state.config.records_dir, live.id))
-        recorder.start()
-        live.recorder = recorder
+        started = Recorder(live.session, record_path(state.config.records_dir, live.id))
+        started.start()
+        live.recorder = started
         return ok()
     if kind == "end_record":
         recorder = live.recorder
@@ -375,7 +376,7 @@ def is_protected(request: web.Request) -> bool:
     return resource is None or resource.canonical in API_PATHS or resource.canonical.startswith("/api/")
 
 
-def setup_routes(app: web.Application, web_dir) -> None:
+def setup_routes(app: web.Application, web_dir: Path) -> None:
     r = app.router
     r.add_post("/offer", offer)
     r.add_post("/human", human)

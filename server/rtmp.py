@@ -39,7 +39,7 @@ IO_TIMEOUT_S = 5.0  # a connect or write that blocks this long fails (then: reco
 AUDIO_SAMPLES_PER_TICK = AUDIO_OUT_RATE // VIDEO_FPS  # 1920
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_FPS)
 AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_OUT_RATE)
-X264_OPTIONS = {"preset": "veryfast", "tune": "zerolatency", "g": str(2 * VIDEO_FPS), "bf": "0"}
+X264_OPTIONS: dict[str, object] = {"preset": "veryfast", "tune": "zerolatency", "g": str(2 * VIDEO_FPS), "bf": "0"}
 
 
 class RtmpPusher:
@@ -125,7 +125,7 @@ class RtmpPusher:
                     out = self._queue.get(timeout=0.1)
                 except queue.Empty:
                     continue
-                if video is None:
+                if video is None or audio is None:
                     video, audio = self._add_streams(container, out.frame.shape[1], out.frame.shape[0])
                 # A frame of another size (the avatar was switched) is scaled to the stream's by the encoder.
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(out.frame), format="bgr24")

@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import aioice.ice
 from aiortc import (
@@ -34,6 +35,14 @@ def turn_rest_credentials(secret: str, user: str, ttl: float, now: float | None 
     return username, base64.b64encode(digest).decode("ascii")
 
 
+class IceServer(TypedDict, total=False):
+    """An RTCIceServer dictionary (the browser's and aiortc's fields)."""
+
+    urls: list[str]
+    username: str | None
+    credential: str | None
+
+
 @dataclass(frozen=True)
 class IceOptions:
     stun: Sequence[str] = ()  # e.g. "stun:stun.example.org:3478"
@@ -51,9 +60,9 @@ class IceOptions:
                                          self.turn_ttl)
         return self.turn_username, self.turn_password
 
-    def servers(self) -> list[dict[str, object]]:
+    def servers(self) -> list[IceServer]:
         """The ICE servers as a browser's RTCPeerConnection takes them (RTCIceServer dictionaries)."""
-        servers: list[dict[str, object]] = [{"urls": list(self.stun)}] if self.stun else []
+        servers: list[IceServer] = [{"urls": list(self.stun)}] if self.stun else []
         if self.turn:
             username, credential = self.turn_credentials()
             servers.append({"urls": list(self.turn), "username": username, "credential": credential})

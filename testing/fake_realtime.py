@@ -32,7 +32,7 @@ import numpy as np
 from aiohttp import web
 
 from core.audio import rms
-from testing.fake_services import REC, _serve, tone_pcm16
+from testing.fake_services import _serve, tone_pcm16
 
 RATE = 24000
 REALTIME_TEXT = ["Sure", ", here", " is", " the", " answer."]
@@ -76,7 +76,7 @@ class RealtimeRecorder:
     sent: list[dict[str, Any]] = field(default_factory=list)  # server events (audio deltas without audio)
     # How the user's turn (float32 at 24 kHz) is transcribed; None: a note of its length (heard_transcript).
     transcribe: Callable[[np.ndarray], Awaitable[str]] | None = None
-    _live: set[asyncio.BaseTransport] = field(default_factory=set)
+    _live: set[asyncio.Transport] = field(default_factory=set)
 
     def drop(self) -> None:
         """Cut every open connection, as a network failure does: no close frame."""
@@ -85,6 +85,9 @@ class RealtimeRecorder:
 
     def types(self) -> list[str]:
         return [e["type"] for e in self.events]
+
+
+REALTIME_REC = web.AppKey("realtime_rec", RealtimeRecorder)
 
 
 class _Conn:
@@ -351,7 +354,7 @@ def _refused(status: int, message: str, code: str, kind: str = "invalid_request_
 
 
 async def _realtime(request: web.Request) -> web.StreamResponse:
-    rec: RealtimeRecorder = request.app[REC]
+    rec = request.app[REALTIME_REC]
     rec.query, rec.headers = dict(request.query), dict(request.headers)
     rec.attempts += 1
     # OpenAI: a bearer token; Azure OpenAI: an api-key header (and /openai/realtime?api-version=&deployment=).
@@ -393,11 +396,11 @@ async def realtime_service() -> AsyncIterator[tuple[str, RealtimeRecorder]]:
     """The Realtime API over WebSocket; yields (ws://.../v1/realtime URL, recorder). A user text "long" gets a long
     answer."""
     app = web.Application()
-    app[REC] = RealtimeRecorder()
+    app[REALTIME_REC] = RealtimeRecorder()
     app.router.add_get("/v1/realtime", _realtime)
     app.router.add_get("/openai/realtime", _realtime)  # Azure OpenAI's path
     runner, url = await _serve(app)
     try:
-        yield url.replace("http", "ws") + "/v1/realtime", app[REC]
+        yield url.replace("http", "ws") + "/v1/realtime", app[REALTIME_REC]
     finally:
         await runner.cleanup()

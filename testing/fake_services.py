@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-REC = web.AppKey("rec", object)
 ANSWER_DELTAS = ["Hel", "lo there", "! I am a", " test model. P", "i is 3.", "14 ", "today."]
 TONE_HZ = 440.0
 
@@ -43,12 +42,14 @@ class Recorder:
     sent_chunks: int = 0
 
 
+REC = web.AppKey("rec", Recorder)
+
+
 async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]  # the port the system picked
     return runner, f"http://127.0.0.1:{port}"
 
 
@@ -114,7 +115,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     deltas = ANSWER_DELTAS * (20 if mode == "slow" else 1)
     for i, delta in enumerate(deltas):
         if mode == "cut" and i == 3:
-            request.transport.close()  # type: ignore[union-attr]
+            assert request.transport is not None  # the connection of a request being answered
+            request.transport.close()
             return resp
         if mode == "error_event" and i == 2:
             await resp.write(b'data: {"error": {"message": "model overloaded"}}\n\n')

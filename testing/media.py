@@ -14,6 +14,7 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: int = 25, codec: 
     h, w = frames[0].shape[:2]
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
+        assert isinstance(stream, av.VideoStream)  # a video codec was asked for
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
             stream.options = {"crf": "10"}
@@ -29,5 +30,5 @@ def decode_video(path: Path) -> np.ndarray:
 
 
 def shifted(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    m = np.float32([[1, 0, dx], [0, 1, dy]])
+    m = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
     return cv2.warpAffine(image, m, (image.shape[1], image.shape[0]), borderMode=cv2.BORDER_REFLECT)

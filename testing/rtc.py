@@ -8,13 +8,14 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import aiohttp
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
-from av.frame import Frame
+from av import AudioFrame, VideoFrame
 
 from pipeline.session import Session
 from server.media import SessionTracks
@@ -28,7 +29,7 @@ def in_loopback_namespace() -> bool:
     return [name for _, name in socket.if_nameindex()] == ["lo"]
 
 
-def skip_or_fail(reason: str) -> None:
+def skip_or_fail(reason: str) -> NoReturn:
     """Skip a test that cannot run here; in CI (env CI set) that is a failure instead."""
     import pytest
 
@@ -149,18 +150,20 @@ class LoopbackReceiver:
 
     async def _consume(self, track, arrivals: _Arrivals) -> None:
         async for frame in frames_of(track):
-            arrival = arrivals.by_pts.get(frame.pts % 2**32)
+            pts = frame.pts
+            assert pts is not None  # aiortc stamps every frame it decodes
+            arrival = arrivals.by_pts.get(pts % 2**32)
             if arrival is None:
                 self.unmatched += 1
                 arrival = time.monotonic() * 1000.0
-            if track.kind == "video":
+            if isinstance(frame, VideoFrame):
                 data = frame.to_ndarray(format="bgr24")
                 if self.video_region is not None:
                     data = data[self.video_region].copy()
             else:
                 pcm = frame.to_ndarray().astype(np.float32).reshape(-1, len(frame.layout.channels))
                 data = pcm.mean(axis=1) / 32768.0
-            self.frames[track.kind].append(Received(track.kind, frame.pts, arrival, data))
+            self.frames[track.kind].append(Received(track.kind, pts, arrival, data))
 
     async def close(self) -> None:
         await self.pc.close()
@@ -171,13 +174,15 @@ class LoopbackReceiver:
             _RECORDED.pop(key, None)
 
 
-async def frames_of(track: MediaStreamTrack) -> AsyncIterator[Frame]:
+async def frames_of(track: MediaStreamTrack) -> AsyncIterator[AudioFrame | VideoFrame]:
     """The frames a received track delivers, until it ends."""
     while True:
         try:
-            yield await track.recv()
+            frame = await track.recv()
         except MediaStreamError:
             return
+        assert isinstance(frame, AudioFrame | VideoFrame)  # a received track decodes its packets
+        yield frame
 
 
 def media_time_ms(frames: list[Received], clock_rate: int) -> list[float]:

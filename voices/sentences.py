@@ -63,7 +63,7 @@ class SentenceSplitter:
         while True:
             end = self._next_boundary(final)
             forced = end is None
-            if forced:
+            if end is None:
                 end = self._forced_cut()
                 if end is None:
                     return out
