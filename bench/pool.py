@@ -9,7 +9,8 @@ Two parts, in the same run:
 1. Per-call overhead: the same faces jobs (B rows, zeros) run in this process through the engine's own batcher
    and through the pool (one replica); the hop is a call's time less the time its replica spent on it.
 2. Aggregate rate: `--clients` threads submit faces jobs of B rows back to back for `--seconds`, with 1 and then 2
-   replicas; frames per second and the per-call latency.
+   replicas; frames per second and the per-call latency. With 2, one replica is then killed while the clients
+   call: how many calls fail, how soon calls are answered again, how soon Serve runs 2 replicas again.
 3. The same with 1 replica batching with Serve's ``@serve.batch`` (up to 4 jobs, 3 ms wait) around the faces model
    instead of our batcher: which of the two the pool should use.
 """
@@ -21,12 +22,19 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bench.common import machine, summary
-from engines.batcher import Job
+from engines.batcher import Job, JobRunner
 from engines.musetalk_batch import FACES
+
+if TYPE_CHECKING:  # Ray is imported when the bench runs, not with the module
+    from ray.serve import Application
+
+    from engines.musetalk_engine import MuseTalkEngine
+    from engines.ray_pool import RayRunner
 
 APP = "bench-pool"
 
@@ -35,7 +43,7 @@ def faces_job(rows: int) -> Job:
     return Job(FACES, (np.zeros((rows, 50, 384), np.float32), np.zeros((rows, 8, 32, 32), np.float32)), 0.0)
 
 
-def timed_calls(runner, rows: int, n: int) -> list[float]:  # noqa: ANN001 -- any JobRunner
+def timed_calls(runner: JobRunner, rows: int, n: int) -> list[float]:
     times = []
     for _ in range(n):
         started = time.perf_counter()
@@ -44,7 +52,7 @@ def timed_calls(runner, rows: int, n: int) -> list[float]:  # noqa: ANN001 -- an
     return times
 
 
-def hop_times(runner, rows: int, n: int) -> list[float]:  # noqa: ANN001 -- engines.ray_pool.RayRunner
+def hop_times(runner: RayRunner, rows: int, n: int) -> list[float]:
     """Each call's time less its replica's time (the replica's own figure, sent back with the result)."""
     from engines.ray_pool import PoolJob
 
@@ -57,7 +65,7 @@ def hop_times(runner, rows: int, n: int) -> list[float]:  # noqa: ANN001 -- engi
     return hops
 
 
-def aggregate(runner, rows: int, clients: int, seconds: float) -> tuple[float, list[float]]:  # noqa: ANN001
+def aggregate(runner: JobRunner, rows: int, clients: int, seconds: float) -> tuple[float, list[float]]:
     """Frames per second of `clients` threads submitting back to back, and their calls' times."""
     stop, times, lock = time.monotonic() + seconds, [], threading.Lock()
 
@@ -75,6 +83,58 @@ def aggregate(runner, rows: int, clients: int, seconds: float) -> tuple[float, l
     for t in threads:
         t.join()
     return len(times) * rows / (time.perf_counter() - started), times
+
+
+def replica_restart(runner: RayRunner, rows: int, clients: int, bound_s: float = 300.0) -> str:
+    """Kill one of two replicas while `clients` threads call back to back: the calls that failed, when the
+    calls were answered again, when Serve had two replicas running again and when the new one first answered."""
+    import ray
+    from ray import serve
+
+    from engines.ray_pool import PoolJob
+    from testing.ray_cluster import replica_actor
+
+    handle, answers, lock, stop = runner._handle, [], threading.Lock(), threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            job = faces_job(rows)
+            try:
+                replica = handle.remote(PoolJob(job.kind, job.inputs, None)).result(timeout_s=60).replica
+            except Exception:  # noqa: BLE001 -- the killed replica's calls: counted as failed
+                replica = None
+            with lock:
+                answers.append((time.monotonic(), replica))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2)
+        with lock:
+            before = {r for _, r in answers if r is not None}
+        ray.kill(replica_actor(next(iter(before))))
+        killed = time.monotonic()
+        while True:
+            with lock:
+                new = [t for t, r in answers if r is not None and r not in before]
+            status = serve.status().applications[APP].deployments["MuseTalkReplica"]
+            running = status.replica_states.get("RUNNING", 0)
+            if new and running == 2:
+                break
+            if time.monotonic() - killed > bound_s:
+                return f"replica killed: not back after {bound_s:g} s ({status})"
+            time.sleep(0.2)
+        running_at = time.monotonic()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    failed = [t for t, r in answers if r is None and t >= killed]
+    answered = min(t for t, r in answers if r is not None and t > max(failed, default=killed))
+    return (f"one of 2 replicas killed: {len(failed)} call(s) failed; calls answered again "
+            f"{answered - killed:.2f} s after the kill; 2 replicas running after {running_at - killed:.1f} s "
+            f"(the new one's first answer {min(new) - killed:.1f} s)")
 
 
 def ms(values: list[float]) -> str:
@@ -133,6 +193,8 @@ def main() -> None:
                 rates[replicas] = fps
                 print(f"{replicas} replica(s), {a.clients} clients: {fps:.1f} frames/s, calls {ms(times)}",
                       flush=True)
+                if replicas == 2:
+                    print(replica_restart(runner, a.rows, a.clients), flush=True)
             finally:
                 runner.stop()
         print(f"2 replicas / 1 replica: {rates[2] / rates[1]:.2f}x")
@@ -152,14 +214,14 @@ def main() -> None:
             cluster.stop()
 
 
-def serve_batched_app(options: dict, max_jobs: int):  # noqa: ANN201 -- a Serve Application
+def serve_batched_app(options: dict, max_jobs: int) -> Application:
     """One replica whose faces jobs are batched by ``@serve.batch`` and run on the faces model directly."""
     import asyncio
 
     from ray import serve
 
     from engines.ray_serve_app import MuseTalkReplica
-    from engines.render_pool import PoolJob, PoolResult
+    from engines.render_pool import PoolJob, PoolResult, PoolSpec
 
     @serve.deployment(name="ServeBatched", num_replicas=1, max_ongoing_requests=4 * max_jobs,
                       ray_actor_options={"num_cpus": options["num_cpus"], "num_gpus": options.get("num_gpus", 0)})
@@ -168,7 +230,7 @@ def serve_batched_app(options: dict, max_jobs: int):  # noqa: ANN201 -- a Serve 
             self.replica = MuseTalkReplica(tiny=options["tiny"], batch_size=options["batch_size"])
             self.faces = self.replica.engine.batch_models[FACES]
 
-        def describe(self):  # noqa: ANN202
+        def describe(self) -> PoolSpec:
             return self.replica.describe()
 
         @serve.batch(max_batch_size=max_jobs, batch_wait_timeout_s=0.003)
@@ -182,12 +244,12 @@ def serve_batched_app(options: dict, max_jobs: int):  # noqa: ANN201 -- a Serve 
     return ServeBatched.bind()
 
 
-def _local_engine(tiny: bool, rows: int):  # noqa: ANN202 -- MuseTalkEngine
+def _local_engine(tiny: bool, rows: int) -> MuseTalkEngine:
     """The same models in this process (one torch thread, as a replica with one CPU has)."""
     import torch
 
     from engines.musetalk_engine import MuseTalkEngine
-    from testing.tiny_models import write_tiny_layout
+    from musetalk.tiny import write_tiny_layout
 
     if not tiny:
         return MuseTalkEngine(batch_size=rows)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import threading
 import time
@@ -38,8 +39,16 @@ from transformers import WhisperConfig
 from engines.base import DEFAULT_RIGHT_CONTEXT_S, AvatarBinding
 from engines.batcher import Job, StaleJob
 from engines.musetalk_engine import MuseTalkEngine, MuseTalkRenderer
-from engines.render_pool import (DEFAULT_APP, AvatarRows, PoolError, PoolJob, PoolResult, PoolSpec,
-                                 PoolUnavailableError, pool_address)
+from engines.render_pool import (
+    DEFAULT_APP,
+    AvatarRows,
+    PoolError,
+    PoolJob,
+    PoolResult,
+    PoolSpec,
+    PoolUnavailableError,
+    pool_address,
+)
 from musetalk.avatar import Avatar
 
 log = logging.getLogger(__name__)
@@ -189,6 +198,9 @@ class PooledMuseTalkEngine(MuseTalkEngine):
 
     def close(self) -> None:
         super().close()
+        s = self.pool.stats
+        log.info("render pool: %d jobs rendered, by replica %s; %d failed, %d stale, %d late; hop %.1f ms", s.calls,
+                 json.dumps(dict(s.by_replica)), s.failed, s.stale, s.late, 1000 * s.hop_seconds)
         ray.shutdown()
 
 

@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,22 @@ import numpy as np
 from ray import serve
 from ray.serve import Application
 
-from engines.batcher import Job, JobRunner
-from engines.musetalk_batch import FACES, LATENTS
+from engines.batcher import Batcher, BatchModel, Job, JobRunner, Rows
+from engines.musetalk_batch import ENCODER, FACES, LATENTS
 from engines.musetalk_engine import MuseTalkEngine
-from engines.render_pool import DEFAULT_APP, AvatarRows, LateJob, PoolError, PoolJob, PoolResult, PoolSpec
+from engines.render_pool import (
+    DEFAULT_APP,
+    AvatarRows,
+    LateJob,
+    PoolError,
+    PoolJob,
+    PoolResult,
+    PoolSpec,
+)
+from musetalk.audio_features import FEATURE_DIM
 from musetalk.avatar import AvatarError, face_crops, load_avatar
+from musetalk.config import FACE_SIZE, LATENT_SIZE
+from musetalk.whisper import N_STATES
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +98,70 @@ class LatentCache:
         return np.ascontiguousarray(latents, np.float32)
 
 
+class StandInModel:
+    """A batch model of ``--fake_cost_ms`` (tests of real time on a CPU far too slow for the models): each batch
+    takes a fixed time (the thread sleeps, as it waits for a GPU), then gives rows that depend only on each row's
+    inputs: the same job gives the same result in every replica, and a face tells what it was made from (its red
+    level: the audio features' mean; its green level: the avatar latents' mean, see `stand_in_face_levels`)."""
+
+    def __init__(self, kind: str, cost_s: float) -> None:
+        self.outputs = {ENCODER: _stand_in_states, FACES: _stand_in_faces, LATENTS: _stand_in_latents}[kind]
+        self.cost_s = cost_s
+
+    def __call__(self, inputs: tuple[Rows, ...], rows: int) -> Rows:
+        time.sleep(self.cost_s)
+        return self.outputs(*inputs)
+
+
+def stand_in_batcher(cost_s: float, _models: dict[str, BatchModel], sizes: dict[str, tuple[int, ...]]) -> Batcher:
+    """The engine's batcher (`MuseTalkEngine`'s ``runner``) running stand-ins of its models."""
+    models = {kind: StandInModel(kind, cost_s) for kind in (ENCODER, FACES, LATENTS)}
+    return Batcher(models, sizes, name="musetalk-batcher").start()
+
+
+def stand_in_face_levels(chunks: np.ndarray, latents: np.ndarray) -> np.ndarray:
+    """(n, 2) uint8: the red and green levels of the stand-in faces of these rows."""
+    def level(x: np.ndarray) -> np.ndarray:
+        return np.round(np.abs(x.reshape(len(x), -1).astype(np.float64).mean(1)) * 1000) % 256
+
+    return np.stack([level(chunks), level(latents)], axis=1).astype(np.uint8)
+
+
+def _stand_in_faces(chunks: np.ndarray, latents: np.ndarray) -> np.ndarray:
+    faces = np.zeros((len(chunks), FACE_SIZE, FACE_SIZE, 3), np.uint8)
+    faces[..., :2] = stand_in_face_levels(np.asarray(chunks), np.asarray(latents))[:, None, None, :]
+    return faces
+
+
+def _stand_in_states(mels: np.ndarray, positions: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    """Each step's states: the mean of its two log-mel frames (an encoder's output depends on the audio)."""
+    out = []
+    for mel, position, count in zip(np.asarray(mels), np.asarray(positions), np.asarray(counts)):
+        steps = mel[:, 2 * position:2 * (position + count)].reshape(mel.shape[0], count, 2).mean(axis=(0, 2))
+        out.append(np.repeat(steps.astype(np.float32)[:, None, None], N_STATES, 1).repeat(FEATURE_DIM, 2))
+    return out
+
+
+def _stand_in_latents(crops: np.ndarray) -> np.ndarray:
+    levels = np.asarray(crops).reshape(len(crops), -1).mean(1, dtype=np.float64) / 255
+    return np.broadcast_to(levels[:, None, None, None], (len(crops), 8, LATENT_SIZE, LATENT_SIZE)).astype(np.float32)
+
+
 class MuseTalkReplica:
     """One replica of the pool: the models, their batcher and the avatars' latents (see the module doc)."""
 
     def __init__(self, models_dir: str = "models", avatars_dir: str = "avatars", version: str = "v15",
                  batch_size: int | None = None, max_sessions: int = DEFAULT_MAX_SESSIONS,
                  max_avatars: int = DEFAULT_MAX_AVATARS, late_grace_s: float = DEFAULT_LATE_GRACE_S,
-                 device: str | None = None, tiny: bool = False) -> None:
+                 device: str | None = None, tiny: bool = False, fake_cost_ms: float | None = None) -> None:
+        runner = None if fake_cost_ms is None else partial(stand_in_batcher, fake_cost_ms / 1000)
+
         def engine(root: Path, on: str | None) -> MuseTalkEngine:
             return MuseTalkEngine(models_dir=root, version=version, batch_size=batch_size, device=on,
-                                  max_sessions=max_sessions)
+                                  max_sessions=max_sessions, runner=runner)
 
         if tiny:  # the tiny random-weight models of the tests (the same seed: every replica has the same weights)
-            from testing.tiny_models import write_tiny_layout
+            from musetalk.tiny import write_tiny_layout
 
             with tempfile.TemporaryDirectory(prefix="musetalk-tiny-") as root:
                 write_tiny_layout(Path(root))
@@ -109,10 +172,12 @@ class MuseTalkReplica:
         self.latents = LatentCache(Path(avatars_dir), version, self.runner, max_avatars)
         self.late_grace_s = late_grace_s
         self.replica = serve.get_replica_context().replica_id.unique_id
+        self.device = str(self.engine.models.device) + ("" if fake_cost_ms is None else
+                                                        f", models' stand-ins of {fake_cost_ms:g} ms a batch")
 
     def describe(self) -> PoolSpec:
         e = self.engine
-        return PoolSpec(e.version, e.encoder.config.to_dict(), e.batch_size, str(e.models.device))
+        return PoolSpec(e.version, e.encoder.config.to_dict(), e.batch_size, self.device)
 
     async def run(self, job: PoolJob) -> PoolResult:
         started = time.perf_counter()
@@ -142,7 +207,8 @@ def build_app(args: Mapping[str, Any]) -> Application:
 
     `args`: ``replicas`` (default 1), ``num_gpus`` per replica (default 1 when this process sees CUDA, else 0),
     ``num_cpus`` per replica (default 1), and `MuseTalkReplica`'s options (``models_dir``, ``avatars_dir``,
-    ``version``, ``batch_size``, ``max_sessions``, ``max_avatars``, ``late_grace_s``, ``device``, ``tiny``)."""
+    ``version``, ``batch_size``, ``max_sessions``, ``max_avatars``, ``late_grace_s``, ``device``, ``tiny``,
+    ``fake_cost_ms``)."""
     import torch
 
     options = dict(args)
@@ -186,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max_avatars", type=int, default=DEFAULT_MAX_AVATARS)
     p.add_argument("--late_grace_s", type=float, default=DEFAULT_LATE_GRACE_S)
     p.add_argument("--tiny", action="store_true", help="tiny random-weight models on the CPU (tests, bench)")
+    p.add_argument("--fake_cost_ms", type=float, default=None,
+                   help="tests: the models' stand-ins, a fixed time a batch and faces made from their inputs")
     a = vars(p.parse_args(argv))
     address, name = a.pop("address"), a.pop("name")
     if a["num_gpus"] is None:

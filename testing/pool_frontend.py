@@ -4,7 +4,7 @@ its own (a front end is a Ray driver of its own), printing what they showed as o
 Stepped sessions (their media clock advances when a tick is taken, waiting for its frame) make "every speech tick
 shows a face rendered for it" checkable on a CPU far too slow for 25 fps in real time.
 
-    python -m testing.pool_frontend --render_pool ray --avatars_dir DIR --sessions 2 --seconds 0.8
+    python -m testing.pool_frontend --render_pool ray --app musetalk-pool --avatars_dir DIR --sessions 2
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.factory import create_engine
+from core.items import OutputTick
+from engines.render_pool import DEFAULT_APP
 from musetalk.avatar import load_avatar
-from pipeline.items import OutputTick
 from pipeline.session import Session, SessionOptions
 
 WAIT_FOR_VIDEO_S = 120.0  # a stepped tick waits this long for its frame (a loaded CPU runs the tiny models slowly)
@@ -48,10 +48,12 @@ def summary(out: list[OutputTick], session: Session) -> dict:
             "repeated_frames": session.stats.repeated_frames}
 
 
-async def run(render_pool: str, avatars_dir: Path, sessions: int, seconds: float, batch_size: int) -> dict:
+async def run(render_pool: str, app: str, avatars_dir: Path, sessions: int, seconds: float, batch_size: int
+              ) -> dict:
+    from engines.ray_pool import create_pooled_engine
+
     # Off the event loop, as the server does (a DeploymentHandle's blocking calls refuse to run on one).
-    engine = await asyncio.to_thread(create_engine, "musetalk", version="v15", batch_size=batch_size,
-                                     render_pool=render_pool)
+    engine = await asyncio.to_thread(create_pooled_engine, render_pool, "v15", batch_size, app_name=app)
     try:
         avatar = load_avatar("demo", avatars_dir)
         live = [Session(f"s{i}", avatar, engine, options=SessionOptions(crossfade_ticks=0), stepped=True)
@@ -60,7 +62,7 @@ async def run(render_pool: str, avatars_dir: Path, sessions: int, seconds: float
             await session.start()
             await session.push_audio(speech(seconds, i))
             await session.end_speech()
-        ticks = int(round(seconds * 25))
+        ticks = round(seconds * 25)
         outs = await asyncio.to_thread(step_together, live, engine.lead_ticks + ticks + 4)
         for session in live:
             await session.close()
@@ -74,12 +76,13 @@ async def run(render_pool: str, avatars_dir: Path, sessions: int, seconds: float
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--render_pool", default="ray")
+    p.add_argument("--app", default=DEFAULT_APP, help="the pool's Serve application")
     p.add_argument("--avatars_dir", type=Path, required=True)
     p.add_argument("--sessions", type=int, default=2)
     p.add_argument("--seconds", type=float, default=0.8)
     p.add_argument("--batch_size", type=int, default=4)
     a = p.parse_args(argv)
-    result = asyncio.run(run(a.render_pool, a.avatars_dir, a.sessions, a.seconds, a.batch_size))
+    result = asyncio.run(run(a.render_pool, a.app, a.avatars_dir, a.sessions, a.seconds, a.batch_size))
     print(json.dumps(result), flush=True)
     return 0
 

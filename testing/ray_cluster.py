@@ -8,6 +8,7 @@ that names their raylet): all of them are ours.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -82,10 +83,8 @@ class LocalRayCluster:
         for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
             pids = self.processes()
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
             deadline = time.monotonic() + wait
             while pids and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -93,3 +92,22 @@ class LocalRayCluster:
             if not pids:
                 break
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def replica_actor(replica_id: str):
+    """The actor of a Serve replica, by the replica's id (``PoolResult.replica``), in a driver of its cluster."""
+    import ray
+
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["name"].endswith("#" + replica_id):
+            return ray.get_actor(actor["name"], namespace=actor["namespace"])
+    raise LookupError(f"no actor for replica {replica_id}")
+
+
+def replica_actors(app: str) -> dict:  # actor name -> ray ActorHandle
+    """The actors of a Serve application's live replicas, in a driver of its cluster."""
+    import ray
+
+    return {actor["name"]: ray.get_actor(actor["name"], namespace=actor["namespace"])
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["name"].startswith(f"SERVE_REPLICA::{app}#")}
