@@ -89,6 +89,13 @@ class RayRunner:
             return future
         return asyncio.run_coroutine_threadsafe(self._call(job), self._loop)
 
+    def in_flight(self) -> list[Job]:
+        """The jobs whose calls are in flight now (diagnostics; a snapshot taken on the runner's loop)."""
+        async def snapshot() -> list[Job]:
+            return list(self._in_flight.values())
+
+        return asyncio.run_coroutine_threadsafe(snapshot(), self._loop).result()
+
     def stop(self, timeout: float | None = None) -> None:
         if not self._thread.is_alive():
             return

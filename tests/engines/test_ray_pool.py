@@ -22,7 +22,7 @@ import pytest
 from engines.batcher import Job, StaleJob
 from engines.render_pool import AvatarRows, PoolError, pool_address
 from musetalk.avatar import Avatar
-from testing.ray_cluster import LocalRayCluster, quiet_env, replica_actor, replica_actors
+from testing.ray_cluster import LocalRayCluster, quiet_env, replica_actors
 from testing.rtc import require_loopback_namespace
 
 if TYPE_CHECKING:
@@ -201,7 +201,14 @@ async def test_a_replica_dying_mid_speech(front_end, demo_avatar: Avatar) -> Non
         ballast.append(engine.pool.submit(Job("faces", (np.zeros((8, 50, 384), np.float32),
                                                         np.zeros((8, 8, 32, 32), np.float32)), 0.0)))
         await asyncio.sleep(0.3)
-    ray.kill(replica_actor(next(iter(engine.pool.stats.by_replica))))
+    deadline = time.monotonic() + 60  # the sessions' jobs in the pool too (theirs have a turn getter)
+    while not any(job.current_turn is not None for job in engine.pool.in_flight()):
+        assert time.monotonic() < deadline, engine.pool.stats
+        await asyncio.sleep(0.02)
+    actors = list(replica_actors(TINY_APP).values())
+    ongoing = [await actor.get_num_ongoing_requests.remote() for actor in actors]
+    # The ballast is spread evenly: the busier replica holds a session's job too.
+    ray.kill(actors[ongoing.index(max(ongoing))])
     killed = time.monotonic()
     # Ticks of a failed batch wait for their frame in vain (stepped sessions): a short wait, then the last frame.
     outs = await asyncio.to_thread(step_together, sessions, engine.lead_ticks + ticks + 8, 8.0)
