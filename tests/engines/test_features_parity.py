@@ -81,7 +81,7 @@ async def _speak(engine: MuseTalkEngine, avatar, audio: np.ndarray, real_time: b
     return [o for o in outs if o.source == "speech"]
 
 
-@pytest.mark.parametrize("seconds, real_time", [(2.3, False), (2.3, True), (31.5, False)])
+@pytest.mark.parametrize(("seconds", "real_time"), [(2.3, False), (2.3, True), (31.5, False)])
 async def test_streamed_features_equal_the_official_ones(parity_engine, demo_avatar, seconds, real_time) -> None:
     engine, recorder = parity_engine
     recorder.chunks.clear()

@@ -52,7 +52,7 @@ CASES: list[tuple[int, int, Box, Box]] = [
 ]
 
 
-@pytest.mark.parametrize("h,w,box,crop", CASES)
+@pytest.mark.parametrize(("h", "w", "box", "crop"), CASES)
 def test_paste_matches_slow_reference(h: int, w: int, box: Box, crop: Box) -> None:
     rng = np.random.default_rng(h * w + box[0])
     frame, face, mask = random_case(rng, h, w, box, crop)
@@ -66,7 +66,7 @@ def test_paste_matches_slow_reference(h: int, w: int, box: Box, crop: Box) -> No
     assert diff.max() <= 1 and (diff == 0).mean() > 0.99  # float32 vs float64 rounding at .5 only
 
 
-@pytest.mark.parametrize("h,w,box,crop", CASES)
+@pytest.mark.parametrize(("h", "w", "box", "crop"), CASES)
 def test_paste_matches_upstream_pil_semantics(h: int, w: int, box: Box, crop: Box) -> None:
     frame, face, mask = random_case(np.random.default_rng(7), h, w, box, crop)
     got = paste_face(frame, face, box, crop, mask)
@@ -101,11 +101,11 @@ def test_plan_is_reusable_and_checks_shapes() -> None:
     other_face = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
     for f in (face, other_face):
         np.testing.assert_array_equal(plan.apply(frame, f), paste_face(frame, f, box, crop, mask))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="frame shape"):
         plan.apply(frame[:-1], face)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="BGR face"):
         plan.apply(frame, face[..., 0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="mask shape"):
         prepare_blend(box, crop, mask[:-1], frame.shape)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="empty face box"):
         prepare_blend((10, 10, 10, 20), crop, mask, frame.shape)

@@ -108,14 +108,15 @@ def test_whisper_steps_v15_equals_the_official_pipeline(micro_encoder, speech_li
 # num_frames = math.floor((librosa_length / sr) * fps), actual_length = math.floor((librosa_length / sr) * 50).
 # For these lengths the float product falls just under an integer, one below the exact count
 # (37120 / 16000 * 25 = 57.99999999999999, 18560 / 16000 * 50 = 57.99999999999999, ...).
-@pytest.mark.parametrize("n, fps, frames, steps", [(37120, 25, 57, 115), (18560, 25, 28, 57), (65600, 30, 122, 204)])
+@pytest.mark.parametrize(("n", "fps", "frames", "steps"),
+                         [(37120, 25, 57, 115), (18560, 25, 28, 57), (65600, 30, 122, 204)])
 def test_counts_follow_the_float_floor_where_it_differs_from_the_exact_one(n, fps, frames, steps):
     assert (n * fps // 16000, n * 50 // 16000) == (frames + 1, steps + 1)  # the exact floors, for contrast
     assert num_frames(n, "v15", fps) == frames
     assert num_steps(n, "v15") == steps
 
 
-@pytest.mark.parametrize("n, fps", [(37120, 25), (18560, 25), (65600, 30)])
+@pytest.mark.parametrize(("n", "fps"), [(37120, 25), (18560, 25), (65600, 30)])
 def test_last_frames_read_zero_steps_past_the_kept_steps(n, fps):
     """Steps from floor((n / 16000) * 50) on are zeros, even the last whole step of audio the float floor drops."""
     steps = _step_features(n // 320)  # every whole 20 ms step of the audio, all non-zero

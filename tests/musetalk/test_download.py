@@ -113,7 +113,8 @@ def test_a_dropped_connection_is_resumed_with_a_range_request(fake_hub, tmp_path
     """huggingface_hub writes what it received in whole chunks (DOWNLOAD_CHUNK_SIZE) and asks for the rest."""
     expected = host(fake_hub, "v15")
     big = os.urandom(DOWNLOAD_CHUNK_SIZE + 1_500_000)
-    fake_hub.add("openai/whisper-tiny", "pytorch_model.bin", big, lfs=True).cut_once_after = DOWNLOAD_CHUNK_SIZE + 700_000
+    hosted = fake_hub.add("openai/whisper-tiny", "pytorch_model.bin", big, lfs=True)
+    hosted.cut_once_after = DOWNLOAD_CHUNK_SIZE + 700_000
     expected["whisper/pytorch_model.bin"] = big
     assert main(["--models_dir", str(tmp_path), "--endpoint", fake_hub.url]) == 0
     assert files_in(tmp_path) == expected

@@ -60,7 +60,7 @@ def test_landmarks_on_the_astronaut(astronaut: np.ndarray, astronaut_landmarks: 
 def test_no_face_gives_none() -> None:
     with FaceLandmarker(static_image_mode=True) as detector:
         assert detector.detect(np.full((240, 320, 3), 90, np.uint8)) is None
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="BGR frame"):
             detector.detect(np.zeros((10, 10), np.uint8))
 
 
@@ -161,9 +161,9 @@ def test_box_wholly_outside_the_frame_is_rejected() -> None:
 
 def test_bad_arguments() -> None:
     lm = face_points(20.0, 70.0, chin=90.0, y29=50.0)
-    with pytest.raises(ValueError):
-        face_box(lm, (100, 80, 3), "v2")  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown MuseTalk version"):
+        face_box(lm, (100, 80, 3), "v2")  # type: ignore[arg-type]  # the wrong type is the test
+    with pytest.raises(ValueError, match="landmarks"):
         face_box(lm[:68], (100, 80, 3), "v1")
 
 

@@ -157,7 +157,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused(tmp_path: Path, damage: str) 
     else:
         state["ffm.conv1.weight"] = torch.zeros(32, 256, 1, 1)
     torch.save(state, tmp_path / "face-parse-bisent" / "79999_iter.pth")
-    with pytest.raises(CheckpointError, match="79999_iter.pth"):
+    with pytest.raises(CheckpointError, match=r"79999_iter\.pth"):
         load_face_parser(tmp_path, device="cpu")
 
 
@@ -166,7 +166,7 @@ def test_resnet_file_is_checked_too(tmp_path: Path) -> None:
     state = random_state(TORCHVISION_RESNET18, 1)
     del state["layer3.1.conv2.weight"]
     torch.save(state, tmp_path / "face-parse-bisent" / "resnet18-5c106cde.pth")
-    with pytest.raises(CheckpointError, match="resnet18-5c106cde.pth"):
+    with pytest.raises(CheckpointError, match=r"resnet18-5c106cde\.pth"):
         load_face_parser(tmp_path, device="cpu")
 
 
@@ -253,7 +253,7 @@ def stripes() -> np.ndarray:
     return labels
 
 
-@pytest.mark.parametrize("mode,classes", [("raw", {1, 11, 12, 13}), ("neck", {1, 11, 12, 13, 14})])
+@pytest.mark.parametrize(("mode", "classes"), [("raw", {1, 11, 12, 13}), ("neck", {1, 11, 12, 13, 14})])
 def test_raw_and_neck_keep_their_classes(mode: str, classes: set[int]) -> None:
     labels = stripes()
     mask = labels_to_mask(labels, mode)
@@ -326,7 +326,7 @@ def test_random_label_maps_follow_the_official_rules() -> None:
                                   (np.zeros((512, 512), np.int64), "jaw", 257),
                                   (np.zeros((256, 256), np.int64), "raw", 90)])
 def test_bad_mode_width_or_shape(args: tuple) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"parsing mode|cheek_width|label map"):
         labels_to_mask(*args)
 
 
@@ -427,7 +427,7 @@ def test_prepare_falls_back_to_the_oval_without_weights(tmp_path: Path, astronau
 
 def test_a_parsing_mode_without_weights_is_an_error(tmp_path: Path, astronaut: np.ndarray,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(MissingWeightsError, match="79999_iter.pth"):
+    with pytest.raises(MissingWeightsError, match=r"79999_iter\.pth"):
         prepare_avatar(astronaut, "x", tmp_path / "avatars",
                        PrepareOptions(progress=False, models_dir=tmp_path / "none", parsing_mode="jaw"))
     assert not (tmp_path / "avatars").exists() or not any((tmp_path / "avatars").iterdir())

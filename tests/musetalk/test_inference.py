@@ -49,7 +49,7 @@ def test_masked_latents_ignore_the_lower_half(models):
     assert torch.equal(a, faces_to_latents(models.vae, faces))  # posterior mode: deterministic
 
 
-@pytest.mark.parametrize("bad,error", [
+@pytest.mark.parametrize(("bad", "error"), [
     (np.zeros((1, 256, 256, 3), np.float32), TypeError),
     (np.zeros((256, 256, 3), np.uint8), ValueError),
     (np.zeros((1, 128, 128, 3), np.uint8), ValueError),
@@ -125,7 +125,7 @@ def test_ndarray_input_and_the_audio_features_matter(models):
     assert not np.array_equal(out[0], out[1])  # same face, different audio
 
 
-@pytest.mark.parametrize("features,latents,error,match", [
+@pytest.mark.parametrize(("features", "latents", "error", "match"), [
     (torch.zeros(2, 50, 384), torch.zeros(3, 8, 32, 32), ValueError, "2 frames but latents 3"),
     (torch.zeros(2, 49, 384), torch.zeros(2, 8, 32, 32), ValueError, "features must have shape"),
     (torch.zeros(2, 50, 384), torch.zeros(2, 4, 32, 32), ValueError, "latents must have shape"),

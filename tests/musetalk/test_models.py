@@ -108,7 +108,7 @@ V1_FILES = ["musetalk/pytorch_model.bin", "musetalk/musetalk.json", "sd-vae/conf
             "sd-vae/diffusion_pytorch_model.bin", "whisper/tiny.pt"]
 
 
-@pytest.mark.parametrize("version,files", [("v15", V15_FILES), ("v1", V1_FILES)])
+@pytest.mark.parametrize(("version", "files"), [("v15", V15_FILES), ("v1", V1_FILES)])
 def test_missing_lists_every_file_and_the_command(tmp_path, version, files):
     paths = ModelPaths(tmp_path, version)
     assert sorted(paths.missing()) == sorted(tmp_path / f for f in files)
@@ -278,7 +278,7 @@ def test_vae_strict_loading(tiny_layout, tmp_path):
     state = dict(tiny_layout.vae.state_dict())
     del state["decoder.conv_out.weight"]
     torch.save(state, folder / "diffusion_pytorch_model.bin")
-    with pytest.raises(CheckpointError, match="decoder.conv_out.weight"):
+    with pytest.raises(CheckpointError, match=r"decoder\.conv_out\.weight"):
         load_vae(folder, "cpu", torch.float32)
     (folder / "diffusion_pytorch_model.bin").unlink()
     with pytest.raises(FileNotFoundError, match="diffusion_pytorch_model"):

@@ -68,7 +68,7 @@ def test_streamed_slicing_equals_whole_utterance_slicing(version, batch, n, spee
 
 
 @pytest.mark.parametrize("n", [37120, 18560, 36800, 9280 + 17])
-@pytest.mark.parametrize("batch, ahead", [(4, 0), (8, 640 * 5), (3, 10 ** 6)])
+@pytest.mark.parametrize(("batch", "ahead"), [(4, 0), (8, 640 * 5), (3, 10 ** 6)])
 def test_streamed_slicing_equals_the_official_restatement(n, batch, ahead, speech_like):
     """Frame count floor((n / 16000) * 25), steps kept floor((n / 16000) * 50), zero steps after them, whatever
     the batches and however much audio has arrived beyond each window."""
@@ -78,7 +78,7 @@ def test_streamed_slicing_equals_the_official_restatement(n, batch, ahead, speec
     np.testing.assert_array_equal(streamed, official_chunks(_local_steps(audio), n))
 
 
-@pytest.mark.parametrize("batch, left_s, right_s", [(8, None, 0.2), (1, 0.0, 0.0), (5, 0.3, 0.04)])
+@pytest.mark.parametrize(("batch", "left_s", "right_s"), [(8, None, 0.2), (1, 0.0, 0.0), (5, 0.3, 0.04)])
 def test_window_bounds_and_lookahead(batch, left_s, right_s):
     streamer = StreamingFeatures.with_step_function(_local_steps, "v15", batch, left_s, right_s)
     right = round(right_s * 50)

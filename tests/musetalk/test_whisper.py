@@ -88,12 +88,12 @@ def test_v1_loader_rejects_incomplete_and_foreign_checkpoints(tmp_path):
     ckpt = _openai_checkpoint(TINY_DIMS)
     del ckpt["model_state_dict"]["encoder.blocks.3.mlp_ln.bias"]
     torch.save(ckpt, tmp_path / "missing.pt")
-    with pytest.raises(RuntimeError, match="final_layer_norm.bias"):
+    with pytest.raises(RuntimeError, match=r"final_layer_norm\.bias"):
         load_encoder_v1(tmp_path / "missing.pt")
     ckpt = _openai_checkpoint(TINY_DIMS)
     ckpt["model_state_dict"]["encoder.blocks.0.attn.key.bias"] = torch.zeros(384)
     torch.save(ckpt, tmp_path / "keybias.pt")
-    with pytest.raises(KeyError, match="key.bias"):
+    with pytest.raises(KeyError, match=r"key\.bias"):
         load_encoder_v1(tmp_path / "keybias.pt")
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="openai-whisper"):
@@ -122,10 +122,10 @@ def test_v15_loader_takes_the_encoder_of_a_hf_folder(tmp_path, micro_config, lay
 
 
 def test_v15_loader_errors(tmp_path, micro_config):
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         load_encoder_v15(tmp_path)
     micro_config.save_pretrained(tmp_path)
-    with pytest.raises(FileNotFoundError, match="pytorch_model.bin"):
+    with pytest.raises(FileNotFoundError, match=r"pytorch_model\.bin"):
         load_encoder_v15(tmp_path)
     save_file({"decoder.x": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match="encoder"):
@@ -156,8 +156,7 @@ def _plain_forward(enc, mel: torch.Tensor) -> torch.Tensor:
         h = ln(x, layer.self_attn_layer_norm)
         heads = a.num_heads
         q, k, v = (h @ p.weight.T + (p.bias if p.bias is not None else 0) for p in (a.q_proj, a.k_proj, a.v_proj))
-        split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)  # noqa: E731
-        q, k, v = split(q), split(k), split(v)
+        q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
         att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
         o = (att @ v).transpose(1, 2).reshape(x.shape)
         x = x + o @ a.out_proj.weight.T + a.out_proj.bias

@@ -68,7 +68,8 @@ def official(tiny_en, speech):
     return {seconds: of(seconds) for seconds in (2.3, 31.5)}
 
 
-@pytest.mark.parametrize("seconds, batch, first_frames", [(2.3, 16, (0, 16, 32, 48)), (31.5, 8, (0, 744, 752, 784))])
+@pytest.mark.parametrize(("seconds", "batch", "first_frames"),
+                         [(2.3, 16, (0, 16, 32, 48)), (31.5, 8, (0, 744, 752, 784))])
 def test_streamed_batches_equal_the_official_features_once_the_utterance_has_arrived(tiny_en, official, seconds,
                                                                                      batch, first_frames):
     audio, steps, want = official[seconds]

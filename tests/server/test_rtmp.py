@@ -78,7 +78,7 @@ rtmp {{ server {{ listen 127.0.0.1:{self.port}; application live {{ live on; rec
 
 
 @pytest.fixture
-def nginx(tmp_path: Path, loopback_only: None):  # noqa: ANN201
+def nginx(tmp_path: Path, loopback_only: None):
     if not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()) or not RTMP_MODULE.exists():
         skip_or_fail(INSTALL_HINT)
     server = Nginx(tmp_path)
@@ -144,10 +144,10 @@ class StubSession:
     def __init__(self) -> None:
         self.tasks = TaskOwner("stub")
 
-    def add_sink(self, sink) -> None:  # noqa: ANN001
+    def add_sink(self, sink) -> None:
         pass
 
-    def remove_sink(self, sink) -> None:  # noqa: ANN001
+    def remove_sink(self, sink) -> None:
         pass
 
 
@@ -171,7 +171,7 @@ def push_ticks(pusher: RtmpPusher, ticks: range, onset_tick: int) -> None:
 def test_the_pushed_stream_is_25_fps_h264_with_aac_and_the_marker_frame_meets_its_sound(nginx: Nginx) -> None:
     pusher = RtmpPusher(StubSession(), nginx.url("marker"))  # type: ignore[arg-type]
     pusher.start()
-    feeder = threading.Thread(target=push_ticks, args=(pusher, range(0, 200), 125), daemon=True)
+    feeder = threading.Thread(target=push_ticks, args=(pusher, range(200), 125), daemon=True)
     feeder.start()  # the onset 5 s in: after two key frames
     try:
         assert pusher.wait_connected(10), pusher.last_error
@@ -276,7 +276,7 @@ async def test_the_server_pushes_a_session_driven_by_the_api_beside_webrtc_sessi
     assert not [t for t in threading.enumerate() if t.name.startswith("rtmp-")]  # the server stopped it
 
 
-@pytest.mark.parametrize("argv, words", [
+@pytest.mark.parametrize(("argv", "words"), [
     (["--transport", "rtmp"], "--push_url"),
     (["--transport", "rtmp", "--push_url", "http://x/y"], "--push_url"),
     (["--transport", "srt"], "unknown transport"),
