@@ -71,6 +71,31 @@ def test_render_pool_option() -> None:
             parse_args(bad)
 
 
+def test_stand_in_models_make_faces_from_their_inputs() -> None:
+    """--fake_cost_ms: the replica's batcher runs stand-ins whose outputs depend only on each row's inputs (the
+    same job gives the same faces in every replica), a batch taking at least the given time."""
+    from engines.musetalk_batch import ENCODER, FACES, LATENTS
+    from engines.ray_serve_app import stand_in_batcher, stand_in_face_levels
+
+    rng = np.random.default_rng(0)
+    batcher = stand_in_batcher(0.02, {}, {ENCODER: (1, 2), FACES: (1, 2, 4), LATENTS: (1, 2)})
+    try:
+        chunks, latents = rng.random((3, 50, 384), np.float32), rng.random((3, 8, 32, 32), np.float32)
+        started = time.monotonic()
+        faces = batcher.submit(Job(FACES, (chunks, latents), 0.0)).result(timeout=10)
+        assert time.monotonic() - started >= 0.02
+        assert faces.shape == (3, 256, 256, 3) and faces.dtype == np.uint8
+        assert (faces[:, 128, 128, :2] == stand_in_face_levels(chunks, latents)).all() and not faces[..., 2].any()
+        assert (batcher.submit(Job(FACES, (chunks[1:2], latents[1:2]), 0.0)).result(timeout=10) == faces[1]).all()
+        mels = np.stack([np.zeros((80, 3000), np.float32), np.ones((80, 3000), np.float32)])
+        quiet, loud = batcher.submit(Job(ENCODER, (mels, np.array([0, 10]), np.array([7, 3])), 0.0)).result(10)
+        assert quiet.shape == (7, 5, 384) and loud.shape == (3, 5, 384) and not quiet.any() and loud.all()
+        crops = np.full((2, 256, 256, 3), 51, np.uint8)
+        assert batcher.submit(Job(LATENTS, (crops,), 0.0)).result(timeout=10).shape == (2, 8, 32, 32)
+    finally:
+        batcher.stop()
+
+
 def test_unreachable_pool_stops_the_start_with_a_clear_error(tmp_path: Path) -> None:
     require_loopback_namespace()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
