@@ -10,6 +10,7 @@ from collections.abc import Sequence
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, reading `--some-option` as `--some_option` when only the underscore spelling is defined."""
 
+    # typeshed's overloads of parse_known_args (generic in the namespace's type) are not repeated here.
     def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                          namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
         args = sys.argv[1:] if args is None else args

@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,8 +290,8 @@ def _report(**msg: Any) -> None:
 
 def _progress_bar(iterable: Iterable | None = None, desc: str = "", total: int | None = None, **_: Any) -> Iterator:
     """Stands in for tqdm inside prepare_avatar: reports (at most 5 times a second) instead of drawing."""
-    if total is None and hasattr(iterable, "__len__"):
-        total = len(iterable)  # type: ignore[arg-type]
+    if total is None and isinstance(iterable, Sized):
+        total = len(iterable)
     last = 0.0
     for n, item in enumerate(iterable if iterable is not None else (), 1):
         yield item

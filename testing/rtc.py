@@ -75,6 +75,7 @@ async def _recording_handle(self: RTCRtpReceiver, packet, arrival_time_ms: int) 
     await _original_handle(self, packet, arrival_time_ms)
 
 
+# The harness records arrival times inside aiortc's receiver: a patch of its method, on purpose.
 RTCRtpReceiver._handle_rtp_packet = _recording_handle  # type: ignore[method-assign]
 
 

@@ -32,7 +32,10 @@ def _openai_checkpoint(dims: dict[str, int]) -> dict:
     """A synthetic openai-whisper checkpoint: openai names and shapes, random tensors, decoder keys included."""
     d, ctx, mels = dims["n_audio_state"], dims["n_audio_ctx"], dims["n_mels"]
     g = torch.Generator().manual_seed(3)
-    r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g)
+
     sd = {"encoder.conv1.weight": r(d, mels, 3), "encoder.conv1.bias": r(d),
           "encoder.conv2.weight": r(d, d, 3), "encoder.conv2.bias": r(d),
           "encoder.positional_embedding": r(ctx, d), "encoder.ln_post.weight": r(d), "encoder.ln_post.bias": r(d),
