@@ -65,7 +65,7 @@ class Session:
         self._next_tick = 0
         self._max_ticks = int(options.max_scheduled_seconds / TICK_SECONDS)
         self._sinks: list[Sink] = []
-        self._ticker: asyncio.Task | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._listeners: set[asyncio.Queue] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # the session's event loop, once started
         self.worker = self._new_worker(avatar)
@@ -83,8 +83,8 @@ class Session:
     def _render_failed(self, error: Exception) -> None:
         """From the worker's thread, once per outage: a `render_error` event for the session's listeners (/sse)."""
         if self._loop is not None and not self._loop.is_closed():
-            event = Event(EventKind.RENDER_ERROR, f"rendering failed, the last frame is shown until it recovers: {error}",
-                          self._turn)
+            event = Event(EventKind.RENDER_ERROR,
+                          f"rendering failed, the last frame is shown until it recovers: {error}", self._turn)
             self._loop.call_soon_threadsafe(self.publish, event)
 
     # -- lifecycle -----------------------------------------------------------------------------------------

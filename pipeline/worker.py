@@ -86,7 +86,8 @@ class TickQueue:
 
 class InferenceWorker:
     def __init__(self, engine: Engine, renderer: Renderer, compositor: Compositor, cycle_index: Callable[[int], int],
-                 tick_time: Callable[[int], float], now: Callable[[], float], current_turn: Callable[[], int], stats: SessionStats,
+                 tick_time: Callable[[int], float], now: Callable[[], float], current_turn: Callable[[], int],
+                 stats: SessionStats,
                  queue_capacity: int, out_capacity: int, name: str = "inference",
                  own_frame: Callable[[int], np.ndarray] | None = None,
                  on_render_error: Callable[[Exception], None] | None = None) -> None:

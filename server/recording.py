@@ -11,6 +11,7 @@ never comes: finish() sets the flag and awaits the thread's own "done", whatever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import re
@@ -113,10 +114,8 @@ class Recorder:
     def _resolve(self) -> None:
         assert self._done is not None
         done = self._done
-        try:
+        with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody waits any more
             done.get_loop().call_soon_threadsafe(lambda: done.done() or done.set_result(None))
-        except RuntimeError:  # the event loop is closed: nobody waits any more
-            pass
 
     def _next(self) -> OutputTick | None:
         """The next queued tick; None once stopped and drained (or past the drain deadline)."""

@@ -233,7 +233,8 @@ class RealtimeVoice:
             return str(e)
         finally:
             for response_id, turn in turns.items():  # cut short by the drop: what arrived plays to its end
-                await self.session.end_speech([Event(EventKind.SENTENCE_END, transcripts.get(response_id, ""), turn)], turn)
+                end = Event(EventKind.SENTENCE_END, transcripts.get(response_id, ""), turn)
+                await self.session.end_speech([end], turn)
             if turns:
                 self._playing.release()
 

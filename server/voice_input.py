@@ -50,7 +50,7 @@ class VoiceInput:
             return
         try:
             vad = VoiceActivityDetector(self._vad)
-        except Exception as e:  # e.g. the asr extra is not installed: the session goes on without voice input
+        except Exception as e:  # noqa: BLE001 -- e.g. no asr extra installed: the session goes on without voice input
             log.warning("voice input is off: %s", e)
             self.session.publish(Event(EventKind.ASR_ERROR, f"voice input is off: {e}", self.session.turn))
             await drain(self.track)

@@ -144,7 +144,7 @@ class AudioStream:
     async def _start(self) -> None:
         try:
             msg = await self._message(HEADER_TIMEOUT_S)
-        except asyncio.TimeoutError as e:
+        except TimeoutError as e:
             raise StreamClosed(WSCloseCode.POLICY_VIOLATION,
                                f"no start message within {HEADER_TIMEOUT_S:g} s") from e
         if msg.type == WSMsgType.BINARY:
@@ -177,7 +177,7 @@ class AudioStream:
             idle = UTTERANCE_IDLE_S if self._utterance is not None else None
             try:
                 msg = await self._message(idle)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self._flush()
                 continue
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
@@ -190,7 +190,7 @@ class AudioStream:
                 raise StreamClosed(self.ws.close_code or WSCloseCode.PROTOCOL_ERROR, str(msg.data))
 
     async def _message(self, timeout: float | None) -> WSMessage:
-        """The client's next message; asyncio.TimeoutError after `timeout` seconds (None: none), StreamClosed
+        """The client's next message; TimeoutError after `timeout` seconds (None: none), StreamClosed
         once the session has ended."""
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         while True:
@@ -199,10 +199,10 @@ class AudioStream:
             wait = SESSION_POLL_S if deadline is None else min(SESSION_POLL_S,
                                                                 deadline - asyncio.get_running_loop().time())
             if wait <= 0:
-                raise asyncio.TimeoutError
+                raise TimeoutError
             try:
                 return await self.ws.receive(timeout=wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
 
     @staticmethod
@@ -257,11 +257,11 @@ class AudioStream:
         self._end_utterance()
 
     async def _push(self, pcm: np.ndarray) -> None:
-        if self.live.closed:
-            raise StreamClosed(WSCloseCode.GOING_AWAY, "the session ended")
         if not pcm.size:
             return
         await self._room(pcm.size / SAMPLE_RATE)
+        if self.live.closed:  # before, or while waiting for room: its voice takes nothing more
+            raise StreamClosed(WSCloseCode.GOING_AWAY, "the session ended")
         if self._utterance is None:
             self._utterance = Utterance(self.live.voice, self._label)
             self._label = ""
@@ -297,7 +297,7 @@ class AudioStream:
             while True:
                 try:
                     event = await asyncio.wait_for(events.get(), SPEAKING_POLL_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     event = False
                 if event is None:  # the session ended
                     await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"the session ended")

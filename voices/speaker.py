@@ -139,8 +139,8 @@ class Speaker:
             _, chunks, label, played = item
             try:
                 if turn == self.sink.turn:
-                    await self._push(chunks, Event(EventKind.SENTENCE_START, label, turn), Event(EventKind.SENTENCE_END, label, turn),
-                                     turn)
+                    start = Event(EventKind.SENTENCE_START, label, turn)
+                    await self._push(chunks, start, Event(EventKind.SENTENCE_END, label, turn), turn)
             finally:  # played, skipped or cut short: its request is over either way
                 if not played.done():
                     played.set_result(None)

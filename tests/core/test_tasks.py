@@ -93,7 +93,7 @@ async def test_a_failure_is_logged_once_with_its_traceback_and_a_cancellation_no
     cancelled.cancel()
     owner.start_thread(broken_thread, "broken-thread", stop=lambda: None)
     await owner.close()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="boom"):
         failed.result()  # the caller may still look: the owner only logged it
     records = [(r.getMessage(), r.exc_info is not None) for r in caplog.records]
     assert records == [("s: task broken failed", True), ("s: thread broken-thread failed", True)] or \

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import aiohttp
 import numpy as np
@@ -13,7 +13,7 @@ import pytest
 from testing import fake_realtime, fake_services
 from testing.fake_services import tone_pcm16
 from testing.receiver_audio import spoken
-from testing.server_client import Client, ScriptedMicrophone, Server, connect_with_events, until
+from testing.server_client import ScriptedMicrophone, Server, connect_with_events, until
 
 pytestmark = [pytest.mark.usefixtures("loopback_only"), pytest.mark.slow]
 
@@ -110,7 +110,7 @@ async def session_with_every_feature(server: Server, i: int, speech: np.ndarray)
     await ws.close()
 
 
-async def open_and_close(server: Server, sessions: int, one) -> None:  # noqa: ANN001
+async def open_and_close(server: Server, sessions: int, one: Callable[[Server, int], Awaitable[None]]) -> None:
     """`sessions` sessions through `one(server, i)`, AT_ONCE at a time."""
     slots = asyncio.Semaphore(AT_ONCE)
 
