@@ -90,6 +90,7 @@ def replica_restart(runner: RayRunner, rows: int, clients: int, bound_s: float =
     calls were answered again, when Serve had two replicas running again and when the new one first answered."""
     import ray
     from ray import serve
+    from ray.serve.schema import ReplicaState
 
     from engines.ray_pool import PoolJob
     from testing.ray_cluster import replica_actor
@@ -119,7 +120,7 @@ def replica_restart(runner: RayRunner, rows: int, clients: int, bound_s: float =
             with lock:
                 new = [t for t, r in answers if r is not None and r not in before]
             status = serve.status().applications[APP].deployments["MuseTalkReplica"]
-            running = status.replica_states.get("RUNNING", 0)
+            running = status.replica_states.get(ReplicaState.RUNNING, 0)
             if new and running == 2:
                 break
             if time.monotonic() - killed > bound_s:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -68,17 +68,18 @@ class LatentCache:
 
     async def rows(self, ref: AvatarRows) -> np.ndarray:
         key = (ref.avatar_id, ref.created)
-        latents = self._cached.get(key)
-        if latents is None:
+        cached = self._cached.get(key)
+        if cached is None:
             task = self._loading.get(key)
             if task is None:
                 task = self._loading[key] = asyncio.create_task(asyncio.to_thread(self._load, *key))
                 task.add_done_callback(lambda _: self._loading.pop(key, None))
-            latents = await asyncio.shield(task)  # a cancelled job does not cancel the load others wait for
-            self._cached[key] = latents
+            loaded: np.ndarray = await asyncio.shield(task)  # a cancelled job does not cancel others' load
+            self._cached[key] = cached = loaded
             while len(self._cached) > self.limit:
                 self._cached.popitem(last=False)
         self._cached.move_to_end(key)
+        latents: np.ndarray = cached
         if len(ref.indices) and (ref.indices.min() < 0 or ref.indices.max() >= len(latents)):
             raise PoolError(f"avatar {ref.avatar_id!r} has {len(latents)} frames; asked for frame "
                             f"{int(ref.indices.max())}")
@@ -105,7 +106,9 @@ class StandInModel:
     level: the audio features' mean; its green level: the avatar latents' mean, see `stand_in_face_levels`)."""
 
     def __init__(self, kind: str, cost_s: float) -> None:
-        self.outputs = {ENCODER: _stand_in_states, FACES: _stand_in_faces, LATENTS: _stand_in_latents}[kind]
+        outputs: dict[str, Callable[..., Rows]] = {ENCODER: _stand_in_states, FACES: _stand_in_faces,
+                                                   LATENTS: _stand_in_latents}
+        self.outputs = outputs[kind]
         self.cost_s = cost_s
 
     def __call__(self, inputs: tuple[Rows, ...], rows: int) -> Rows:
@@ -168,7 +171,8 @@ class MuseTalkReplica:
                 self.engine = engine(Path(root), device or "cpu")
         else:
             self.engine = engine(Path(models_dir), device)
-        self.runner = self.engine.runner
+        assert isinstance(self.engine.runner, Batcher)  # the engine's own (or its stand-ins')
+        self.runner: Batcher = self.engine.runner
         self.latents = LatentCache(Path(avatars_dir), version, self.runner, max_avatars)
         self.late_grace_s = late_grace_s
         self.replica = serve.get_replica_context().replica_id.unique_id

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.items import OutputTick
+from core.items import OutputTick, Source
 from engines.render_pool import DEFAULT_APP
 from musetalk.avatar import load_avatar
 from pipeline.session import Session, SessionOptions
@@ -43,7 +43,7 @@ def step_together(sessions: list[Session], ticks: int, wait: float = WAIT_FOR_VI
 
 def summary(out: list[OutputTick], session: Session) -> dict:
     sources = [o.source for o in out]
-    return {"speech": sources.count("speech"), "repeat": sources.count("repeat"),
+    return {"speech": sources.count(Source.SPEECH), "repeat": sources.count(Source.REPEAT),
             "render_errors": session.stats.render_errors, "dropped_frames": session.stats.dropped_frames,
             "repeated_frames": session.stats.repeated_frames}
 
@@ -66,7 +66,7 @@ async def run(render_pool: str, app: str, avatars_dir: Path, sessions: int, seco
         outs = await asyncio.to_thread(step_together, live, engine.lead_ticks + ticks + 4)
         for session in live:
             await session.close()
-        stats = engine.pool.stats  # type: ignore[attr-defined]
+        stats = engine.pool.stats
         return {"ticks": ticks, "sessions": [summary(o, s) for o, s in zip(outs, live)],
                 "replicas": dict(stats.by_replica), "hop_ms": 1000 * stats.hop_seconds, "lead_ticks": engine.lead_ticks}
     finally:

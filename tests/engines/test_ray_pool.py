@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import aiohttp
 import numpy as np
@@ -27,6 +28,8 @@ from testing.rtc import require_loopback_namespace
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
+
+    from testing.server_client import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 REPLICAS = 2
@@ -205,6 +208,7 @@ async def test_a_replica_dying_mid_speech(front_end, demo_avatar: Avatar) -> Non
     replica left, and Serve starts a new replica."""
     import ray
     from ray import serve
+    from ray.serve.schema import ReplicaState
 
     from pipeline.session import Session, SessionOptions
     from testing.pool_frontend import speech, step_together
@@ -260,7 +264,7 @@ async def test_a_replica_dying_mid_speech(front_end, demo_avatar: Avatar) -> Non
     deadline = time.monotonic() + 90  # Serve replaces the dead replica
     while time.monotonic() < deadline:
         app = serve.status().applications[TINY_APP]
-        if app.deployments["MuseTalkReplica"].replica_states.get("RUNNING", 0) == REPLICAS:
+        if app.deployments["MuseTalkReplica"].replica_states.get(ReplicaState.RUNNING, 0) == REPLICAS:
             break
         await asyncio.sleep(1)
     else:
@@ -418,13 +422,15 @@ async def test_two_app_front_ends_speak_in_real_time_through_the_pool(pool: dict
 
     import ray
     from ray import serve
+    from ray.serve.schema import ReplicaState
 
     from engines.render_pool import DEFAULT_APP
     from testing.fake_services import free_port
     from testing.server_client import offer_sdp, sse_events
 
     def running() -> int:
-        return serve.status().applications[DEFAULT_APP].deployments["MuseTalkReplica"].replica_states.get("RUNNING", 0)
+        states = serve.status().applications[DEFAULT_APP].deployments["MuseTalkReplica"].replica_states
+        return states.get(ReplicaState.RUNNING, 0)
 
     ports = [free_port(), free_port()]
     logs = [tmp_path / f"front-end-{port}.log" for port in ports]
@@ -432,7 +438,7 @@ async def test_two_app_front_ends_speak_in_real_time_through_the_pool(pool: dict
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     events: dict[str, list[dict]] = {}
     tasks = []
-    ray.init(address=pool["RAY_ADDRESS"], logging_level="WARNING", log_to_driver=False, ignore_reinit_error=True)
+    ray.init(address=pool["RAY_ADDRESS"], logging_level=logging.WARNING, log_to_driver=False, ignore_reinit_error=True)
     try:
         async with aiohttp.ClientSession() as http:
             for url, proc, log_path in zip(urls, procs, logs):
@@ -453,8 +459,8 @@ async def test_two_app_front_ends_speak_in_real_time_through_the_pool(pool: dict
                         sid = str((await resp.json())["sessionid"])
                     ready = asyncio.Event()
                     events[sid] = []
-                    tasks.append(asyncio.create_task(sse_events(SimpleNamespace(http=http, url=url), sid, events[sid],
-                                                                ready)))
+                    server = cast("Server", SimpleNamespace(http=http, url=url))  # what sse_events reads of one
+                    tasks.append(asyncio.create_task(sse_events(server, sid, events[sid], ready)))
                     await asyncio.wait_for(ready.wait(), 30)
                     for k in range(CLIPS):  # sentences, queued: each one an utterance, as a voice's are
                         form = aiohttp.FormData()
