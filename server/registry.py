@@ -143,10 +143,10 @@ class RegistryObserver(Protocol):
 
 class SessionRegistry:
     def __init__(self, max_sessions: int, idle_timeout: float, connect_timeout: float,
-                 observer: RegistryObserver | None = None, tasks: TaskOwner | None = None) -> None:
+                 observer: RegistryObserver | None = None, *, tasks: TaskOwner) -> None:
         """`tasks`: the app's owner, which runs the endings (a session's own owner cannot: ending closes it)."""
         self.max_sessions = max_sessions
-        self._tasks = tasks if tasks is not None else TaskOwner("sessions")
+        self._tasks = tasks
         self.observer = observer
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
