@@ -3,8 +3,10 @@ and closed against a real server, each using every feature, leave no asyncio tas
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -23,6 +25,14 @@ AT_ONCE = 3  # sessions open at the same time (the config's max_session)
 # Process-wide executors, shared by all sessions and bounded (asyncio's default one, where aiortc encodes, and the
 # voices' and uploads' pools): their idle workers are no session's.
 POOL_THREADS = ("asyncio_", "pool-")
+
+
+@pytest.fixture
+def twin_avatars(avatars_dir: Path, tmp_path: Path) -> Path:
+    """The demo avatar (with its action clip) and "twin", a copy of it to switch to."""
+    shutil.copytree(avatars_dir / "demo", tmp_path / "demo")
+    shutil.copytree(avatars_dir / "demo", tmp_path / "twin")
+    return tmp_path
 
 
 class QuickTranscriber:
@@ -97,6 +107,8 @@ async def session_with_every_feature(server: Server, i: int, speech: np.ndarray)
     frames = len(client.video_times)
     assert await until(lambda: len(client.video_times) >= frames + 3, 10)  # and recorded
     await post_ok(server, "/interrupt_talk", {"sessionid": sid})
+    if i % 5 == 0:  # another avatar: a worker of its own starts, the old one is retired
+        await post_ok(server, "/set_avatar", {"sessionid": sid, "avatar": "twin"})
     await post_ok(server, "/human", {"sessionid": sid, "text": "Tell me more.", "type": "chat"})  # left running
     status, reply = await server.post("/record", {"sessionid": sid, "type": "end_record"})
     assert (status, reply["code"]) in ((200, 0), (409, -1)), reply
@@ -121,11 +133,11 @@ async def open_and_close(server: Server, sessions: int, one: Callable[[Server, i
     await asyncio.gather(*(run(i) for i in range(1, sessions + 1)))
 
 
-async def test_fifty_sessions_with_every_feature_leave_no_task_and_no_thread(serve, config) -> None:
+async def test_fifty_sessions_with_every_feature_leave_no_task_and_no_thread(serve, config, twin_avatars) -> None:
     speech = await spoken("What is the weather like today?")
     async with fake_services.openai_service() as (base, _):
         async with serve(config, llm_base_url=base, llm_model="ok", tts="openai", TTS_SERVER=base,
-                         max_session=AT_ONCE) as server:
+                         max_session=AT_ONCE, avatars_dir=twin_avatars) as server:
             server.state.services.transcriber = quick_transcriber  # type: ignore[method-assign]
             await session_with_every_feature(server, 0, speech)  # warm-up: first-use pools and caches
             tasks, threads = asyncio.all_tasks(), threading.enumerate()
