@@ -10,6 +10,7 @@ client's connection, a recording): all of them start through it, and close() end
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -166,11 +167,9 @@ class Session:
         self._check_open()
         new = self._new_worker(avatar)
         if self._started:
-            try:
+            with contextlib.suppress(OwnerClosedError):  # the session closed meanwhile: said just below
                 await asyncio.to_thread(new.start, self.tasks)
-            except OwnerClosedError:  # closed meanwhile
-                self._check_open()
-                raise
+            self._check_open()  # closed meanwhile: close() refused the new worker's thread, or stopped it
         turn = self.interrupt()
         old = self.worker
         self.avatar, self.actions, self.worker = avatar, actions or {}, new

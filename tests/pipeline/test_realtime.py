@@ -8,7 +8,7 @@ import numpy as np
 import psutil
 
 from engines.lite import LiteEngine
-from pipeline.session import Session, SessionOptions
+from pipeline.session import Session, SessionClosed, SessionOptions
 from testing.probe import (
     ProbeEngine,
     face_value,
@@ -128,3 +128,16 @@ async def test_close_stops_the_worker_even_after_the_output_clock_failed() -> No
     assert session.worker.alive
     await session.close()  # the failure was logged by the ticker; closing still releases everything
     assert not session.worker.alive and session.closed
+
+
+async def test_an_avatar_switch_racing_the_close_leaves_no_worker() -> None:
+    """set_avatar starts the new worker off the event loop; a close meanwhile refuses or stops it."""
+    for _ in range(5):
+        session = Session("race", synthetic_avatar(), ProbeEngine())
+        await session.start()
+        switch = asyncio.ensure_future(session.set_avatar(synthetic_avatar()))
+        await asyncio.sleep(0)  # the switch is under way
+        await session.close()
+        results = await asyncio.gather(switch, return_exceptions=True)
+        assert isinstance(results[0], SessionClosed), results
+        assert session_threads() == 0 and len(session.tasks) == 0
