@@ -16,6 +16,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from core.arrays import Image
 from core.events import Event
 from core.items import Kind, OutputTick, Source, TickAudio, VideoResult
 from core.units import TICK_SAMPLES
@@ -43,7 +44,7 @@ CATEGORY_PICTURE = {Source.SPEECH: Picture.AVATAR, Source.IDLE: Picture.AVATAR, 
 
 
 class Output:
-    def __init__(self, avatar: Avatar, video_in: TickQueue, stats: SessionStats,
+    def __init__(self, avatar: Avatar, video_in: TickQueue[VideoResult], stats: SessionStats,
                  tick_time: Callable[[int], float], crossfade_ticks: int = 2) -> None:
         self.avatar = avatar
         self.video_in = video_in
@@ -53,11 +54,11 @@ class Output:
         self.turn = 0
         self._audio: collections.deque[TickAudio] = collections.deque()
         self._action: tuple[ActionClip, int, int] | None = None  # clip, audiotype, first tick
-        self._last_frame: np.ndarray | None = None
+        self._last_frame: Image | None = None
         self._last_category = Source.IDLE
         self._last_picture = Picture.AVATAR
         self.idle_clip: ActionClip | None = None  # a custom idle video (LiveTalking's audiotype 1), looped
-        self._fade_from: np.ndarray | None = None
+        self._fade_from: Image | None = None
         self._fade_left = 0
 
     # -- control (event loop) ------------------------------------------------------------------------------
@@ -74,7 +75,7 @@ class Output:
     def start_action(self, clip: ActionClip, audiotype: int, tick: int) -> None:
         self._action = (clip, audiotype, tick)
 
-    def switch_avatar(self, avatar: Avatar, video_in: TickQueue) -> None:
+    def switch_avatar(self, avatar: Avatar, video_in: TickQueue[VideoResult]) -> None:
         """Idle and speech frames come from `avatar` (rendered into `video_in`) from the next tick on; the
         picture crossfades from the last frame shown (scaled to the new size if it differs)."""
         self.avatar, self.video_in, self._action, self.idle_clip = avatar, video_in, None, None
@@ -82,7 +83,7 @@ class Output:
         if last is not None:
             h, w = avatar.frames.shape[1:3]
             if last.shape[:2] != (h, w):
-                last = cv2.resize(np.asarray(last), (w, h), interpolation=cv2.INTER_AREA)
+                last = np.asarray(cv2.resize(np.asarray(last), (w, h), interpolation=cv2.INTER_AREA), np.uint8)
             self._fade_from, self._fade_left = last, self.crossfade_ticks
 
     @property
@@ -116,7 +117,8 @@ class Output:
                 frame, source = self._own(k), Source.IDLE
             else:
                 self.stats.add(repeated_frames=1)
-                frame, source = ((self._last_frame, Source.REPEAT) if self._last_category is Source.SPEECH
+                last = self._last_frame  # set whenever the last category is speech
+                frame, source = ((last, Source.REPEAT) if last is not None and self._last_category is Source.SPEECH
                                  else (self._own(k), Source.IDLE))
         elif self._action is not None and k >= self._action[2]:
             clip, _, start = self._action
@@ -132,10 +134,11 @@ class Output:
         self._last_frame = frame
         return OutputTick(tick=k, frame=frame, audio=audio, kind=kind, source=source, events=events, turn=self.turn)
 
-    def _own(self, k: int) -> np.ndarray:
-        return self.avatar.frames[self.avatar.cycle_index(k)]
+    def _own(self, k: int) -> Image:
+        frame: Image = self.avatar.frames[self.avatar.cycle_index(k)]  # (numpy types an element as Any)
+        return frame
 
-    def _idle(self, k: int) -> np.ndarray:
+    def _idle(self, k: int) -> Image:
         """What a tick shows when nothing is spoken or played: the idle clip, looped, or the avatar's own frame."""
         clip = self.idle_clip
         return clip.frame(k % clip.n_ticks) if clip is not None else self._own(k)
@@ -177,7 +180,7 @@ class Output:
                 # Only in stepped (test / offline) mode: block until the worker delivers tick k.
                 q.cond.wait(remaining)
 
-    def _crossfade(self, frame: np.ndarray, category: Source, picture: Picture) -> np.ndarray:
+    def _crossfade(self, frame: Image, category: Source, picture: Picture) -> Image:
         if picture != self._last_picture and self._last_frame is not None:
             self._fade_from, self._fade_left = self._last_frame, self.crossfade_ticks
         self._last_category, self._last_picture = category, picture
@@ -186,7 +189,8 @@ class Output:
         n = self.crossfade_ticks
         alpha = (n - self._fade_left + 1) / (n + 1)  # weight of the new frame
         self._fade_left -= 1
-        return cv2.addWeighted(np.asarray(self._fade_from), 1.0 - alpha, np.asarray(frame), alpha, 0.0)
+        return np.asarray(cv2.addWeighted(np.asarray(self._fade_from), 1.0 - alpha, np.asarray(frame), alpha, 0.0),
+                          np.uint8)  # uint8 in, uint8 out: only the type changes
 
     def _count(self, source: Source) -> None:
         self.stats.add(ticks=1)

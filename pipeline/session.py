@@ -14,9 +14,9 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
-import numpy as np
-
+from core.arrays import Pcm
 from core.clock import ManualTime, MediaClock
 from core.events import Event, EventKind
 from core.items import OutputTick, TickAudio
@@ -44,6 +44,9 @@ class SessionOptions:
     event_queue_size: int = 256
 
 
+EventQueue: TypeAlias = asyncio.Queue[Event | None]  # a listener's events; None: the session ended
+
+
 class SessionClosed(RuntimeError):
     pass
 
@@ -57,7 +60,8 @@ class Session:
         self.actions = actions or {}
         self.options = options
         self.stepped = stepped
-        self.clock = MediaClock(now=ManualTime()) if stepped else MediaClock()
+        self._manual_time = ManualTime() if stepped else None
+        self.clock = MediaClock(now=self._manual_time) if self._manual_time is not None else MediaClock()
         self.stats = SessionStats()
         self.tasks = TaskOwner(f"session-{session_id}")
         self._turn = 0
@@ -67,7 +71,7 @@ class Session:
         self._max_ticks = int(options.max_scheduled_seconds / TICK_SECONDS)
         self._sinks: list[Sink] = []
         self._ticker: asyncio.Task[None] | None = None
-        self._listeners: set[asyncio.Queue] = set()
+        self._listeners: set[EventQueue] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # the session's event loop, once started
         self.worker = self._new_worker(avatar)
         self.framer = AudioFramer(self.clock.current_tick, lambda: self.worker.lead_ticks, now=self.clock.now)
@@ -121,7 +125,7 @@ class Session:
     def turn(self) -> int:
         return self._turn
 
-    async def push_audio(self, pcm: np.ndarray, events: list[Event] | None = None, turn: int | None = None) -> bool:
+    async def push_audio(self, pcm: Pcm, events: list[Event] | None = None, turn: int | None = None) -> bool:
         """Queue speech audio (float32 16 kHz mono, any length). Returns False if `turn` was interrupted.
 
         Waits (back-pressure) while more than `max_scheduled_seconds` of audio is waiting to be played.
@@ -215,13 +219,13 @@ class Session:
         if sink in self._sinks:
             self._sinks.remove(sink)
 
-    def subscribe(self) -> asyncio.Queue:
+    def subscribe(self) -> EventQueue:
         """Events (sentence start/end...) as their audio is played; None marks the end of the session."""
-        q: asyncio.Queue = asyncio.Queue(self.options.event_queue_size)
+        q: EventQueue = asyncio.Queue(self.options.event_queue_size)
         self._listeners.add(q)
         return q
 
-    def unsubscribe(self, q: asyncio.Queue) -> None:
+    def unsubscribe(self, q: EventQueue) -> None:
         self._listeners.discard(q)
 
     def publish(self, event: Event) -> None:
@@ -232,10 +236,10 @@ class Session:
 
     def step(self, wait_for_video: float = 10.0) -> OutputTick:
         """Stepped mode: produce the next tick now, waiting for its rendered frame if it is speech."""
-        if not self.stepped:
+        if self._manual_time is None:
             raise RuntimeError("step() is for stepped sessions; real-time sessions run their own clock")
         k = self._next_tick
-        self.clock.now.t = self.clock.tick_time(k)
+        self._manual_time.t = self.clock.tick_time(k)
         self._next_tick += 1
         return self._emit(self.output.tick(k, wait_for_video=wait_for_video))
 
@@ -268,7 +272,7 @@ class Session:
         return out
 
     @staticmethod
-    def _offer(q: asyncio.Queue, item: object) -> None:
+    def _offer(q: EventQueue, item: Event | None) -> None:
         if q.full():  # a slow listener loses its oldest event rather than stalling the clock
             q.get_nowait()
         q.put_nowait(item)

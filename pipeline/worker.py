@@ -15,9 +15,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
+from core.arrays import Image
 from core.items import TickAudio, VideoResult
 from core.tasks import TaskOwner
 from core.units import TICK_SAMPLES
@@ -29,18 +31,31 @@ from pipeline.stats import SessionStats
 log = logging.getLogger(__name__)
 
 
-class TickQueue:
+class Scheduled(Protocol):
+    """What a TickQueue holds: something for one tick of one turn (TickAudio, VideoResult)."""
+
+    @property
+    def tick(self) -> int: ...
+
+    @property
+    def turn(self) -> int: ...
+
+
+T = TypeVar("T", bound=Scheduled)
+
+
+class TickQueue(Generic[T]):
     """A bounded FIFO shared by one producer and one consumer thread, with peek and turn-based purge."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: collections.deque = collections.deque()
+        self._items: collections.deque[T] = collections.deque()
         self.cond = threading.Condition()
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, item: object) -> bool:
+    def put(self, item: T) -> bool:
         """Append unless full; never blocks."""
         with self.cond:
             if len(self._items) >= self.capacity:
@@ -49,7 +64,7 @@ class TickQueue:
             self.cond.notify_all()
             return True
 
-    def put_wait(self, item: object, keep_waiting: Callable[[], bool]) -> bool:
+    def put_wait(self, item: T, keep_waiting: Callable[[], bool]) -> bool:
         """Append, waiting for room while `keep_waiting()` holds (back-pressure on the producer thread)."""
         with self.cond:
             while len(self._items) >= self.capacity:
@@ -73,14 +88,14 @@ class TickQueue:
             self.cond.notify_all()
 
     # The following are called with `cond` held.
-    def peek(self, i: int = 0) -> object | None:
+    def peek(self, i: int = 0) -> T | None:
         return self._items[i] if i < len(self._items) else None
 
-    def first(self, n: int) -> list:
+    def first(self, n: int) -> list[T]:
         """The first n items (fewer if there are fewer), in one pass (indexing a deque's middle is not O(1))."""
         return list(itertools.islice(self._items, n))
 
-    def popleft(self) -> object:
+    def popleft(self) -> T:
         return self._items.popleft()
 
 
@@ -89,7 +104,7 @@ class InferenceWorker:
                  tick_time: Callable[[int], float], now: Callable[[], float], current_turn: Callable[[], int],
                  stats: SessionStats,
                  queue_capacity: int, out_capacity: int, name: str = "inference",
-                 own_frame: Callable[[int], np.ndarray] | None = None,
+                 own_frame: Callable[[int], Image] | None = None,
                  on_render_error: Callable[[Exception], None] | None = None) -> None:
         self.engine = engine
         # Told of the first failed render of an outage (e.g. a render pool replica died), not of each batch: the
@@ -106,9 +121,10 @@ class InferenceWorker:
         self.now = now
         self.current_turn = current_turn
         self.stats = stats
-        self.inbox = TickQueue(queue_capacity)
-        self.outbox = TickQueue(out_capacity)
-        self._history: collections.deque[TickAudio] = collections.deque(maxlen=max(1, engine.left_context_ticks))
+        self.inbox: TickQueue[TickAudio] = TickQueue(queue_capacity)
+        self.outbox: TickQueue[VideoResult] = TickQueue(out_capacity)
+        self._history_ticks = max(1, engine.left_context_ticks)
+        self._history: collections.deque[TickAudio] = collections.deque(maxlen=self._history_ticks)
         self.name = name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None  # started by start(), through the session's task owner
@@ -250,7 +266,7 @@ class InferenceWorker:
             self._deliver(VideoResult(tick=tick.tick, turn=turn, frame=frame))
 
     def _remember(self, batch: list[TickAudio]) -> None:
-        self._history.extend(batch[-self._history.maxlen:])
+        self._history.extend(batch[-self._history_ticks:])
 
     def _request(self, batch: list[TickAudio], right: list[TickAudio], indices: list[int],
                  ends: bool) -> RenderRequest:
