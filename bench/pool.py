@@ -224,8 +224,6 @@ def serve_batched_app(options: dict, max_jobs: int) -> Application:
     from engines.ray_serve_app import MuseTalkReplica
     from engines.render_pool import PoolJob, PoolResult, PoolSpec
 
-    @serve.deployment(name="ServeBatched", num_replicas=1, max_ongoing_requests=4 * max_jobs,
-                      ray_actor_options={"num_cpus": options["num_cpus"], "num_gpus": options.get("num_gpus", 0)})
     class ServeBatched:
         def __init__(self) -> None:
             self.replica = MuseTalkReplica(tiny=options["tiny"], batch_size=options["batch_size"])
@@ -242,7 +240,11 @@ def serve_batched_app(options: dict, max_jobs: int) -> Application:
             seconds, ends = time.perf_counter() - started, np.cumsum([len(job.inputs[0]) for job in jobs])
             return [PoolResult(part, self.replica.replica, seconds) for part in np.split(out, ends[:-1])]
 
-    return ServeBatched.bind()
+    # The class made a deployment by a call rather than a decorator: mypy keeps a decorated class's own type.
+    deployment = serve.deployment(
+        name="ServeBatched", num_replicas=1, max_ongoing_requests=4 * max_jobs,
+        ray_actor_options={"num_cpus": options["num_cpus"], "num_gpus": options.get("num_gpus", 0)})(ServeBatched)
+    return deployment.bind()
 
 
 def _local_engine(tiny: bool, rows: int) -> MuseTalkEngine:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -199,7 +200,7 @@ class MuseTalkEngine(Engine):
                   tag.current_turn)
         return self.runner.submit(job).result()
 
-    def _bind(self, avatar: Avatar) -> MuseTalkBinding:
+    def _bind(self, avatar: Avatar) -> AvatarBinding:
         return MuseTalkBinding(self, avatar)
 
 
@@ -220,8 +221,19 @@ class MuseTalkBinding(AvatarBinding):
         return MuseTalkRenderer(self)
 
 
+class LatentsBinding(Protocol):
+    """What a MuseTalkRenderer reads of its binding: MuseTalkBinding, or the render pool's binding, whose latents
+    stay in the pool (engines.render_pool.AvatarRows, indexed like the array)."""
+
+    @property
+    def engine(self) -> MuseTalkEngine: ...
+
+    @property
+    def latents(self) -> Any: ...
+
+
 class MuseTalkRenderer(Renderer):
-    def __init__(self, binding: MuseTalkBinding) -> None:
+    def __init__(self, binding: LatentsBinding) -> None:
         self.binding = binding
 
     def render(self, request: RenderRequest) -> list[np.ndarray]:

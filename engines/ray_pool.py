@@ -179,7 +179,7 @@ class PooledBinding(AvatarBinding):
                                   np.arange(avatar.n_frames, dtype=np.int64))
 
     def new_renderer(self) -> MuseTalkRenderer:
-        return MuseTalkRenderer(self)  # type: ignore[arg-type]  # it reads .engine and .latents
+        return MuseTalkRenderer(self)
 
 
 class PooledMuseTalkEngine(MuseTalkEngine):

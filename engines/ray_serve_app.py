@@ -221,11 +221,11 @@ def build_app(args: Mapping[str, Any]) -> Application:
     num_cpus = float(options.pop("num_cpus", 1))
     sessions = int(options.get("max_sessions", DEFAULT_MAX_SESSIONS))
     deployment = serve.deployment(
-        MuseTalkReplica, name="MuseTalkReplica", num_replicas=replicas,
+        name="MuseTalkReplica", num_replicas=replicas,
         ray_actor_options={"num_gpus": num_gpus, "num_cpus": num_cpus},
         # Every job of a replica's sessions waits in its batcher at once (an encoder and a faces job each).
         max_ongoing_requests=4 * sessions, health_check_period_s=2, health_check_timeout_s=30,
-        graceful_shutdown_timeout_s=5)
+        graceful_shutdown_timeout_s=5)(MuseTalkReplica)
     return deployment.bind(**options)
 
 

@@ -114,8 +114,13 @@ class Recorder:
     def _resolve(self) -> None:
         assert self._done is not None
         done = self._done
+
+        def resolve() -> None:
+            if not done.done():
+                done.set_result(None)
+
         with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody waits any more
-            done.get_loop().call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+            done.get_loop().call_soon_threadsafe(resolve)
 
     def _next(self) -> OutputTick | None:
         """The next queued tick; None once stopped and drained (or past the drain deadline)."""
@@ -149,7 +154,7 @@ class Recorder:
                 pcm.pts = (out.tick - first) * TICK_SAMPLES
                 container.mux(audio.encode(pcm))
                 self.frames += 1
-            if container is not None:
+            if container is not None and video is not None and audio is not None:  # (all three opened together)
                 container.mux(video.encode(None))
                 container.mux(audio.encode(None))
         finally:

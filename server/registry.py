@@ -238,8 +238,10 @@ class SessionRegistry:
 
     async def _connected(self, live: LiveSession, period: float) -> bool:
         deadline = live.created + self.connect_timeout
-        while live.pc.connectionState != "connected":
-            if time.monotonic() >= deadline or live.pc.connectionState in ("failed", "closed"):
+        pc = live.pc
+        assert pc is not None  # watched only for WebRTC sessions
+        while pc.connectionState != "connected":
+            if time.monotonic() >= deadline or pc.connectionState in ("failed", "closed"):
                 return False
             await asyncio.sleep(period)
         return True

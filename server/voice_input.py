@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
 
 from core.audio import MonoResampler
 from core.events import Event, EventKind
@@ -88,6 +89,7 @@ async def microphone(track: MediaStreamTrack, rate: int = SAMPLE_RATE) -> AsyncI
             frame = await track.recv()
         except MediaStreamError:
             return
+        assert isinstance(frame, AudioFrame)  # a received audio track decodes its packets
         yield to_mono(frame)
 
 

@@ -118,7 +118,8 @@ class AudioStream:
     async def run(self) -> None:
         events = self.live.session.subscribe()
         sender: asyncio.Task | None = None
-        code, reason = WSCloseCode.OK, "bye"
+        code: int = WSCloseCode.OK
+        reason = "bye"
         try:
             if self.live.closed:  # it ended while the socket was being accepted
                 raise StreamClosed(WSCloseCode.GOING_AWAY, "the session ended")

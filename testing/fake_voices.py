@@ -5,7 +5,7 @@ what was asked and what was cut short. The HTTP services themselves are faked in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import numpy as np
 
@@ -23,7 +23,7 @@ class ToneTTS:
         self.spoken: list[str] = []  # every text asked for, in order
         self.closed_early = 0  # syntheses closed before their last chunk (interrupted)
 
-    async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
+    async def synthesize(self, text: str) -> AsyncGenerator[np.ndarray, None]:
         if self.fail_on and self.fail_on in text:
             raise TTSError("voice server answered 503")
         self.spoken.append(text)
@@ -46,7 +46,7 @@ class ScriptedLLM:
         self.deltas, self.delay, self.fail = deltas, delay, fail
         self.cancelled = False  # the answer was cancelled or closed before its end
 
-    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+    async def stream(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
         try:
             for d in self.deltas:
                 await asyncio.sleep(self.delay)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -27,7 +27,7 @@ class LLMError(Exception):
 
 
 class ChatModel(Protocol):
-    def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+    def stream(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
         """Yield the answer's text deltas as they are generated."""
         ...
 
@@ -42,7 +42,7 @@ class ChatLLM(OpenAIBackend):
         self.model = model
         self._options = given(temperature=temperature, max_tokens=max_tokens)
 
-    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+    async def stream(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
         started = False
         try:
             stream = await self._client.chat.completions.create(
@@ -108,7 +108,7 @@ class LocalChatLLM:
     def _model(self) -> tuple[Any, Any]:
         return _load_local(self.model_dir or smollm2_dir(), self.gguf_file)
 
-    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+    async def stream(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
         def produce(emit: Callable[[str], None], stop: threading.Event) -> None:
             self._generate(list(messages), emit, stop)
 
@@ -157,7 +157,7 @@ class Conversation:
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return system + self.history + [{"role": "user", "content": user_text}]
 
-    async def reply(self, user_text: str) -> AsyncIterator[str]:
+    async def reply(self, user_text: str) -> AsyncGenerator[str, None]:
         """Stream the answer. The exchange is recorded with the text actually
         produced, also when the consumer stops early or the model fails;
         an exchange that produced no text at all is not recorded. A consumer

@@ -7,7 +7,7 @@ GPT-SoVITS) and ``voices.tts_edge`` (Microsoft edge-tts).
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,7 +27,7 @@ class TTSError(Exception):
 
 
 class TTS(Protocol):
-    def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
+    def synthesize(self, text: str) -> AsyncGenerator[np.ndarray, None]:
         """Yield float32 mono 16 kHz audio chunks as they are synthesised.
 
         Implemented as an async generator: closing it (``aclose()``, e.g.
@@ -103,7 +103,7 @@ class PiperTTS:
         self._config = SynthesisConfig(speaker_id=speaker_id, length_scale=length_scale)
         self._peak = peak
 
-    async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
+    async def synthesize(self, text: str) -> AsyncGenerator[np.ndarray, None]:
         if not text.strip():
             return
         def produce(emit: Callable[[np.ndarray], None], stop: threading.Event) -> None:

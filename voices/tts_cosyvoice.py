@@ -10,7 +10,7 @@ passed on as it arrives.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import aiohttp
@@ -43,7 +43,7 @@ class CosyVoiceTTS(HTTPBackend):
             raise TTSError(f"CosyVoice: cannot read the reference recording {path}: {e.strerror or e}") from e
         return cls(server, prompt_wav=data, prompt_text=prompt_text)
 
-    async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
+    async def synthesize(self, text: str) -> AsyncGenerator[np.ndarray, None]:
         if not text.strip():
             return
         form = aiohttp.FormData()

@@ -7,7 +7,7 @@ cannot be pointed at a fake service; ``resolver`` (DNS override) and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 import aiohttp
@@ -67,7 +67,7 @@ class EdgeTTS:
                              connect_timeout=connect_timeout, receive_timeout=receive_timeout)
         self._resolver = resolver
 
-    async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
+    async def synthesize(self, text: str) -> AsyncGenerator[np.ndarray, None]:
         import edge_tts
 
         if not text.strip():

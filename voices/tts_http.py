@@ -4,7 +4,7 @@ and GPT-SoVITS ``api_v2`` (a WAV stream: header, then PCM as it is made)."""
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx2
@@ -70,7 +70,7 @@ class OpenAITTS(OpenAIBackend):
         self.model, self.voice, self.pcm_rate = model, voice, pcm_rate
         self._extra = given(instructions=instructions or None, speed=speed)  # an empty instruction is none
 
-    async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
+    async def synthesize(self, text: str) -> AsyncGenerator[np.ndarray, None]:
         if not text.strip():
             return
         try:
@@ -115,7 +115,7 @@ class GPTSoVITSTTS(HTTPBackend):
             "prompt_lang": prompt_lang, "media_type": "wav", "streaming_mode": True, **(extra or {}),
         }
 
-    async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
+    async def synthesize(self, text: str) -> AsyncGenerator[np.ndarray, None]:
         if not text.strip():
             return
         async with self._request("POST", self.url, json={"text": text, **self._params}) as resp:
