@@ -69,7 +69,7 @@ def test_a_crossfaded_start_reaches_half_open_a_frame_later() -> None:
     faded[5][20:22, 20:40] = 40
     faded[5][22, 20:40] = 150 - round(110 / 3)
     (t,) = half_open_times(videos(faded), [1000.0 + 40 * 4.5], REGION)
-    assert 1000.0 + 40 * 5 < t < 1000.0 + 40 * 6
+    assert t is not None and 1000.0 + 40 * 5 < t < 1000.0 + 40 * 6
 
 
 def test_each_burst_is_measured_against_its_own_full_opening() -> None:

@@ -47,7 +47,7 @@ def test_gpu_rejects_a_bad_option() -> None:
 
 def table_rows(out: str, columns: int, after: str) -> dict[int, list[str]]:
     """The rows of the table printed after the line starting with `after`, by their first cell."""
-    rows = {}
+    rows: dict[int, list[str]] = {}
     lines = out.splitlines()
     for line in lines[next(i for i, line in enumerate(lines) if line.startswith(after)):]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

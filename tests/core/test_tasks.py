@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 
@@ -47,7 +48,7 @@ async def test_close_is_idempotent_and_a_closed_owner_refuses_new_work_clearly()
     coro = forever()
     with pytest.raises(OwnerClosedError, match="session-x is closed: it takes no task 'late'"):
         owner.spawn(coro, "late")
-    assert coro.cr_frame is None  # closed, never left to warn "never awaited"
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED  # closed, never left to warn "never awaited"
     with pytest.raises(OwnerClosedError, match="thread"):
         owner.start_thread(lambda: None, "late", stop=lambda: None)
     with pytest.raises(OwnerClosedError, match="group"):
@@ -137,7 +138,11 @@ async def test_a_thread_that_ignores_stop_is_reported_not_waited_for_forever(cap
     monkeypatch.setattr(core.tasks, "JOIN_TIMEOUT_S", 0.1)
     owner = TaskOwner("s")
     release = threading.Event()
-    thread = owner.start_thread(release.wait, "stuck", stop=lambda: None)
+
+    def stuck() -> None:
+        release.wait()
+
+    thread = owner.start_thread(stuck, "stuck", stop=lambda: None)
     await owner.close()
     assert "s: thread stuck did not stop within 0.1 s" in caplog.text
     release.set()

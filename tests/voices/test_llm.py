@@ -30,7 +30,7 @@ async def test_stream_yields_deltas_and_sends_a_proper_request(openai_server, fa
     ("error_event", r"model overloaded"),
     ("cut", r"ended"),
 ])
-async def test_errors_become_llm_error_with_a_clear_message(openai_server, model, expected, fakes):
+async def test_errors_become_llm_error_with_a_clear_message(openai_server, model, expected, fakes) -> None:
     base, _ = openai_server
     async with ChatLLM(OpenAIEndpoint(base), model) as llm:
         got: list[str] = []

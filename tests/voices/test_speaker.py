@@ -3,13 +3,21 @@ import asyncio
 
 import numpy as np
 
-from pipeline.session import Session
+from core.events import Event
+from pipeline.session import EventQueue, Session
 from testing.fake_voices import ScriptedLLM, ToneTTS
 from testing.probe import ProbeEngine, synthetic_avatar
 from voices.llm import ChatLLM, Conversation
 from voices.openai_api import OpenAIEndpoint
 from voices.speaker import Speaker
 from voices.tts_http import OpenAITTS
+
+
+def next_event(events: EventQueue) -> Event:
+    """The next event of a session still open (None, the end marker, is not expected)."""
+    event = events.get_nowait()
+    assert event is not None
+    return event
 
 
 async def drain(session: Session, ticks: int) -> list:
@@ -41,7 +49,7 @@ async def test_echo_speaks_each_sentence_with_events_in_order() -> None:
     await drain(session, 60)
     got = []
     while not events.empty():
-        e = events.get_nowait()
+        e = next_event(events)
         got.append((e.kind, e.text))
     assert got == [("sentence_start", "Hello there, my friend."), ("sentence_end", "Hello there, my friend."),
                    ("sentence_start", "How are you doing today?"), ("sentence_end", "How are you doing today?")]
@@ -91,12 +99,12 @@ async def test_tts_and_llm_failures_are_reported_as_events_and_the_session_survi
     await speaker.say("This one is broken. This one works fine.")
     await wait_until(lambda: tts.spoken == ["This one works fine."])
     await speaker.chat("hi")
-    first = events.get_nowait()
+    first = next_event(events)
     assert (first.kind, first.text) == ("tts_error", "voice server answered 503")
     await wait_until(lambda: not events.empty())
     names = []
     while not events.empty():
-        names.append(events.get_nowait().kind)
+        names.append(next_event(events).kind)
     assert "llm_error" in names
     await speaker.close()
     await session.close()
@@ -142,17 +150,18 @@ async def test_sdk_errors_become_llm_error_and_tts_error_events_and_retries_get_
             OpenAITTS(endpoint, voice="bad") as bad_voice:
         speaker = Speaker(session, ToneTTS(), Conversation(refused))
         await speaker.chat("hi")
-        error = events.get_nowait()
+        error = next_event(events)
         assert (error.kind, error.text) == ("llm_error", "LLM: HTTP 401: Incorrect API key provided: sk-bad.")
         speaker.conversation = Conversation(flaky)  # a 429, then a 503, then the answer: the user sees the answer
         tts = speaker.tts
+        assert isinstance(tts, ToneTTS)
         await speaker.chat("hi")
         await wait_until(lambda: " ".join(tts.spoken) == "".join(fakes.ANSWER_DELTAS))
         assert events.empty()
         speaker.tts = bad_voice
         await speaker.say("Hello.")
         await wait_until(lambda: not events.empty())
-        error = events.get_nowait()
+        error = next_event(events)
         assert (error.kind, error.text) == ("tts_error", "OpenAI TTS: HTTP 400: unknown voice")
         await speaker.close()
     await session.close()
