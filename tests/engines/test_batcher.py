@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.items import Source
 from engines.batcher import Batcher, BatcherStopped, Job, StaleJob
 from engines.musetalk_batch import (
     ENCODER,
@@ -356,7 +357,7 @@ async def test_musetalk_engine_runs_every_model_call_through_its_batcher(tiny_mo
                 out.append(s.step(wait_for_video=30.0))
         for s, out in zip(sessions, outs):
             await s.close()
-            assert sum(o.source == "speech" for o in out) == 10 and s.stats.render_errors == 0
+            assert sum(o.source is Source.SPEECH for o in out) == 10 and s.stats.render_errors == 0
         assert engine.runner.stats.batches > batches
     finally:
         engine.close()

@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import WhisperModel
 
+from core.items import Source
 from engines.batcher import Batcher
 from engines.musetalk_batch import FACES
 from engines.musetalk_engine import MuseTalkEngine
@@ -78,7 +79,7 @@ async def _speak(engine: MuseTalkEngine, avatar, audio: np.ndarray, real_time: b
     outs += [session.step(wait_for_video=60.0) for _ in range(engine.lead_ticks + math.ceil(len(audio) / 640) + 2)]
     await session.close()
     assert session.stats.render_errors == 0 and session.stats.dropped_frames == 0
-    return [o for o in outs if o.source == "speech"]
+    return [o for o in outs if o.source is Source.SPEECH]
 
 
 @pytest.mark.parametrize(("seconds", "real_time"), [(2.3, False), (2.3, True), (31.5, False)])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.items import Source
 from engines.factory import create_engine, musetalk_unavailable
 from engines.musetalk_engine import MuseTalkEngine
 from musetalk.audio_features import StreamingFeatures, frame_chunks, whisper_steps
@@ -48,7 +49,7 @@ async def test_session_frames_are_the_model_output_for_their_own_audio(engine, d
     await session.end_speech()
     outs = [session.step(wait_for_video=30.0) for _ in range(engine.lead_ticks + 12)]
     await session.close()
-    speech_out = [o for o in outs if o.source == "speech"]
+    speech_out = [o for o in outs if o.source is Source.SPEECH]
     assert len(speech_out) == 10 and session.stats.render_errors == 0
 
     # Reference for the first batch (frames 0 and 1): the features of the whole utterance (it had all arrived) and

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import psutil
 
+from core.items import Source
 from engines.lite import LiteEngine
 from pipeline.session import Session, SessionClosed, SessionOptions
 from testing.probe import (
@@ -69,7 +70,7 @@ async def test_ticks_keep_real_time_without_drift_and_stay_paired() -> None:
     # drift of half a tick over the run
     assert max(lateness) < 0.04, max(lateness)
     assert abs(np.mean(lateness[-20:]) - np.mean(lateness[:20])) < 0.02
-    speech = [out for _, out in seen if out.source == "speech"]
+    speech = [out for _, out in seen if out.source is Source.SPEECH]
     assert len(speech) >= 70
     assert all(face_value(out.frame) == probe_value(out.audio) for out in speech)
     assert session.stats.repeated_frames == 0 and session.stats.dropped_frames == 0
@@ -83,18 +84,18 @@ async def test_interrupt_reaches_idle_within_100_ms(demo_avatar) -> None:
     speech = (0.3 * np.sin(2 * np.pi * 180 * np.arange(16000 * 5) / 16000)).astype(np.float32)
     await session.push_audio(speech)
     await asyncio.sleep(0.6)
-    assert seen[-1][1].source == "speech"
+    assert seen[-1][1].source is Source.SPEECH
     t_interrupt = time.monotonic()
     session.interrupt()
     await asyncio.sleep(0.3)
     await session.close()
     after = [(t, out) for t, out in seen if t > t_interrupt]
     silent = next(t for t, out in after if not out.audio.any())
-    idle = next(t for t, out in after if out.source == "idle"
+    idle = next(t for t, out in after if out.source is Source.IDLE
                 and np.array_equal(out.frame, demo_avatar.frames[demo_avatar.cycle_index(out.tick)]))
     assert silent - t_interrupt <= 0.05
     assert idle - t_interrupt <= 0.1, f"pure idle frame {1000 * (idle - t_interrupt):.0f} ms after interrupt"
-    assert all(out.source == "idle" for _, out in after)
+    assert all(out.source is Source.IDLE for _, out in after)
 
 
 async def test_a_stalled_event_loop_is_caught_up_without_losing_ticks() -> None:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from core.events import Event, EventKind
+from core.items import Source
 from core.units import TICK_SAMPLES
 from pipeline.actions import ActionClip
 from pipeline.session import Session, SessionClosed, SessionOptions
@@ -41,7 +42,7 @@ async def test_video_frame_i_travels_with_audio_frames_2i_and_2i_plus_1() -> Non
         await session.push_audio(audio[start:start + 777])
     await session.end_speech()
     outs = [session.step() for _ in range(40)]
-    speech = [o for o in outs if o.source == "speech"]
+    speech = [o for o in outs if o.source is Source.SPEECH]
     assert [o.tick for o in speech] == list(range(3, 33))
     for j, o in enumerate(speech):
         # the audio of tick 3+j is exactly audio frames 2j and 2j+1 of the input ...
@@ -51,7 +52,7 @@ async def test_video_frame_i_travels_with_audio_frames_2i_and_2i_plus_1() -> Non
         # composited onto the avatar frame of the same tick (the idle cycle continues under the face)
         idle_frame = session.avatar.frames[session.avatar.cycle_index(o.tick)]
         assert np.array_equal(outside_face(o.frame), outside_face(idle_frame))
-    assert all(o.source == "idle" and not o.audio.any() for o in outs[:3] + outs[33:])
+    assert all(o.source is Source.IDLE and not o.audio.any() for o in outs[:3] + outs[33:])
     await session.close()
 
 
@@ -67,7 +68,7 @@ async def test_no_drift_over_ten_minutes_of_media() -> None:
             starts.append(k)
         out = session.step()
         assert out.tick == k
-        if out.source == "speech":
+        if out.source is Source.SPEECH:
             assert face_value(out.frame) == probe_value(out.audio)
         k += 1
     assert session.stats.ticks == 15_000
@@ -89,7 +90,7 @@ async def test_silent_batches_skip_the_model_and_show_the_avatar_frames() -> Non
     outs = [session.step() for _ in range(14)]
     assert engine.calls == 0 and session.stats.silent_batches == 2
     for o in outs:
-        assert o.source == "idle"
+        assert o.source is Source.IDLE
         assert np.array_equal(o.frame, session.avatar.frames[session.avatar.cycle_index(o.tick)])
     await session.close()
 
@@ -104,7 +105,7 @@ async def test_events_fire_when_their_audio_is_played() -> None:
         out = session.step()
         for e in out.events:
             fired[e.kind] = out.tick
-    assert fired == {"sentence_start": 3, "sentence_end": 7}
+    assert fired == {EventKind.SENTENCE_START: 3, EventKind.SENTENCE_END: 7}
     assert listener.get_nowait().kind is EventKind.SENTENCE_START
     await session.close()
     assert listener.get_nowait().kind is EventKind.SENTENCE_END and listener.get_nowait() is None
@@ -117,7 +118,7 @@ async def test_interrupt_drops_old_turn_items_at_every_stage() -> None:
     await session.push_audio(probe_audio(200))
     await session.push_audio(np.full(100, 0.1, np.float32))  # a partial frame waiting in the framer
     for _ in range(10):
-        assert session.step().source in ("idle", "speech")
+        assert session.step().source in (Source.IDLE, Source.SPEECH)
     assert len(session.worker.inbox) > 0 and session.output.scheduled_ticks > 0
     new_turn = session.interrupt()
     assert new_turn == old_turn + 1
@@ -126,7 +127,7 @@ async def test_interrupt_drops_old_turn_items_at_every_stage() -> None:
     assert len(session.worker.outbox) == 0 and session.framer.buffered_samples == 0
     # the very next tick is silent and leaving speech; the one after is the plain idle frame
     first, second = session.step(), session.step()
-    assert not first.audio.any() and first.source == "idle"
+    assert not first.audio.any() and first.source is Source.IDLE
     assert np.array_equal(second.frame, session.avatar.frames[session.avatar.cycle_index(second.tick)])
     # a producer of the old turn is refused; the new turn plays normally
     assert await session.push_audio(probe_audio(4), turn=old_turn) is False
@@ -134,7 +135,7 @@ async def test_interrupt_drops_old_turn_items_at_every_stage() -> None:
     assert await session.push_audio(probe_audio(4), turn=new_turn) is True
     await session.end_speech()
     outs = [session.step() for _ in range(8)]
-    assert sum(o.source == "speech" for o in outs) == 4 and all(o.turn == new_turn for o in outs)
+    assert sum(o.source is Source.SPEECH for o in outs) == 4 and all(o.turn == new_turn for o in outs)
     assert session.stats.dropped_stale > 0
     await session.close()
 
@@ -151,7 +152,7 @@ async def test_render_in_flight_during_interrupt_is_discarded() -> None:
     session.interrupt()
     await asyncio.sleep(0.5)  # the render finishes after the interrupt
     outs = [session.step(wait_for_video=0.2) for _ in range(12)]
-    assert all(o.source == "idle" for o in outs)
+    assert all(o.source is Source.IDLE for o in outs)
     await session.close()
 
 
@@ -164,7 +165,7 @@ async def test_crossfade_at_switches_between_idle_speech_and_action() -> None:
     idle0 = session.step()
     session.set_audiotype(7)
     a1, a2, a3, a4 = (session.step() for _ in range(4))
-    assert [o.source for o in (a1, a2, a3, a4)] == ["action"] * 4
+    assert [o.source for o in (a1, a2, a3, a4)] == [Source.ACTION] * 4
     # fade from the last idle frame into the clip: 1/3, 2/3, then the clip itself
     idle_px, clip_px = int(idle0.frame[0, 0, 0]), 250
     assert int(a1.frame[0, 0, 0]) == round(idle_px + (clip_px - idle_px) / 3)
@@ -172,7 +173,7 @@ async def test_crossfade_at_switches_between_idle_speech_and_action() -> None:
     assert int(a3.frame[0, 0, 0]) == clip_px and int(a4.frame[0, 0, 0]) == clip_px
     assert np.allclose(a3.audio, 0.05)  # the clip's own audio plays with it
     back = session.step()
-    assert back.source == "idle" and 0 < abs(int(back.frame[0, 0, 0]) - clip_px) < abs(
+    assert back.source is Source.IDLE and 0 < abs(int(back.frame[0, 0, 0]) - clip_px) < abs(
         int(avatar.frames[avatar.cycle_index(back.tick)][0, 0, 0]) - clip_px)
     assert session.stats.action_frames == 4
     with pytest.raises(KeyError):
@@ -189,7 +190,7 @@ async def test_speech_takes_over_from_an_action_clip() -> None:
     await session.push_audio(probe_audio(4))
     await session.end_speech()
     sources = [session.step().source for _ in range(8)]
-    assert sources == ["idle", "action", "speech", "speech", "speech", "speech", "idle", "idle"]
+    assert sources == [Source.IDLE, Source.ACTION] + [Source.SPEECH] * 4 + [Source.IDLE] * 2
     await session.close()
 
 

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 from aiortc import MediaStreamTrack
 
-from core.items import Kind
+from core.items import Kind, Source
 from musetalk.avatar import load_avatar
 from pipeline.actions import CUSTOM_CACHE_DIR, load_custom_clips, parse_custom_config
 from pipeline.session import Session
@@ -91,20 +91,20 @@ async def test_the_idle_clip_loops_and_crossfades_with_speech_and_actions(data: 
         await session.push_audio(np.full(16000, 0.3, np.float32) * np.sin(np.arange(16000) / 8))
         await session.end_speech()
         speech = [session.step() for _ in range(40)]
-        first = next(i for i, t in enumerate(speech) if t.source == "speech")
+        first = next(i for i, t in enumerate(speech) if t.source is Source.SPEECH)
         own = np.asarray(avatar.frames[0])
         fade_in = speech[first:first + session.options.crossfade_ticks]
         assert all(not np.array_equal(t.frame, idle.frame(t.tick % 12)) for t in fade_in)  # fading to the avatar
-        back = next(i for i in range(first, 40) if speech[i].source == "idle")
+        back = next(i for i in range(first, 40) if speech[i].source is Source.IDLE)
         assert np.array_equal(speech[back + session.options.crossfade_ticks].frame,
                               idle.frame(speech[back + session.options.crossfade_ticks].tick % 12))
         assert not np.array_equal(speech[back].frame, own)  # faded, not cut
         session.set_audiotype(2)
         played = [session.step() for _ in range(12)]
-        action = [t for t in played if t.source == "action"]
+        action = [t for t in played if t.source is Source.ACTION]
         assert len(action) == 5 and all(t.kind is Kind.ACTION for t in action)
         assert np.abs(action[0].audio).max() > 0.3  # the clip's own sound
-        assert played[-1].source == "idle" and np.array_equal(played[-1].frame, idle.frame(played[-1].tick % 12))
+        assert played[-1].source is Source.IDLE and np.array_equal(played[-1].frame, idle.frame(played[-1].tick % 12))
     finally:
         await session.close()
 

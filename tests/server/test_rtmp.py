@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from bench.measure import mouth_darkening, mouth_region
-from core.items import Kind, OutputTick
+from core.items import Kind, OutputTick, Source
 from core.tasks import TaskOwner
 from core.units import TICK_SAMPLES
 from server.config import parse_args
@@ -157,7 +157,7 @@ def marker_tick(k: int, onset_tick: int) -> OutputTick:
     frame = np.full((128, 160, 3), 255 if on else 0, np.uint8)
     t = (np.arange(TICK_SAMPLES) + k * TICK_SAMPLES) / 16000
     audio = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32) if on else np.zeros(TICK_SAMPLES, np.float32)
-    return OutputTick(tick=k, frame=frame, audio=audio, kind=Kind.SPEECH if on else Kind.SILENCE, source="speech",
+    return OutputTick(tick=k, frame=frame, audio=audio, kind=Kind.SPEECH if on else Kind.SILENCE, source=Source.SPEECH,
                       events=[], turn=0)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from aiortc import MediaStreamTrack
 
+from core.items import Source
 from musetalk.avatar import load_avatar
 from musetalk.avatar_demo import demo_image
 from musetalk.avatar_prepare import PrepareOptions, prepare_avatar
@@ -64,12 +65,12 @@ async def test_a_stepped_session_crossfades_to_the_new_avatar_and_speaks_with_it
             assert not np.array_equal(t.frame, idle) and not np.array_equal(t.frame, old_scaled)
         diffs = [np.abs(t.frame.astype(int) - idle).mean() for t in fading]
         assert diffs == sorted(diffs, reverse=True)
-        assert np.array_equal(new[-1].frame, idle) and new[-1].source == "idle"
+        assert np.array_equal(new[-1].frame, idle) and new[-1].source is Source.IDLE
 
         await session.push_audio(tone(1.0))
         await session.end_speech()
         spoken = [session.step() for _ in range(30)]
-        speech = [t for t in spoken if t.source == "speech"]
+        speech = [t for t in spoken if t.source is Source.SPEECH]
         assert speech and all(t.frame.shape == idle.shape for t in speech)
         moved = np.abs(speech[len(speech) // 2].frame.astype(int) - idle).max(axis=2) > 0
         _, y1, _, y2 = (int(v) for v in second.crop_boxes[0])
