@@ -98,14 +98,14 @@ class Avatar:
 
     def mask(self, i: int) -> np.ndarray:
         """The crop-sized blend mask of original frame i."""
-        x1, y1, x2, y2 = _box(self.crop_boxes[i])
+        x1, y1, x2, y2 = as_box(self.crop_boxes[i])
         return self.masks[i, :y2 - y1, :x2 - x1]
 
     def blend_plan(self, i: int) -> BlendPlan:
         """The precomputed paste of a generated face into original frame i (built once, then cached)."""
         plan = self._plans.get(i)
         if plan is None:  # two sessions may both build it: the same plan, one of them kept
-            plan = prepare_blend(_box(self.face_boxes[i]), _box(self.crop_boxes[i]), self.mask(i),
+            plan = prepare_blend(as_box(self.face_boxes[i]), as_box(self.crop_boxes[i]), self.mask(i),
                                  self.frames.shape[1:3])
             plan = self._plans.setdefault(i, plan)
         return plan
@@ -154,8 +154,8 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _box(row: np.ndarray) -> Box:
-    """A stored (x1, y1, x2, y2) row as ints."""
+def as_box(row: np.ndarray) -> Box:
+    """A stored (x1, y1, x2, y2) row (face_boxes, crop_boxes) as a Box of ints."""
     x1, y1, x2, y2 = (int(v) for v in row)
     return x1, y1, x2, y2
 

@@ -18,6 +18,7 @@ from musetalk.avatar import (
     AvatarExistsError,
     AvatarNotFoundError,
     NoFaceError,
+    as_box,
     face_crops,
     load_avatar,
     validate_avatar_id,
@@ -123,8 +124,8 @@ def test_video_with_blank_frames(prepared_video: Path, face_video: Path, media: 
     found = [i for i in range(12) if i not in media.blank]
     with FaceLandmarker() as detector:  # video mode tracks, so run it over every frame in order, as preparation
         detected = [detector.detect(f) for f in decoded]
-    assert [i for i, lm in enumerate(detected) if lm is not None] == found
-    boxes = {i: face_box(detected[i], decoded[i].shape, "v15") for i in found}
+    boxes = {i: face_box(lm, decoded[i].shape, "v15") for i, lm in enumerate(detected) if lm is not None}
+    assert list(boxes) == found
     for i in range(12):
         j = plain_nearest(i, found)
         assert tuple(avatar.face_boxes[i]) == boxes[j], i
@@ -186,8 +187,8 @@ def test_blend_plans_are_built_once_per_frame_and_shared(prepared_video: Path) -
     avatar = load_avatar("drift", prepared_video.parent)
     first = avatar.blend_plan(5)
     assert avatar.blend_plan(5) is first and avatar.blend_plan(6) is not first  # every session uses the same plan
-    fresh = prepare_blend(tuple(int(v) for v in avatar.face_boxes[5]), tuple(int(v) for v in avatar.crop_boxes[5]),
-                          avatar.mask(5), avatar.frames.shape[1:3])
+    fresh = prepare_blend(as_box(avatar.face_boxes[5]), as_box(avatar.crop_boxes[5]), avatar.mask(5),
+                          avatar.frames.shape[1:3])
     assert (first.dst, first.src, first.box_size) == (fresh.dst, fresh.src, fresh.box_size)
     np.testing.assert_array_equal(first.alpha, fresh.alpha)
 
@@ -284,4 +285,6 @@ def test_latents_from_the_official_models_layout(tmp_path: Path, astronaut: np.n
     assert avatar.manifest["latents"] == ["v1"] and avatar.latents("v15") is None
     vae = load_vae(tmp_path / "models" / "sd-vae", "cpu", torch.float32)
     expected = faces_to_latents(vae, face_crops(avatar.frames, avatar.face_boxes)).numpy().astype(np.float16)
-    np.testing.assert_array_equal(avatar.latents("v1"), expected)
+    latents = avatar.latents("v1")
+    assert latents is not None
+    np.testing.assert_array_equal(latents, expected)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from mediapipe.python.solutions.face_mesh import FACEMESH_FACE_OVAL
 
+from musetalk.config import Version
 from musetalk.face import (
     FACE_OVAL_INDICES,
     HALF_FACE_INDEX,
@@ -136,7 +137,8 @@ def test_shift_minus_7_with_point_29_the_lowest() -> None:
     # Point 29 moves up to 93 in place, so the max y is now the chin's 95 (not 100): y1 = 93 - (95 - 93) = 91.
     assert face_box(lm, (200, 160, 3), "v1", bbox_shift=-7) == (20, 91, 70, 95)
     # Unshifted it is the lowest point: zero height, rejected; v1.5 ignores the shift, so the same.
-    for version, shift in (("v1", 0), ("v15", -7)):
+    cases: tuple[tuple[Version, int], ...] = (("v1", 0), ("v15", -7))
+    for version, shift in cases:
         with pytest.raises(FaceBoxRejected):
             face_box(lm, (200, 160, 3), version, bbox_shift=shift)
 
@@ -182,8 +184,8 @@ def test_rejected_frames_use_the_nearest_good_frame(tmp_path: Path, monkeypatch:
     # Good boxes: (20, 10, 70, 90) and (30, 25, 80, 95). Frame 2 is as near to 0 as to 4: the earlier one.
     expected = [(20, 10, 70, 90)] * 3 + [(30, 25, 80, 95)] * 2
     assert [tuple(int(v) for v in b) for b in avatar.face_boxes] == expected
-    for i, j in enumerate((0, 0, 0, 4, 4)):
-        np.testing.assert_array_equal(avatar.landmarks[i], detected[j])
+    for i, landmarks in enumerate((good0, good0, good0, good4, good4)):
+        np.testing.assert_array_equal(avatar.landmarks[i], landmarks)
     monkeypatch.setattr(prepare_module, "_detect_all", lambda frames, progress: [detected[1], detected[3]])
     with pytest.raises(NoFaceError):
         prepare_module.prepare_avatar(frames[:2], "rej2", tmp_path, options)
@@ -253,7 +255,7 @@ def test_mask_region_and_blur(astronaut: np.ndarray, astronaut_landmarks: np.nda
     outside_box[by1:by2, bx1:bx2] = False
     assert not region[outside_box].any()
     # Every kept pixel lies in the face-oval polygon (1 px of rasterisation slack).
-    oval = (lm[list(FACE_OVAL_INDICES)] - np.array(crop[:2], np.float32)).reshape(-1, 1, 2)
+    oval: np.ndarray = (lm[list(FACE_OVAL_INDICES)] - np.array(crop[:2], np.float32)).reshape(-1, 1, 2)
     ys, xs = np.nonzero(region)
     assert all(cv2.pointPolygonTest(oval, (float(x), float(y)), True) >= -1.0 for y, x in zip(ys[::7], xs[::7]))
     assert region.sum() / 255 > 2000  # the lower face, not a sliver

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from musetalk.avatar import load_avatar
+from musetalk.avatar import as_box, load_avatar
 from musetalk.avatar_cli import main
 from musetalk.avatar_prepare import PrepareOptions, prepare_avatar
 from musetalk.face import blend_mask, blur_mask, crop_box, face_box
@@ -38,7 +38,8 @@ N = 19  # CelebAMask-HQ classes
 # ---------------------------------------------------------------------------------------------------- the layout
 
 def _bn(prefix: str, c: int, counter: bool = True) -> dict[str, tuple[int, ...]]:
-    keys = {f"{prefix}.{k}": (c,) for k in ("weight", "bias", "running_mean", "running_var")}
+    keys: dict[str, tuple[int, ...]] = {f"{prefix}.{k}": (c,)
+                                        for k in ("weight", "bias", "running_mean", "running_var")}
     if counter:
         keys[f"{prefix}.num_batches_tracked"] = ()
     return keys
@@ -229,8 +230,8 @@ def official_cheeks(width: int) -> np.ndarray:
 def official_jaw(labels: np.ndarray, width: int) -> np.ndarray:
     """The jaw steps of musetalk.md 6.2, one by one."""
     face = np.where(labels == 1, 255, 0).astype(np.uint8)
-    dil = cv2.dilate(face, official_jaw_kernel(), iterations=1)
-    ero = cv2.erode(dil, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (35, 3)), iterations=2)
+    dil = np.asarray(cv2.dilate(face, official_jaw_kernel(), iterations=1), np.uint8)
+    ero = np.asarray(cv2.erode(dil, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (35, 3)), iterations=2), np.uint8)
     cheeks = official_cheeks(width)
     region = (ero & cheeks) | (dil & ~cheeks)
     keep = ((region == 255) & (labels != 10)) | np.isin(labels, [11, 12, 13])
@@ -344,7 +345,7 @@ def test_mask_goes_to_the_crop_as_upstream(astronaut: np.ndarray, astronaut_land
     """The parsing mask resized with Pillow's bicubic to the crop, cut to the face box and the crop's lower half
     with PIL crop/paste, blurred: upstream get_image_prepare_material step by step."""
     disc = np.zeros((512, 512), np.uint8)
-    cv2.circle(disc, (256, 300), 170, 1, -1)
+    cv2.circle(disc, (256, 300), 170, (1,), -1)
     labels = disc.astype(np.int64)
     labels[330:360, 200:312] = 12
     parser = FaceParser(net=None, device=torch.device("cpu"))  # type: ignore[arg-type]
@@ -381,8 +382,8 @@ def test_prepare_uses_bisenet_when_its_weights_are_there(tmp_path: Path, models:
     manifest = _manifest(path)
     assert manifest["mask"] == "bisenet-jaw" and manifest["cheek_width"] == 90
     avatar = load_avatar("parsed", tmp_path)
-    box = tuple(int(v) for v in avatar.face_boxes[0])
-    crop = tuple(int(v) for v in avatar.crop_boxes[0])
+    box = as_box(avatar.face_boxes[0])
+    crop = as_box(avatar.crop_boxes[0])
     # All-skin weights: the jaw mask covers the whole crop, so what is left is face box ∩ lower half, blurred.
     size = crop[2] - crop[0]
     region = np.zeros((size, size), np.uint8)
@@ -419,8 +420,8 @@ def test_prepare_falls_back_to_the_oval_without_weights(tmp_path: Path, astronau
                           PrepareOptions(progress=False, models_dir=tmp_path / "no-models"))
     assert _manifest(path)["mask"] == "face-oval" and "cheek_width" not in _manifest(path)
     avatar = load_avatar("oval", tmp_path)
-    box = tuple(int(v) for v in avatar.face_boxes[0])
-    crop = tuple(int(v) for v in avatar.crop_boxes[0])
+    box = as_box(avatar.face_boxes[0])
+    crop = as_box(avatar.crop_boxes[0])
     np.testing.assert_array_equal(avatar.mask(0), blend_mask(avatar.landmarks[0], box, crop))
     np.testing.assert_allclose(avatar.landmarks[0], astronaut_landmarks, atol=0.5)
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 import whisper
 from whisper.audio import N_FRAMES, log_mel_spectrogram, pad_or_trim
+from whisper.model import AudioEncoder
 
 from musetalk.audio_features import (
     frame_chunks,
@@ -47,7 +48,7 @@ def tiny_pt(tmp_path_factory: pytest.TempPathFactory):
     return path, theirs, load_encoder_v1(path)
 
 
-def block_states(encoder: torch.nn.Module, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def block_states(encoder: AudioEncoder, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """openai-whisper AudioEncoder on (B, 80, 3000): ((B, 1500, 5, D) [embedding output, block 1..4 outputs],
     the forward's own output, which has ln_post)."""
     states: list[torch.Tensor] = []
