@@ -46,7 +46,7 @@ def grab(page, box: tuple[int, int, int, int]) -> np.ndarray:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_page_connects_plays_and_the_avatar_speaks(tmp_path: Path, chromium: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import ConsoleMessage, expect, sync_playwright
 
     avatar = load_avatar("demo", ROOT / "avatars")
     height, width = avatar.frames.shape[1:3]
@@ -61,7 +61,12 @@ def test_page_connects_plays_and_the_avatar_speaks(tmp_path: Path, chromium: Pat
             viewport={"width": 1280, "height": 800})
         try:
             page = ctx.pages[0] if ctx.pages else ctx.new_page()
-            page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+
+            def note_error(message: ConsoleMessage) -> None:
+                if message.type == "error":
+                    console_errors.append(message.text)
+
+            page.on("console", note_error)
             page.on("pageerror", lambda e: console_errors.append(str(e)))
             page.goto(f"{base}/")
             page.wait_for_function("window.avatarClient !== undefined")
