@@ -1,4 +1,5 @@
 """Serve the talking avatar: `python app.py` (see `python app.py --help`)."""
+
 from __future__ import annotations
 
 import logging
@@ -20,9 +21,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     url = f"http://{shown}:{config.listenport}/"
     try:
-        web.run_app(create_app(config), host=config.host, port=config.listenport, **runner_options(config),
-                    print=lambda _: print(f"Serving on {config.host}:{config.listenport}; open {url} in a browser",
-                                          flush=True))
+        web.run_app(
+            create_app(config),
+            host=config.host,
+            port=config.listenport,
+            **runner_options(config),
+            print=lambda _: print(f"Serving on {config.host}:{config.listenport}; open {url} in a browser", flush=True),
+        )
     except (MissingExtraError, PoolUnavailableError) as e:  # a part of the install, or the render pool, is missing
         logging.getLogger("app").error("cannot start: %s", e)
         return 1

@@ -6,6 +6,7 @@ Prepares the demo avatar (one still image) and a synthetic 100-frame 512x512 vid
 few pixels per frame, written with x264), then loads each many times. Without MuseTalk weights, so no VAE
 latents are encoded (with weights on a GPU that adds one VAE encode per frame).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -37,9 +38,11 @@ def main() -> None:
                 avatar = load_avatar(avatar_id, root)
                 np.asarray(avatar.frames[0]).sum()  # touch one frame: the arrays are memory-mapped
                 loads.append(1000 * (time.perf_counter() - started))
-            print(f"{avatar_id}: {avatar.n_frames} frames {avatar.frames.shape[2]}x{avatar.frames.shape[1]}: "
-                  f"prepare {prepared:.2f} s ({1000 * prepared / avatar.n_frames:.1f} ms/frame); "
-                  f"load {summary(loads)}")
+            print(
+                f"{avatar_id}: {avatar.n_frames} frames {avatar.frames.shape[2]}x{avatar.frames.shape[1]}: "
+                f"prepare {prepared:.2f} s ({1000 * prepared / avatar.n_frames:.1f} ms/frame); "
+                f"load {summary(loads)}"
+            )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ A level passes when every session receives >= 24.5 fps with no missing, repeated
 ticks (late ticks, sent late and caught up, are shown but lose nothing). The receivers share this machine's cores
 with the server, so the figure is a lower bound for a server whose viewers are elsewhere.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,9 +69,15 @@ class Level:
 
     @property
     def ok(self) -> bool:
-        return (min(self.fps) >= MIN_FPS and sum(self.missing) == 0 and self.total("repeated_frames") == 0
-                and self.total("dropped_frames") == 0 and self.total("skipped_ticks") == 0
-                and self.total("video_dropped") == 0 and self.total("audio_dropped") == 0)
+        return (
+            min(self.fps) >= MIN_FPS
+            and sum(self.missing) == 0
+            and self.total("repeated_frames") == 0
+            and self.total("dropped_frames") == 0
+            and self.total("skipped_ticks") == 0
+            and self.total("video_dropped") == 0
+            and self.total("audio_dropped") == 0
+        )
 
     @property
     def cpu_per_session(self) -> float:
@@ -88,8 +95,9 @@ def counters(session: Session, tracks: SessionTracks) -> dict[str, int]:
     return c
 
 
-async def run_level(n: int, receivers: ReceiverClient, avatar: Avatar, engine: LiteEngine, warmup: float,
-                    seconds: float) -> Level:
+async def run_level(
+    n: int, receivers: ReceiverClient, avatar: Avatar, engine: LiteEngine, warmup: float, seconds: float
+) -> Level:
     sessions: list[Session] = []
     tracks: list[SessionTracks] = []
     pcs: list[RTCPeerConnection] = []
@@ -123,27 +131,36 @@ async def run_level(n: int, receivers: ReceiverClient, avatar: Avatar, engine: L
             await s.close()
 
     peers = [report["peers"][s.session_id] for s in sessions]
-    return Level(n=n, seconds=t1 - t0, fps=[p["video"] / report["seconds"] for p in peers],
-                 audio_fps=[p["audio"] / report["seconds"] for p in peers],
-                 missing=[p["missing"] for p in peers],
-                 deltas=[{k: a[k] - b[k] for k in a} for a, b in zip(after, before)],
-                 server_cpu=cpu1 - cpu0, receiver_cpu=report["cpu"])
+    return Level(
+        n=n,
+        seconds=t1 - t0,
+        fps=[p["video"] / report["seconds"] for p in peers],
+        audio_fps=[p["audio"] / report["seconds"] for p in peers],
+        missing=[p["missing"] for p in peers],
+        deltas=[{k: a[k] - b[k] for k in a} for a, b in zip(after, before)],
+        server_cpu=cpu1 - cpu0,
+        receiver_cpu=report["cpu"],
+    )
 
 
-TABLE_HEADER = ("|  N | fps/session min..max | audio/s min | missing | repeated | dropped | late | track drops v/a "
-                "| skipped | speech % | server CPU (cores) | per session | CPU ms/frame | receivers CPU | result |\n"
-                "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
+TABLE_HEADER = (
+    "|  N | fps/session min..max | audio/s min | missing | repeated | dropped | late | track drops v/a "
+    "| skipped | speech % | server CPU (cores) | per session | CPU ms/frame | receivers CPU | result |\n"
+    "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"
+)
 
 
 def table_row(lv: Level) -> str:
     speech_share = 100.0 * lv.total("speech_frames") / max(1, lv.total("ticks"))
-    return (f"| {lv.n:2d} | {min(lv.fps):5.2f} .. {max(lv.fps):5.2f} | {min(lv.audio_fps):5.1f} | {sum(lv.missing)} | "
-            f"{lv.total('repeated_frames')} | {lv.total('dropped_frames')} | {lv.total('late_ticks')} | "
-            f"{lv.total('video_dropped')}/{lv.total('audio_dropped')} | {lv.total('skipped_ticks')} | "
-            f"{speech_share:5.1f} | "
-            f"{lv.server_cpu / lv.seconds:.2f} | "
-            f"{100 * lv.cpu_per_session:5.1f} % | {lv.cpu_ms_per_frame:5.2f} | "
-            f"{lv.receiver_cpu / lv.seconds:.2f} | {'ok' if lv.ok else 'FAIL'} |")
+    return (
+        f"| {lv.n:2d} | {min(lv.fps):5.2f} .. {max(lv.fps):5.2f} | {min(lv.audio_fps):5.1f} | {sum(lv.missing)} | "
+        f"{lv.total('repeated_frames')} | {lv.total('dropped_frames')} | {lv.total('late_ticks')} | "
+        f"{lv.total('video_dropped')}/{lv.total('audio_dropped')} | {lv.total('skipped_ticks')} | "
+        f"{speech_share:5.1f} | "
+        f"{lv.server_cpu / lv.seconds:.2f} | "
+        f"{100 * lv.cpu_per_session:5.1f} % | {lv.cpu_ms_per_frame:5.2f} | "
+        f"{lv.receiver_cpu / lv.seconds:.2f} | {'ok' if lv.ok else 'FAIL'} |"
+    )
 
 
 def levels(maximum: int) -> list[int]:
@@ -155,17 +172,23 @@ async def server_main(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}")
     ensure_demo(progress=False)
     avatar, engine = load_avatar("demo"), LiteEngine()
-    print(f"engine: lite (batch {engine.batch_size}), avatar demo {avatar.frames.shape[2]}x{avatar.frames.shape[1]}, "
-          f"VP8 + Opus; {args.warmup:g} s warm-up, {args.seconds:g} s measured per level; receivers in one separate "
-          f"process on the same {os.cpu_count()} cores", flush=True)
+    print(
+        f"engine: lite (batch {engine.batch_size}), avatar demo {avatar.frames.shape[2]}x{avatar.frames.shape[1]}, "
+        f"VP8 + Opus; {args.warmup:g} s warm-up, {args.seconds:g} s measured per level; receivers in one separate "
+        f"process on the same {os.cpu_count()} cores",
+        flush=True,
+    )
     receivers = await ReceiverClient.spawn()
     results: list[Level] = []
     try:
         for n in levels(args.max_sessions):
             lv = await run_level(n, receivers, avatar, engine, args.warmup, args.seconds)
             results.append(lv)
-            print(f"N={n}: {'ok' if lv.ok else 'FAIL'}, fps {min(lv.fps):.2f}..{max(lv.fps):.2f}, server CPU "
-                  f"{lv.server_cpu / lv.seconds:.2f} cores", flush=True)
+            print(
+                f"N={n}: {'ok' if lv.ok else 'FAIL'}, fps {min(lv.fps):.2f}..{max(lv.fps):.2f}, server CPU "
+                f"{lv.server_cpu / lv.seconds:.2f} cores",
+                flush=True,
+            )
             if not lv.ok:
                 break
             await asyncio.sleep(1.0)  # let the closed connections' tasks finish before the next level
@@ -184,15 +207,18 @@ async def server_main(args: argparse.Namespace) -> None:
     one = results[0]
     verdict = "met" if best.n >= args.target else ("not reached yet" if capped else "MISSED")
     cores = os.cpu_count() or 1
-    print(f"\nanswer: {best.n}{'+' if capped else ''} concurrent lite sessions hold 25 fps with zero dropped/repeated "
-          f"frames on this machine (target >= {args.target}: {verdict})"
-          f"{'; the largest N tried passed (raise --max_sessions)' if capped else f'; N={results[-1].n} failed'}.\n"
-          f"server CPU per session (render + composite + VP8 + Opus + RTP/SRTP + asyncio): "
-          f"{100 * one.cpu_per_session:.1f} % of one core = {one.cpu_ms_per_frame:.2f} ms per frame with one session; "
-          f"{100 * best.cpu_per_session:.1f} % = {best.cpu_ms_per_frame:.2f} ms at N={best.n} (lower once the cores "
-          f"are saturated: the process gets less time, sessions do not get cheaper).\n"
-          f"at the one-session rate a server with the {cores} cores to itself (viewers elsewhere) would fit "
-          f"~{cores / one.cpu_per_session:.0f} sessions, ~{1 / one.cpu_per_session:.1f} per core")
+    print(
+        f"\nanswer: {best.n}{'+' if capped else ''} concurrent lite sessions hold 25 fps with zero dropped/repeated "
+        f"frames on this machine (target >= {args.target}: {verdict})"
+        f"{'; the largest N tried passed (raise --max_sessions)' if capped else f'; N={results[-1].n} failed'}.\n"
+        f"server CPU per session (render + composite + VP8 + Opus + RTP/SRTP + asyncio): "
+        f"{100 * one.cpu_per_session:.1f} % of one core = {one.cpu_ms_per_frame:.2f} ms per frame with one session; "
+        f"{100 * best.cpu_per_session:.1f} % = {best.cpu_ms_per_frame:.2f} ms at N={best.n} (lower once the cores "
+        f"are saturated: the process gets less time, sessions do not get cheaper).\n"
+        f"at the one-session rate a server with the {cores} cores to itself (viewers elsewhere) would fit "
+        f"~{cores / one.cpu_per_session:.0f} sessions, ~{1 / one.cpu_per_session:.1f} per core"
+    )
+
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -8,6 +8,7 @@ connects through POST /offer like LiveTalking's pages. Per trial the figure is s
   pipeline   that audio in -> its first frame leaves the session (the session's own counter)
   transport  frame leaves the session -> the mouth moves at the receiver (VP8 encode, RTP, decode, detection)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,13 @@ from server.services import Services
 from testing.rtc import LoopbackReceiver, require_loopback_namespace
 from testing.server_client import Server, running_server
 
-SENTENCES = ["Hello, nice to meet you.", "The weather is lovely today.", "What can I do for you?",
-             "Thank you for waiting.", "Let me show you around."]
+SENTENCES = [
+    "Hello, nice to meet you.",
+    "The weather is lovely today.",
+    "What can I do for you?",
+    "Thank you for waiting.",
+    "Let me show you around.",
+]
 
 
 def now_ms() -> float:
@@ -60,8 +66,7 @@ class LipSyncBench:
                 rows.append(row)
         return rows
 
-    async def trial(self, start: Callable[[], Coroutine[Any, Any, object]]
-                    ) -> tuple[float, float, float, float] | None:
+    async def trial(self, start: Callable[[], Coroutine[Any, Any, object]]) -> tuple[float, float, float, float] | None:
         """Once the avatar is quiet, start speech (`start()`, run beside the timing) and return (start -> the
         mouth moves at the receiver, the part before the session, the session's own part, transport), or None
         when no lip-synced frame came within 10 s."""
@@ -79,8 +84,14 @@ class LipSyncBench:
             await asyncio.sleep(0.01)
             t_emit = next((t for t, src in self.emitted if t > t0 and src is Source.SPEECH), None)
             if t_emit is not None:
-                t_arrive = next((f.arrival_ms for f in self.receiver.frames["video"] if f.arrival_ms > t_emit
-                                 and mouth_darkening(f.data, reference, self.region) > MOUTH_ONSET), None)
+                t_arrive = next(
+                    (
+                        f.arrival_ms
+                        for f in self.receiver.frames["video"]
+                        if f.arrival_ms > t_emit and mouth_darkening(f.data, reference, self.region) > MOUTH_ONSET
+                    ),
+                    None,
+                )
         await starting
         if t_emit is None or t_arrive is None:
             return None
@@ -123,12 +134,23 @@ async def main() -> None:
     parser.add_argument("--trials", type=int, default=10)
     args = parser.parse_args()
     async with lip_sync_bench() as bench:
-        rows = await bench.run(args.trials, lambda i: bench.server.post("/human", {
-            "sessionid": bench.sessionid, "text": SENTENCES[i % len(SENTENCES)], "type": "echo", "interrupt": True}))
+        rows = await bench.run(
+            args.trials,
+            lambda i: bench.server.post(
+                "/human",
+                {
+                    "sessionid": bench.sessionid,
+                    "text": SENTENCES[i % len(SENTENCES)],
+                    "type": "echo",
+                    "interrupt": True,
+                },
+            ),
+        )
     print_stages("POST /human -> first lip-synced frame at the receiver", rows, "tts")
     total, tts, pipe, transport = (np.median(col) for col in zip(*rows))
-    print(f"  shares of the median: tts {tts / total:.0%}, pipeline {pipe / total:.0%}, transport "
-          f"{transport / total:.0%}")
+    print(
+        f"  shares of the median: tts {tts / total:.0%}, pipeline {pipe / total:.0%}, transport {transport / total:.0%}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """What the receiver-side benchmarks detect: sound onsets, mouth-motion onsets, return to idle."""
+
 from __future__ import annotations
 
 import numpy as np

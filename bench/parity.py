@@ -15,6 +15,7 @@ out of the summary. The streaming path takes ``floor(n / 16000 * 25)`` frames fr
 
 This is a tool at the top of the stack (it drives a session), so it lives with the benchmarks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,7 @@ WAIT_S = 120.0  # the longest a stepped tick waits for its frame (a slow CPU ren
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio of two uint8 images in dB (inf when they are equal)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def offline_frames(engine, avatar: Avatar, audio: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
@@ -55,13 +56,14 @@ def offline_frames(engine, avatar: Avatar, audio: np.ndarray) -> tuple[list[np.n
     frames = []
     for start in range(0, len(chunks), engine.batch_size):
         indices = [avatar.cycle_index(i) for i in range(start, min(start + engine.batch_size, len(chunks)))]
-        faces = infer_faces(engine.models, chunks[start:start + len(indices)], engine.bind(avatar).latents[indices])
+        faces = infer_faces(engine.models, chunks[start : start + len(indices)], engine.bind(avatar).latents[indices])
         frames += [avatar.blend_plan(i).apply(np.asarray(avatar.frames[i]), f) for i, f in zip(indices, faces)]
     return frames, chunks
 
 
-async def streamed_frames(engine: Engine, avatar: Avatar, audio: np.ndarray, realtime: bool
-                          ) -> list[tuple[np.ndarray, Source]]:
+async def streamed_frames(
+    engine: Engine, avatar: Avatar, audio: np.ndarray, realtime: bool
+) -> list[tuple[np.ndarray, Source]]:
     """(frame, source) of every tick of the utterance, through a stepped session; frame i is utterance frame i.
     (The engine's ``features_observer`` sees the features of each batch on the way.)"""
     from core.events import Event, EventKind
@@ -73,7 +75,7 @@ async def streamed_frames(engine: Engine, avatar: Avatar, audio: np.ndarray, rea
     try:
         outs, piece = [], 640 if realtime else SAMPLE_RATE
         for start in range(0, len(audio), piece):
-            await session.push_audio(audio[start:start + piece], events=[start_mark] if start == 0 else None)
+            await session.push_audio(audio[start : start + piece], events=[start_mark] if start == 0 else None)
             if realtime:
                 outs.append(session.step(wait_for_video=WAIT_S))
         await session.end_speech()
@@ -81,21 +83,35 @@ async def streamed_frames(engine: Engine, avatar: Avatar, audio: np.ndarray, rea
     finally:
         await session.close()
     first = next(i for i, o in enumerate(outs) if start_mark in o.events)  # it rides on the utterance's first tick
-    return [(o.frame, o.source) for o in outs[first:first + ticks]]
+    return [(o.frame, o.source) for o in outs[first : first + ticks]]
 
 
-def compare(streamed: list[tuple[np.ndarray, Source]], offline: list[np.ndarray], avatar: Avatar,
-            streamed_features: dict[int, np.ndarray], offline_features: np.ndarray) -> list[dict]:
+def compare(
+    streamed: list[tuple[np.ndarray, Source]],
+    offline: list[np.ndarray],
+    avatar: Avatar,
+    streamed_features: dict[int, np.ndarray],
+    offline_features: np.ndarray,
+) -> list[dict]:
     """Per frame: PSNR over the pasted face region, and the relative L2 of the streamed features against the
     official ones (NaN where the streaming path did not run the model)."""
     rows = []
     for i, (reference, (frame, source)) in enumerate(zip(offline, streamed)):
         region = avatar.blend_plan(avatar.cycle_index(i)).dst
         feature = streamed_features.get(i)
-        rel = math.nan if feature is None else float(
-            np.linalg.norm(feature - offline_features[i]) / np.linalg.norm(offline_features[i]))
-        rows.append({"frame": i, "psnr_db": psnr(frame[region], reference[region]), "features_rel_l2": rel,
-                     "streamed": {Source.SPEECH: "model", Source.IDLE: "own frame (silent)"}.get(source, source)})
+        rel = (
+            math.nan
+            if feature is None
+            else float(np.linalg.norm(feature - offline_features[i]) / np.linalg.norm(offline_features[i]))
+        )
+        rows.append(
+            {
+                "frame": i,
+                "psnr_db": psnr(frame[region], reference[region]),
+                "features_rel_l2": rel,
+                "streamed": {Source.SPEECH: "model", Source.IDLE: "own frame (silent)"}.get(source, source),
+            }
+        )
     return rows
 
 
@@ -108,8 +124,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--avatars_dir", type=Path, default=DEFAULT_AVATARS_DIR)
     p.add_argument("--batch_size", type=int, default=None, help="frames per batch (default: the engine's)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--pace", choices=("ahead", "realtime"), default="ahead",
-                   help="streamed audio all before playback (a TTS faster than real time) or as it plays")
+    p.add_argument(
+        "--pace",
+        choices=("ahead", "realtime"),
+        default="ahead",
+        help="streamed audio all before playback (a TTS faster than real time) or as it plays",
+    )
     p.add_argument("--csv", type=Path, default=None, help="also write the per-frame table here")
     return p
 
@@ -136,11 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{r['frame']:>6} {r['psnr_db']:>8.2f} {r['features_rel_l2']:>9.2e}  {r['streamed']}")
     model = [r for r in rows if r["streamed"] == "model"]
     values, rel = [r["psnr_db"] for r in model], [r["features_rel_l2"] for r in model]
-    print(f"{len(audio) / SAMPLE_RATE:.2f} s of audio: {len(offline)} frames officially (floor(n / 16000 * 25)), "
-          f"{len(streamed)} ticks streamed ({args.pace}); {len(model)} from the model: PSNR min "
-          f"{min(values, default=math.nan):.2f} dB, median {float(np.median(values)) if model else math.nan:.2f} dB, "
-          f"{sum(math.isinf(x) for x in values)} identical; features relative L2 max "
-          f"{max(rel, default=math.nan):.2e}, median {float(np.median(rel)) if model else math.nan:.2e}")
+    print(
+        f"{len(audio) / SAMPLE_RATE:.2f} s of audio: {len(offline)} frames officially (floor(n / 16000 * 25)), "
+        f"{len(streamed)} ticks streamed ({args.pace}); {len(model)} from the model: PSNR min "
+        f"{min(values, default=math.nan):.2f} dB, median {float(np.median(values)) if model else math.nan:.2f} dB, "
+        f"{sum(math.isinf(x) for x in values)} identical; features relative L2 max "
+        f"{max(rel, default=math.nan):.2e}, median {float(np.median(rel)) if model else math.nan:.2e}"
+    )
     if args.csv:
         with args.csv.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["frame", "psnr_db", "features_rel_l2", "streamed"])

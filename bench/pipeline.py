@@ -8,6 +8,7 @@
    2b: the audio onset vs the moment the mouth reaches 50 % of its opening in that burst (what a viewer sees).
 3. interrupt: interrupt during speech -> first idle (closed-mouth) frame arriving at the receiver.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,8 +85,9 @@ class Burst:
     half_open: float | None  # mouth at 50 % of its opening in this burst - audio onset, ms
 
 
-async def sync_run(avatar: Avatar, engine: LiteEngine, minutes: float, period: float, inline: bool
-                   ) -> tuple[list[Burst], SessionStats]:
+async def sync_run(
+    avatar: Avatar, engine: LiteEngine, minutes: float, period: float, inline: bool
+) -> tuple[list[Burst], SessionStats]:
     """Tone bursts every `period` s for `minutes`; the offsets of each burst, and the session counters.
 
     The receiver runs in a process of its own (bench.receivers) unless `inline`: in this process its decoding
@@ -114,14 +116,17 @@ async def sync_run(avatar: Avatar, engine: LiteEngine, minutes: float, period: f
         half = half_open_times(video, burst_times, WHOLE_FRAME)
     else:
         a_on, v_on, half = await remote_onsets(session, region, bursts, burst_times)
-    result = [Burst((b - burst_times[0]) / 60000.0, v - a, None if h is None else h - a)
-              for b, a, v, h in zip(burst_times, a_on, v_on, half) if a is not None and v is not None]
+    result = [
+        Burst((b - burst_times[0]) / 60000.0, v - a, None if h is None else h - a)
+        for b, a, v, h in zip(burst_times, a_on, v_on, half)
+        if a is not None and v is not None
+    ]
     return result, session.stats
 
 
-async def remote_onsets(session: Session, region: tuple[slice, slice], run: Callable[[], Awaitable[None]],
-                        after_ms: list[float]
-                        ) -> tuple[list[float | None], list[float | None], list[float | None]]:
+async def remote_onsets(
+    session: Session, region: tuple[slice, slice], run: Callable[[], Awaitable[None]], after_ms: list[float]
+) -> tuple[list[float | None], list[float | None], list[float | None]]:
     """Run `run()` with the session sent to a receiver in another process; its audio onsets, video onsets and
     half-open times."""
     receivers = await ReceiverClient.spawn()
@@ -174,10 +179,12 @@ async def musetalk_latency(avatar: Avatar, trials: int) -> tuple[list[float], st
     with tempfile.TemporaryDirectory() as tmp:
         write_tiny_layout(Path(tmp))
         engine = MuseTalkEngine(models_dir=Path(tmp), batch_size=4)
-        budget = (f"batch {engine.batch_size} ({engine.batch_size * 40} ms of audio), look-ahead "
-                  f"{engine.right_context_ticks} ticks ({engine.right_context_ticks * 40} ms: whisper window 80 ms + "
-                  f"{engine.context[1]:g} s right context), one batch {1000 * engine.batch_seconds:.0f} ms -> lead "
-                  f"{engine.lead_ticks} ticks = {engine.lead_ticks * 40} ms")
+        budget = (
+            f"batch {engine.batch_size} ({engine.batch_size * 40} ms of audio), look-ahead "
+            f"{engine.right_context_ticks} ticks ({engine.right_context_ticks * 40} ms: whisper window 80 ms + "
+            f"{engine.context[1]:g} s right context), one batch {1000 * engine.batch_seconds:.0f} ms -> lead "
+            f"{engine.lead_ticks} ticks = {engine.lead_ticks * 40} ms"
+        )
         return await session_latency(avatar, engine, trials), budget
 
 
@@ -186,22 +193,26 @@ def sync_report(bursts: list[Burst], minutes: float, stats: SessionStats) -> str
     at = [b.minutes for b in bursts]
     slope = float(np.polyfit(at, off, 1)[0]) if len(off) > 2 else float("nan")
     tenth = max(1, len(off) // 10)
-    lines = [f"2. A/V offset at the aiortc receiver (video onset - audio onset), {minutes:g} min, {len(off)} bursts: "
-             f"median {np.median(off):+.1f} ms, mean {off.mean():+.1f}, p1 {np.percentile(off, 1):+.1f} / p99 "
-             f"{np.percentile(off, 99):+.1f}, max |offset| {np.abs(off).max():.1f} ms, bursts over 20 ms: "
-             f"{int((np.abs(off) > 20).sum())}  [target |offset| <= 20 ms]",
-             f"   drift: median of the first tenth {np.median(off[:tenth]):+.1f} ms, of the last tenth "
-             f"{np.median(off[-tenth:]):+.1f} ms, fitted slope {slope:+.3f} ms/min  [target: no drift]",
-             f"   session counters: {stats.ticks} ticks, {stats.repeated_frames} repeated, {stats.dropped_frames} "
-             f"dropped, {stats.late_ticks} late (caught up), {stats.skipped_ticks} skipped ticks"]
+    lines = [
+        f"2. A/V offset at the aiortc receiver (video onset - audio onset), {minutes:g} min, {len(off)} bursts: "
+        f"median {np.median(off):+.1f} ms, mean {off.mean():+.1f}, p1 {np.percentile(off, 1):+.1f} / p99 "
+        f"{np.percentile(off, 99):+.1f}, max |offset| {np.abs(off).max():.1f} ms, bursts over 20 ms: "
+        f"{int((np.abs(off) > 20).sum())}  [target |offset| <= 20 ms]",
+        f"   drift: median of the first tenth {np.median(off[:tenth]):+.1f} ms, of the last tenth "
+        f"{np.median(off[-tenth:]):+.1f} ms, fitted slope {slope:+.3f} ms/min  [target: no drift]",
+        f"   session counters: {stats.ticks} ticks, {stats.repeated_frames} repeated, {stats.dropped_frames} "
+        f"dropped, {stats.late_ticks} late (caught up), {stats.skipped_ticks} skipped ticks",
+    ]
     half = np.asarray([b.half_open for b in bursts if b.half_open is not None])
     if not len(half):
         return "\n".join([*lines, "2b. mouth at 50 % of its opening: no burst opened the mouth"])
-    lines.append(f"2b. mouth at 50 % of its opening - audio onset, per burst at the receiver, {len(half)} bursts: "
-                 f"|offset| min {np.abs(half).min():.1f} / median {np.median(np.abs(half)):.1f} / max "
-                 f"{np.abs(half).max():.1f} ms (signed: median {np.median(half):+.1f}, min {half.min():+.1f}, max "
-                 f"{half.max():+.1f}), bursts over 20 ms: {int((np.abs(half) > 20).sum())}, no opening seen: "
-                 f"{len(bursts) - len(half)}  [target |offset| <= 20 ms in every burst]")
+    lines.append(
+        f"2b. mouth at 50 % of its opening - audio onset, per burst at the receiver, {len(half)} bursts: "
+        f"|offset| min {np.abs(half).min():.1f} / median {np.median(np.abs(half)):.1f} / max "
+        f"{np.abs(half).max():.1f} ms (signed: median {np.median(half):+.1f}, min {half.min():+.1f}, max "
+        f"{half.max():+.1f}), bursts over 20 ms: {int((np.abs(half) > 20).sum())}, no opening seen: "
+        f"{len(bursts) - len(half)}  [target |offset| <= 20 ms in every burst]"
+    )
     return "\n".join(lines)
 
 
@@ -218,8 +229,11 @@ async def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the sync run (default 10)")
     parser.add_argument("--period", type=float, default=2.0, help="seconds between tone bursts")
     parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--inline_receiver", action="store_true",
-                        help="sync: decode in this process instead of a separate receiver process")
+    parser.add_argument(
+        "--inline_receiver",
+        action="store_true",
+        help="sync: decode in this process instead of a separate receiver process",
+    )
     parser.add_argument("--only", choices=("latency", "sync", "interrupt"), help="run one of the three parts")
     parser.add_argument("--per_burst", metavar="CSV", help="sync: write every burst's offsets to this file")
     args = parser.parse_args()
@@ -230,11 +244,17 @@ async def main() -> None:
     print(f"engine: lite (batch {engine.batch_size}, lead {engine.lead_ticks} ticks = {engine.lead_ticks * 40} ms)")
     if args.only in (None, "latency"):
         lat = await session_latency(avatar, engine, args.trials)
-        print(f"1. latency, first speech sample in -> first lip-synced frame out of the session: {summary(lat)}"
-              f"  [target <= 250 ms]", flush=True)
+        print(
+            f"1. latency, first speech sample in -> first lip-synced frame out of the session: {summary(lat)}"
+            f"  [target <= 250 ms]",
+            flush=True,
+        )
         mt, budget = await musetalk_latency(avatar, max(3, args.trials // 2))
-        print(f"1b. same, musetalk engine with the reduced (tiny, random) config on this CPU: {summary(mt)}\n"
-              f"    budget: {budget}", flush=True)
+        print(
+            f"1b. same, musetalk engine with the reduced (tiny, random) config on this CPU: {summary(mt)}\n"
+            f"    budget: {budget}",
+            flush=True,
+        )
     if args.only in (None, "sync"):
         bursts, stats = await sync_run(avatar, engine, args.minutes, args.period, args.inline_receiver)
         print(sync_report(bursts, args.minutes, stats), flush=True)
@@ -243,6 +263,7 @@ async def main() -> None:
     if args.only in (None, "interrupt"):
         intr = await interrupt_run(avatar, engine, args.trials)
         print(f"3. interrupt -> first idle frame at the receiver: {summary(intr)}  [target <= 150 ms]", flush=True)
+
 
 if __name__ == "__main__":
     asyncio.run(main())

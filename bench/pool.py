@@ -14,6 +14,7 @@ Two parts, in the same run:
 3. The same with 1 replica batching with Serve's ``@serve.batch`` (up to 4 jobs, 3 ms wait) around the faces model
    instead of our batcher: which of the two the pool should use.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -133,9 +134,11 @@ def replica_restart(runner: RayRunner, rows: int, clients: int, bound_s: float =
             t.join()
     failed = [t for t, r in answers if r is None and t >= killed]
     answered = min(t for t, r in answers if r is not None and t > max(failed, default=killed))
-    return (f"one of 2 replicas killed: {len(failed)} call(s) failed; calls answered again "
-            f"{answered - killed:.2f} s after the kill; 2 replicas running after {running_at - killed:.1f} s "
-            f"(the new one's first answer {min(new) - killed:.1f} s)")
+    return (
+        f"one of 2 replicas killed: {len(failed)} call(s) failed; calls answered again "
+        f"{answered - killed:.2f} s after the kill; 2 replicas running after {running_at - killed:.1f} s "
+        f"(the new one's first answer {min(new) - killed:.1f} s)"
+    )
 
 
 def ms(values: list[float]) -> str:
@@ -149,8 +152,12 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=None,
-                   help="tiny models on the CPU (default: with the local cluster)")
+    p.add_argument(
+        "--tiny",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tiny models on the CPU (default: with the local cluster)",
+    )
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import ray
@@ -163,13 +170,15 @@ def main() -> None:
     tiny = a.tiny if a.tiny is not None else a.address is None
     cluster = LocalRayCluster(nodes=2, cpus_per_node=1) if a.address is None else None
     print(f"machine: {machine()}")
-    print(f"pool: {'local CPU cluster, 2 nodes x 1 CPU' if cluster else a.address}, "
-          f"{'tiny models' if tiny else 'models/'}; {a.rows} frames a job", flush=True)
+    print(
+        f"pool: {'local CPU cluster, 2 nodes x 1 CPU' if cluster else a.address}, "
+        f"{'tiny models' if tiny else 'models/'}; {a.rows} frames a job",
+        flush=True,
+    )
     try:
         if cluster is not None:
             cluster.start()
-        ray.init(address=cluster.address if cluster else a.address, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        ray.init(address=cluster.address if cluster else a.address, logging_level=logging.WARNING, log_to_driver=False)
         serve.start(proxy_location="Disabled")
         options = {"tiny": tiny, "batch_size": a.rows, "num_cpus": 1}
         if cluster is not None:
@@ -188,12 +197,14 @@ def main() -> None:
                     finally:
                         local.close()
                     through_pool = timed_calls(runner, a.rows, a.calls)
-                    print(f"faces call, {a.rows} frames: in process {ms(in_process)}; through the pool "
-                          f"{ms(through_pool)}; the hop alone {ms(hop_times(runner, a.rows, a.calls))}", flush=True)
+                    print(
+                        f"faces call, {a.rows} frames: in process {ms(in_process)}; through the pool "
+                        f"{ms(through_pool)}; the hop alone {ms(hop_times(runner, a.rows, a.calls))}",
+                        flush=True,
+                    )
                 fps, times = aggregate(runner, a.rows, a.clients, a.seconds)
                 rates[replicas] = fps
-                print(f"{replicas} replica(s), {a.clients} clients: {fps:.1f} frames/s, calls {ms(times)}",
-                      flush=True)
+                print(f"{replicas} replica(s), {a.clients} clients: {fps:.1f} frames/s, calls {ms(times)}", flush=True)
                 if replicas == 2:
                     print(replica_restart(runner, a.rows, a.clients), flush=True)
             finally:
@@ -204,8 +215,11 @@ def main() -> None:
         try:
             timed_calls(runner, a.rows, 2)
             fps, times = aggregate(runner, a.rows, a.clients, a.seconds)
-            print(f"1 replica with @serve.batch, {a.clients} clients: {fps:.1f} frames/s, calls {ms(times)} "
-                  f"(our batcher: {rates[1]:.1f} frames/s)", flush=True)
+            print(
+                f"1 replica with @serve.batch, {a.clients} clients: {fps:.1f} frames/s, calls {ms(times)} "
+                f"(our batcher: {rates[1]:.1f} frames/s)",
+                flush=True,
+            )
         finally:
             runner.stop()
         serve.delete(APP)
@@ -242,8 +256,11 @@ def serve_batched_app(options: dict, max_jobs: int) -> Application:
 
     # The class made a deployment by a call rather than a decorator: mypy keeps a decorated class's own type.
     deployment = serve.deployment(
-        name="ServeBatched", num_replicas=1, max_ongoing_requests=4 * max_jobs,
-        ray_actor_options={"num_cpus": options["num_cpus"], "num_gpus": options.get("num_gpus", 0)})(ServeBatched)
+        name="ServeBatched",
+        num_replicas=1,
+        max_ongoing_requests=4 * max_jobs,
+        ray_actor_options={"num_cpus": options["num_cpus"], "num_gpus": options.get("num_gpus", 0)},
+    )(ServeBatched)
     return deployment.bind()
 
 

@@ -9,6 +9,7 @@ speaks, the client's microphone says a sentence (piper); the fake's turn detecti
 time is the start of the figure); the figure ends when the audio frames arriving at the client are silent
 (10 frames in a row; arrival times polled every 5 ms).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,14 @@ async def main() -> None:
     print(f"machine: {machine()}")
     question = await spoken("Wait, what is the weather like today?")
     async with fake_realtime.realtime_service() as (url, rec):
-        config = ServerConfig(host="127.0.0.1", ice_host=("127.0.0.1",), engine="lite", tts="realtime",
-                              TTS_SERVER=url, llm_api_key="sk-bench")
+        config = ServerConfig(
+            host="127.0.0.1",
+            ice_host=("127.0.0.1",),
+            engine="lite",
+            tts="realtime",
+            TTS_SERVER=url,
+            llm_api_key="sk-bench",
+        )
         async with running_server(config, await Services.create(config)) as server:
             mic = ScriptedMicrophone()
             client = Client(server, microphone=mic)

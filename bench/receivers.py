@@ -8,6 +8,7 @@ request line per reply line over stdin/stdout (ReceiverClient). Two kinds of pee
   mouth reached half of its opening (half_open_times).
 Start times are time.monotonic() milliseconds, a clock both processes share.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,7 @@ from testing.rtc import (
 WHOLE_FRAME = (slice(None), slice(None))  # a recording peer keeps only the mouth region
 
 
-def half_open_times(frames: list[Received], after_ms: list[float], region: tuple[slice, slice]
-                    ) -> list[float | None]:
+def half_open_times(frames: list[Received], after_ms: list[float], region: tuple[slice, slice]) -> list[float | None]:
     """Per start time: when the mouth region reached half of its opening in that burst, on the receiver clock.
 
     What a viewer sees: the opening of each decoded frame is the mouth region's darkening against the last frame
@@ -55,7 +55,7 @@ def half_open_times(frames: list[Received], after_ms: list[float], region: tuple
             continue
         ref = frames[first - 1].data
         opening = np.array([0.0] + [mouth_darkening(f.data, ref, region) for f in frames[first:stop]])
-        t = times[first - 1:stop]
+        t = times[first - 1 : stop]
         half = opening.max() / 2
         if 2 * half <= MOUTH_ONSET:
             out.append(None)
@@ -107,7 +107,8 @@ class ReceiverHost:
             counter = self.counting[peer_id] = CountingPeer()
             return await counter.offer()
         recorder = self.recording[peer_id] = LoopbackReceiver(
-            video_region=(slice(region[0], region[1]), slice(region[2], region[3])))
+            video_region=(slice(region[0], region[1]), slice(region[2], region[3]))
+        )
         return await recorder.offer()
 
     async def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -126,14 +127,19 @@ class ReceiverHost:
             self.mark_time, self.mark_cpu = time.monotonic(), cpu_seconds(self.proc)
             return {}
         if op == "report":
-            return {"seconds": time.monotonic() - self.mark_time, "cpu": cpu_seconds(self.proc) - self.mark_cpu,
-                    "peers": {k: p.report() for k, p in self.counting.items()}}
+            return {
+                "seconds": time.monotonic() - self.mark_time,
+                "cpu": cpu_seconds(self.proc) - self.mark_cpu,
+                "peers": {k: p.report() for k, p in self.counting.items()},
+            }
         if op == "onsets":
             frames = self.recording[msg["id"]].frames
-            return {"audio": audio_onsets(frames["audio"], msg["after_ms"]),
-                    "video": video_onsets(frames["video"], msg["after_ms"], WHOLE_FRAME),
-                    "half_open": half_open_times(frames["video"], msg["after_ms"], WHOLE_FRAME),
-                    "unmatched": self.recording[msg["id"]].unmatched}
+            return {
+                "audio": audio_onsets(frames["audio"], msg["after_ms"]),
+                "video": video_onsets(frames["video"], msg["after_ms"], WHOLE_FRAME),
+                "half_open": half_open_times(frames["video"], msg["after_ms"], WHOLE_FRAME),
+                "unmatched": self.recording[msg["id"]].unmatched,
+            }
         if op == "close":
             peers = [*self.counting.values(), *self.recording.values()]
             self.counting, self.recording = {}, {}
@@ -164,9 +170,14 @@ class ReceiverClient:
 
     @classmethod
     async def spawn(cls) -> ReceiverClient:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.receivers",
-                                                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                                                    limit=2**24)  # onsets of a long run come back as one line
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.receivers",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=2**24,
+        )  # onsets of a long run come back as one line
         return cls(proc)
 
     async def request(self, **msg: Any) -> dict[str, Any]:
@@ -178,8 +189,9 @@ class ReceiverClient:
             raise RuntimeError(f"receiver process exited (code {await self.proc.wait()}) during {msg['op']!r}")
         return json.loads(line)
 
-    async def connect(self, peer_id: str, tracks: SessionTracks, region: tuple[slice, slice] | None = None
-                      ) -> RTCPeerConnection:
+    async def connect(
+        self, peer_id: str, tracks: SessionTracks, region: tuple[slice, slice] | None = None
+    ) -> RTCPeerConnection:
         """Send `tracks` to a new receiving peer (recording `region` of each frame, or counting if None); returns
         the sending peer connection, which the caller closes."""
         rows_cols = None if region is None else [region[0].start, region[0].stop, region[1].start, region[1].stop]

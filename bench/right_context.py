@@ -14,6 +14,7 @@ where the worker cuts batches to the ticks whose context has arrived: each frame
 Latency floor (speech sample in -> lip frame out) for audio that streams in: the lead of ``engines.base.
 lead_ticks_for`` = right-context ticks + the tick being played + the ticks of 1.5 batch times, in 40 ms ticks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,12 @@ from musetalk.audio_features import (
 )
 from testing.ct2_whisper import ct2_whisper_encoder
 
-SENTENCES = ("The morning train was late again, so Maria walked to the office along the river.",
-             "She counted the boats, watched a heron fishing near the old bridge, and thought about the meeting.",
-             "Her manager wanted a plan for the new library by Friday, with drawings, costs and a schedule.",
-             "At the corner bakery she bought two warm rolls and a coffee, then climbed the hill toward the square.")
+SENTENCES = (
+    "The morning train was late again, so Maria walked to the office along the river.",
+    "She counted the boats, watched a heron fishing near the old bridge, and thought about the meeting.",
+    "Her manager wanted a plan for the new library by Friday, with drawings, costs and a schedule.",
+    "At the corner bakery she bought two warm rolls and a coffee, then climbed the hill toward the square.",
+)
 BATCH_TIMES_MS = (20.0, 40.0)  # one batch on the GPU (on paper, BENCHMARKS.md section 9)
 
 
@@ -59,9 +62,11 @@ def relative_l2(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return np.linalg.norm(got - want, axis=axes) / np.maximum(np.linalg.norm(want, axis=axes), 1e-12)
 
 
-def streamed_errors(encoder: WhisperEncoder, audio: np.ndarray, right_context_s: float, batch: int,
-                    cache: dict[int, np.ndarray]) -> np.ndarray:
+def streamed_errors(
+    encoder: WhisperEncoder, audio: np.ndarray, right_context_s: float, batch: int, cache: dict[int, np.ndarray]
+) -> np.ndarray:
     """Per frame of the utterance: relative L2 of the streamed features against the whole utterance's."""
+
     def steps(window: np.ndarray, first_step: int) -> np.ndarray:
         # Every window of an utterance under 30 s starts at its first sample: its length says which it is.
         assert first_step == 0
@@ -70,18 +75,20 @@ def streamed_errors(encoder: WhisperEncoder, audio: np.ndarray, right_context_s:
         return cache[len(window)]
 
     want = frame_chunks(whisper_steps(audio, encoder, "v15"), len(audio), "v15")
-    streamer = StreamingFeatures.with_step_function(steps, "v15", batch_frames=batch, right_context_s=right_context_s,
-                                                    feature_dim=encoder.config.d_model)
+    streamer = StreamingFeatures.with_step_function(
+        steps, "v15", batch_frames=batch, right_context_s=right_context_s, feature_dim=encoder.config.d_model
+    )
     got = []
     for first in range(0, len(want), batch):
         start, end = streamer.window(first)
         got.append(streamer.chunks(audio[start:end], first, final=end >= len(audio)))
-    return relative_l2(np.concatenate(got)[:len(want)], want)
+    return relative_l2(np.concatenate(got)[: len(want)], want)
 
 
 def latency_floor_ms(right_context_s: float, batch: int, batch_ms: float) -> float:
-    features = StreamingFeatures.with_step_function(lambda a, s: a, "v15", batch_frames=batch,
-                                                    right_context_s=right_context_s)
+    features = StreamingFeatures.with_step_function(
+        lambda a, s: a, "v15", batch_frames=batch, right_context_s=right_context_s
+    )
     right_ticks = context_ticks(features)[1]
     return 1000 * TICK_SECONDS * lead_ticks_for(right_ticks, 1.5 * batch_ms / 1000)
 
@@ -97,22 +104,34 @@ def main() -> None:
     print(f"machine: {machine()}", flush=True)
     encoder = ct2_whisper_encoder()
     sentences = piper_sentences(args.sentences)
-    print(f"whisper tiny.en (CTranslate2 model converted); {len(sentences)} piper sentences of "
-          f"{', '.join(f'{len(s) / 16000:.2f}' for s in sentences)} s; batch {args.batch}; relative L2 per frame "
-          f"against the whole utterance's features", flush=True)
-    print("| right context s | frames | max | p90 | median | mean | frames > 0.1 | latency floor ms (batch "
-          + " / ".join(f"{b:g}" for b in BATCH_TIMES_MS) + " ms) |\n|---:|---:|---:|---:|---:|---:|---:|---|",
-          flush=True)
+    print(
+        f"whisper tiny.en (CTranslate2 model converted); {len(sentences)} piper sentences of "
+        f"{', '.join(f'{len(s) / 16000:.2f}' for s in sentences)} s; batch {args.batch}; relative L2 per frame "
+        f"against the whole utterance's features",
+        flush=True,
+    )
+    print(
+        "| right context s | frames | max | p90 | median | mean | frames > 0.1 | latency floor ms (batch "
+        + " / ".join(f"{b:g}" for b in BATCH_TIMES_MS)
+        + " ms) |\n|---:|---:|---:|---:|---:|---:|---:|---|",
+        flush=True,
+    )
     caches: list[dict[int, np.ndarray]] = [{} for _ in sentences]
     with torch.inference_mode():
         for rc in contexts:
-            rel = np.concatenate([streamed_errors(encoder, audio, rc, args.batch, cache)
-                                  for audio, cache in zip(sentences, caches)])
+            rel = np.concatenate(
+                [streamed_errors(encoder, audio, rc, args.batch, cache) for audio, cache in zip(sentences, caches)]
+            )
             floors = " / ".join(f"{latency_floor_ms(rc, args.batch, b):.0f}" for b in BATCH_TIMES_MS)
-            print(f"| {rc:g} | {len(rel)} | {rel.max():.3f} | {np.percentile(rel, 90):.3f} | {np.median(rel):.3f} | "
-                  f"{rel.mean():.3f} | {(rel > 0.1).mean():.0%} | {floors} |", flush=True)
-    print(f"(latency floor = lead ticks x {1000 * TICK_SECONDS:g} ms; lead = right-context ticks + 1 + "
-          f"ceil(1.5 x batch time / {1000 * TICK_SECONDS:g} ms), engines.base.lead_ticks_for)")
+            print(
+                f"| {rc:g} | {len(rel)} | {rel.max():.3f} | {np.percentile(rel, 90):.3f} | {np.median(rel):.3f} | "
+                f"{rel.mean():.3f} | {(rel > 0.1).mean():.0%} | {floors} |",
+                flush=True,
+            )
+    print(
+        f"(latency floor = lead ticks x {1000 * TICK_SECONDS:g} ms; lead = right-context ticks + 1 + "
+        f"ceil(1.5 x batch time / {1000 * TICK_SECONDS:g} ms), engines.base.lead_ticks_for)"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ given their speech ahead and driven as fast as they render (`run_throughput`). `
 ran its models before the batcher -- each session's worker thread calling the model itself under one process-wide
 lock, one call per session and batch -- kept here as the baseline the batcher is measured against.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -112,13 +113,17 @@ class SessionsRow:
 
     def text(self) -> str:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.asarray([np.nan])
-        return (f"| {self.n:2d} | {self.fps('speech_frames'):7.1f} | {self.fps('rendered_frames'):7.1f} | "
-                f"{self.fps('speech_frames') / self.n:5.1f} | {self.late:5d} | {self.counters['late_ticks']:4d} | "
-                f"{np.median(lat):6.0f} | {lat.max():6.0f} | {min(self.lead_ticks)}..{max(self.lead_ticks)} |")
+        return (
+            f"| {self.n:2d} | {self.fps('speech_frames'):7.1f} | {self.fps('rendered_frames'):7.1f} | "
+            f"{self.fps('speech_frames') / self.n:5.1f} | {self.late:5d} | {self.counters['late_ticks']:4d} | "
+            f"{np.median(lat):6.0f} | {lat.max():6.0f} | {min(self.lead_ticks)}..{max(self.lead_ticks)} |"
+        )
 
 
-SESSIONS_HEADER = ("|  N | shown fps (all) | rendered fps | per session | late frames | late ticks | latency p50 ms "
-                   "| max ms | lead ticks |\n|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+SESSIONS_HEADER = (
+    "|  N | shown fps (all) | rendered fps | per session | late frames | late ticks | latency p50 ms "
+    "| max ms | lead ticks |\n|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+)
 
 
 SENTENCE_S, GAP_S = 3.0, 1.0  # streamed sentences and the silence between them (longer than any lead: each
@@ -134,7 +139,7 @@ async def _speak(session: Session, audio: np.ndarray, stop: asyncio.Event) -> No
         i = k % (per_sentence + gap)
         if i < per_sentence:
             start = (k * TICK_SAMPLES) % (len(audio) - TICK_SAMPLES)
-            await session.push_audio(audio[start:start + TICK_SAMPLES])
+            await session.push_audio(audio[start : start + TICK_SAMPLES])
             if i == per_sentence - 1:
                 await session.end_speech()
         k += 1
@@ -142,8 +147,7 @@ async def _speak(session: Session, audio: np.ndarray, stop: asyncio.Event) -> No
 
 
 async def run_sessions(engine: MuseTalkEngine, avatar: Avatar, n: int, warmup: float, seconds: float) -> SessionsRow:
-    sessions = [Session(f"bench-{n}-{i}", avatar, engine, options=SessionOptions(crossfade_ticks=0))
-                for i in range(n)]
+    sessions = [Session(f"bench-{n}-{i}", avatar, engine, options=SessionOptions(crossfade_ticks=0)) for i in range(n)]
     stop = asyncio.Event()
     audio = speech(20.0)
     feeders: list[asyncio.Task] = []
@@ -165,17 +169,23 @@ async def run_sessions(engine: MuseTalkEngine, avatar: Avatar, n: int, warmup: f
         for s in sessions:
             await s.close()
     totals = {k: sum(a[k] - b[k] for a, b in zip(after, before)) for k in COUNTERS}
-    return SessionsRow(n, elapsed, totals, [s.stats.last_latency_ms for s in sessions
-                                            if s.stats.last_latency_ms is not None],
-                       [s.worker.lead_ticks for s in sessions])
+    return SessionsRow(
+        n,
+        elapsed,
+        totals,
+        [s.stats.last_latency_ms for s in sessions if s.stats.last_latency_ms is not None],
+        [s.worker.lead_ticks for s in sessions],
+    )
 
 
 async def run_throughput(engine: MuseTalkEngine, avatar: Avatar, n: int, seconds_of_speech: float) -> float:
     """N stepped sessions (their own media clocks, driven as fast as they render) each speaking an utterance of
     `seconds_of_speech` given ahead: aggregate frames rendered per second of wall time, through the real workers
     and the engine's job runner."""
-    sessions = [Session(f"ahead-{n}-{i}", avatar, engine, options=SessionOptions(crossfade_ticks=0), stepped=True)
-                for i in range(n)]
+    sessions = [
+        Session(f"ahead-{n}-{i}", avatar, engine, options=SessionOptions(crossfade_ticks=0), stepped=True)
+        for i in range(n)
+    ]
     audio = speech(seconds_of_speech)
     ticks = engine.lead_ticks + math.ceil(len(audio) / TICK_SAMPLES) + 2
     try:

@@ -8,6 +8,7 @@ itself (on the event loop), the time from the request to the first frame of the 
 clock, and the longest gap between two ticks around the switch (a stall of the clock would show here; 40 ms is none)
 beside the longest gap in as many ticks just before it (the machine's own jitter).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,15 @@ async def run(root: Path, switches: int) -> None:
             shown = next(t for t, k, _ in emitted if k == first)
             around = [t for t, k, _ in emitted if first - 10 <= k <= first + 10]
             before = [t for t, k, _ in emitted if first - 31 <= k <= first - 11]  # as long, with no switch
-            rows[kind].append([1000 * (warmed - started), 1000 * (switched - warmed), 1000 * (shown - started),
-                               1000 * max(np.diff(around)), 1000 * max(np.diff(before))])
+            rows[kind].append(
+                [
+                    1000 * (warmed - started),
+                    1000 * (switched - warmed),
+                    1000 * (shown - started),
+                    1000 * max(np.diff(around)),
+                    1000 * max(np.diff(before)),
+                ]
+            )
             await asyncio.sleep(1.0)
     finally:
         await session.close()
@@ -64,9 +72,11 @@ async def run(root: Path, switches: int) -> None:
         if not values:
             continue
         cols = np.array(values).T
-        print(f"set_avatar ({kind}, {len(values)}x): load+warm {summary(cols[0])}; switch {summary(cols[1])}; "
-              f"request -> first frame of the new avatar {summary(cols[2])}; longest tick gap around the switch "
-              f"{summary(cols[3])}, in as many ticks before it {summary(cols[4])}")
+        print(
+            f"set_avatar ({kind}, {len(values)}x): load+warm {summary(cols[0])}; switch {summary(cols[1])}; "
+            f"request -> first frame of the new avatar {summary(cols[2])}; longest tick gap around the switch "
+            f"{summary(cols[3])}, in as many ticks before it {summary(cols[4])}"
+        )
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ c. whisper features: StreamingFeatures, whisper-tiny dims, random init, B=8 wind
 d. MuseTalk UNet + VAE decode (infer_faces): reduced (tiny) config at B=1,4,8 and, unless --no_full, one B=1
    batch of the full-size config (random weights, CPU fp32: a one-off, ~5 s per frame)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,15 @@ class Row:
 
     def cells(self) -> list[str]:
         budget = FRAME_MS if self.unit == "frame" else STEP_MS
-        return [self.stage, f"{self.median:.2f}", f"{np.percentile(self.calls_ms, 90):.2f}", str(len(self.calls_ms)),
-                f"{self.units_per_call} {self.unit}", f"{self.per_unit:.2f}", f"{self.per_unit / budget:.3f}"]
+        return [
+            self.stage,
+            f"{self.median:.2f}",
+            f"{np.percentile(self.calls_ms, 90):.2f}",
+            str(len(self.calls_ms)),
+            f"{self.units_per_call} {self.unit}",
+            f"{self.per_unit:.2f}",
+            f"{self.per_unit / budget:.3f}",
+        ]
 
 
 COLUMNS = ["stage", "median ms/call", "p90 ms", "n", "per call", "ms per unit", "x budget"]
@@ -90,9 +98,14 @@ def table(rows: list[Row]) -> str:
         return "| " + " | ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths))) + " |"
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(cells[0]), rule, *map(line, cells[1:]),
-                      "(x budget: ms per unit / 40 ms per frame or 20 ms per step; above 1 cannot keep real time "
-                      "on one core)"])
+    return "\n".join(
+        [
+            line(cells[0]),
+            rule,
+            *map(line, cells[1:]),
+            "(x budget: ms per unit / 40 ms per frame or 20 ms per step; above 1 cannot keep real time on one core)",
+        ]
+    )
 
 
 Call = Callable[[int], object]  # fn(i): the i-th call of a case
@@ -117,6 +130,7 @@ def interleaved(calls: dict[str, Call], repeats: int, warmup: int = 3) -> dict[s
 
 
 # ------------------------------------------------------------------------------------- a + b: frame path
+
 
 def frame_path_calls(avatar: Avatar) -> dict[str, Call]:
     """Face render, paste-back and VP8 encode of moving-mouth frames, one frame per call."""
@@ -168,6 +182,7 @@ def frame_path_calls(avatar: Avatar) -> dict[str, Call]:
 
 # ------------------------------------------------------------------------------------- c: whisper features
 
+
 def whisper_row(repeats: int, batch: int = 8) -> Row:
     torch.manual_seed(0)
     feats = StreamingFeatures(build_encoder(whisper_tiny_config()), "v15", batch_frames=batch)
@@ -193,9 +208,10 @@ def mel_rows(repeats: int) -> list[Row]:
     rng = np.random.default_rng(0)
     audio = {s: (0.1 * rng.standard_normal(round(s * 16000))).astype(np.float32) for s in MEL_AUDIO_S}
     placed = np.zeros(30 * 16000, np.float32)
-    placed[:len(audio[2.3])] = audio[2.3]
-    calls: dict[str, Call] = {"v1.5 log-mel, full 30 s (every STFT frame)":
-                              lambda _: normalise_log_mel(log_mel(placed))}
+    placed[: len(audio[2.3])] = audio[2.3]
+    calls: dict[str, Call] = {
+        "v1.5 log-mel, full 30 s (every STFT frame)": lambda _: normalise_log_mel(log_mel(placed))
+    }
 
     def placed_call(a: np.ndarray) -> Call:
         return lambda _: placed_log_mel(a)
@@ -205,6 +221,7 @@ def mel_rows(repeats: int) -> list[Row]:
 
 
 # ------------------------------------------------------------------------------------- d: UNet + VAE decode
+
 
 def infer_call(models: MuseTalkModels, batch: int) -> Call:
     gen = torch.Generator().manual_seed(batch)
@@ -233,8 +250,11 @@ def full_row(repeats: int) -> Row:
     unet = build_unet(unet_config()).eval().requires_grad_(False)
     vae = build_vae(vae_config()).eval().requires_grad_(False)
     params = [sum(p.numel() for p in m.parameters()) / 1e6 for m in (unet, vae)]
-    print(f"   full-size UNet + VAE built with random weights in {time.perf_counter() - started:.1f} s "
-          f"({params[0]:.0f}M + {params[1]:.0f}M parameters)", flush=True)
+    print(
+        f"   full-size UNet + VAE built with random weights in {time.perf_counter() - started:.1f} s "
+        f"({params[0]:.0f}M + {params[1]:.0f}M parameters)",
+        flush=True,
+    )
     models = MuseTalkModels(unet, vae, PositionalEncoding().eval(), torch.device("cpu"), torch.float32, "v15")
     name = infer_label("FULL (random weights, CPU fp32)", 1)
     return Row(name, interleaved({name: infer_call(models, 1)}, repeats, warmup=1)[name])
@@ -251,8 +271,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, fp32 on CPU; "
-          f"OpenCV/libvpx at their defaults", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, fp32 on CPU; "
+        f"OpenCV/libvpx at their defaults",
+        flush=True,
+    )
     ensure_demo(progress=False)
     avatar = load_avatar("demo")
 
@@ -268,30 +291,49 @@ def main() -> None:
     print(table(rows))
 
     total = compose + encode
-    print(f"\ncompositor + VP8 encode (incl. from_ndarray): {compose:.2f} + {encode:.2f} = {total:.2f} ms per frame "
-          f"= {total / TARGET_COMPOSE_ENCODE_MS:.2f}x the {TARGET_COMPOSE_ENCODE_MS:g} ms target "
-          f"({'met' if total <= TARGET_COMPOSE_ENCODE_MS else 'MISSED'}); {total / FRAME_MS:.2f} of a 40 ms frame")
+    print(
+        f"\ncompositor + VP8 encode (incl. from_ndarray): {compose:.2f} + {encode:.2f} = {total:.2f} ms per frame "
+        f"= {total / TARGET_COMPOSE_ENCODE_MS:.2f}x the {TARGET_COMPOSE_ENCODE_MS:g} ms target "
+        f"({'met' if total <= TARGET_COMPOSE_ENCODE_MS else 'MISSED'}); {total / FRAME_MS:.2f} of a 40 ms frame"
+    )
     big_total = compose_big + encode
-    print(f"  with the 3/4-frame face box: {compose_big:.2f} + {encode:.2f} = {big_total:.2f} ms "
-          f"= {big_total / TARGET_COMPOSE_ENCODE_MS:.2f}x the target")
-    print(f"lite frame path (face render + compositor + VP8): {render + total:.2f} ms per frame "
-          f"= {(render + total) / FRAME_MS:.2f} of one core at 25 fps -> ~{FRAME_MS / (render + total):.1f} streams "
-          f"per core before RTP/Opus/asyncio overhead")
+    print(
+        f"  with the 3/4-frame face box: {compose_big:.2f} + {encode:.2f} = {big_total:.2f} ms "
+        f"= {big_total / TARGET_COMPOSE_ENCODE_MS:.2f}x the target"
+    )
+    print(
+        f"lite frame path (face render + compositor + VP8): {render + total:.2f} ms per frame "
+        f"= {(render + total) / FRAME_MS:.2f} of one core at 25 fps -> ~{FRAME_MS / (render + total):.1f} streams "
+        f"per core before RTP/Opus/asyncio overhead"
+    )
     whisper = next(r for r in rows if r.unit == "step")
-    print(f"whisper features: {whisper.median:.1f} ms per B=8 call = {whisper.per_unit:.2f} ms per 20 ms step "
-          f"({whisper.per_unit / STEP_MS:.2f}x real time; the encoder always runs a 30 s input)")
+    print(
+        f"whisper features: {whisper.median:.1f} ms per B=8 call = {whisper.per_unit:.2f} ms per 20 ms step "
+        f"({whisper.per_unit / STEP_MS:.2f}x real time; the encoder always runs a 30 s input)"
+    )
     full_mel, *fast_mel = [r for r in rows if "log-mel" in r.stage]
-    print(f"v1.5 log-mel of a 30 s input: {full_mel.median:.2f} ms computing every frame; "
-          + ", ".join(f"{r.median:.2f} ms ({full_mel.median / r.median:.0f}x) for {s:g} s of audio"
-                      for s, r in zip(MEL_AUDIO_S, fast_mel)) + " computing the frames that reach it (bit-identical)")
+    print(
+        f"v1.5 log-mel of a 30 s input: {full_mel.median:.2f} ms computing every frame; "
+        + ", ".join(
+            f"{r.median:.2f} ms ({full_mel.median / r.median:.0f}x) for {s:g} s of audio"
+            for s, r in zip(MEL_AUDIO_S, fast_mel)
+        )
+        + " computing the frames that reach it (bit-identical)"
+    )
     tiny = [r for r in rows if r.stage.startswith("tiny")]
-    print("tiny UNet+VAE per frame: " + ", ".join(f"B={r.units_per_call}: {r.per_unit:.1f} ms "
-                                                  f"({r.per_unit / tiny[0].per_unit:.2f}x B=1)" for r in tiny))
+    print(
+        "tiny UNet+VAE per frame: "
+        + ", ".join(
+            f"B={r.units_per_call}: {r.per_unit:.1f} ms ({r.per_unit / tiny[0].per_unit:.2f}x B=1)" for r in tiny
+        )
+    )
     if not args.no_full:
         full = rows[-1]
-        print(f"FULL model B=1 (CPU fp32, random weights): {full.per_unit / 1000:.2f} s per frame = "
-              f"{full.per_unit / FRAME_MS:.0f}x slower than 25 fps; {full.per_unit / tiny[0].per_unit:.0f}x the tiny "
-              f"config")
+        print(
+            f"FULL model B=1 (CPU fp32, random weights): {full.per_unit / 1000:.2f} s per frame = "
+            f"{full.per_unit / FRAME_MS:.0f}x slower than 25 fps; {full.per_unit / tiny[0].per_unit:.0f}x the tiny "
+            f"config"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ The real server (in this process, on 127.0.0.1: lite engine, demo avatar) and a 
   pipeline   that audio in -> its first frame leaves the session (the session's own counter)
   transport  frame leaves the session -> the mouth moves at the receiver (VP8 encode, RTP, decode, detection)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ async def stream_tone(ws, seconds: float) -> None:
     t0 = loop.time()
     for n, pos in enumerate(range(0, len(pcm), PIECE)):
         await asyncio.sleep(max(0.0, t0 + n * 0.02 - loop.time()))
-        await ws.send_bytes(pcm[pos:pos + PIECE])
+        await ws.send_bytes(pcm[pos : pos + PIECE])
     await ws.send_json({"type": "end_of_utterance"})
 
 

@@ -1,4 +1,5 @@
 """Names for the arrays that travel between the packages, so that a signature says what an array holds."""
+
 from __future__ import annotations
 
 from typing import TypeAlias

@@ -3,6 +3,7 @@
 Both the video pts (90 kHz) and the audio pts (48 kHz) are derived from the tick index, so the two tracks
 cannot drift apart: they are two views of one counter.
 """
+
 from __future__ import annotations
 
 import time

@@ -4,6 +4,7 @@ An event rides on the audio it belongs to and fires when that audio is played ou
 "sentence_end" is never ahead of or behind the voice. The kinds' values are the names on the wire
 (``GET /sse``, web/events.js); LiveTalking's sentence format is made from them at the edge (server/routes.py).
 """
+
 from __future__ import annotations
 
 import enum

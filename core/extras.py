@@ -2,6 +2,7 @@
 
 A server-only install (`scripts/install.sh --server`) lacks them all and still serves prepared avatars; what needs
 one of them fails, when used, with MissingExtraError instead of a bare ImportError."""
+
 from __future__ import annotations
 
 import importlib
@@ -19,8 +20,10 @@ class MissingExtraError(ImportError):
     """A feature's package is not installed; the message says which extra brings it and how to install it."""
 
     def __init__(self, feature: str, extra: str, module: str) -> None:
-        super().__init__(f"{feature} needs the '{extra}' extra ({module} is not installed): "
-                         f"scripts/install.sh --extras {extra}, or pip install -e '.[{extra}]'")
+        super().__init__(
+            f"{feature} needs the '{extra}' extra ({module} is not installed): "
+            f"scripts/install.sh --extras {extra}, or pip install -e '.[{extra}]'"
+        )
         self.extra = extra
 
 

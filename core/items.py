@@ -1,4 +1,5 @@
 """What travels between the stages. Every item carries the conversation turn it belongs to."""
+
 from __future__ import annotations
 
 import enum

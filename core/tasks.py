@@ -6,6 +6,7 @@ owner for a part that ends its own work earlier (a voice's requests on interrupt
 closing the owner closes its groups too. Finished tasks and threads are forgotten at once, so a long session's
 owner does not grow; a failure is logged once, here (a cancellation is not a failure).
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -3,6 +3,7 @@
 Audio inside the server is float32 mono at SAMPLE_RATE; video runs at VIDEO_FPS. MuseTalk was trained on exactly
 these (whisper at 16 kHz, 25 fps video, one whisper step per 20 ms), so they are also the model's rates.
 """
+
 from __future__ import annotations
 
 SAMPLE_RATE = 16_000

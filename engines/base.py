@@ -4,6 +4,7 @@ An engine is created once per process (its models are shared by every session). 
 per-avatar precomputation once, and each session gets its own `Renderer` from the binding for its small
 per-session state (e.g. smoothing).
 """
+
 from __future__ import annotations
 
 import abc

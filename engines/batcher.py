@@ -38,6 +38,7 @@ jobs gave them) and padded to the batch size; ``rows`` says how many leading row
 ``rows`` rows (an array, a tensor or a list), or a tuple of such; the batcher slices each job's rows from them.
 Models must not modify their inputs (a lone job's input may be passed through without a copy).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -191,9 +192,13 @@ def _output_rows(out: Rows | tuple) -> int:
 class Batcher:
     """One owner thread running the models of every session in gathered, padded batches (see the module doc)."""
 
-    def __init__(self, models: Mapping[str, BatchModel],
-                 sizes: Sequence[int] | Mapping[str, Sequence[int]] = BATCH_SIZES,
-                 gather_s: float = DEFAULT_GATHER_S, name: str = "batcher") -> None:
+    def __init__(
+        self,
+        models: Mapping[str, BatchModel],
+        sizes: Sequence[int] | Mapping[str, Sequence[int]] = BATCH_SIZES,
+        gather_s: float = DEFAULT_GATHER_S,
+        name: str = "batcher",
+    ) -> None:
         if not models:
             raise ValueError("a batcher needs at least one model")
         self.models = dict(models)
@@ -314,8 +319,10 @@ class Batcher:
             rows = sum(p.rows - p.packed for p in same)
             largest = self.sizes[kind][-1]
             now = time.monotonic()
-            start_at = min(min(p.submitted for p in same) + self.gather_s,
-                           same[0].job.deadline - self._cost.get((kind, largest), 0.0))
+            start_at = min(
+                min(p.submitted for p in same) + self.gather_s,
+                same[0].job.deadline - self._cost.get((kind, largest), 0.0),
+            )
             if rows >= largest or now >= start_at:
                 return self._pack(kind, same, largest)
             self._cond.wait(start_at - now)
@@ -368,8 +375,10 @@ class Batcher:
     def _execute(self, batch: _Batch) -> None:
         started = time.perf_counter()
         try:
-            inputs = tuple(_pad(_concat([_slice(p.job.inputs[i], a, b) for p, a, b in batch.parts]), batch.size)
-                           for i in range(len(batch.parts[0][0].job.inputs)))
+            inputs = tuple(
+                _pad(_concat([_slice(p.job.inputs[i], a, b) for p, a, b in batch.parts]), batch.size)
+                for i in range(len(batch.parts[0][0].job.inputs))
+            )
             out = self.models[batch.kind](inputs, batch.rows)
             if _output_rows(out) < batch.rows:
                 raise ValueError(f"the {batch.kind} model returned {_output_rows(out)} rows for {batch.rows}")

@@ -1,4 +1,5 @@
 """Engine selection: `auto` picks musetalk when CUDA and the weights are present, otherwise lite."""
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,10 @@ def musetalk_unavailable(models_dir: Path, version: str) -> str | None:
 
     missing = ModelPaths(models_dir, version).missing()
     if missing:
-        return (f"MuseTalk {version} weights are missing in {models_dir}/ "
-                f"({MissingWeightsError(missing, version, models_dir).command})")
+        return (
+            f"MuseTalk {version} weights are missing in {models_dir}/ "
+            f"({MissingWeightsError(missing, version, models_dir).command})"
+        )
     import torch
 
     if not torch.cuda.is_available():
@@ -26,9 +29,15 @@ def musetalk_unavailable(models_dir: Path, version: str) -> str | None:
     return None
 
 
-def create_engine(name: str = "auto", models_dir: Path = Path("models"), version: str = "v15",
-                  batch_size: int | None = None, device: str | None = None,
-                  right_context_s: float = DEFAULT_RIGHT_CONTEXT_S, render_pool: str | None = None) -> Engine:
+def create_engine(
+    name: str = "auto",
+    models_dir: Path = Path("models"),
+    version: str = "v15",
+    batch_size: int | None = None,
+    device: str | None = None,
+    right_context_s: float = DEFAULT_RIGHT_CONTEXT_S,
+    render_pool: str | None = None,
+) -> Engine:
     """`render_pool`: ``ray[://ADDRESS]`` runs musetalk's models in the render pool (docs/render_pool.md; Ray is
     imported only then), None in this process."""
     if name not in ENGINES:
@@ -55,5 +64,6 @@ def create_engine(name: str = "auto", models_dir: Path = Path("models"), version
         return LiteEngine()
     from engines.musetalk_engine import MuseTalkEngine
 
-    return MuseTalkEngine(models_dir=models_dir, version=version, batch_size=batch_size, device=device,
-                          right_context_s=right_context_s)
+    return MuseTalkEngine(
+        models_dir=models_dir, version=version, batch_size=batch_size, device=device, right_context_s=right_context_s
+    )

@@ -6,6 +6,7 @@ current opening, fading out sideways past the mouth corners and downwards toward
 that opens is painted as a dark mouth interior. Loudness of each 40 ms tick, smoothed with a fast attack
 and a slower release, sets the opening. Cost: one remap and one small blur per frame.
 """
+
 from __future__ import annotations
 
 import threading
@@ -42,7 +43,8 @@ class MouthGeometry:
     def __init__(self, landmarks: np.ndarray, face_box: np.ndarray) -> None:
         x1, y1, x2, y2 = (float(v) for v in face_box)
         pts = (landmarks - np.array([x1, y1], np.float32)) * np.array(
-            [FACE_SIZE / (x2 - x1), FACE_SIZE / (y2 - y1)], np.float32)
+            [FACE_SIZE / (x2 - x1), FACE_SIZE / (y2 - y1)], np.float32
+        )
         self.lip_y = float((pts[UPPER_LIP_INNER, 1] + pts[LOWER_LIP_INNER, 1]) / 2)
         self.cx = float((pts[MOUTH_LEFT, 0] + pts[MOUTH_RIGHT, 0]) / 2)
         self.half_w = max(2.0, float(abs(pts[MOUTH_RIGHT, 0] - pts[MOUTH_LEFT, 0]) / 2))
@@ -77,7 +79,7 @@ class LiteBinding(AvatarBinding):
             data = self._cache.get(index)
         if data is None:
             a = self.avatar
-            crop = face_crops(a.frames[index:index + 1], a.face_boxes[index:index + 1])[0]
+            crop = face_crops(a.frames[index : index + 1], a.face_boxes[index : index + 1])[0]
             geometry = MouthGeometry(np.asarray(a.landmarks[index]), a.face_boxes[index])
             data = (crop, geometry, geometry.field())
             with self._lock:
@@ -100,12 +102,12 @@ class LiteRenderer(Renderer):
         return self.opening
 
     def render(self, request: RenderRequest) -> list[np.ndarray]:
-        audio = request.audio[request.left_samples:len(request.audio) - request.right_samples]
+        audio = request.audio[request.left_samples : len(request.audio) - request.right_samples]
         if request.seg_pos == 0:
             self.opening = 0.0  # a new stretch of speech starts from a closed mouth
         faces = []
         for i, index in enumerate(request.cycle_indices):
-            opening = self.advance(audio[i * TICK_SAMPLES:(i + 1) * TICK_SAMPLES])
+            opening = self.advance(audio[i * TICK_SAMPLES : (i + 1) * TICK_SAMPLES])
             faces.append(self.face(index, opening))
         return faces
 

@@ -22,6 +22,7 @@ The UNet pass and the VAE decode are two graphs (so their times can be told apar
 Outputs of a graph live in its static buffers until the next replay, so each batch is copied to the host
 (``to_host``: pinned, asynchronous, one event) before the next one starts.
 """
+
 from __future__ import annotations
 
 import logging
@@ -89,8 +90,13 @@ class OrEager:
         try:
             return self.compiled(*args)
         except Exception as e:  # noqa: BLE001 -- logged; an error of the model itself is raised again by fn
-            log.warning("graph of %s for inputs %s failed (%s: %s); eager for this batch size from now on",
-                        getattr(self.fn, "func", self.fn).__name__, shapes, type(e).__name__, str(e)[:200])
+            log.warning(
+                "graph of %s for inputs %s failed (%s: %s); eager for this batch size from now on",
+                getattr(self.fn, "func", self.fn).__name__,
+                shapes,
+                type(e).__name__,
+                str(e)[:200],
+            )
             self.eager_shapes.add(shapes)
             return self.fn(*args)
 
@@ -128,7 +134,7 @@ class EncoderModel(_GraphModel):
             self._step()
             states = self.states(torch.as_tensor(mels).to(self.device, self.dtype))
             # The rows' slices gathered on the device: one copy to the host, split there.
-            wanted = torch.cat([states[i, p:p + n] for i, (p, n) in enumerate(spans)]).float()
+            wanted = torch.cat([states[i, p : p + n] for i, (p, n) in enumerate(spans)]).float()
             host = to_host(wanted)
         return np.split(host, np.cumsum([n for _, n in spans])[:-1])
 
@@ -203,12 +209,19 @@ class _Marks:
         return [b - a for a, b in pairs]
 
 
-def musetalk_models(models: MuseTalkModels, encoder: WhisperEncoder, version: str,
-                    graph_mode: str | None = None, channels_last: bool = False) -> dict[str, BatchModel]:
+def musetalk_models(
+    models: MuseTalkModels,
+    encoder: WhisperEncoder,
+    version: str,
+    graph_mode: str | None = None,
+    channels_last: bool = False,
+) -> dict[str, BatchModel]:
     """The batch models of a loaded MuseTalk (``MuseTalkModels`` and its whisper encoder)."""
-    return {ENCODER: EncoderModel(encoder, version, graph_mode),
-            FACES: FacesModel(models, graph_mode, channels_last),
-            LATENTS: LatentsModel(models)}
+    return {
+        ENCODER: EncoderModel(encoder, version, graph_mode),
+        FACES: FacesModel(models, graph_mode, channels_last),
+        LATENTS: LatentsModel(models),
+    }
 
 
 def musetalk_sizes(max_faces: int, graphs: bool) -> dict[str, tuple[int, ...]]:
@@ -219,20 +232,33 @@ def musetalk_sizes(max_faces: int, graphs: bool) -> dict[str, tuple[int, ...]]:
     return sizes if graphs else {kind: tuple(range(1, max(s) + 1)) for kind, s in sizes.items()}
 
 
-def encode_window_batched(runner: JobRunner, audio: np.ndarray, version: Version, first_step: int, deadline: float,
-                          turn: int = 0, current_turn: Callable[[], int] | None = None) -> np.ndarray:
+def encode_window_batched(
+    runner: JobRunner,
+    audio: np.ndarray,
+    version: Version,
+    first_step: int,
+    deadline: float,
+    turn: int = 0,
+    current_turn: Callable[[], int] | None = None,
+) -> np.ndarray:
     """``musetalk.audio_features.encode_window`` through a job runner (a `Batcher`): the log-mel here (the caller's
     thread, CPU), the encoder pass in a batch with other sessions' windows."""
     from musetalk.audio_features import window_mels
 
     mels, positions, counts = window_mels(audio, version, first_step)
-    job = Job(ENCODER, (mels.numpy(), np.asarray(positions, np.int64), np.asarray(counts, np.int64)), deadline,
-              turn, current_turn)
+    job = Job(
+        ENCODER,
+        (mels.numpy(), np.asarray(positions, np.int64), np.asarray(counts, np.int64)),
+        deadline,
+        turn,
+        current_turn,
+    )
     return np.concatenate(runner.submit(job).result())
 
 
-def warm_up(runner: JobRunner, kind: str, sizes: Sequence[int], inputs: Callable[[int], tuple[np.ndarray, ...]]
-            ) -> None:
+def warm_up(
+    runner: JobRunner, kind: str, sizes: Sequence[int], inputs: Callable[[int], tuple[np.ndarray, ...]]
+) -> None:
     """Two batches of each size of `kind`, one after the other: with graphs, each size is built now (CUDA graph
     trees run a new graph once eagerly, then record it), not when a session first needs it."""
     for size in sizes:

@@ -20,6 +20,7 @@ Utterance ends: the request says where its utterance ends once that is within re
 official end (zero steps for v1.5, the replicated last step for v1, from step T = floor(n / 16000 * 50) on) and
 the official number of frames, floor(n / 16000 * 25) for v1.5: a tick past it gets no face.
 """
+
 from __future__ import annotations
 
 import logging
@@ -95,13 +96,20 @@ def context_ticks(features: StreamingFeatures) -> tuple[int, int, int]:
 class MuseTalkEngine(Engine):
     name = "musetalk"
 
-    def __init__(self, models_dir: Path = Path("models"), version: str = "v15", batch_size: int | None = None,
-                 device: str | None = None, left_context_s: float | None = None,
-                 right_context_s: float = DEFAULT_RIGHT_CONTEXT_S, graph_mode: str | None = AUTO,
-                 channels_last: bool | None = None, max_sessions: int = DEFAULT_MAX_SESSIONS,
-                 loaded: tuple[MuseTalkModels, WhisperEncoder] | None = None,
-                 runner: Callable[[dict[str, BatchModel], dict[str, tuple[int, ...]]], JobRunner] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        models_dir: Path = Path("models"),
+        version: str = "v15",
+        batch_size: int | None = None,
+        device: str | None = None,
+        left_context_s: float | None = None,
+        right_context_s: float = DEFAULT_RIGHT_CONTEXT_S,
+        graph_mode: str | None = AUTO,
+        channels_last: bool | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        loaded: tuple[MuseTalkModels, WhisperEncoder] | None = None,
+        runner: Callable[[dict[str, BatchModel], dict[str, tuple[int, ...]]], JobRunner] | None = None,
+    ) -> None:
         """`graph_mode`: ``engines.musetalk_batch.GRAPH_MODES`` or None; "auto": cudagraphs on CUDA, none on a CPU.
         `channels_last` (None: on CUDA): NHWC UNet and VAE. `loaded`: models already in memory (bench.gpu) instead
         of loading them from `models_dir`. `runner`: builds what runs the jobs from the batch models and the batch sizes
@@ -111,8 +119,9 @@ class MuseTalkEngine(Engine):
         self.version = check_version(version)
         if loaded is None:
             self.models: MuseTalkModels = load_models(models_dir, version, device)
-            self.encoder = load_encoder(ModelPaths(Path(models_dir), version).whisper, version, self.models.device,
-                                        self.models.dtype)
+            self.encoder = load_encoder(
+                ModelPaths(Path(models_dir), version).whisper, version, self.models.device, self.models.dtype
+            )
         else:
             self.models, self.encoder = loaded
         cuda = self.models.device.type == "cuda"
@@ -125,20 +134,34 @@ class MuseTalkEngine(Engine):
             use_channels_last(self.models)
         self.batch_models = musetalk_models(self.models, self.encoder, version, self.graph_mode, self.channels_last)
         self.sizes = musetalk_sizes(max_sessions * self.batch_size, graphs=self.graph_mode is not None)
-        self.runner: JobRunner = (runner(self.batch_models, self.sizes) if runner is not None else
-                                  Batcher(self.batch_models, self.sizes, name="musetalk-batcher").start())
+        self.runner: JobRunner = (
+            runner(self.batch_models, self.sizes)
+            if runner is not None
+            else Batcher(self.batch_models, self.sizes, name="musetalk-batcher").start()
+        )
         self._features: dict[int, StreamingFeatures] = {}
         self.batch_seconds = 0.0  # a faces batch (measured by the warm-up): encoder jobs are due this much earlier
         # Diagnostics (bench.parity): called with (first utterance frame, chunks) of every batch rendered.
         self.features_observer: Callable[[int, np.ndarray], None] | None = None
         self.left_context_ticks, self.right_context_ticks, self._usable_right_ticks = context_ticks(
-            self.features(self.batch_size))
+            self.features(self.batch_size)
+        )
         self.batch_seconds = self._warm_up()
         self.lead_ticks = lead_ticks_for(self.right_context_ticks, 1.5 * self.batch_seconds)
-        log.info("musetalk %s on %s (%s, graphs: %s): batch %d, context %d/%d ticks, %.0f ms per batch, lead %d "
-                 "ticks; loaded in %.1f s", version, self.models.device, self.models.dtype, self.graph_mode or "none",
-                 self.batch_size, self.left_context_ticks, self.right_context_ticks, 1000 * self.batch_seconds,
-                 self.lead_ticks, time.perf_counter() - started)
+        log.info(
+            "musetalk %s on %s (%s, graphs: %s): batch %d, context %d/%d ticks, %.0f ms per batch, lead %d "
+            "ticks; loaded in %.1f s",
+            version,
+            self.models.device,
+            self.models.dtype,
+            self.graph_mode or "none",
+            self.batch_size,
+            self.left_context_ticks,
+            self.right_context_ticks,
+            1000 * self.batch_seconds,
+            self.lead_ticks,
+            time.perf_counter() - started,
+        )
 
     @property
     def max_right_context_ticks(self) -> int:
@@ -150,16 +173,23 @@ class MuseTalkEngine(Engine):
 
     def _streaming(self, frames: int, step_features: StepFunction) -> StreamingFeatures:
         return StreamingFeatures.with_step_function(
-            step_features, self.version, batch_frames=frames, left_context_s=self.context[0],
-            right_context_s=self.context[1], feature_dim=self.encoder.config.d_model)
+            step_features,
+            self.version,
+            batch_frames=frames,
+            left_context_s=self.context[0],
+            right_context_s=self.context[1],
+            feature_dim=self.encoder.config.d_model,
+        )
 
     def _step_features(self, tag: JobTag) -> StepFunction:
         # The encoder's result is due before the faces that need it: a faces batch's time earlier.
         deadline = tag.deadline - self.batch_seconds
 
         def step_features(audio: np.ndarray, first_step: int) -> np.ndarray:
-            return encode_window_batched(self.runner, audio, self.version, first_step, deadline, tag.turn,
-                                         tag.current_turn)
+            return encode_window_batched(
+                self.runner, audio, self.version, first_step, deadline, tag.turn, tag.current_turn
+            )
+
         return step_features
 
     def features(self, frames: int) -> StreamingFeatures:
@@ -174,10 +204,18 @@ class MuseTalkEngine(Engine):
         if self.graph_mode is not None:
             config = self.encoder.config
             mel = np.zeros((1, config.num_mel_bins, 2 * config.max_source_positions), np.float32)
-            warm_up(self.runner, ENCODER, self.sizes[ENCODER],
-                    lambda n: (np.repeat(mel, n, 0), np.zeros(n, np.int64), np.ones(n, np.int64)))
-            warm_up(self.runner, FACES, self.sizes[FACES],
-                    lambda n: (np.zeros((n, 50, config.d_model), np.float32), np.zeros((n, 8, 32, 32), np.float32)))
+            warm_up(
+                self.runner,
+                ENCODER,
+                self.sizes[ENCODER],
+                lambda n: (np.repeat(mel, n, 0), np.zeros(n, np.int64), np.ones(n, np.int64)),
+            )
+            warm_up(
+                self.runner,
+                FACES,
+                self.sizes[FACES],
+                lambda n: (np.zeros((n, 50, config.d_model), np.float32), np.zeros((n, 8, 32, 32), np.float32)),
+            )
         latents = np.zeros((self.batch_size, 8, 32, 32), np.float32)
         audio = np.zeros(self.features(self.batch_size).window(0)[1], np.float32)
         for _ in range(2):
@@ -185,8 +223,15 @@ class MuseTalkEngine(Engine):
             self.faces(audio, 0, self.batch_size, latents, tag=JobTag(deadline=0.0))
         return time.perf_counter() - started
 
-    def faces(self, window_audio: np.ndarray, first_frame: int, frames: int, latents: np.ndarray,
-              final: bool = False, tag: JobTag = JobTag(deadline=0.0)) -> np.ndarray:
+    def faces(
+        self,
+        window_audio: np.ndarray,
+        first_frame: int,
+        frames: int,
+        latents: np.ndarray,
+        final: bool = False,
+        tag: JobTag = JobTag(deadline=0.0),
+    ) -> np.ndarray:
         """Faces of utterance frames first_frame.. (``StreamingFeatures.chunks``): `frames` of them, fewer when
         `final` and the utterance has fewer; `latents` holds one per frame: float32 rows, or what the runner
         takes for them (the render pool: ``engines.render_pool.AvatarRows``). Raises
@@ -196,8 +241,7 @@ class MuseTalkEngine(Engine):
             self.features_observer(first_frame, chunks)
         if not len(chunks):
             return np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
-        job = Job(FACES, (chunks, latents[:len(chunks)]), tag.deadline, tag.turn,
-                  tag.current_turn)
+        job = Job(FACES, (chunks, latents[: len(chunks)]), tag.deadline, tag.turn, tag.current_turn)
         return self.runner.submit(job).result()
 
     def _bind(self, avatar: Avatar) -> AvatarBinding:
@@ -212,8 +256,12 @@ class MuseTalkBinding(AvatarBinding):
             started = time.perf_counter()
             crops = face_crops(avatar.frames, avatar.face_boxes)  # CPU work: on this thread
             latents = engine.runner.submit(Job(LATENTS, (crops,), time.monotonic() + 60)).result()
-            log.info("avatar %s: encoded %d latents in %.1f s (prepare the avatar with weights present to skip this)",
-                     avatar.avatar_id, len(latents), time.perf_counter() - started)
+            log.info(
+                "avatar %s: encoded %d latents in %.1f s (prepare the avatar with weights present to skip this)",
+                avatar.avatar_id,
+                len(latents),
+                time.perf_counter() - started,
+            )
         # Host float32 rows: a job's input is numpy (32 KB a frame to the device with each batch).
         self.latents = np.ascontiguousarray(latents, np.float32)
 
@@ -248,4 +296,4 @@ class MuseTalkRenderer(Renderer):
             end = request.utterance_samples
         latents = self.binding.latents[list(request.cycle_indices)]
         tag = JobTag(request.deadline, request.turn, request.current_turn)
-        return list(engine.faces(request.audio[start - origin:end - origin], first, frames, latents, final, tag))
+        return list(engine.faces(request.audio[start - origin : end - origin], first, frames, latents, final, tag))

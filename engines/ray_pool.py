@@ -17,6 +17,7 @@ next batches go to the replicas alive (Serve starts a new one in place of the de
 sessions' threads as always, the models in the pool (this process loads none); its lead includes the hop, since
 its batch time is measured through the pool at start.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -91,6 +92,7 @@ class RayRunner:
 
     def in_flight(self) -> list[Job]:
         """The jobs whose calls are in flight now (diagnostics; a snapshot taken on the runner's loop)."""
+
         async def snapshot() -> list[Job]:
             return list(self._in_flight.values())
 
@@ -175,8 +177,9 @@ class PooledBinding(AvatarBinding):
 
     def __init__(self, engine: PooledMuseTalkEngine, avatar: Avatar) -> None:
         self.engine = engine
-        self.latents = AvatarRows(avatar.avatar_id, str(avatar.manifest.get("created", "")),
-                                  np.arange(avatar.n_frames, dtype=np.int64))
+        self.latents = AvatarRows(
+            avatar.avatar_id, str(avatar.manifest.get("created", "")), np.arange(avatar.n_frames, dtype=np.int64)
+        )
 
     def new_renderer(self) -> MuseTalkRenderer:
         return MuseTalkRenderer(self)
@@ -185,17 +188,29 @@ class PooledBinding(AvatarBinding):
 class PooledMuseTalkEngine(MuseTalkEngine):
     """The musetalk engine of a front end whose models run in the pool (see the module doc)."""
 
-    def __init__(self, runner: RayRunner, spec: PoolSpec, batch_size: int | None = None,
-                 right_context_s: float = DEFAULT_RIGHT_CONTEXT_S) -> None:
+    def __init__(
+        self,
+        runner: RayRunner,
+        spec: PoolSpec,
+        batch_size: int | None = None,
+        right_context_s: float = DEFAULT_RIGHT_CONTEXT_S,
+    ) -> None:
         self.pool, self.spec = runner, spec
         # What the engine reads of the models it would run (its batch models are built and never called): their
         # device and the whisper encoder's shape.
         models = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32, unet=None, vae=None)
-        encoder = SimpleNamespace(config=WhisperConfig.from_dict(spec.encoder_config),
-                                  conv1=SimpleNamespace(weight=torch.empty(0)))
-        super().__init__(version=spec.version, batch_size=batch_size or spec.batch_size,
-                         right_context_s=right_context_s, graph_mode=None, channels_last=False,
-                         loaded=(models, encoder), runner=lambda *_: runner)  # type: ignore[arg-type]
+        encoder = SimpleNamespace(
+            config=WhisperConfig.from_dict(spec.encoder_config), conv1=SimpleNamespace(weight=torch.empty(0))
+        )
+        super().__init__(
+            version=spec.version,
+            batch_size=batch_size or spec.batch_size,
+            right_context_s=right_context_s,
+            graph_mode=None,
+            channels_last=False,
+            loaded=(models, encoder),  # type: ignore[arg-type]
+            runner=lambda *_: runner,
+        )
 
     def _bind(self, avatar: Avatar) -> PooledBinding:
         return PooledBinding(self, avatar)
@@ -206,8 +221,15 @@ class PooledMuseTalkEngine(MuseTalkEngine):
     def close(self) -> None:
         super().close()
         s = self.pool.stats
-        log.info("render pool: %d jobs rendered, by replica %s; %d failed, %d stale, %d late; hop %.1f ms", s.calls,
-                 json.dumps(dict(s.by_replica)), s.failed, s.stale, s.late, 1000 * s.hop_seconds)
+        log.info(
+            "render pool: %d jobs rendered, by replica %s; %d failed, %d stale, %d late; hop %.1f ms",
+            s.calls,
+            json.dumps(dict(s.by_replica)),
+            s.failed,
+            s.stale,
+            s.late,
+            1000 * s.hop_seconds,
+        )
         ray.shutdown()
 
 
@@ -218,22 +240,30 @@ def connect(value: str, app_name: str = DEFAULT_APP, timeout_s: float = CONNECT_
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except Exception as e:  # noqa: BLE001 -- ConnectionError, a Ray Client failure, a timeout...
-        raise PoolUnavailableError(f"cannot join the Ray cluster at {address}: {_reason(e)} (start it with "
-                                   f"'ray start', see docs/render_pool.md)") from None
+        raise PoolUnavailableError(
+            f"cannot join the Ray cluster at {address}: {_reason(e)} (start it with "
+            f"'ray start', see docs/render_pool.md)"
+        ) from None
     try:
         handle = serve.get_app_handle(app_name)
         spec: PoolSpec = handle.options(method_name="describe").remote().result(timeout_s=timeout_s)
     except Exception as e:  # noqa: BLE001 -- no such application, no replica answering
         ray.shutdown()
-        raise PoolUnavailableError(f"the Ray cluster at {address} has no running render pool {app_name!r}: "
-                                   f"{_reason(e)} (deploy it with 'python -m engines.ray_serve_app', see "
-                                   f"docs/render_pool.md)") from None
+        raise PoolUnavailableError(
+            f"the Ray cluster at {address} has no running render pool {app_name!r}: "
+            f"{_reason(e)} (deploy it with 'python -m engines.ray_serve_app', see "
+            f"docs/render_pool.md)"
+        ) from None
     return handle, spec
 
 
-def create_pooled_engine(value: str, version: str, batch_size: int | None = None,
-                         right_context_s: float = DEFAULT_RIGHT_CONTEXT_S,
-                         app_name: str = DEFAULT_APP) -> PooledMuseTalkEngine:
+def create_pooled_engine(
+    value: str,
+    version: str,
+    batch_size: int | None = None,
+    right_context_s: float = DEFAULT_RIGHT_CONTEXT_S,
+    app_name: str = DEFAULT_APP,
+) -> PooledMuseTalkEngine:
     handle, spec = connect(value, app_name)
     if spec.version != version:
         ray.shutdown()
@@ -245,7 +275,14 @@ def create_pooled_engine(value: str, version: str, batch_size: int | None = None
         runner.stop()
         ray.shutdown()
         raise
-    log.info("render pool %r at %s: MuseTalk %s on %s, %.0f ms per batch through the pool, hop %.1f ms, lead %d "
-             "ticks", app_name, pool_address(value), spec.version, spec.device, 1000 * engine.batch_seconds,
-             1000 * runner.stats.hop_seconds, engine.lead_ticks)
+    log.info(
+        "render pool %r at %s: MuseTalk %s on %s, %.0f ms per batch through the pool, hop %.1f ms, lead %d ticks",
+        app_name,
+        pool_address(value),
+        spec.version,
+        spec.device,
+        1000 * engine.batch_seconds,
+        1000 * runner.stats.hop_seconds,
+        engine.lead_ticks,
+    )
     return engine

@@ -13,6 +13,7 @@ use and kept in a bounded LRU cache, so a faces job carries only the frame indic
 Deploy: ``python -m engines.ray_serve_app --address auto --replicas 2 --models_dir models --avatars_dir avatars``,
 or ``serve run engines.ray_serve_app:build_app replicas=2 ...``, or a RayService's ``import_path``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,16 +82,19 @@ class LatentCache:
         self._cached.move_to_end(key)
         latents: np.ndarray = cached
         if len(ref.indices) and (ref.indices.min() < 0 or ref.indices.max() >= len(latents)):
-            raise PoolError(f"avatar {ref.avatar_id!r} has {len(latents)} frames; asked for frame "
-                            f"{int(ref.indices.max())}")
+            raise PoolError(
+                f"avatar {ref.avatar_id!r} has {len(latents)} frames; asked for frame {int(ref.indices.max())}"
+            )
         return latents[ref.indices]
 
     def _load(self, avatar_id: str, created: str) -> np.ndarray:
         avatar = load_avatar(avatar_id, self.avatars_dir)
         if str(avatar.manifest.get("created", "")) != created:
-            raise AvatarError(f"avatar {avatar_id!r} in this replica's store {self.avatars_dir} was prepared at "
-                              f"{avatar.manifest.get('created')!r}, the front end's at {created!r}: the front ends "
-                              f"and the pool must share one avatars store")
+            raise AvatarError(
+                f"avatar {avatar_id!r} in this replica's store {self.avatars_dir} was prepared at "
+                f"{avatar.manifest.get('created')!r}, the front end's at {created!r}: the front ends "
+                f"and the pool must share one avatars store"
+            )
         latents = avatar.latents(self.version)
         if latents is None:  # prepared without weights: encoded once here, by the replica's models
             crops = face_crops(avatar.frames, avatar.face_boxes)
@@ -106,8 +110,11 @@ class StandInModel:
     level: the audio features' mean; its green level: the avatar latents' mean, see `stand_in_face_levels`)."""
 
     def __init__(self, kind: str, cost_s: float) -> None:
-        outputs: dict[str, Callable[..., Rows]] = {ENCODER: _stand_in_states, FACES: _stand_in_faces,
-                                                   LATENTS: _stand_in_latents}
+        outputs: dict[str, Callable[..., Rows]] = {
+            ENCODER: _stand_in_states,
+            FACES: _stand_in_faces,
+            LATENTS: _stand_in_latents,
+        }
         self.outputs = outputs[kind]
         self.cost_s = cost_s
 
@@ -124,6 +131,7 @@ def stand_in_batcher(cost_s: float, _models: dict[str, BatchModel], sizes: dict[
 
 def stand_in_face_levels(chunks: np.ndarray, latents: np.ndarray) -> np.ndarray:
     """(n, 2) uint8: the red and green levels of the stand-in faces of these rows."""
+
     def level(x: np.ndarray) -> np.ndarray:
         return np.round(np.abs(x.reshape(len(x), -1).astype(np.float64).mean(1)) * 1000) % 256
 
@@ -140,7 +148,7 @@ def _stand_in_states(mels: np.ndarray, positions: np.ndarray, counts: np.ndarray
     """Each step's states: the mean of its two log-mel frames (an encoder's output depends on the audio)."""
     out = []
     for mel, position, count in zip(np.asarray(mels), np.asarray(positions), np.asarray(counts)):
-        steps = mel[:, 2 * position:2 * (position + count)].reshape(mel.shape[0], count, 2).mean(axis=(0, 2))
+        steps = mel[:, 2 * position : 2 * (position + count)].reshape(mel.shape[0], count, 2).mean(axis=(0, 2))
         out.append(np.repeat(steps.astype(np.float32)[:, None, None], N_STATES, 1).repeat(FEATURE_DIM, 2))
     return out
 
@@ -153,15 +161,30 @@ def _stand_in_latents(crops: np.ndarray) -> np.ndarray:
 class MuseTalkReplica:
     """One replica of the pool: the models, their batcher and the avatars' latents (see the module doc)."""
 
-    def __init__(self, models_dir: str = "models", avatars_dir: str = "avatars", version: str = "v15",
-                 batch_size: int | None = None, max_sessions: int = DEFAULT_MAX_SESSIONS,
-                 max_avatars: int = DEFAULT_MAX_AVATARS, late_grace_s: float = DEFAULT_LATE_GRACE_S,
-                 device: str | None = None, tiny: bool = False, fake_cost_ms: float | None = None) -> None:
+    def __init__(
+        self,
+        models_dir: str = "models",
+        avatars_dir: str = "avatars",
+        version: str = "v15",
+        batch_size: int | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_avatars: int = DEFAULT_MAX_AVATARS,
+        late_grace_s: float = DEFAULT_LATE_GRACE_S,
+        device: str | None = None,
+        tiny: bool = False,
+        fake_cost_ms: float | None = None,
+    ) -> None:
         runner = None if fake_cost_ms is None else partial(stand_in_batcher, fake_cost_ms / 1000)
 
         def engine(root: Path, on: str | None) -> MuseTalkEngine:
-            return MuseTalkEngine(models_dir=root, version=version, batch_size=batch_size, device=on,
-                                  max_sessions=max_sessions, runner=runner)
+            return MuseTalkEngine(
+                models_dir=root,
+                version=version,
+                batch_size=batch_size,
+                device=on,
+                max_sessions=max_sessions,
+                runner=runner,
+            )
 
         if tiny:  # the tiny random-weight models of the tests (the same seed: every replica has the same weights)
             from musetalk.tiny import write_tiny_layout
@@ -176,8 +199,9 @@ class MuseTalkReplica:
         self.latents = LatentCache(Path(avatars_dir), version, self.runner, max_avatars)
         self.late_grace_s = late_grace_s
         self.replica = serve.get_replica_context().replica_id.unique_id
-        self.device = str(self.engine.models.device) + ("" if fake_cost_ms is None else
-                                                        f", models' stand-ins of {fake_cost_ms:g} ms a batch")
+        self.device = str(self.engine.models.device) + (
+            "" if fake_cost_ms is None else f", models' stand-ins of {fake_cost_ms:g} ms a batch"
+        )
 
     def describe(self) -> PoolSpec:
         e = self.engine
@@ -221,11 +245,15 @@ def build_app(args: Mapping[str, Any]) -> Application:
     num_cpus = float(options.pop("num_cpus", 1))
     sessions = int(options.get("max_sessions", DEFAULT_MAX_SESSIONS))
     deployment = serve.deployment(
-        name="MuseTalkReplica", num_replicas=replicas,
+        name="MuseTalkReplica",
+        num_replicas=replicas,
         ray_actor_options={"num_gpus": num_gpus, "num_cpus": num_cpus},
         # Every job of a replica's sessions waits in its batcher at once (an encoder and a faces job each).
-        max_ongoing_requests=4 * sessions, health_check_period_s=2, health_check_timeout_s=30,
-        graceful_shutdown_timeout_s=5)(MuseTalkReplica)
+        max_ongoing_requests=4 * sessions,
+        health_check_period_s=2,
+        health_check_timeout_s=30,
+        graceful_shutdown_timeout_s=5,
+    )(MuseTalkReplica)
     return deployment.bind(**options)
 
 
@@ -256,8 +284,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max_avatars", type=int, default=DEFAULT_MAX_AVATARS)
     p.add_argument("--late_grace_s", type=float, default=DEFAULT_LATE_GRACE_S)
     p.add_argument("--tiny", action="store_true", help="tiny random-weight models on the CPU (tests, bench)")
-    p.add_argument("--fake_cost_ms", type=float, default=None,
-                   help="tests: the models' stand-ins, a fixed time a batch and faces made from their inputs")
+    p.add_argument(
+        "--fake_cost_ms",
+        type=float,
+        default=None,
+        help="tests: the models' stand-ins, a fixed time a batch and faces made from their inputs",
+    )
     a = vars(p.parse_args(argv))
     address, name = a.pop("address"), a.pop("name")
     if a["num_gpus"] is None:

@@ -16,6 +16,7 @@ and returns a `PoolResult`.
 
 This module is imported by app.py's checks; it must not import Ray (``tests/engines/test_ray_pool.py`` checks).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace

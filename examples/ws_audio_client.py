@@ -7,6 +7,7 @@ phone bridge would, and print the session's events (start/end of the utterance, 
 The session id is the one /offer returned to the page that shows the avatar (in the page's developer console:
 window.avatarClient.sessionId). Needs numpy, scipy, soundfile and aiohttp (all in the server's requirements).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,14 +36,26 @@ def load_pcm16(path: Path, rate: int | None) -> tuple[bytes, int]:
     return (np.clip(mono, -1, 1) * 32767).astype("<i2").tobytes(), target
 
 
-async def stream(url: str, sessionid: str, pcm: bytes, rate: int, *, token: str | None = None, text: str = "",
-                 piece_ms: int = 20, realtime: bool = True, printer=print) -> list[dict]:
+async def stream(
+    url: str,
+    sessionid: str,
+    pcm: bytes,
+    rate: int,
+    *,
+    token: str | None = None,
+    text: str = "",
+    piece_ms: int = 20,
+    realtime: bool = True,
+    printer=print,
+) -> list[dict]:
     """Send the audio as one utterance and return the events received until it was played."""
     ws_url = url.replace("http", "ws", 1).rstrip("/") + "/ws/audio"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     events: list[dict] = []
-    async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, params={"sessionid": sessionid},
-                                                                headers=headers) as ws:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(ws_url, params={"sessionid": sessionid}, headers=headers) as ws,
+    ):
         await ws.send_json({"type": "start", "sample_rate": rate})
         ready = await ws.receive_json(timeout=10)
         printer(f"ready: {ready}")
@@ -68,7 +81,7 @@ async def stream(url: str, sessionid: str, pcm: bytes, rate: int, *, token: str 
             for n, pos in enumerate(range(0, len(pcm), piece)):
                 if realtime:  # one piece per piece_ms of audio, on a clock (no drift from send times)
                     await asyncio.sleep(max(0.0, t0 + n * piece_ms / 1000 - loop.time()))
-                await ws.send_bytes(pcm[pos:pos + piece])
+                await ws.send_bytes(pcm[pos : pos + piece])
             await ws.send_json({"type": "end_of_utterance"})
             await asyncio.wait_for(played.wait(), timeout=len(pcm) / (2 * rate) + 30)
         finally:
@@ -90,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     pcm, rate = load_pcm16(a.file, a.rate)
     try:
-        asyncio.run(stream(a.url, a.sessionid, pcm, rate, token=a.token, text=a.text, piece_ms=a.piece_ms,
-                           realtime=not a.fast))
+        asyncio.run(
+            stream(a.url, a.sessionid, pcm, rate, token=a.token, text=a.text, piece_ms=a.piece_ms, realtime=not a.fast)
+        )
     except aiohttp.WSServerHandshakeError as e:
         print(f"refused: HTTP {e.status} {e.message}", file=sys.stderr)
         return 1

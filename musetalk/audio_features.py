@@ -13,6 +13,7 @@ Two official semantics (reference/musetalk.md section 5):
   zero-padded in the normalised log-mel domain, raw last state, frame i reads steps ``int(i*50/fps) - 4 + k``
   clamped to the utterance.
 """
+
 from __future__ import annotations
 
 import math
@@ -122,7 +123,7 @@ def placed_log_mel(audio: np.ndarray, start: int = 0) -> torch.Tensor:
     inner_lo, inner_hi = max(lo, 0), min(hi, SEGMENT_SAMPLES)
     inner = np.zeros(inner_hi - inner_lo, np.float32)
     copy_lo, copy_hi = max(inner_lo, start), min(inner_hi, start + n)
-    inner[copy_lo - inner_lo:copy_hi - inner_lo] = audio[copy_lo - start:copy_hi - start]
+    inner[copy_lo - inner_lo : copy_hi - inner_lo] = audio[copy_lo - start : copy_hi - start]
     samples = np.pad(inner, (inner_lo - lo, hi - inner_hi), mode="reflect")
     frames = log_mel(samples, center=False)
     peak = frames.max()
@@ -140,7 +141,7 @@ def mel_segments(audio: np.ndarray, version: Version) -> tuple[torch.Tensor, lis
     if version == "v15":
         mels, steps = [], []
         for start in range(0, len(audio), SEGMENT_SAMPLES):
-            segment = audio[start:start + SEGMENT_SAMPLES]
+            segment = audio[start : start + SEGMENT_SAMPLES]
             mels.append(placed_log_mel(segment))
             steps.append(len(segment) // SAMPLES_PER_STEP)
     else:
@@ -148,7 +149,7 @@ def mel_segments(audio: np.ndarray, version: Version) -> tuple[torch.Tensor, lis
         mel = normalise_log_mel(log_mel(audio)) if len(audio) >= SAMPLES_PER_STEP else torch.zeros(N_MELS, 0)
         mels, steps = [], []
         for start in range(0, mel.shape[1], SEGMENT_MEL_FRAMES):
-            frames = mel[:, start:start + SEGMENT_MEL_FRAMES]
+            frames = mel[:, start : start + SEGMENT_MEL_FRAMES]
             mels.append(torch.nn.functional.pad(frames, (0, SEGMENT_MEL_FRAMES - frames.shape[1])))
             steps.append(frames.shape[1] // 2)
     if not mels:
@@ -194,7 +195,7 @@ def window_mel(audio: np.ndarray, version: Version, offset_steps: int) -> torch.
 
 def _placed_mel(mel: torch.Tensor, offset_steps: int) -> torch.Tensor:
     out = torch.zeros(1, N_MELS, SEGMENT_MEL_FRAMES)
-    out[0, :, 2 * offset_steps:2 * offset_steps + mel.shape[1]] = mel
+    out[0, :, 2 * offset_steps : 2 * offset_steps + mel.shape[1]] = mel
     return out
 
 
@@ -219,12 +220,20 @@ def window_mels(audio: np.ndarray, version: Version, first_step: int) -> tuple[t
         parts.append((step, position, min(total - step, SEGMENT_STEPS - position)))
         step += parts[-1][2]
     if version == "v15":
-        mels = [window_mel(audio[start * SAMPLES_PER_STEP:(start + SEGMENT_STEPS - position) * SAMPLES_PER_STEP],
-                           version, position) for start, position, _ in parts]
+        mels = [
+            window_mel(
+                audio[start * SAMPLES_PER_STEP : (start + SEGMENT_STEPS - position) * SAMPLES_PER_STEP],
+                version,
+                position,
+            )
+            for start, position, _ in parts
+        ]
     else:
         mel = normalise_log_mel(log_mel(audio)) if len(audio) >= SAMPLES_PER_STEP else torch.zeros(N_MELS, 0)
-        mels = [_placed_mel(mel[:, 2 * start:2 * (start + SEGMENT_STEPS - position)], position)
-                for start, position, _ in parts]
+        mels = [
+            _placed_mel(mel[:, 2 * start : 2 * (start + SEGMENT_STEPS - position)], position)
+            for start, position, _ in parts
+        ]
     return torch.cat(mels), [p for _, p, _ in parts], [n for _, _, n in parts]
 
 
@@ -233,13 +242,14 @@ def encode_window(audio: np.ndarray, encoder: WhisperEncoder, version: Version, 
     of the official segmenting (see ``window_mels``): one encoder input per 30 s segment the audio touches."""
     mels, positions, counts = window_mels(audio, version, first_step)
     states = encoder_states(encoder, mels, layer_norm_last=version == "v15")
-    return np.concatenate([states[i, p:p + n].float().cpu().numpy()
-                           for i, (p, n) in enumerate(zip(positions, counts))])
+    return np.concatenate(
+        [states[i, p : p + n].float().cpu().numpy() for i, (p, n) in enumerate(zip(positions, counts))]
+    )
 
 
 def whisper_steps(audio: np.ndarray, encoder: WhisperEncoder, version: Version) -> np.ndarray:
     """(n,) samples -> (T, 5, 384) float32 step features exactly as the official pipeline of ``version`` keeps them."""
-    return encode_steps(audio, encoder, version)[:num_steps(len(audio), version)]
+    return encode_steps(audio, encoder, version)[: num_steps(len(audio), version)]
 
 
 # ---------------------------------------------------------------- per-video-frame chunks
@@ -273,8 +283,9 @@ def frame_step_indices(frames: np.ndarray, version: Version, fps: int = VIDEO_FP
     return start[:, None] + np.arange(STEPS_PER_CHUNK)
 
 
-def gather_chunks(steps: np.ndarray, indices: np.ndarray, first_step: int, n_steps: int | None,
-                  version: Version) -> np.ndarray:
+def gather_chunks(
+    steps: np.ndarray, indices: np.ndarray, first_step: int, n_steps: int | None, version: Version
+) -> np.ndarray:
     """Build (N, 50, 384) chunks from step features.
 
     ``steps[j]`` holds utterance step ``first_step + j``; ``n_steps`` is the utterance's T, or None while the
@@ -289,8 +300,10 @@ def gather_chunks(steps: np.ndarray, indices: np.ndarray, first_step: int, n_ste
     valid = (indices >= 0) & (indices < upper)
     rows = indices - first_step
     if np.any(valid & ((rows < 0) | (rows >= len(steps)))):
-        raise ValueError(f"step features cover steps [{first_step}, {first_step + len(steps)}) but the frames need "
-                         f"steps [{indices[valid].min()}, {indices[valid].max() + 1})")
+        raise ValueError(
+            f"step features cover steps [{first_step}, {first_step + len(steps)}) but the frames need "
+            f"steps [{indices[valid].min()}, {indices[valid].max() + 1})"
+        )
     out = np.zeros(indices.shape + steps.shape[1:], np.float32)
     out[valid] = steps[rows[valid]]
     return out.reshape(len(indices), STEPS_PER_CHUNK * steps.shape[1], steps.shape[2])
@@ -330,24 +343,46 @@ class StreamingFeatures:
     batch is ``lookahead_ms`` = 80 ms + right context.
     """
 
-    def __init__(self, encoder: WhisperEncoder, version: Version, batch_frames: int = 8,
-                 left_context_s: float | None = None, right_context_s: float = 0.2, fps: int = VIDEO_FPS) -> None:
+    def __init__(
+        self,
+        encoder: WhisperEncoder,
+        version: Version,
+        batch_frames: int = 8,
+        left_context_s: float | None = None,
+        right_context_s: float = 0.2,
+        fps: int = VIDEO_FPS,
+    ) -> None:
         def step_features(audio: np.ndarray, first_step: int) -> np.ndarray:
             return encode_window(audio, encoder, version, first_step)
 
         self._init(step_features, encoder.config.d_model, version, batch_frames, left_context_s, right_context_s, fps)
 
     @classmethod
-    def with_step_function(cls, step_features: StepFunction, version: Version, batch_frames: int = 8,
-                           left_context_s: float | None = None, right_context_s: float = 0.2,
-                           fps: int = VIDEO_FPS, feature_dim: int = FEATURE_DIM) -> StreamingFeatures:
+    def with_step_function(
+        cls,
+        step_features: StepFunction,
+        version: Version,
+        batch_frames: int = 8,
+        left_context_s: float | None = None,
+        right_context_s: float = 0.2,
+        fps: int = VIDEO_FPS,
+        feature_dim: int = FEATURE_DIM,
+    ) -> StreamingFeatures:
         """Same windowing with another audio -> step-features backend (e.g. an exported encoder)."""
         self = cls.__new__(cls)
         self._init(step_features, feature_dim, version, batch_frames, left_context_s, right_context_s, fps)
         return self
 
-    def _init(self, step_features: StepFunction, feature_dim: int, version: Version, batch_frames: int,
-              left_context_s: float | None, right_context_s: float, fps: int) -> None:
+    def _init(
+        self,
+        step_features: StepFunction,
+        feature_dim: int,
+        version: Version,
+        batch_frames: int,
+        left_context_s: float | None,
+        right_context_s: float,
+        fps: int,
+    ) -> None:
         check_version(version)
         _check_fps(fps)
         if batch_frames < 1:
@@ -373,8 +408,9 @@ class StreamingFeatures:
         return 1000.0 * worst / SAMPLE_RATE
 
     def _needed_steps(self, first_frame: int) -> tuple[int, int]:
-        indices = frame_step_indices(np.array([first_frame, first_frame + self.batch_frames - 1]), self.version,
-                                     self.fps)
+        indices = frame_step_indices(
+            np.array([first_frame, first_frame + self.batch_frames - 1]), self.version, self.fps
+        )
         return max(0, int(indices.min())), int(indices.max()) + 1
 
     def window(self, first_frame: int) -> tuple[int, int]:
@@ -404,8 +440,10 @@ class StreamingFeatures:
         audio = _as_audio(audio)
         start, end = self.window(first_frame)
         if len(audio) < end - start and not final:
-            raise ValueError(f"frames {first_frame}.. need samples [{start}, {end}) ({end - start} samples, "
-                             f"or fewer when the utterance ends there), got {len(audio)}")
+            raise ValueError(
+                f"frames {first_frame}.. need samples [{start}, {end}) ({end - start} samples, "
+                f"or fewer when the utterance ends there), got {len(audio)}"
+            )
         count = self.batch_frames
         n_steps = None
         if final:
@@ -414,6 +452,6 @@ class StreamingFeatures:
             n_steps = num_steps(n_samples, self.version)
         if count == 0:
             return np.zeros((0, TOKENS_PER_CHUNK, self._feature_dim), np.float32)
-        steps = self._step_features(audio[:self.span_end(first_frame) - start], start // SAMPLES_PER_STEP)
+        steps = self._step_features(audio[: self.span_end(first_frame) - start], start // SAMPLES_PER_STEP)
         indices = frame_step_indices(np.arange(first_frame, first_frame + count), self.version, self.fps)
         return gather_chunks(steps, indices, start // SAMPLES_PER_STEP, n_steps, self.version)

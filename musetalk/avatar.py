@@ -13,6 +13,7 @@ Layout (no pickle anywhere; arrays in frame order, the ping-pong cycle is applie
 
 Run ``python -m musetalk.avatar --help`` for the command line (``musetalk.avatar_cli``).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,20 @@ from musetalk.face import N_LANDMARKS, Box
 FORMAT_VERSION = 1
 DEFAULT_AVATARS_DIR: Path = Path("avatars")
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_MANIFEST_KEYS = ("format_version", "avatar_id", "fps", "width", "height", "n_frames", "source", "version",
-                  "bbox_shift", "extra_margin", "created", "latents")
+_MANIFEST_KEYS = (
+    "format_version",
+    "avatar_id",
+    "fps",
+    "width",
+    "height",
+    "n_frames",
+    "source",
+    "version",
+    "bbox_shift",
+    "extra_margin",
+    "created",
+    "latents",
+)
 
 
 class AvatarError(Exception):
@@ -59,12 +72,14 @@ class InvalidAvatarIdError(AvatarError, ValueError):
 def validate_avatar_id(avatar_id: str) -> str:
     """The id itself if it is 1..64 characters of A-Z a-z 0-9 _ - (so it is always a plain folder name)."""
     if not isinstance(avatar_id, str) or not _ID_RE.fullmatch(avatar_id):
-        raise InvalidAvatarIdError(f"invalid avatar id {avatar_id!r}: use 1 to 64 characters from A-Z, a-z, 0-9, "
-                                   f"'_' and '-'")
+        raise InvalidAvatarIdError(
+            f"invalid avatar id {avatar_id!r}: use 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"
+        )
     return avatar_id
 
 
 # ---------------------------------------------------------------------------------------------------- loading
+
 
 @dataclass(frozen=True, eq=False)
 class Avatar:
@@ -99,14 +114,15 @@ class Avatar:
     def mask(self, i: int) -> np.ndarray:
         """The crop-sized blend mask of original frame i."""
         x1, y1, x2, y2 = as_box(self.crop_boxes[i])
-        return self.masks[i, :y2 - y1, :x2 - x1]
+        return self.masks[i, : y2 - y1, : x2 - x1]
 
     def blend_plan(self, i: int) -> BlendPlan:
         """The precomputed paste of a generated face into original frame i (built once, then cached)."""
         plan = self._plans.get(i)
         if plan is None:  # two sessions may both build it: the same plan, one of them kept
-            plan = prepare_blend(as_box(self.face_boxes[i]), as_box(self.crop_boxes[i]), self.mask(i),
-                                 self.frames.shape[1:3])
+            plan = prepare_blend(
+                as_box(self.face_boxes[i]), as_box(self.crop_boxes[i]), self.mask(i), self.frames.shape[1:3]
+            )
             plan = self._plans.setdefault(i, plan)
         return plan
 
@@ -136,8 +152,9 @@ def _load_array(folder: Path, name: str, shape: tuple[int | None, ...], dtype: t
         raise AvatarError(f"avatar folder {folder}: cannot read {path.name}: {e}") from e
     if arr.dtype != dtype or arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
         want = "x".join("?" if s is None else str(s) for s in shape)
-        raise AvatarError(f"avatar folder {folder}: {path.name} is {arr.shape} {arr.dtype}, "
-                          f"expected {want} {np.dtype(dtype)}")
+        raise AvatarError(
+            f"avatar folder {folder}: {path.name} is {arr.shape} {arr.dtype}, expected {want} {np.dtype(dtype)}"
+        )
     return arr
 
 
@@ -149,8 +166,10 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or any(k not in manifest for k in _MANIFEST_KEYS):
         raise AvatarError(f"avatar folder {folder}: manifest.json lacks some of {', '.join(_MANIFEST_KEYS)}")
     if manifest["format_version"] != FORMAT_VERSION:
-        raise AvatarError(f"avatar folder {folder}: format_version {manifest['format_version']!r} is not supported "
-                          f"(expected {FORMAT_VERSION}); prepare it again")
+        raise AvatarError(
+            f"avatar folder {folder}: format_version {manifest['format_version']!r} is not supported "
+            f"(expected {FORMAT_VERSION}); prepare it again"
+        )
     return manifest
 
 
@@ -165,9 +184,11 @@ def load_avatar(avatar_id: str, avatars_dir: Path = DEFAULT_AVATARS_DIR) -> Avat
     validate_avatar_id(avatar_id)
     folder = Path(avatars_dir) / avatar_id
     if not folder.is_dir():
-        raise AvatarNotFoundError(f"no avatar {avatar_id!r} in {avatars_dir} "
-                                  f"(prepare one with: python -m musetalk.avatar prepare --source FILE "
-                                  f"--avatar_id {avatar_id})")
+        raise AvatarNotFoundError(
+            f"no avatar {avatar_id!r} in {avatars_dir} "
+            f"(prepare one with: python -m musetalk.avatar prepare --source FILE "
+            f"--avatar_id {avatar_id})"
+        )
     m = _read_manifest(folder)
     n, h, w = m["n_frames"], m["height"], m["width"]
     frames = _load_array(folder, "frames", (n, h, w, 3), np.uint8, mmap=True)
@@ -186,15 +207,19 @@ def list_avatars(avatars_dir: Path = DEFAULT_AVATARS_DIR) -> list[str]:
     root = Path(avatars_dir)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and _ID_RE.fullmatch(p.name) and (p / "manifest.json").is_file())
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and _ID_RE.fullmatch(p.name) and (p / "manifest.json").is_file()
+    )
 
 
 def face_crops(frames: np.ndarray, face_boxes: np.ndarray) -> np.ndarray:
     """(N,256,256,3) uint8 BGR: each face box resized with LANCZOS4, as upstream does before the VAE."""
-    return np.stack([cv2.resize(np.ascontiguousarray(f[y1:y2, x1:x2]), (FACE_SIZE, FACE_SIZE),
-                                interpolation=cv2.INTER_LANCZOS4)
-                     for f, (x1, y1, x2, y2) in zip(frames, face_boxes)])
+    return np.stack(
+        [
+            cv2.resize(np.ascontiguousarray(f[y1:y2, x1:x2]), (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_LANCZOS4)
+            for f, (x1, y1, x2, y2) in zip(frames, face_boxes)
+        ]
+    )
 
 
 if __name__ == "__main__":  # python -m musetalk.avatar, as documented since the first release

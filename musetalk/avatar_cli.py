@@ -1,4 +1,5 @@
 """The avatar command line (``python -m musetalk.avatar``, ``musetalk-avatar``): prepare, demo and list."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,19 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--version", choices=VERSIONS, default="v15")
     prep.add_argument("--bbox_shift", type=int, default=0, help="v1 only: move the mask's upper edge down (px)")
     prep.add_argument("--extra_margin", type=int, default=10, help="v15 only: pixels added under the chin")
-    prep.add_argument("--parsing_mode", choices=PARSING_MODES, default=None,
-                      help="BiSeNet blend mask (needs MODELS_DIR/face-parse-bisent); default jaw for v15, raw for v1, "
-                           "or the face-oval mask when the weights are absent")
-    prep.add_argument("--cheek_width", type=int, default=None,
-                      help="jaw mode: half-width in px (of 512) of the middle band left unnarrowed; default 90 for "
-                           "v15, 80 for v1")
+    prep.add_argument(
+        "--parsing_mode",
+        choices=PARSING_MODES,
+        default=None,
+        help="BiSeNet blend mask (needs MODELS_DIR/face-parse-bisent); default jaw for v15, raw for v1, "
+        "or the face-oval mask when the weights are absent",
+    )
+    prep.add_argument(
+        "--cheek_width",
+        type=int,
+        default=None,
+        help="jaw mode: half-width in px (of 512) of the middle band left unnarrowed; default 90 for v15, 80 for v1",
+    )
     prep.add_argument("--fps", type=float, default=VIDEO_FPS)
     prep.add_argument("--max_frames", type=int, default=None)
     prep.add_argument("--overwrite", action="store_true")
@@ -51,8 +59,10 @@ def _parser() -> argparse.ArgumentParser:
 def _describe(avatar: Avatar) -> str:
     m = avatar.manifest
     latents = ",".join(m["latents"]) or "none"
-    return (f"{avatar.avatar_id}\t{m['n_frames']} frames\t{m['width']}x{m['height']}\t{m['fps']:g} fps\t"
-            f"{m['version']}\tlatents: {latents}\tmask: {m.get('mask', OVAL_MASK)}\tsource: {m['source']}")
+    return (
+        f"{avatar.avatar_id}\t{m['n_frames']} frames\t{m['width']}x{m['height']}\t{m['fps']:g} fps\t"
+        f"{m['version']}\tlatents: {latents}\tmask: {m.get('mask', OVAL_MASK)}\tsource: {m['source']}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,8 +71,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "prepare":
             t = time.perf_counter()
-            options = PrepareOptions(args.version, args.bbox_shift, args.extra_margin, args.fps, args.max_frames,
-                                     args.parsing_mode, args.cheek_width, args.models_dir, args.overwrite)
+            options = PrepareOptions(
+                args.version,
+                args.bbox_shift,
+                args.extra_margin,
+                args.fps,
+                args.max_frames,
+                args.parsing_mode,
+                args.cheek_width,
+                args.models_dir,
+                args.overwrite,
+            )
             path = prepare_avatar(args.source, args.avatar_id, args.avatars_dir, options)
             print(f"prepared {path} in {time.perf_counter() - t:.1f} s")
         elif args.command == "demo":

@@ -1,4 +1,5 @@
 """The demo avatar: built offline from a public-domain photo bundled with scikit-image."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,9 @@ def demo_image() -> np.ndarray:
     return cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
 
 
-def ensure_demo(avatars_dir: Path = DEFAULT_AVATARS_DIR, progress: bool = True,
-                models_dir: Path = DEFAULT_MODELS_DIR) -> tuple[Path, bool]:
+def ensure_demo(
+    avatars_dir: Path = DEFAULT_AVATARS_DIR, progress: bool = True, models_dir: Path = DEFAULT_MODELS_DIR
+) -> tuple[Path, bool]:
     """Build the demo avatar unless a valid one exists; returns (folder, built)."""
     try:
         return load_avatar(DEMO_ID, avatars_dir).path, False
@@ -33,6 +35,7 @@ def ensure_demo(avatars_dir: Path = DEFAULT_AVATARS_DIR, progress: bool = True,
         overwrite = False
     except AvatarError:
         overwrite = True  # damaged: rebuild it
-    options = PrepareOptions(progress=progress, overwrite=overwrite, models_dir=models_dir,
-                             source_name="skimage.data.astronaut()")
+    options = PrepareOptions(
+        progress=progress, overwrite=overwrite, models_dir=models_dir, source_name="skimage.data.astronaut()"
+    )
     return prepare_avatar(demo_image(), DEMO_ID, avatars_dir, options), True

@@ -1,5 +1,6 @@
 """Avatar preparation: face landmarks and boxes per frame, blend masks, VAE latents, written as an avatar folder
 (the format is described in ``musetalk.avatar``)."""
+
 from __future__ import annotations
 
 import logging
@@ -81,8 +82,9 @@ def _nearest(found: np.ndarray, n: int) -> np.ndarray:
     return np.where(use_left, found[left], found[right])
 
 
-def _faces(frames: np.ndarray, version: Version, bbox_shift: int, extra_margin: int, source_name: str,
-           progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def _faces(
+    frames: np.ndarray, version: Version, bbox_shift: int, extra_margin: int, source_name: str, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """(N,468,2) landmarks and (N,4) face boxes of every frame. Frames where no face is found, or whose landmark
     box the official rule rejects, take those of the nearest frame with a good one; NoFaceError if none has."""
     n, shape = len(frames), frames.shape[1:]
@@ -122,14 +124,25 @@ def _face_parser(models_dir: Path, version: Version, required: bool) -> FacePars
 
     missing = missing_parsing_files(models_dir)
     if missing and not required:
-        log.info("no face-parsing weights (%s): using the face-oval blend mask; for MuseTalk's BiSeNet mask run "
-                 "python -m musetalk.download", ", ".join(str(p) for p in missing))
+        log.info(
+            "no face-parsing weights (%s): using the face-oval blend mask; for MuseTalk's BiSeNet mask run "
+            "python -m musetalk.download",
+            ", ".join(str(p) for p in missing),
+        )
         return None
     return load_face_parser(models_dir, version=version)
 
 
-def _blend_masks(frames: np.ndarray, landmarks: np.ndarray, boxes: np.ndarray, crops: np.ndarray,
-                 parser: FaceParser | None, mode: str, cheek_width: int, progress: bool) -> np.ndarray:
+def _blend_masks(
+    frames: np.ndarray,
+    landmarks: np.ndarray,
+    boxes: np.ndarray,
+    crops: np.ndarray,
+    parser: FaceParser | None,
+    mode: str,
+    cheek_width: int,
+    progress: bool,
+) -> np.ndarray:
     """(N, S, S) uint8: each frame's crop-sized blend mask, top-left aligned (S = the largest crop)."""
     from tqdm import tqdm
 
@@ -141,7 +154,7 @@ def _blend_masks(frames: np.ndarray, landmarks: np.ndarray, boxes: np.ndarray, c
             m = blend_mask(landmarks[i], box, crop)
         else:
             m = parser.blend_mask(frames[i], box, crop, mode, cheek_width)
-        masks[i, :m.shape[0], :m.shape[1]] = m
+        masks[i, : m.shape[0], : m.shape[1]] = m
     return masks
 
 
@@ -151,8 +164,13 @@ def _encode(vae: AutoencoderKL, crops: np.ndarray) -> np.ndarray:
     return faces_to_latents(vae, crops).numpy().astype(np.float16)
 
 
-def prepare_avatar(source: Path | np.ndarray, avatar_id: str, avatars_dir: Path = DEFAULT_AVATARS_DIR,
-                   options: PrepareOptions = PrepareOptions(), vae: AutoencoderKL | None = None) -> Path:
+def prepare_avatar(
+    source: Path | np.ndarray,
+    avatar_id: str,
+    avatars_dir: Path = DEFAULT_AVATARS_DIR,
+    options: PrepareOptions = PrepareOptions(),
+    vae: AutoencoderKL | None = None,
+) -> Path:
     """Build ``avatars_dir/avatar_id`` from a video file, an image file or a BGR array; returns its folder.
 
     Frames where no face is found, or whose landmark box the official rule rejects (``face_box``), take the
@@ -198,9 +216,17 @@ def prepare_avatar(source: Path | np.ndarray, avatar_id: str, avatars_dir: Path 
             vae = _official_vae(Path(o.models_dir))
         latents = _encode(vae, face_crops(frames_arr, boxes)) if vae is not None else None
         manifest = {
-            "format_version": FORMAT_VERSION, "avatar_id": avatar_id, "fps": o.fps, "width": shape[1],
-            "height": shape[0], "n_frames": n, "source": source_name, "version": o.version, "bbox_shift": bbox_shift,
-            "extra_margin": o.extra_margin, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "format_version": FORMAT_VERSION,
+            "avatar_id": avatar_id,
+            "fps": o.fps,
+            "width": shape[1],
+            "height": shape[0],
+            "n_frames": n,
+            "source": source_name,
+            "version": o.version,
+            "bbox_shift": bbox_shift,
+            "extra_margin": o.extra_margin,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "latents": [o.version] if latents is not None else [],
             "mask": mask_name,
         }

@@ -1,4 +1,5 @@
 """An avatar's source frames: a video file (resampled to the output rate), an image file or a BGR array."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -55,4 +56,3 @@ def read_source(source: Path | np.ndarray, fps: float, max_frames: int | None) -
             raise AvatarError(f"cannot read image {path}")
         return iter([img]), path.name
     return decode_video(path, fps, max_frames), path.name
-

@@ -1,5 +1,6 @@
 """Writing an avatar folder: frames streamed into a .npy file, the arrays and manifest, all into a temp folder
 that replaces the avatar's only once complete."""
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,9 @@ def write_frames(frames: Iterable[np.ndarray], path: Path, source_name: str, pro
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-def write_avatar(folder: Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray],
-                 latents: np.ndarray | None) -> None:
+def write_avatar(
+    folder: Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray], latents: np.ndarray | None
+) -> None:
     """The arrays, the latents (when encoded) and, last, the manifest that makes the folder an avatar."""
     for name, arr in arrays.items():
         np.save(folder / f"{name}.npy", arr, allow_pickle=False)
@@ -83,4 +85,3 @@ def building(final: Path, overwrite: bool) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-

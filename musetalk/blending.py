@@ -6,6 +6,7 @@ is: inside the face box, ``out = face*a + frame*(1-a)`` with ``a = mask/255``; e
 A ``BlendPlan`` precomputes, per avatar frame, the part of the face box where the alpha is non-zero (clipped to the
 frame) and that alpha as float32, so a frame costs one resize, one copy and a small weighted sum.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def prepare_blend(face_box: Box, crop_box: Box, mask: np.ndarray, frame_shape: t
     alpha = np.zeros((0, 0, 1), np.float32)
     dst = src = (slice(0, 0), slice(0, 0))
     if x2 > x1 and y2 > y1:
-        sub = mask[y1 - cy1:y2 - cy1, x1 - cx1:x2 - cx1]
+        sub = mask[y1 - cy1 : y2 - cy1, x1 - cx1 : x2 - cx1]
         rows, cols = np.nonzero(sub.any(axis=1))[0], np.nonzero(sub.any(axis=0))[0]
         if rows.size:
             r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1

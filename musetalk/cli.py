@@ -1,5 +1,6 @@
 """The command-line convention of every command here: option names with underscores, as LiveTalking's
 (`--models_dir`, `--avatar_id`); the same name with hyphens (`--models-dir`) is accepted too."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,11 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse, reading `--some-option` as `--some_option` when only the underscore spelling is defined."""
 
     # typeshed's overloads of parse_known_args (generic in the namespace's type) are not repeated here.
-    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
-                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+    def parse_known_args(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
         args = sys.argv[1:] if args is None else args
         return super().parse_known_args([self._underscored(a) for a in args], namespace)
 

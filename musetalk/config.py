@@ -3,6 +3,7 @@
 The reduced configs keep the full model's channel pattern (x2, x2, x1), so their state_dict keys are exactly
 those of the official checkpoints: only tensor shapes differ. That lets tests exercise the real loading code.
 """
+
 from __future__ import annotations
 
 import json

@@ -13,6 +13,7 @@ already there whose sha256 is right, and sends no request at all for a file alre
 v1's whisper `tiny.pt` is not on the Hub: it comes from OpenAI's public bucket, whose URL names its sha256; it is
 resumed from `<file>.part` with a Range request and moved into place once its hash is right.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -80,10 +81,12 @@ def _hub(repo: str, folder: str, *names: str) -> list[HubFile]:
 
 
 _COMMON = _hub(_VAE, "sd-vae", "config.json", "diffusion_pytorch_model.bin") + _hub(
-    _PARSING, "face-parse-bisent", "79999_iter.pth", "resnet18-5c106cde.pth")
+    _PARSING, "face-parse-bisent", "79999_iter.pth", "resnet18-5c106cde.pth"
+)
 HUB_FILES = {
     "v1": _hub(_MUSETALK, "", "musetalk/musetalk.json", "musetalk/pytorch_model.bin") + _COMMON,
-    "v15": _hub(_MUSETALK, "", "musetalkV15/musetalk.json", "musetalkV15/unet.pth") + _COMMON
+    "v15": _hub(_MUSETALK, "", "musetalkV15/musetalk.json", "musetalkV15/unet.pth")
+    + _COMMON
     + _hub(_WHISPER, "whisper", "config.json", "pytorch_model.bin", "preprocessor_config.json"),
 }
 
@@ -107,6 +110,7 @@ def plan(version: str, models_dir: Path) -> Plan:
 
 # ------------------------------------------------------------------------------------------------ Hub files
 
+
 def _why(error: Exception, endpoint: str) -> str:
     """What went wrong, in words, for one of huggingface_hub's errors."""
     if isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled)):  # not on disk, and no answer from the Hub
@@ -126,13 +130,13 @@ def _why(error: Exception, endpoint: str) -> str:
 def fetch_hub_file(item: HubFile, models_dir: Path, endpoint: str) -> None:
     revision = REVISIONS[item.repo]
     try:
-        hf_hub_download(item.repo, item.name, revision=revision, local_dir=models_dir / item.folder,
-                        endpoint=endpoint)
+        hf_hub_download(item.repo, item.name, revision=revision, local_dir=models_dir / item.folder, endpoint=endpoint)
     except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
         raise DownloadError(f"{item.repo}/{item.name} at {revision[:12]}: {_why(e, endpoint)}") from None
 
 
 # ------------------------------------------------------------------------------------------------ tiny.pt
+
 
 def sha256_from_url(url: str) -> str | None:
     """OpenAI's bucket puts the file's sha256 in the folder name: .../models/<sha256>/tiny.pt."""
@@ -176,9 +180,18 @@ def _append_rest(url: str, part: Path, label: str) -> None:
         if response.status != 206:
             offset = 0
         total = offset + int(response.headers.get("Content-Length") or 0) or None
-        with part.open("ab" if offset else "wb") as out, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=True,
-        ) as bar:
+        with (
+            part.open("ab" if offset else "wb") as out,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=label,
+                leave=True,
+            ) as bar,
+        ):
             try:
                 while block := response.read(CHUNK):
                     out.write(block)
@@ -206,13 +219,17 @@ def fetch_checked_file(url: str, dest: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ CLI
 
+
 def _parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m musetalk.download", description="Download the MuseTalk weights.")
     p.add_argument("--version", choices=[*VERSIONS, "all"], default="v15")
     p.add_argument("--models_dir", type=Path, default=Path("models"))
     p.add_argument("--endpoint", default=None, help=f"Hub endpoint (default: $HF_ENDPOINT or {DEFAULT_ENDPOINT})")
-    p.add_argument("--whisper_tiny_url", default=None,
-                   help=f"where v1's openai-whisper tiny.pt comes from (default: ${WHISPER_URL_ENV} or OpenAI's)")
+    p.add_argument(
+        "--whisper_tiny_url",
+        default=None,
+        help=f"where v1's openai-whisper tiny.pt comes from (default: ${WHISPER_URL_ENV} or OpenAI's)",
+    )
     return p
 
 
@@ -220,7 +237,8 @@ def download(version: str, models_dir: Path, endpoint: str, whisper_url: str) ->
     """Every file `version` needs; DownloadError names the file that failed and those still missing."""
     todo = plan(version, models_dir)
     jobs: list[tuple[Path, Callable[[], object]]] = [
-        (f.dest(models_dir), partial(fetch_hub_file, f, models_dir, endpoint)) for f in todo.hub]
+        (f.dest(models_dir), partial(fetch_hub_file, f, models_dir, endpoint)) for f in todo.hub
+    ]
     if todo.whisper_tiny is not None:
         jobs.append((todo.whisper_tiny, partial(fetch_checked_file, whisper_url, todo.whisper_tiny)))
     for _, job in jobs:

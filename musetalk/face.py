@@ -29,6 +29,7 @@ The blend mask: MuseTalk's BiSeNet face parsing (``musetalk.face_parsing``) when
 them, the filled face-oval polygon of the mesh. Either region then goes through the same upstream steps (face box and
 lower-half intersection, ``lower_face``; Gaussian blur with the realtime kernel size, ``blur_mask``; musetalk.md 6.3).
 """
+
 from __future__ import annotations
 
 import os
@@ -46,11 +47,45 @@ N_LANDMARKS = 468
 # Face-oval outline of the mesh in polygon order (mediapipe's FACEMESH_FACE_OVAL edge set, chained clockwise from
 # the forehead); a test checks that it is exactly the chain of that edge set.
 FACE_OVAL_INDICES: tuple[int, ...] = (
-    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
-    152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+    10,
+    338,
+    297,
+    332,
+    284,
+    251,
+    389,
+    356,
+    454,
+    323,
+    361,
+    288,
+    397,
+    365,
+    379,
+    378,
+    400,
+    377,
+    152,
+    148,
+    176,
+    149,
+    150,
+    136,
+    172,
+    58,
+    132,
+    93,
+    234,
+    127,
+    162,
+    21,
+    54,
+    103,
+    67,
+    109,
 )
 # Lower arc of the oval from 356 (right temple, image left-to-right is 127 .. 356) around the chin to 127.
-JAW_INDICES: tuple[int, ...] = FACE_OVAL_INDICES[FACE_OVAL_INDICES.index(356): FACE_OVAL_INDICES.index(127) + 1]
+JAW_INDICES: tuple[int, ...] = FACE_OVAL_INDICES[FACE_OVAL_INDICES.index(356) : FACE_OVAL_INDICES.index(127) + 1]
 CHIN_INDEX = 152
 NOSE_BRIDGE: dict[int, int] = {27: 6, 28: 197, 29: 195, 30: 5}  # iBUG index -> mesh index
 HALF_FACE_INDEX = NOSE_BRIDGE[29]
@@ -75,8 +110,9 @@ def check_parsing(mode: str, cheek_width: int) -> None:
     if mode not in PARSING_MODES:
         raise ValueError(f"unknown parsing mode {mode!r}; expected one of {', '.join(PARSING_MODES)}")
     if not isinstance(cheek_width, int) or not 0 <= cheek_width <= 256:
-        raise ValueError(f"cheek_width must be an integer from 0 to 256 (px of the 512 px parsing input), "
-                         f"got {cheek_width!r}")
+        raise ValueError(
+            f"cheek_width must be an integer from 0 to 256 (px of the 512 px parsing input), got {cheek_width!r}"
+        )
 
 
 class FaceLandmarker:
@@ -116,8 +152,9 @@ class FaceLandmarker:
     def __enter__(self) -> FaceLandmarker:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -130,8 +167,9 @@ class FaceBoxRejected(ValueError):
     """The official rule rejects this landmark box (empty, or x1 < 0; see ``face_box``)."""
 
 
-def face_box(landmarks: np.ndarray, frame_shape: tuple[int, ...], version: Version,
-             bbox_shift: int = 0, extra_margin: int = 10) -> Box:
+def face_box(
+    landmarks: np.ndarray, frame_shape: tuple[int, ...], version: Version, bbox_shift: int = 0, extra_margin: int = 10
+) -> Box:
     """MuseTalk's face box (x1, y1, x2, y2): upstream ``get_landmark_and_bbox`` on the mapped points (musetalk.md 6.1).
 
     Step by step, as upstream does it on its 68 points (here ``BOX_INDICES``: the jaw arc and the nose ridge):
@@ -186,7 +224,7 @@ def lower_face(region: np.ndarray, box: Box, crop: Box) -> np.ndarray:
     keep = np.zeros_like(region)
     bx1, by1, bx2, by2 = box[0] - cx1, box[1] - cy1, box[2] - cx1, box[3] - cy1
     top = max(by1, int(ch * UPPER_BOUNDARY_RATIO), 0)
-    keep[top:max(by2, 0), max(bx1, 0):max(bx2, 0)] = 255
+    keep[top : max(by2, 0), max(bx1, 0) : max(bx2, 0)] = 255
     return cv2.bitwise_and(region, keep)
 
 

@@ -13,6 +13,7 @@ Per avatar frame, as upstream's realtime preparation: the 1.5x square crop (blac
 lower half of the crop, and Gaussian-blurred (``musetalk.face.lower_face`` / ``blur_mask``, shared with the
 face-oval fallback).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -49,7 +50,7 @@ def _jaw_kernel() -> np.ndarray:
     kernel = np.zeros((33, 33), np.uint8)
     for row in range(10, 33):
         half = min(row - 10, 10)
-        kernel[row, 16 - half:16 + half + 1] = 1
+        kernel[row, 16 - half : 16 + half + 1] = 1
     return kernel
 
 
@@ -63,8 +64,8 @@ def cheek_mask(cheek_width: int) -> np.ndarray:
     check_parsing("jaw", cheek_width)
     mask = np.zeros((INPUT_SIZE, INPUT_SIZE), np.uint8)
     centre = INPUT_SIZE // 2
-    mask[:, :centre - cheek_width + 1] = 255
-    mask[:, centre + cheek_width:] = 255
+    mask[:, : centre - cheek_width + 1] = 255
+    mask[:, centre + cheek_width :] = 255
     return mask
 
 
@@ -98,7 +99,7 @@ def crop_rgb(frame_bgr: np.ndarray, crop: Box) -> np.ndarray:
     out = np.zeros((y2 - y1, x2 - x1, 3), np.uint8)
     sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
     if sx2 > sx1 and sy2 > sy1:
-        out[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = frame_bgr[sy1:sy2, sx1:sx2, ::-1]
+        out[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = frame_bgr[sy1:sy2, sx1:sx2, ::-1]
     return out
 
 
@@ -117,6 +118,7 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------- network
+
 
 class ConvBNReLU(nn.Module):
     def __init__(self, cin: int, cout: int, k: int = 3) -> None:
@@ -156,7 +158,8 @@ class ResNet18(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         stages = [(64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2)]
         self.layer1, self.layer2, self.layer3, self.layer4 = (
-            nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)) for cin, cout, stride in stages)
+            nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)) for cin, cout, stride in stages
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.layer1(self.maxpool(F.relu(self.bn1(self.conv1(x)))))
@@ -247,6 +250,7 @@ class BiSeNet(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------- loading
 
+
 def parsing_files(models_dir: Path) -> tuple[Path, Path]:
     """(79999_iter.pth, resnet18-5c106cde.pth) in the official layout under models_dir."""
     folder = Path(models_dir) / PARSING_DIR
@@ -302,8 +306,7 @@ class FaceParser:
         return blur_mask(self.region(frame_bgr, box, crop, mode, cheek_width))
 
 
-def load_face_parser(models_dir: Path, device: str | torch.device | None = None,
-                     version: str = "v15") -> FaceParser:
+def load_face_parser(models_dir: Path, device: str | torch.device | None = None, version: str = "v15") -> FaceParser:
     """BiSeNet from ``models_dir/face-parse-bisent``, fp32 (as upstream), on CUDA when there is one.
 
     ``MissingWeightsError`` (naming the files and the download command for ``version``) when a file is missing;

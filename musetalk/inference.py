@@ -3,6 +3,7 @@
 MuseTalk is not a diffusion sampler: one UNet call at t=0 maps [masked face latent | reference latent] plus the
 audio tokens to the latent of the full face, which the VAE decodes.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,11 +45,11 @@ def faces_to_latents(vae: AutoencoderKL, faces_bgr: np.ndarray, batch_size: int 
     out = []
     with torch.inference_mode():
         for start in range(0, len(faces_bgr), batch_size):
-            rgb = torch.from_numpy(np.ascontiguousarray(faces_bgr[start:start + batch_size, ..., ::-1]))
+            rgb = torch.from_numpy(np.ascontiguousarray(faces_bgr[start : start + batch_size, ..., ::-1]))
             # Same order of operations as upstream: /255 to [0,1], then Normalize(mean=0.5, std=0.5).
             full = (rgb.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
             masked = full.clone()
-            masked[:, :, FACE_SIZE // 2:, :] = -1.0
+            masked[:, :, FACE_SIZE // 2 :, :] = -1.0
             # One encoder call for both halves of the input halves the kernel launches.
             both = torch.cat([masked, full]).to(device=weight.device, dtype=weight.dtype)
             latents = vae.encode(both).latent_dist.mode() * scale
@@ -114,6 +115,7 @@ def infer_faces(
     if len(feats) != len(lat):
         raise ValueError(f"features hold {len(feats)} frames but latents {len(lat)}")
     with torch.inference_mode():
-        pred = unet_latents(models, feats.to(device=models.device, dtype=models.dtype),
-                            lat.to(device=models.device, dtype=models.dtype))
+        pred = unet_latents(
+            models, feats.to(device=models.device, dtype=models.dtype), lat.to(device=models.device, dtype=models.dtype)
+        )
         return to_host(decoded_pixels(models.vae, pred))

@@ -4,6 +4,7 @@ The official code builds `UNet2DConditionModel(**musetalk.json)` and strictly lo
 the VAE is stabilityai/sd-vae-ft-mse. We do the same without `from_pretrained`, so the loading rules (strict keys,
 legacy VAE attention names, weights_only) are ours and tested.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,6 +62,7 @@ def build_vae(config: Mapping[str, Any]) -> AutoencoderKL:
 
 
 # ---------------------------------------------------------------------------------------------------- file layout
+
 
 def _weights_file(folder: Path, official: str, safetensors: str) -> Path:
     """Prefer a .safetensors copy when present; otherwise the official file name (what the downloader writes)."""
@@ -150,6 +152,7 @@ class MissingWeightsError(FileNotFoundError):
 
 # ---------------------------------------------------------------------------------------------------- loading
 
+
 class CheckpointError(ValueError):
     """A checkpoint that does not fit the model built from its config."""
 
@@ -233,8 +236,9 @@ def read_config(path: Path) -> dict[str, Any]:
 def load_unet(
     unet_path: Path, config_path: Path, device: torch.device | str, dtype: torch.dtype
 ) -> UNet2DConditionModel:
-    return _load_into(build_unet, read_config(config_path), read_state_dict(unet_path), Path(unet_path),
-                      torch.device(device), dtype)
+    return _load_into(
+        build_unet, read_config(config_path), read_state_dict(unet_path), Path(unet_path), torch.device(device), dtype
+    )
 
 
 _LEGACY_ATTENTION = re.compile(
@@ -270,6 +274,7 @@ def load_vae(vae_dir: Path, device: torch.device | str, dtype: torch.dtype) -> A
 
 
 # ---------------------------------------------------------------------------------------------------- bundle
+
 
 @dataclass
 class MuseTalkModels:

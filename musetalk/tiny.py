@@ -4,6 +4,7 @@ The UNet and VAE use the reduced-width configs (same state_dict keys as the offi
 whisper encoder keeps whisper-tiny's width (the UNet's cross-attention needs 384) with a small FFN and a
 one-layer decoder, saved as a Hugging Face folder the way openai/whisper-tiny is.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,8 @@ def write_tiny_layout(root: Path, seed: int = 0, whisper: bool = True) -> TinyLa
     vae = build_vae(config.vae_tiny_config()).eval()
     (root / "musetalkV15").mkdir(parents=True)
     (root / "musetalkV15" / "musetalk.json").write_text(
-        json.dumps({"_class_name": "UNet2DConditionModel", **config.unet_tiny_config()}))
+        json.dumps({"_class_name": "UNet2DConditionModel", **config.unet_tiny_config()})
+    )
     torch.save(unet.state_dict(), root / "musetalkV15" / "unet.pth")
     (root / "sd-vae").mkdir()
     vae_config = {"_class_name": "AutoencoderKL", **config.vae_tiny_config()}

@@ -6,6 +6,7 @@ Both MuseTalk versions run the same network through transformers' ``WhisperEncod
 - v1 was trained on openai-whisper's ``tiny.pt`` embeddings (no ``ln_post`` on the last state), so its checkpoint is
   mapped onto the HF module names and the last state is taken raw.
 """
+
 from __future__ import annotations
 
 import re
@@ -46,8 +47,9 @@ def build_encoder(config: WhisperConfig) -> WhisperEncoder:
     return encoder
 
 
-def moved(encoder: WhisperEncoder, device: str | torch.device | None = None,
-          dtype: torch.dtype | None = None) -> WhisperEncoder:
+def moved(
+    encoder: WhisperEncoder, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> WhisperEncoder:
     """`encoder` on `device` in `dtype` (the same module, as torch's Module.to)."""
     # transformers wraps PreTrainedModel.to with functools.wraps, which mypy reads as a function without `self`.
     return encoder.to(device=device, dtype=dtype)  # type: ignore[call-arg]
@@ -59,15 +61,17 @@ def _load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_encoder_v15(whisper_dir: str | Path, device: str | torch.device = "cpu",
-                     dtype: torch.dtype = torch.float32) -> WhisperEncoder:
+def load_encoder_v15(
+    whisper_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> WhisperEncoder:
     """The encoder of a Hugging Face whisper folder (config.json + model.safetensors or pytorch_model.bin)."""
     whisper_dir = Path(whisper_dir)
     config_path = whisper_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"no config.json in whisper folder {whisper_dir}")
-    weights = next((whisper_dir / n for n in ("model.safetensors", "pytorch_model.bin")
-                    if (whisper_dir / n).is_file()), None)
+    weights = next(
+        (whisper_dir / n for n in ("model.safetensors", "pytorch_model.bin") if (whisper_dir / n).is_file()), None
+    )
     if weights is None:
         raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {whisper_dir}")
     config = WhisperConfig.from_pretrained(whisper_dir)
@@ -75,10 +79,12 @@ def load_encoder_v15(whisper_dir: str | Path, device: str | torch.device = "cpu"
     # WhisperModel checkpoints name the encoder "encoder.", WhisperForConditionalGeneration ones "model.encoder.".
     prefixes = [p for p in ("model.encoder.", "encoder.") if any(k.startswith(p) for k in state)]
     if len(prefixes) != 1:
-        raise ValueError(f"{weights}: expected encoder weights under exactly one of 'encoder.' / 'model.encoder.', "
-                         f"found prefixes {prefixes}")
+        raise ValueError(
+            f"{weights}: expected encoder weights under exactly one of 'encoder.' / 'model.encoder.', "
+            f"found prefixes {prefixes}"
+        )
     prefix = prefixes[0]
-    encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    encoder_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     encoder = build_encoder(config)
     encoder.load_state_dict(encoder_state, strict=True)
     return moved(encoder, device, dtype)
@@ -128,21 +134,26 @@ def config_from_openai_dims(dims: dict[str, int]) -> WhisperConfig:
         raise ValueError(f"openai-whisper 'dims' lacks {e.args[0]!r}") from e
 
 
-def load_encoder(path: str | Path, version: str, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> WhisperEncoder:
+def load_encoder(
+    path: str | Path, version: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> WhisperEncoder:
     """The whisper encoder a MuseTalk version uses (ModelPaths.whisper): v1 tiny.pt, v1.5 a HF folder."""
     check_version(version)
     return (load_encoder_v1 if version == "v1" else load_encoder_v15)(path, device, dtype)
 
 
-def load_encoder_v1(tiny_pt_path: str | Path, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32) -> WhisperEncoder:
+def load_encoder_v1(
+    tiny_pt_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> WhisperEncoder:
     """The encoder of an openai-whisper checkpoint (MuseTalk v1's models/whisper/tiny.pt), as a HF WhisperEncoder."""
     checkpoint = torch.load(Path(tiny_pt_path), map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or "dims" not in checkpoint or "model_state_dict" not in checkpoint:
         raise ValueError(f"{tiny_pt_path}: not an openai-whisper checkpoint (needs 'dims' and 'model_state_dict')")
-    encoder_state = {openai_encoder_key_to_hf(k[len("encoder."):]): v
-                     for k, v in checkpoint["model_state_dict"].items() if k.startswith("encoder.")}
+    encoder_state = {
+        openai_encoder_key_to_hf(k[len("encoder.") :]): v
+        for k, v in checkpoint["model_state_dict"].items()
+        if k.startswith("encoder.")
+    }
     encoder = build_encoder(config_from_openai_dims(checkpoint["dims"]))
     encoder.load_state_dict(encoder_state, strict=True)
     return moved(encoder, device, dtype)

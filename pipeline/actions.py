@@ -5,6 +5,7 @@ LiveTalking's custom-video config (``--customvideo_config`` file or ``/offer`` `
 ``{"audiotype": N, "imgpath": folder of images or a video, "audiopath": sound file (optional)}``. In that config
 audiotype 1 is the idle video: it loops whenever the avatar neither speaks nor plays another clip.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,13 +51,14 @@ class ActionClip:
     def tick_audio(self, i: int) -> Pcm:
         out = np.zeros(TICK_SAMPLES, np.float32)
         if self.audio is not None:
-            part = self.audio[i * TICK_SAMPLES:(i + 1) * TICK_SAMPLES]
-            out[:len(part)] = part
+            part = self.audio[i * TICK_SAMPLES : (i + 1) * TICK_SAMPLES]
+            out[: len(part)] = part
         return out
 
 
-def save_action(avatar_path: Path, audiotype: int, frames: Iterable[Image], audio: Pcm | None = None,
-                source_name: str = "<array>") -> Path:
+def save_action(
+    avatar_path: Path, audiotype: int, frames: Iterable[Image], audio: Pcm | None = None, source_name: str = "<array>"
+) -> Path:
     """Write clip `audiotype` (frames one by one, never all in memory), replacing a previous clip of that number
     whole: nothing of the old one (its sound, say) is left, and on error the old one is kept."""
     folder = avatar_path / ACTIONS_DIR / str(int(audiotype))
@@ -139,8 +141,9 @@ def parse_custom_config(value: object, root: Path | None = None) -> tuple[Custom
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list) or not value or len(value) > MAX_CUSTOM_CLIPS:
-        raise ValueError(f"custom_config must be a list of 1 to {MAX_CUSTOM_CLIPS} clips "
-                         "({audiotype, imgpath, audiopath?})")
+        raise ValueError(
+            f"custom_config must be a list of 1 to {MAX_CUSTOM_CLIPS} clips ({{audiotype, imgpath, audiopath?}})"
+        )
     clips = [_entry(entry, root) for entry in value]
     types = [c.audiotype for c in clips]
     if len(set(types)) != len(types):
@@ -193,8 +196,9 @@ def _cache_key(clip: CustomClip, size: tuple[int, ...], max_frames: int) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
-def load_custom_clips(clips: Sequence[CustomClip], avatar: Avatar, max_frames: int = 3000
-                      ) -> tuple[dict[int, ActionClip], ActionClip | None]:
+def load_custom_clips(
+    clips: Sequence[CustomClip], avatar: Avatar, max_frames: int = 3000
+) -> tuple[dict[int, ActionClip], ActionClip | None]:
     """(action clips by audiotype, the idle clip or None) of a custom-video config for `avatar` (blocking). Each
     clip is decoded and resized once per avatar and source version, then memory-mapped from the avatar's folder.
     AvatarError or OSError for a source that cannot be read."""
@@ -204,8 +208,9 @@ def load_custom_clips(clips: Sequence[CustomClip], avatar: Avatar, max_frames: i
         folder = avatar.path / CUSTOM_CACHE_DIR / _cache_key(clip, size, max_frames)
         if not (folder / "frames.npy").is_file():
             with building(folder, overwrite=True) as tmp:
-                write_frames(_clip_frames(clip.imgpath, (size[0], size[1]), max_frames), tmp / "frames.npy",
-                             str(clip.imgpath))
+                write_frames(
+                    _clip_frames(clip.imgpath, (size[0], size[1]), max_frames), tmp / "frames.npy", str(clip.imgpath)
+                )
                 audio = decode_audio(clip.audiopath) if clip.audiopath is not None else None
                 if audio is not None:
                     np.save(tmp / "audio.npy", audio.astype(np.float32))
@@ -227,8 +232,9 @@ def decode_audio(path: Path) -> Pcm | None:
     return audio if len(audio) else None
 
 
-def add_action(avatar_id: str, audiotype: int, source: Path, avatars_dir: Path = DEFAULT_AVATARS_DIR,
-               with_audio: bool = True) -> Path:
+def add_action(
+    avatar_id: str, audiotype: int, source: Path, avatars_dir: Path = DEFAULT_AVATARS_DIR, with_audio: bool = True
+) -> Path:
     """Make clip `audiotype` of an avatar from a video: its frames at 25 fps (resized to the avatar's size if
     needed) and, unless with_audio is False, its sound."""
     avatar = load_avatar(avatar_id, avatars_dir)
@@ -239,8 +245,10 @@ def add_action(avatar_id: str, audiotype: int, source: Path, avatars_dir: Path =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.actions",
-                                     description="Add an action clip to a prepared avatar (played by /set_audiotype).")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.actions",
+        description="Add an action clip to a prepared avatar (played by /set_audiotype).",
+    )
     parser.add_argument("avatar_id")
     parser.add_argument("audiotype", type=int, help="the number /set_audiotype selects it by")
     parser.add_argument("source", type=Path, help="a video file (its sound plays with it)")

@@ -1,4 +1,5 @@
 """Paste generated faces back into the avatar's frames (blend plans are the avatar's, shared by its sessions)."""
+
 from __future__ import annotations
 
 import numpy as np

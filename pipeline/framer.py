@@ -6,6 +6,7 @@ future, so the output never waits and never builds up delay. An utterance (what 
 clip, with its own start and end) is the audio of a stretch up to a flush: the flush marks its last tick, and the
 audio that follows, even on time in the same stretch, begins the next one.
 """
+
 from __future__ import annotations
 
 import time
@@ -29,8 +30,12 @@ def frame_kind(pcm: Pcm) -> Kind:
 class AudioFramer:
     """Cuts arbitrary chunks into 20 ms frames and pairs them into ticks."""
 
-    def __init__(self, current_tick: Callable[[], int], lead_ticks: int | Callable[[], int],
-                 now: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        current_tick: Callable[[], int],
+        lead_ticks: int | Callable[[], int],
+        now: Callable[[], float] = time.monotonic,
+    ):
         self._current_tick = current_tick
         self._now = now
         self._lead = lead_ticks if callable(lead_ticks) else (lambda: lead_ticks)
@@ -100,12 +105,13 @@ class AudioFramer:
         return ticks
 
     def _add_frames(self, data: Pcm, turn: int) -> list[TickAudio]:
-        ticks = [self._add_frame(data[i:i + FRAME_SAMPLES], turn) for i in range(0, len(data), FRAME_SAMPLES)]
+        ticks = [self._add_frame(data[i : i + FRAME_SAMPLES], turn) for i in range(0, len(data), FRAME_SAMPLES)]
         return [t for t in ticks if t is not None]
 
     def _add_frame(self, chunk: Pcm, turn: int) -> TickAudio | None:
-        frame = AudioFrame(pcm=chunk, kind=frame_kind(chunk), turn=turn, events=self._pending_events,
-                           t_in=self._partial_t_in)
+        frame = AudioFrame(
+            pcm=chunk, kind=frame_kind(chunk), turn=turn, events=self._pending_events, t_in=self._partial_t_in
+        )
         self._pending_events = []
         if self._half is None:
             self._half = frame
@@ -115,8 +121,13 @@ class AudioFramer:
         if self._next_tick <= now:  # first audio, or its slot has passed: a new stretch starts `lead` ahead
             self._next_tick = now + self._lead()
             self._seg_pos = self._utterance_pos = 0
-        tick = TickAudio(tick=self._next_tick, turn=turn, frames=(first, frame), seg_pos=self._seg_pos,
-                         utterance_pos=self._utterance_pos)
+        tick = TickAudio(
+            tick=self._next_tick,
+            turn=turn,
+            frames=(first, frame),
+            seg_pos=self._seg_pos,
+            utterance_pos=self._utterance_pos,
+        )
         self._next_tick += 1
         self._seg_pos += 1
         self._utterance_pos += 1

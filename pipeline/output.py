@@ -6,6 +6,7 @@ and a frame that arrives after its tick is dropped (counted). Video frame k is a
 the audio of tick k. Switches between the avatar's own frames and an action clip or the idle clip are crossfaded;
 the mouth starting or stopping to speak on the avatar's own frames is not.
 """
+
 from __future__ import annotations
 
 import collections
@@ -35,8 +36,12 @@ class Picture(enum.Enum):
 
 
 # A repeated frame belongs to speech: the mouth is still speaking.
-SOURCE_CATEGORY = {Source.SPEECH: Source.SPEECH, Source.REPEAT: Source.SPEECH, Source.IDLE: Source.IDLE,
-                   Source.ACTION: Source.ACTION}
+SOURCE_CATEGORY = {
+    Source.SPEECH: Source.SPEECH,
+    Source.REPEAT: Source.SPEECH,
+    Source.IDLE: Source.IDLE,
+    Source.ACTION: Source.ACTION,
+}
 # Speech and idle frames are the same picture (the avatar's own frames, the mouth moving or not); an action clip is
 # another. Only a switch of picture is crossfaded: a fade when the mouth starts would damp its first opening
 # frames and make the lips lag the sound.
@@ -44,8 +49,14 @@ CATEGORY_PICTURE = {Source.SPEECH: Picture.AVATAR, Source.IDLE: Picture.AVATAR, 
 
 
 class Output:
-    def __init__(self, avatar: Avatar, video_in: TickQueue[VideoResult], stats: SessionStats,
-                 tick_time: Callable[[int], float], crossfade_ticks: int = 2) -> None:
+    def __init__(
+        self,
+        avatar: Avatar,
+        video_in: TickQueue[VideoResult],
+        stats: SessionStats,
+        tick_time: Callable[[int], float],
+        crossfade_ticks: int = 2,
+    ) -> None:
         self.avatar = avatar
         self.video_in = video_in
         self.stats = stats
@@ -118,8 +129,11 @@ class Output:
             else:
                 self.stats.add(repeated_frames=1)
                 last = self._last_frame  # set whenever the last category is speech
-                frame, source = ((last, Source.REPEAT) if last is not None and self._last_category is Source.SPEECH
-                                 else (self._own(k), Source.IDLE))
+                frame, source = (
+                    (last, Source.REPEAT)
+                    if last is not None and self._last_category is Source.SPEECH
+                    else (self._own(k), Source.IDLE)
+                )
         elif self._action is not None and k >= self._action[2]:
             clip, _, start = self._action
             i = k - start
@@ -189,8 +203,9 @@ class Output:
         n = self.crossfade_ticks
         alpha = (n - self._fade_left + 1) / (n + 1)  # weight of the new frame
         self._fade_left -= 1
-        return np.asarray(cv2.addWeighted(np.asarray(self._fade_from), 1.0 - alpha, np.asarray(frame), alpha, 0.0),
-                          np.uint8)  # uint8 in, uint8 out: only the type changes
+        return np.asarray(
+            cv2.addWeighted(np.asarray(self._fade_from), 1.0 - alpha, np.asarray(frame), alpha, 0.0), np.uint8
+        )  # uint8 in, uint8 out: only the type changes
 
     def _count(self, source: Source) -> None:
         self.stats.add(ticks=1)

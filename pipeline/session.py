@@ -7,6 +7,7 @@ client's connection, a recording): all of them start through it, and close() end
                                  \\-> Output (audio schedule)  <- rendered frames
     ticker task (media clock, 40 ms) -> Output.tick -> sinks (WebRTC tracks, recorder) + event listeners
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -52,8 +53,15 @@ class SessionClosed(RuntimeError):
 
 
 class Session:
-    def __init__(self, session_id: str, avatar: Avatar, engine: Engine, actions: dict[int, ActionClip] | None = None,
-                 options: SessionOptions = SessionOptions(), stepped: bool = False) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        avatar: Avatar,
+        engine: Engine,
+        actions: dict[int, ActionClip] | None = None,
+        options: SessionOptions = SessionOptions(),
+        stepped: bool = False,
+    ) -> None:
         self.session_id = session_id
         self.avatar = avatar
         self.engine = engine
@@ -80,16 +88,29 @@ class Session:
     def _new_worker(self, avatar: Avatar) -> InferenceWorker:
         engine = self.engine
         return InferenceWorker(
-            engine, engine.bind(avatar).new_renderer(), Compositor(avatar), avatar.cycle_index, self.clock.tick_time,
-            self.clock.now, lambda: self._turn, self.stats, queue_capacity=self._max_ticks + 64,
-            out_capacity=2 * engine.batch_size + 4, name=f"inference-{self.session_id}",
-            own_frame=lambda i: avatar.frames[i], on_render_error=self._render_failed)
+            engine,
+            engine.bind(avatar).new_renderer(),
+            Compositor(avatar),
+            avatar.cycle_index,
+            self.clock.tick_time,
+            self.clock.now,
+            lambda: self._turn,
+            self.stats,
+            queue_capacity=self._max_ticks + 64,
+            out_capacity=2 * engine.batch_size + 4,
+            name=f"inference-{self.session_id}",
+            own_frame=lambda i: avatar.frames[i],
+            on_render_error=self._render_failed,
+        )
 
     def _render_failed(self, error: Exception) -> None:
         """From the worker's thread, once per outage: a `render_error` event for the session's listeners (/sse)."""
         if self._loop is not None and not self._loop.is_closed():
-            event = Event(EventKind.RENDER_ERROR,
-                          f"rendering failed, the last frame is shown until it recovers: {error}", self._turn)
+            event = Event(
+                EventKind.RENDER_ERROR,
+                f"rendering failed, the last frame is shown until it recovers: {error}",
+                self._turn,
+            )
             self._loop.call_soon_threadsafe(self.publish, event)
 
     # -- lifecycle -----------------------------------------------------------------------------------------

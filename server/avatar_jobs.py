@@ -8,6 +8,7 @@ server. One runner task owns the child; close() cancels everything and waits for
 
 Run as ``python -m server.avatar_jobs '<json arguments>'`` only by AvatarJobs.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -73,9 +74,18 @@ class AvatarJob:
         return self.status in ("done", "failed", "cancelled")
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "avatar_id": self.avatar_id, "status": self.status, "stage": self.stage,
-                "progress": round(self.progress, 3), "error": self.error, "created": self.created,
-                "started": self.started, "ended": self.ended, "options": asdict(self.options)}
+        return {
+            "id": self.id,
+            "avatar_id": self.avatar_id,
+            "status": self.status,
+            "stage": self.stage,
+            "progress": round(self.progress, 3),
+            "error": self.error,
+            "created": self.created,
+            "started": self.started,
+            "ended": self.ended,
+            "options": asdict(self.options),
+        }
 
     def subscribe(self) -> asyncio.Queue:
         """Snapshots (to_json) on every change; None after the last one."""
@@ -126,8 +136,9 @@ class AvatarJobs:
         """Whether a queued or running job is making this avatar."""
         return any(j.avatar_id == avatar_id and not j.finished for j in self._jobs.values())
 
-    def submit(self, avatar_id: str, source: Path, source_name: str, options: JobOptions,
-               expected_frames: int) -> AvatarJob:
+    def submit(
+        self, avatar_id: str, source: Path, source_name: str, options: JobOptions, expected_frames: int
+    ) -> AvatarJob:
         """Queue a job; the job owns `source` (and its folder) from here on. Conflict (already being prepared),
         TooBusy (queue full) or Unavailable (shutting down) if it cannot be queued."""
         if self._closed:
@@ -185,7 +196,7 @@ class AvatarJobs:
     # -- the runner ----------------------------------------------------------------------------------------
     def _forget_old(self) -> None:
         done = [j for j in sorted(self._jobs.values(), key=lambda j: j.created) if j.finished]
-        for job in done[:max(0, len(done) - HISTORY)]:
+        for job in done[: max(0, len(done) - HISTORY)]:
             del self._jobs[job.id]
 
     def _finish(self, job: AvatarJob, status: str, error: str | None = None) -> None:
@@ -213,11 +224,24 @@ class AvatarJobs:
             log.info("avatar job %s (%s): %s%s", job.id, job.avatar_id, status, f": {error}" if error else "")
 
     async def _prepare(self, job: AvatarJob) -> tuple[str, str | None]:
-        args = {"source": str(job.source), "source_name": job.source_name, "avatar_id": job.avatar_id,
-                "avatars_dir": str(self.avatars_dir), "models_dir": str(self.models_dir), **asdict(job.options)}
+        args = {
+            "source": str(job.source),
+            "source_name": job.source_name,
+            "avatar_id": job.avatar_id,
+            "avatars_dir": str(self.avatars_dir),
+            "models_dir": str(self.models_dir),
+            **asdict(job.options),
+        }
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server.avatar_jobs", json.dumps(args), cwd=str(PROJECT_ROOT),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "server.avatar_jobs",
+            json.dumps(args),
+            cwd=str(PROJECT_ROOT),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         self._child = child
         if job.cancel_requested:  # cancelled while the child started
             self._signal(signal.SIGTERM)
@@ -284,6 +308,7 @@ async def _collect(stream: asyncio.StreamReader | None, tail: deque[str]) -> Non
 
 # ------------------------------------------------------------------------------------------------ the child
 
+
 def _report(**msg: Any) -> None:
     print(json.dumps(msg), flush=True)
 
@@ -315,9 +340,14 @@ def _child_main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, terminated)
     try:
-        options = PrepareOptions(version=args["version"], bbox_shift=args["bbox_shift"],
-                                 extra_margin=args["extra_margin"], max_frames=args["max_frames"],
-                                 models_dir=Path(args["models_dir"]), source_name=args["source_name"])
+        options = PrepareOptions(
+            version=args["version"],
+            bbox_shift=args["bbox_shift"],
+            extra_margin=args["extra_margin"],
+            max_frames=args["max_frames"],
+            models_dir=Path(args["models_dir"]),
+            source_name=args["source_name"],
+        )
         prepare_avatar(Path(args["source"]), args["avatar_id"], Path(args["avatars_dir"]), options)
     except (AvatarError, ValueError, OSError) as e:
         _report(error=str(e))

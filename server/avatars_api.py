@@ -3,6 +3,7 @@
 
 LiveTalking's avatar page (`/api/avatar/task(s)`) is served by the same jobs, in its own field names.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -51,12 +52,23 @@ RESERVED_IDS = frozenset({"tasks"})  # /api/avatars/tasks is the task list
 
 # ------------------------------------------------------------------------------------------------- listing
 
+
 def _describe(avatar: Avatar, default_id: str) -> dict[str, Any]:
     m = avatar.manifest
-    return {"id": avatar.avatar_id, "width": m["width"], "height": m["height"], "frames": m["n_frames"],
-            "fps": m["fps"], "version": m["version"], "latents": m["latents"], "mask": m.get("mask"),
-            "source": m["source"], "created": m["created"], "default": avatar.avatar_id == default_id,
-            "thumbnail": f"/api/avatars/{avatar.avatar_id}/thumbnail.jpg"}
+    return {
+        "id": avatar.avatar_id,
+        "width": m["width"],
+        "height": m["height"],
+        "frames": m["n_frames"],
+        "fps": m["fps"],
+        "version": m["version"],
+        "latents": m["latents"],
+        "mask": m.get("mask"),
+        "source": m["source"],
+        "created": m["created"],
+        "default": avatar.avatar_id == default_id,
+        "thumbnail": f"/api/avatars/{avatar.avatar_id}/thumbnail.jpg",
+    }
 
 
 def _list(avatars_dir: Path, default_id: str) -> list[dict[str, Any]]:
@@ -100,6 +112,7 @@ async def thumbnail_route(request: web.Request) -> web.Response:
 
 # ------------------------------------------------------------------------------------------------- deleting
 
+
 def _remove(folder: Path) -> None:
     """Move the folder aside in one step (no session can load half of it), then delete it."""
     doomed = folder.with_name(f".{folder.name}.deleted-{uuid.uuid4().hex[:8]}")
@@ -116,8 +129,9 @@ async def delete_route(request: web.Request) -> web.Response:
         raise Conflict(f"avatar {avatar_id!r} is being prepared; cancel its task first")
     users = [live for live in state.registry if live.session.avatar.avatar_id == avatar_id]
     if users:
-        raise Conflict(f"avatar {avatar_id!r} is shown by {len(users)} session(s); switch them to another "
-                       f"avatar or end them first")
+        raise Conflict(
+            f"avatar {avatar_id!r} is shown by {len(users)} session(s); switch them to another avatar or end them first"
+        )
     folder = state.config.avatars_dir / avatar_id
     if not (folder / "manifest.json").is_file():
         raise NotFound(f"avatar {avatar_id!r} not found")
@@ -127,6 +141,7 @@ async def delete_route(request: web.Request) -> web.Response:
 
 
 # ------------------------------------------------------------------------------------------------- uploads
+
 
 def _int_field(fields: dict[str, str], name: str, default: int, low: int, high: int) -> int:
     text = fields.get(name, "").strip()
@@ -144,22 +159,27 @@ def _int_field(fields: dict[str, str], name: str, default: int, low: int, high: 
 def _options(fields: dict[str, str], max_frames: int) -> JobOptions:
     model = fields.get("model", "").strip()
     if model and model != "musetalk":
-        raise BadRequest(f"'model' {model!r} is not available: this server prepares MuseTalk avatars "
-                         f"(model=musetalk)")
+        raise BadRequest(f"'model' {model!r} is not available: this server prepares MuseTalk avatars (model=musetalk)")
     version = fields.get("version", "").strip() or "v15"
     if version not in VERSIONS:
         raise BadRequest(f"'version' must be one of {', '.join(VERSIONS)}")
     frames = _int_field(fields, "max_frames", max_frames, 1, max_frames)
-    return JobOptions(version=version, bbox_shift=_int_field(fields, "bbox_shift", 0, -100, 100),
-                          extra_margin=_int_field(fields, "extra_margin", 10, 0, 100), max_frames=frames)
+    return JobOptions(
+        version=version,
+        bbox_shift=_int_field(fields, "bbox_shift", 0, -100, 100),
+        extra_margin=_int_field(fields, "extra_margin", 10, 0, 100),
+        max_frames=frames,
+    )
 
 
 def _suffix(filename: str | None) -> str:
     match = _SUFFIX.search(filename or "")
     suffix = match.group(0).lower() if match else ""
     if suffix not in VIDEO_SUFFIXES | IMAGE_SUFFIXES:
-        raise BadRequest(f"the file must be a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or an image "
-                         f"({', '.join(sorted(IMAGE_SUFFIXES))}), by its name")
+        raise BadRequest(
+            f"the file must be a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or an image "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))}), by its name"
+        )
     return suffix
 
 
@@ -185,8 +205,9 @@ def _probe(path: Path, max_seconds: float) -> int:
     return max(1, round(seconds * VIDEO_FPS))
 
 
-async def _read_upload(request: web.Request, folder: Path, max_bytes: int,
-                       check: Callable[[dict[str, str], bool], None]) -> tuple[dict[str, str], Path, str]:
+async def _read_upload(
+    request: web.Request, folder: Path, max_bytes: int, check: Callable[[dict[str, str], bool], None]
+) -> tuple[dict[str, str], Path, str]:
     """The form's text fields and its file, streamed to `folder` (at most max_bytes). `check(fields, False)` runs
     on the fields that came before the file, before any of it is read (a bad id costs no upload), and
     `check(fields, True)` on all of them at the end."""
@@ -239,6 +260,7 @@ async def create(request: web.Request) -> AvatarJob:
     config = state.config
     folder = Path(tempfile.mkdtemp(prefix="avatar-upload-"))
     try:
+
         def check(fields: dict[str, str], complete: bool) -> None:
             avatar_id = fields.get("avatar_id", "").strip()
             if not avatar_id:
@@ -271,6 +293,7 @@ async def create_route(request: web.Request) -> web.Response:
 
 
 # ------------------------------------------------------------------------------------------------- tasks
+
 
 def _job(request: web.Request) -> AvatarJob:
     job_id = request.match_info["task_id"]
@@ -309,17 +332,23 @@ async def task_sse_route(request: web.Request) -> web.StreamResponse:
 
 # ------------------------------------------------------------------------------------------------- LiveTalking
 
-_LT_STATUS = {"queued": "pending", "running": "running", "done": "completed", "failed": "failed",
-              "cancelled": "failed"}
+_LT_STATUS = {"queued": "pending", "running": "running", "done": "completed", "failed": "failed", "cancelled": "failed"}
 
 
 def livetalking_task(job: AvatarJob) -> dict[str, Any]:
     """A job in LiveTalking's task fields (its avatar page reads these)."""
-    return {"task_id": job.id, "model_type": "musetalk", "avatar_id": job.avatar_id,
-            "status": _LT_STATUS[job.status], "progress": round(100 * job.progress),
-            "error_msg": job.error or ("cancelled" if job.status == "cancelled" else ""), "notify_url": None,
-            "start_time": job.started or job.created, "end_time": job.ended,
-            "duration": (job.ended - job.started) if job.ended and job.started else None}
+    return {
+        "task_id": job.id,
+        "model_type": "musetalk",
+        "avatar_id": job.avatar_id,
+        "status": _LT_STATUS[job.status],
+        "progress": round(100 * job.progress),
+        "error_msg": job.error or ("cancelled" if job.status == "cancelled" else ""),
+        "notify_url": None,
+        "start_time": job.started or job.created,
+        "end_time": job.ended,
+        "duration": (job.ended - job.started) if job.ended and job.started else None,
+    }
 
 
 async def lt_create_route(request: web.Request) -> web.Response:
@@ -336,6 +365,7 @@ async def lt_task_route(request: web.Request) -> web.Response:
 
 
 # ------------------------------------------------------------------------------------------------- switching
+
 
 async def set_avatar_route(request: web.Request) -> web.Response:
     """Switch a session's avatar; the first use of an avatar loads and warms it before the switch."""
@@ -361,8 +391,10 @@ async def set_avatar_route(request: web.Request) -> web.Response:
 
 # ------------------------------------------------------------------------------------------------- setup
 
+
 def setup(app: web.Application) -> None:
     """The routes (all under the token when one is configured) and the jobs' lifetime (closed on shutdown)."""
+
     async def start(app: web.Application) -> None:
         config = app[STATE].config
         app[JOBS] = AvatarJobs(config.avatars_dir, config.models_dir, app[STATE].tasks)

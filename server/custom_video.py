@@ -1,6 +1,7 @@
 """LiveTalking's custom-video config for sessions: `--customvideo_config FILE` for every session, or `/offer`
 `custom_config` for one (a JSON string of the clip list, as its pages send it; its paths must be under
 --custom_dir). Audiotype 1 is the idle video, looped; the others are played by /set_audiotype."""
+
 from __future__ import annotations
 
 import asyncio
@@ -41,8 +42,9 @@ def custom_clips_of(config: ServerConfig, body: dict[str, Any]) -> tuple[CustomC
     return ()
 
 
-async def decode_custom_clips(clips: tuple[CustomClip, ...], avatar: Avatar, max_seconds: float
-                              ) -> tuple[dict[int, ActionClip], ActionClip | None]:
+async def decode_custom_clips(
+    clips: tuple[CustomClip, ...], avatar: Avatar, max_seconds: float
+) -> tuple[dict[int, ActionClip], ActionClip | None]:
     """The clips decoded for `avatar` (once; cached in its folder), off the event loop: (actions, idle clip)."""
     if not clips:
         return {}, None

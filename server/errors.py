@@ -5,6 +5,7 @@ gone, a queue that is full, a damaged avatar or action clip on the server's disk
 every route's error with ``status_of`` and the message. No built-in exception (ValueError, RuntimeError, ...) picks
 a status: one that reaches the middleware is a bug, logged and answered 500.
 """
+
 from __future__ import annotations
 
 from musetalk.avatar import AvatarError, AvatarNotFoundError, InvalidAvatarIdError

@@ -2,6 +2,7 @@
 --turn_user/--turn_password, or, with --turn_secret, fresh time-limited ones (TURN REST API: coturn's
 use-auth-secret). The page asks for them before each connection; the route needs the token when one is set,
 so credentials go only to clients allowed to connect."""
+
 from __future__ import annotations
 
 from aiohttp import web

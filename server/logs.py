@@ -1,4 +1,5 @@
 """Logging set-up for the server: a level, and plain lines or JSON lines (one object per record)."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,12 @@ class JsonFormatter(logging.Formatter):
     """{"time", "level", "logger", "message"[, "exception"]}: what a log collector indexes without parsing text."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-                 "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

@@ -4,6 +4,7 @@ Both tracks are views of the same ticks: video pts = tick * 3600 (90 kHz), audio
 (48 kHz). The audio is upsampled to 48 kHz here, in 20 ms frames, so aiortc's Opus encoder does not re-frame
 it (which would shift audio ~20 ms against video).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -114,7 +115,7 @@ class AvatarAudioTrack(_TickTrack[AudioFrame]):
     def push(self, out: OutputTick) -> None:
         pcm48 = to_s16(self.upsample(out.audio))
         for sub in range(2):
-            part = pcm48[sub * AUDIO_OUT_SAMPLES_PER_FRAME:(sub + 1) * AUDIO_OUT_SAMPLES_PER_FRAME]
+            part = pcm48[sub * AUDIO_OUT_SAMPLES_PER_FRAME : (sub + 1) * AUDIO_OUT_SAMPLES_PER_FRAME]
             frame = AudioFrame.from_ndarray(part.reshape(1, -1), format="s16", layout="mono")
             frame.sample_rate = AUDIO_OUT_RATE
             frame.pts = MediaClock.audio_pts(out.tick, sub)

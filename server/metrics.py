@@ -6,6 +6,7 @@ series. The pipeline feeds it without knowing it: every session's SessionStats g
 when the session is registered (histograms: latency, batch time, TTS first audio; counters: errors), and the
 frame counters are read from the sessions' own counters at scrape time, plus those of the sessions already
 closed, so they only ever grow."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
@@ -30,8 +31,13 @@ from server.registry import LiveSession
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Frame counters of pipeline.stats.SessionStats, by source: what each frame sent showed, or that it was dropped.
 DROPPED = "dropped"  # the label of frames rendered too late (not a source: they were never shown)
-FRAME_SOURCES = {Source.SPEECH: "speech_frames", Source.IDLE: "idle_frames", Source.ACTION: "action_frames",
-                 Source.REPEAT: "repeated_frames", DROPPED: "dropped_frames"}
+FRAME_SOURCES = {
+    Source.SPEECH: "speech_frames",
+    Source.IDLE: "idle_frames",
+    Source.ACTION: "action_frames",
+    Source.REPEAT: "repeated_frames",
+    DROPPED: "dropped_frames",
+}
 LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
 TTS_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 4.0)
@@ -53,26 +59,43 @@ class _FrameTotals:
 class Metrics:
     """One app's metrics. Its methods are what pipeline.stats.SessionStats and the registry report to."""
 
-    def __init__(self, sessions: Callable[[], Iterable[LiveSession]], max_sessions: int, engine: Callable[[], str],
-                 per_session: bool = False) -> None:
+    def __init__(
+        self,
+        sessions: Callable[[], Iterable[LiveSession]],
+        max_sessions: int,
+        engine: Callable[[], str],
+        per_session: bool = False,
+    ) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # CPU seconds, resident memory, open files, start time
         PlatformCollector(registry=self.registry)
         r = self.registry
         self.sessions_opened = Counter("avatar_sessions_opened", "Sessions started (offer answered).", registry=r)
         self.sessions_closed = Counter("avatar_sessions_closed", "Sessions ended (for whatever reason).", registry=r)
-        self.latency = Histogram("avatar_session_latency_seconds",
-                                 "First speech sample in to its lip-synced frame out, per stretch of speech.",
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("avatar_inference_batch_seconds", "Time of one engine render call (a batch).",
-                                       buckets=BATCH_BUCKETS, registry=r)
-        self.tts_first_audio = Histogram("avatar_tts_first_audio_seconds",
-                                         "A sentence handed to TTS to its first audio.", buckets=TTS_BUCKETS,
-                                         registry=r)
-        self.errors = Counter("avatar_errors", "Failures reported to a session (TTS, LLM, ASR, rendering).", ["kind"],
-                              registry=r)
-        self.uploads_rejected = Counter("avatar_uploads_rejected", "Uploads refused, by HTTP status.", ["status"],
-                                        registry=r)
+        self.latency = Histogram(
+            "avatar_session_latency_seconds",
+            "First speech sample in to its lip-synced frame out, per stretch of speech.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "avatar_inference_batch_seconds",
+            "Time of one engine render call (a batch).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.tts_first_audio = Histogram(
+            "avatar_tts_first_audio_seconds",
+            "A sentence handed to TTS to its first audio.",
+            buckets=TTS_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "avatar_errors", "Failures reported to a session (TTS, LLM, ASR, rendering).", ["kind"], registry=r
+        )
+        self.uploads_rejected = Counter(
+            "avatar_uploads_rejected", "Uploads refused, by HTTP status.", ["status"], registry=r
+        )
         for kind in ERROR_SERVICES.values():
             self.errors.labels(kind)  # present at 0 from the start: a rate() needs the series before the first error
         self._closed_frames = _FrameTotals()
@@ -118,10 +141,16 @@ class Metrics:
 # name, help, value of a live session (None: not known yet, left out) for --metrics_per_session
 _PER_SESSION_GAUGES = (
     ("avatar_session_fps", "Output video frames per second over the last seconds.", lambda s: s.fps),
-    ("avatar_session_last_latency_seconds", "First speech sample in to its frame out, latest stretch of speech.",
-     lambda s: None if s.session.stats.last_latency_ms is None else s.session.stats.last_latency_ms / 1000),
-    ("avatar_session_inference_fps", "Frames rendered per second of render time.",
-     lambda s: s.session.stats.inference_fps),
+    (
+        "avatar_session_last_latency_seconds",
+        "First speech sample in to its frame out, latest stretch of speech.",
+        lambda s: None if s.session.stats.last_latency_ms is None else s.session.stats.last_latency_ms / 1000,
+    ),
+    (
+        "avatar_session_inference_fps",
+        "Frames rendered per second of render time.",
+        lambda s: s.session.stats.inference_fps,
+    ),
     ("avatar_session_speaking", "1 while the avatar speaks.", lambda s: int(s.session.speaking)),
 )
 _PER_SESSION_COUNTERS = (
@@ -135,8 +164,14 @@ _PER_SESSION_COUNTERS = (
 class _LiveCollector(Collector):
     """What is read from the live sessions at scrape time."""
 
-    def __init__(self, metrics: Metrics, sessions: Callable[[], Iterable[LiveSession]], max_sessions: int,
-                 engine: Callable[[], str], per_session: bool) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        sessions: Callable[[], Iterable[LiveSession]],
+        max_sessions: int,
+        engine: Callable[[], str],
+        per_session: bool,
+    ) -> None:
         self.metrics, self.sessions, self.max_sessions = metrics, sessions, max_sessions
         self.engine, self.per_session = engine, per_session
 
@@ -148,9 +183,12 @@ class _LiveCollector(Collector):
         info.add_metric([self.engine()], 1)
         yield info
         totals = self.metrics.frame_totals(live)
-        frames = CounterMetricFamily("avatar_frames", "Video frames by source: sent showing speech, idle, an action "
-                                     "clip, the previous frame again (repeat), or rendered too late and dropped.",
-                                     labels=["source"])
+        frames = CounterMetricFamily(
+            "avatar_frames",
+            "Video frames by source: sent showing speech, idle, an action "
+            "clip, the previous frame again (repeat), or rendered too late and dropped.",
+            labels=["source"],
+        )
         for source in FRAME_SOURCES:
             frames.add_metric([source], getattr(totals, source))
         yield frames

@@ -1,5 +1,6 @@
 """Command-line options beside the server's own: a YAML config file (--config) and LiveTalking's options that
 have no meaning here (accepted, with a warning, so its command lines still start)."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,15 @@ IGNORED = (
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", type=Path, default=None, metavar="FILE.yaml",
-                   help="read options from a YAML file: keys are option names (listenport: 8010, stun: [...] for a "
-                        "repeatable one, no_asr: true for a switch); the command line overrides the file")
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE.yaml",
+        help="read options from a YAML file: keys are option names (listenport: 8010, stun: [...] for a "
+        "repeatable one, no_asr: true for a switch); the command line overrides the file",
+    )
     ignored = p.add_argument_group("LiveTalking options accepted and ignored (a warning at start says so)")
     for flag, why in IGNORED:
         ignored.add_argument(flag, dest=f"ignored{flag.replace('-', '_')}", default=None, metavar="VALUE", help=why)
@@ -34,8 +41,11 @@ def add_options(p: argparse.ArgumentParser) -> None:
 
 def ignored_notices(args: argparse.Namespace) -> tuple[str, ...]:
     """One line per LiveTalking option given that this server ignores."""
-    return tuple(f"{flag} {value}: a LiveTalking option this server ignores ({why})" for flag, why in IGNORED
-                 if (value := getattr(args, f"ignored{flag.replace('-', '_')}")) is not None)
+    return tuple(
+        f"{flag} {value}: a LiveTalking option this server ignores ({why})"
+        for flag, why in IGNORED
+        if (value := getattr(args, f"ignored{flag.replace('-', '_')}")) is not None
+    )
 
 
 def _option(parser: argparse.ArgumentParser, key: str) -> argparse.Action | None:

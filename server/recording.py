@@ -8,6 +8,7 @@ The thread is the recording's one owner: it opens, writes and closes the file, a
 done. Stopping is a flag, not a message in the queue, so no failure can leave anyone waiting for a message that
 never comes: finish() sets the flag and awaits the thread's own "done", whatever happened before.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -64,8 +65,9 @@ class Recorder:
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._thread = self.session.tasks.start_thread(self._run, f"record-{self.session.session_id}",
-                                                       stop=self._stop.set)
+        self._thread = self.session.tasks.start_thread(
+            self._run, f"record-{self.session.session_id}", stop=self._stop.set
+        )
         self.session.add_sink(self)
 
     def __call__(self, out: OutputTick) -> None:
@@ -86,11 +88,12 @@ class Recorder:
             self._drain_until = time.monotonic() + DRAIN_SECONDS
             self._stop.set()
         await asyncio.shield(self._done)  # the thread resolves it on every path; shielded: a cancelled caller
-        if self.error is not None:        # (session closing) must not leave a half-written file behind
+        if self.error is not None:  # (session closing) must not leave a half-written file behind
             raise ServerFault(f"recording failed: {self.error}")
         if self.frames == 0:
-            raise Conflict("nothing was recorded: end_record came before the session's first video "
-                           "frame; record for longer")
+            raise Conflict(
+                "nothing was recorded: end_record came before the session's first video frame; record for longer"
+            )
         if self.dropped:
             log.warning("recording %s: %d ticks dropped (encoder too slow)", self.path.name, self.dropped)
         return self.path
@@ -144,12 +147,14 @@ class Recorder:
                     first = out.tick
                     container, video, audio = self._open(*out.frame.shape[:2])
                 assert video is not None and audio is not None
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(out.frame[:video.height, :video.width]),
-                                                   format="bgr24")
+                frame = av.VideoFrame.from_ndarray(
+                    np.ascontiguousarray(out.frame[: video.height, : video.width]), format="bgr24"
+                )
                 frame.pts = out.tick - first
                 container.mux(video.encode(frame))
-                pcm = av.AudioFrame.from_ndarray(np.asarray(out.audio, np.float32).reshape(1, -1), format="flt",
-                                                 layout="mono")
+                pcm = av.AudioFrame.from_ndarray(
+                    np.asarray(out.audio, np.float32).reshape(1, -1), format="flt", layout="mono"
+                )
                 pcm.sample_rate = SAMPLE_RATE
                 pcm.pts = (out.tick - first) * TICK_SAMPLES
                 container.mux(audio.encode(pcm))

@@ -3,6 +3,7 @@
 with a 400 naming the field otherwise. GPT-SoVITS: `refaudio` is a path on that server (as --REF_FILE).
 CosyVoice: the name of a WAV file beside --REF_FILE on this server (a client never names any other file here).
 `/human` `tts` (a per-request voice) is refused with a 400: the reference voice is chosen per session."""
+
 from __future__ import annotations
 
 import asyncio
@@ -48,8 +49,10 @@ def reference_of(body: dict[str, Any], voice: str, config: ServerConfig) -> Refe
         return None
     if voice not in CLONING_VOICES:
         named = "'refaudio'" if audio is not None else "'reftext'"
-        raise BadRequest(f"{named} (a reference voice for the session) is not supported by the voice "
-                         f"{voice!r}; it needs {' or '.join(CLONING_VOICES)} (--tts)")
+        raise BadRequest(
+            f"{named} (a reference voice for the session) is not supported by the voice "
+            f"{voice!r}; it needs {' or '.join(CLONING_VOICES)} (--tts)"
+        )
     if voice == "cosyvoice" and audio is not None:
         audio = str(_recording(audio, config))
     return Reference(audio, text)
@@ -71,16 +74,20 @@ def _recording(name: str, config: ServerConfig) -> Path:
     folder = configured.recording.parent  # beside --REF_FILE
     path = folder / name
     if not _RECORDING_NAME.fullmatch(name) or not path.is_file():
-        raise BadRequest(f"'refaudio' must name a .wav file beside the configured reference recording "
-                         f"(in {folder}); {name!r} is not one")
+        raise BadRequest(
+            f"'refaudio' must name a .wav file beside the configured reference recording "
+            f"(in {folder}); {name!r} is not one"
+        )
     return path
 
 
 def check_tts_field(body: dict[str, Any]) -> None:
     """/human `tts` (LiveTalking: per-request ref_file/ref_text): a 400, unless it is empty."""
     if body.get("tts") not in (None, {}, ""):
-        raise BadRequest("'tts' (a voice per request) is not supported: choose the session's reference voice "
-                         "with /offer 'refaudio' and 'reftext' (gpt-sovits, cosyvoice), or its voice with 'voice'")
+        raise BadRequest(
+            "'tts' (a voice per request) is not supported: choose the session's reference voice "
+            "with /offer 'refaudio' and 'reftext' (gpt-sovits, cosyvoice), or its voice with 'voice'"
+        )
 
 
 class OwnVoiceSpeaker(Speaker):

@@ -1,4 +1,5 @@
 """The sessions of one app: the limit on how many, their ids, and ending them (everything they own, once)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -142,8 +143,15 @@ class RegistryObserver(Protocol):
 
 
 class SessionRegistry:
-    def __init__(self, max_sessions: int, idle_timeout: float, connect_timeout: float,
-                 observer: RegistryObserver | None = None, *, tasks: TaskOwner) -> None:
+    def __init__(
+        self,
+        max_sessions: int,
+        idle_timeout: float,
+        connect_timeout: float,
+        observer: RegistryObserver | None = None,
+        *,
+        tasks: TaskOwner,
+    ) -> None:
         """`tasks`: the app's owner, which runs the endings (a session's own owner cannot: ending closes it)."""
         self.max_sessions = max_sessions
         self._tasks = tasks
@@ -209,8 +217,11 @@ class SessionRegistry:
 
     async def close_all(self) -> None:
         self._shutting_down = True
-        await asyncio.gather(*(self.end(sid, "server shutdown") for sid in list(self._sessions)),
-                             *list(self._ending.values()), return_exceptions=True)
+        await asyncio.gather(
+            *(self.end(sid, "server shutdown") for sid in list(self._sessions)),
+            *list(self._ending.values()),
+            return_exceptions=True,
+        )
 
     async def _watch(self, live: LiveSession, period: float = 1.0) -> None:
         """End the session when its client does not connect within connect_timeout, or, once connected, stops
@@ -270,8 +281,7 @@ async def close_live(live: LiveSession) -> None:
     await close_media(live.id, live.tracks, live.pc, live.session)
 
 
-async def close_media(sid: str, tracks: SessionTracks | None, pc: RTCPeerConnection | None,
-                      session: Session) -> None:
+async def close_media(sid: str, tracks: SessionTracks | None, pc: RTCPeerConnection | None, session: Session) -> None:
     if tracks is not None:
         await _step("tracks", sid, tracks.close)
     if pc is not None:

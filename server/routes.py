@@ -1,5 +1,6 @@
 """The HTTP API, LiveTalking-compatible: same routes, fields and `{code, msg, data}` bodies, plus real HTTP
 status codes on errors (400 bad input, 404 unknown session/avatar, 413 too large, 503 session limit)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -55,6 +56,7 @@ def error_response(status: int, message: str) -> web.Response:
 
 # ------------------------------------------------------------------------------------------------- input
 
+
 async def json_body(request: web.Request) -> dict[str, Any]:
     """The JSON object of a request, read with a size cap (uploads may be large; JSON bodies may not)."""
     if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
@@ -106,13 +108,17 @@ def admit_speech(state: AppState, live: LiveSession, audio_seconds: float = 0.0)
     """429 when the session already has as much speech waiting as it may (requests or seconds)."""
     c = state.config
     if live.voice.pending >= c.max_pending_requests:
-        raise TooBusy(f"this session already has {live.voice.pending} requests waiting to be spoken (the "
-                      f"limit is {c.max_pending_requests}); wait for them to play, or /interrupt_talk")
+        raise TooBusy(
+            f"this session already has {live.voice.pending} requests waiting to be spoken (the "
+            f"limit is {c.max_pending_requests}); wait for them to play, or /interrupt_talk"
+        )
     queued = live.queued_seconds
     if queued + audio_seconds > c.max_queued_seconds:
-        raise TooBusy(f"this session already has {queued:.0f} s of speech waiting to be played; "
-                      f"{'with this audio ' if audio_seconds else ''}that would pass the limit of "
-                      f"{c.max_queued_seconds:g} s; wait for it to play, or /interrupt_talk")
+        raise TooBusy(
+            f"this session already has {queued:.0f} s of speech waiting to be played; "
+            f"{'with this audio ' if audio_seconds else ''}that would pass the limit of "
+            f"{c.max_queued_seconds:g} s; wait for it to play, or /interrupt_talk"
+        )
 
 
 def text_field(state: AppState, body: dict[str, Any]) -> str:
@@ -125,6 +131,7 @@ def text_field(state: AppState, body: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- routes
+
 
 async def offer(request: web.Request) -> web.Response:
     state = request.app[STATE]
@@ -154,9 +161,15 @@ async def offer(request: web.Request) -> web.Response:
     return web.json_response({"sdp": local.sdp, "type": local.type, "sessionid": sid, "code": 0, "msg": "ok"})
 
 
-async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str, voice: str | None,
-                        reference: Reference | None = None, custom: tuple[CustomClip, ...] = ()
-                        ) -> RTCSessionDescription:
+async def _open_session(
+    state: AppState,
+    sid: str,
+    sdp: str,
+    avatar_id: str,
+    voice: str | None,
+    reference: Reference | None = None,
+    custom: tuple[CustomClip, ...] = (),
+) -> RTCSessionDescription:
     """Create, connect and register session `sid`; on any failure nothing of it is left behind."""
     avatar, actions = await loaded_avatar(state, avatar_id)
     custom_actions, idle = await decode_custom_clips(custom, avatar, state.config.max_avatar_seconds)
@@ -177,8 +190,9 @@ async def _open_session(state: AppState, sid: str, sdp: str, avatar_id: str, voi
             speaker = await reference_speaker(state.config, state.services, session, reference)
         else:
             speaker = await state.services.new_voice(session, voice)
-        live = LiveSession(sid, session, tracks, pc, speaker, voice_name=voice or state.services.voices[0],
-                           custom_clips=custom)
+        live = LiveSession(
+            sid, session, tracks, pc, speaker, voice_name=voice or state.services.voices[0], custom_clips=custom
+        )
         await session.start()
         state.registry.add(live)
     except BaseException:
@@ -206,7 +220,7 @@ async def human(request: web.Request) -> web.Response:
     check_tts_field(body)
     kind = body.get("type")
     if kind not in ("echo", "chat"):
-        raise BadRequest("'type' must be \"echo\" (speak the text) or \"chat\" (answer it)")
+        raise BadRequest('\'type\' must be "echo" (speak the text) or "chat" (answer it)')
     if body.get("interrupt") in _TRUE:
         await live.voice.interrupt()
         live.check_open()  # the interrupt was awaited: the session may have ended meanwhile
@@ -271,8 +285,7 @@ async def set_audiotype(request: web.Request) -> web.Response:
         raise BadRequest("'audiotype' must be an integer")
     if audiotype not in live.session.actions:  # checked here: a KeyError from inside would be a bug, not a 400
         have = ", ".join(str(k) for k in sorted(live.session.actions)) or "none"
-        raise BadRequest(f"avatar {live.session.avatar.avatar_id!r} has no action clip {audiotype} "
-                         f"(available: {have})")
+        raise BadRequest(f"avatar {live.session.avatar.avatar_id!r} has no action clip {audiotype} (available: {have})")
     live.session.set_audiotype(audiotype)
     return ok()
 
@@ -299,7 +312,7 @@ async def record(request: web.Request) -> web.Response:
             if live.recorder is recorder:
                 live.recorder = None
         return ok({"url": f"/record/{live.id}"})
-    raise BadRequest("'type' must be \"start_record\" or \"end_record\"")
+    raise BadRequest('\'type\' must be "start_record" or "end_record"')
 
 
 async def download_record(request: web.Request) -> web.StreamResponse:
@@ -323,8 +336,10 @@ async def sse(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     live = live_session(state, request.query.get("sessionid"))
     if live.sse_streams >= state.config.max_sse_per_session:
-        raise TooBusy(f"this session already has {live.sse_streams} /sse streams open (the limit is "
-                      f"{state.config.max_sse_per_session}); close one first")
+        raise TooBusy(
+            f"this session already has {live.sse_streams} /sse streams open (the limit is "
+            f"{state.config.max_sse_per_session}); close one first"
+        )
     live.sse_streams += 1
     queue = live.session.subscribe()
     try:
@@ -334,8 +349,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
         live.sse_streams -= 1
 
 
-async def stream_events(request: web.Request, queue: asyncio.Queue, encode: Callable[[Any], str]
-                        ) -> web.StreamResponse:
+async def stream_events(request: web.Request, queue: asyncio.Queue, encode: Callable[[Any], str]) -> web.StreamResponse:
     """Server-sent events: each item of `queue` as `data: encode(item)` until a None (the source ended), with a
     heartbeat comment when nothing comes for a while; a client that goes away ends it."""
     resp = web.StreamResponse(headers=SSE_HEADERS)
@@ -357,8 +371,15 @@ async def stream_events(request: web.Request, queue: asyncio.Queue, encode: Call
 
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response({"ok": True, "sessions": len(state.registry), "max_session": state.registry.max_sessions,
-                              "engine": state.services.engine.describe(), "voices": state.services.voices})
+    return web.json_response(
+        {
+            "ok": True,
+            "sessions": len(state.registry),
+            "max_session": state.registry.max_sessions,
+            "engine": state.services.engine.describe(),
+            "voices": state.services.voices,
+        }
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -366,8 +387,22 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 # Every route here but /healthz and the page's static files needs the token when tokens are configured.
-API_PATHS = frozenset({"/offer", "/human", "/humanaudio", "/interrupt_talk", "/is_speaking", "/set_audiotype",
-                       "/record", "/record/{sessionid}", "/sse", "/metrics", "/ws/audio", "/set_avatar"})
+API_PATHS = frozenset(
+    {
+        "/offer",
+        "/human",
+        "/humanaudio",
+        "/interrupt_talk",
+        "/is_speaking",
+        "/set_audiotype",
+        "/record",
+        "/record/{sessionid}",
+        "/sse",
+        "/metrics",
+        "/ws/audio",
+        "/set_avatar",
+    }
+)
 
 
 def is_protected(request: web.Request) -> bool:

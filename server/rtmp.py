@@ -10,6 +10,7 @@ With --transport rtmp the server starts one more session with the server, driven
 --push_session_id (LiveTalking's pages use "0"), whose output goes to --push_url; browsers still get sessions of
 their own over WebRTC at the same time.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,9 @@ X264_OPTIONS: dict[str, object] = {"preset": "veryfast", "tune": "zerolatency", 
 class RtmpPusher:
     """Pushes a session's output to `url` from its own thread, reconnecting when the server goes away."""
 
-    def __init__(self, session: Session, url: str, video_bitrate: int = 1_500_000,
-                 backoff: tuple[float, float] = BACKOFF_S) -> None:
+    def __init__(
+        self, session: Session, url: str, video_bitrate: int = 1_500_000, backoff: tuple[float, float] = BACKOFF_S
+    ) -> None:
         self.session = session
         self.url = url
         self.video_bitrate = video_bitrate
@@ -72,8 +74,9 @@ class RtmpPusher:
     def start(self) -> None:
         """Start pushing from a thread owned by the session's task owner (it stops the thread if the session
         closes first)."""
-        self._thread = self.session.tasks.start_thread(self._run, f"rtmp-{self.session.session_id}",
-                                                       stop=self._stop.set)
+        self._thread = self.session.tasks.start_thread(
+            self._run, f"rtmp-{self.session.session_id}", stop=self._stop.set
+        )
         self.session.add_sink(self)
 
     def __call__(self, out: OutputTick) -> None:
@@ -130,8 +133,9 @@ class RtmpPusher:
                 # A frame of another size (the avatar was switched) is scaled to the stream's by the encoder.
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(out.frame), format="bgr24")
                 frame.pts, frame.time_base = out.tick, VIDEO_TIME_BASE
-                sound = av.AudioFrame.from_ndarray(to_s16(upsample(out.audio)).reshape(1, -1), format="s16",
-                                                   layout="mono")
+                sound = av.AudioFrame.from_ndarray(
+                    to_s16(upsample(out.audio)).reshape(1, -1), format="s16", layout="mono"
+                )
                 sound.sample_rate, sound.time_base = AUDIO_OUT_RATE, AUDIO_TIME_BASE
                 sound.pts = AUDIO_SAMPLES_PER_TICK * out.tick  # the same tick as its frame: one media clock
                 container.mux(video.encode(frame))  # the first write connects (PyAV opens the output lazily)
@@ -147,8 +151,9 @@ class RtmpPusher:
             with contextlib.suppress(av.FFmpegError, OSError):
                 container.close()
 
-    def _add_streams(self, container: av.container.OutputContainer, width: int, height: int
-                     ) -> tuple[av.VideoStream, av.AudioStream]:
+    def _add_streams(
+        self, container: av.container.OutputContainer, width: int, height: int
+    ) -> tuple[av.VideoStream, av.AudioStream]:
         video = container.add_stream("libx264", rate=VIDEO_FPS)
         video.width, video.height, video.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
         video.bit_rate = self.video_bitrate
@@ -160,6 +165,7 @@ class RtmpPusher:
 
 
 # ------------------------------------------------------------------------------------------------ the session
+
 
 async def open_push_session(state: AppState) -> LiveSession:
     """The session whose output is pushed to --push_url, registered under --push_session_id (no peer, so no
@@ -173,8 +179,15 @@ async def open_push_session(state: AppState) -> LiveSession:
     session.use_custom_clips(custom_actions, idle)
     live: LiveSession | None = None
     try:
-        live = LiveSession(config.push_session_id, session, None, None, await services.new_voice(session),
-                           voice_name=services.voices[0], custom_clips=custom)
+        live = LiveSession(
+            config.push_session_id,
+            session,
+            None,
+            None,
+            await services.new_voice(session),
+            voice_name=services.voices[0],
+            custom_clips=custom,
+        )
         live.pusher = RtmpPusher(session, config.push_url)
         live.pusher.start()
         await session.start()
@@ -187,6 +200,7 @@ async def open_push_session(state: AppState) -> LiveSession:
 
 def setup(app: web.Application) -> None:
     """With --transport rtmp, the pushed session starts with the server (and ends with the other sessions)."""
+
     async def start(app: web.Application) -> None:
         state = app[STATE]
         if "rtmp" in state.config.transports:

@@ -2,6 +2,7 @@
 
 Each session gets its own Voice (a Speaker with its own Conversation history, or a RealtimeClient) on top.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -51,9 +52,16 @@ class Services:
     @classmethod
     async def create(cls, config: ServerConfig, engine: Engine | None = None) -> Services:
         if engine is None:
-            engine = await asyncio.to_thread(create_engine, config.engine, config.models_dir, config.version,
-                                             config.batch_size, config.device, config.right_context,
-                                             config.render_pool)
+            engine = await asyncio.to_thread(
+                create_engine,
+                config.engine,
+                config.models_dir,
+                config.version,
+                config.batch_size,
+                config.device,
+                config.right_context,
+                config.render_pool,
+            )
         tts = await asyncio.to_thread(build_tts, config)
         services = cls(config, engine, tts, build_llm(config))
         await services.avatar(config.avatar_id)  # a broken default avatar stops the start, not the first visitor
@@ -121,8 +129,13 @@ class Services:
         if name == "realtime" and c.tts == "realtime":
             realtime = c.realtime_options()
             return RealtimeVoice(session, realtime.client, realtime.session_config())
-        return Speaker(session, await self.tts(name), self.conversation(),
-                       on_first_audio=session.stats.record_tts_first_audio, tasks=session.tasks)
+        return Speaker(
+            session,
+            await self.tts(name),
+            self.conversation(),
+            on_first_audio=session.stats.record_tts_first_audio,
+            tasks=session.tasks,
+        )
 
     async def transcriber(self) -> Transcriber:
         """The speech recogniser, loaded on first use (a few seconds), once per process."""

@@ -1,4 +1,5 @@
 """What the request handlers share: built at app startup, stored on the aiohttp app (no module globals)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ PyAV (FFmpeg) reads every common format (wav, mp3, ogg/opus, flac, m4a, webm) an
 resamples any rate in linear time, so a header claiming an odd rate cannot make resampling expensive. Decoding
 stops as soon as the audio passes the duration limit, so a small file that expands to hours costs little.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,8 +25,9 @@ MAX_CHANNELS = 16
 _READ_CHUNK = 64 * 1024
 
 
-async def read_form(reader: MultipartReader, max_bytes: int, check: Callable[[dict[str, str]], None],
-                    key: str = "sessionid") -> bytes:
+async def read_form(
+    reader: MultipartReader, max_bytes: int, check: Callable[[dict[str, str]], None], key: str = "sessionid"
+) -> bytes:
     """The `file` part of a multipart form, reading at most `max_bytes` of it.
 
     `check(fields)` runs once on the text fields: as soon as field `key` has arrived, so that a form sending it
@@ -70,8 +72,10 @@ def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
             stream = container.streams.audio[0]
             codec = stream.codec_context
             if codec is None:  # FFmpeg found no decoder for what the header describes (e.g. 0 bits a sample)
-                raise BadRequest("cannot decode the audio file: its audio format is not supported "
-                                 "(the header describes no decodable codec)")
+                raise BadRequest(
+                    "cannot decode the audio file: its audio format is not supported "
+                    "(the header describes no decodable codec)"
+                )
             rate, channels = codec.sample_rate, codec.channels
             if not MIN_RATE <= (rate or 0) <= MAX_RATE:
                 raise BadRequest(f"unsupported sample rate {rate} Hz (expected {MIN_RATE}..{MAX_RATE})")

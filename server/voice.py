@@ -1,4 +1,5 @@
 """What a session speaks with: voices.speaker.Speaker (TTS + LLM), or RealtimeVoice (--tts realtime)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -58,8 +59,15 @@ class RealtimeVoice:
     `tts_error` for the page); refused credentials end it with one `tts_error` and one log line. The service's
     error events become `llm_error`."""
 
-    def __init__(self, session: Session, connect: Callable[[], RealtimeClient], setup: dict[str, Any], *,
-                 first_delay: float = 0.5, max_delay: float = 8.0) -> None:
+    def __init__(
+        self,
+        session: Session,
+        connect: Callable[[], RealtimeClient],
+        setup: dict[str, Any],
+        *,
+        first_delay: float = 0.5,
+        max_delay: float = 8.0,
+    ) -> None:
         self.session = session
         self._new_client = connect
         self._setup = setup  # the session.update body, sent on every (re)connection

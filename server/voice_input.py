@@ -6,6 +6,7 @@ Silero VAD -> transcription (faster-whisper) -> chat, with barge-in. Events publ
 `user_speech_start` (the user began to speak; if the avatar was speaking it is interrupted), `user_text` (the
 transcript, which is then sent to chat), `asr_error`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,14 @@ log = logging.getLogger(__name__)
 
 
 class VoiceInput:
-    def __init__(self, track: MediaStreamTrack, session: Session, voice: Voice,
-                 transcriber: Callable[[], Awaitable[Transcriber]], vad: VADConfig | None = None) -> None:
+    def __init__(
+        self,
+        track: MediaStreamTrack,
+        session: Session,
+        voice: Voice,
+        transcriber: Callable[[], Awaitable[Transcriber]],
+        vad: VADConfig | None = None,
+    ) -> None:
         self.track = track
         self.session = session
         self.voice = voice

@@ -1,4 +1,5 @@
 """WebRTC signalling helpers: ICE configuration (no STUN/TURN unless asked) and answering an offer."""
+
 from __future__ import annotations
 
 import base64
@@ -56,8 +57,7 @@ class IceOptions:
     def turn_credentials(self) -> tuple[str | None, str | None]:
         """The TURN user name and password: fresh REST credentials with a secret, else the static ones."""
         if self.turn_secret:
-            return turn_rest_credentials(self.turn_secret, self.turn_username or DEFAULT_TURN_REST_USER,
-                                         self.turn_ttl)
+            return turn_rest_credentials(self.turn_secret, self.turn_username or DEFAULT_TURN_REST_USER, self.turn_ttl)
         return self.turn_username, self.turn_password
 
     def servers(self) -> list[IceServer]:
@@ -96,10 +96,15 @@ def check_offer(sdp: str) -> None:
     Every offer needs a DTLS fingerprint, ICE credentials and an RTP audio or video section. Candidates it may
     lack: the client then reaches our candidates itself and is learnt as a peer-reflexive one (a browser with
     no usable interface of its own does that); an offer that never connects is ended by the connect timeout."""
-    missing = [what for what, needle in (("a DTLS fingerprint (a=fingerprint)", "a=fingerprint:"),
-                                         ("an ICE user fragment (a=ice-ufrag)", "a=ice-ufrag:"),
-                                         ("an ICE password (a=ice-pwd)", "a=ice-pwd:"))
-               if needle not in sdp]
+    missing = [
+        what
+        for what, needle in (
+            ("a DTLS fingerprint (a=fingerprint)", "a=fingerprint:"),
+            ("an ICE user fragment (a=ice-ufrag)", "a=ice-ufrag:"),
+            ("an ICE password (a=ice-pwd)", "a=ice-pwd:"),
+        )
+        if needle not in sdp
+    ]
     media = [m for m in _MEDIA_LINE.finditer(sdp) if m.group(2) != "0" and "RTP" in m.group(3)]
     if not media:
         missing.append("an audio or video media section (m=audio / m=video over RTP, port not 0)")
@@ -107,8 +112,9 @@ def check_offer(sdp: str) -> None:
         raise BadRequest("the offer SDP lacks " + "; ".join(missing))
 
 
-async def answer(pc: RTCPeerConnection, sdp: str, kind: str,
-                 tracks: Sequence[MediaStreamTrack]) -> RTCSessionDescription:
+async def answer(
+    pc: RTCPeerConnection, sdp: str, kind: str, tracks: Sequence[MediaStreamTrack]
+) -> RTCSessionDescription:
     """Attach our send tracks, apply the remote offer and return the answer (ICE gathering complete)."""
     for track in tracks:
         pc.addTrack(track)

@@ -19,6 +19,7 @@ Session.push_audio: the same framer, lip-sync and A/V clock as /humanaudio), but
 read only as fast as the voice takes the pieces, and never while the session holds --max_queued_seconds of
 unplayed speech, so a fast sender is slowed by TCP instead of filling memory.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -146,26 +147,36 @@ class AudioStream:
         try:
             msg = await self._message(HEADER_TIMEOUT_S)
         except TimeoutError as e:
-            raise StreamClosed(WSCloseCode.POLICY_VIOLATION,
-                               f"no start message within {HEADER_TIMEOUT_S:g} s") from e
+            raise StreamClosed(WSCloseCode.POLICY_VIOLATION, f"no start message within {HEADER_TIMEOUT_S:g} s") from e
         if msg.type == WSMsgType.BINARY:
-            raise StreamClosed(WSCloseCode.POLICY_VIOLATION, 'audio before the start message: send {"type": '
-                                                             '"start", "sample_rate": 16000} first')
+            raise StreamClosed(
+                WSCloseCode.POLICY_VIOLATION,
+                'audio before the start message: send {"type": "start", "sample_rate": 16000} first',
+            )
         if msg.type != WSMsgType.TEXT:
             raise StreamClosed(WSCloseCode.OK, "closed before the start message")
         header = self._control(msg.data)
         if header.get("type") != "start":
-            raise StreamClosed(WSCloseCode.POLICY_VIOLATION, "the first message must be {\"type\": \"start\", "
-                                                             "\"sample_rate\": ...}")
+            raise StreamClosed(
+                WSCloseCode.POLICY_VIOLATION, 'the first message must be {"type": "start", "sample_rate": ...}'
+            )
         rate = header.get("sample_rate")
         if isinstance(rate, bool) or rate not in RATES:
-            raise StreamClosed(WSCloseCode.UNSUPPORTED_DATA, f"sample_rate must be one of "
-                                                             f"{', '.join(map(str, RATES))} (PCM16 mono), got {rate!r}")
+            raise StreamClosed(
+                WSCloseCode.UNSUPPORTED_DATA,
+                f"sample_rate must be one of {', '.join(map(str, RATES))} (PCM16 mono), got {rate!r}",
+            )
         self.rate = rate
         self._resampler = StreamResampler(rate, SAMPLE_RATE)
-        await self.ws.send_json({"type": "ready", "sample_rate": rate, "format": "pcm16le mono",
-                                 "max_message_bytes": self.max_message_bytes,
-                                 "max_queued_seconds": self.state.config.max_queued_seconds})
+        await self.ws.send_json(
+            {
+                "type": "ready",
+                "sample_rate": rate,
+                "format": "pcm16le mono",
+                "max_message_bytes": self.max_message_bytes,
+                "max_queued_seconds": self.state.config.max_queued_seconds,
+            }
+        )
 
     @property
     def max_message_bytes(self) -> int:
@@ -197,8 +208,11 @@ class AudioStream:
         while True:
             if self.live.closed:
                 raise StreamClosed(WSCloseCode.GOING_AWAY, "the session ended")
-            wait = SESSION_POLL_S if deadline is None else min(SESSION_POLL_S,
-                                                                deadline - asyncio.get_running_loop().time())
+            wait = (
+                SESSION_POLL_S
+                if deadline is None
+                else min(SESSION_POLL_S, deadline - asyncio.get_running_loop().time())
+            )
             if wait <= 0:
                 raise TimeoutError
             try:
@@ -229,21 +243,29 @@ class AudioStream:
         elif kind == "text":
             text = body.get("text")
             if not isinstance(text, str) or len(text) > self.state.config.max_text_chars:
-                raise StreamClosed(WSCloseCode.POLICY_VIOLATION, f"'text' must be a string of at most "
-                                                                 f"{self.state.config.max_text_chars} characters")
+                raise StreamClosed(
+                    WSCloseCode.POLICY_VIOLATION,
+                    f"'text' must be a string of at most {self.state.config.max_text_chars} characters",
+                )
             self._label = text
         else:
-            raise StreamClosed(WSCloseCode.POLICY_VIOLATION, f"unknown message type {kind!r} (expected "
-                                                             f"end_of_utterance, interrupt or text)")
+            raise StreamClosed(
+                WSCloseCode.POLICY_VIOLATION,
+                f"unknown message type {kind!r} (expected end_of_utterance, interrupt or text)",
+            )
 
     async def _audio(self, data: bytes) -> None:
         if len(data) % 2:
-            raise StreamClosed(WSCloseCode.INVALID_TEXT, "an audio message must hold whole PCM16 samples "
-                                                         "(an even number of bytes)")
+            raise StreamClosed(
+                WSCloseCode.INVALID_TEXT, "an audio message must hold whole PCM16 samples (an even number of bytes)"
+            )
         if len(data) > self.max_message_bytes:
-            raise StreamClosed(WSCloseCode.MESSAGE_TOO_BIG, f"an audio message may hold at most "
-                                                            f"{MAX_MESSAGE_SECONDS:g} s ({self.max_message_bytes} "
-                                                            f"bytes at {self.rate} Hz)")
+            raise StreamClosed(
+                WSCloseCode.MESSAGE_TOO_BIG,
+                f"an audio message may hold at most "
+                f"{MAX_MESSAGE_SECONDS:g} s ({self.max_message_bytes} "
+                f"bytes at {self.rate} Hz)",
+            )
         if self._dropping or not data:
             return
         assert self._resampler is not None
@@ -278,8 +300,9 @@ class AudioStream:
         played (--max_queued_seconds) or, before a new utterance, requests waiting (--max_pending_requests)."""
         c = self.state.config
         while not self.live.closed and (
-                self.live.queued_seconds + self._buffered_seconds + seconds > c.max_queued_seconds
-                or (self._utterance is None and self.live.voice.pending >= c.max_pending_requests)):
+            self.live.queued_seconds + self._buffered_seconds + seconds > c.max_queued_seconds
+            or (self._utterance is None and self.live.voice.pending >= c.max_pending_requests)
+        ):
             await asyncio.sleep(TICK_SECONDS)
 
     @property
@@ -315,8 +338,9 @@ class AudioStream:
 async def ws_audio(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     live = live_session(state, request.query.get("sessionid"))
-    ws = web.WebSocketResponse(max_msg_size=int(max(RATES) * 2 * MAX_MESSAGE_SECONDS) + 1024,
-                               heartbeat=HEARTBEAT_S, timeout=CLOSE_TIMEOUT_S)
+    ws = web.WebSocketResponse(
+        max_msg_size=int(max(RATES) * 2 * MAX_MESSAGE_SECONDS) + 1024, heartbeat=HEARTBEAT_S, timeout=CLOSE_TIMEOUT_S
+    )
     if not ws.can_prepare(request).ok:
         raise BadRequest("/ws/audio is a WebSocket: connect with a WebSocket client (Upgrade: websocket)")
     streams = request.app[STREAMS]

@@ -11,6 +11,7 @@ and the NUL. The whisper converter (``ctranslate2.converters.transformers.Whispe
 projection has no bias, so its third of the bias is zero), ``self_attention/linear_1`` (out projection),
 ``self_attention/layer_norm``, ``ffn/linear_{0,1}`` and ``ffn/layer_norm``; layer norms as gamma / beta.
 """
+
 from __future__ import annotations
 
 import struct
@@ -46,7 +47,7 @@ def read_ct2_variables(path: Path) -> dict[str, np.ndarray]:
     def string() -> str:
         nonlocal pos
         n = take("H")
-        value = data[pos:pos + n - 1].decode()
+        value = data[pos : pos + n - 1].decode()
         pos += n
         return value
 
@@ -63,19 +64,24 @@ def read_ct2_variables(path: Path) -> dict[str, np.ndarray]:
         size = take("I")
         if dtype == "bfloat16":
             raise ValueError(f"{name}: bfloat16 is not read here")
-        out[name] = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"), count=size // np.dtype(dtype).itemsize,
-                                  offset=pos).reshape(dims)
+        out[name] = np.frombuffer(
+            data, dtype=np.dtype(dtype).newbyteorder("<"), count=size // np.dtype(dtype).itemsize, offset=pos
+        ).reshape(dims)
         pos += size
     return out
 
 
 def ct2_encoder_state_dict(variables: dict[str, np.ndarray], n_layers: int) -> dict[str, torch.Tensor]:
     """transformers ``WhisperEncoder`` state dict from the CTranslate2 whisper encoder variables (float32)."""
+
     def t(name: str) -> torch.Tensor:
         return torch.from_numpy(variables["encoder/" + name].astype(np.float32))
 
-    state = {"embed_positions.weight": t("position_encodings/encodings"),
-             "layer_norm.weight": t("layer_norm/gamma"), "layer_norm.bias": t("layer_norm/beta")}
+    state = {
+        "embed_positions.weight": t("position_encodings/encodings"),
+        "layer_norm.weight": t("layer_norm/gamma"),
+        "layer_norm.bias": t("layer_norm/beta"),
+    }
     for conv in ("conv1", "conv2"):
         state[f"{conv}.weight"], state[f"{conv}.bias"] = t(f"{conv}/weight"), t(f"{conv}/bias")
     for i in range(n_layers):
@@ -84,19 +90,25 @@ def ct2_encoder_state_dict(variables: dict[str, np.ndarray], n_layers: int) -> d
         (q_w, k_w, v_w), (q_b, k_b, v_b) = qkv_w.chunk(3), qkv_b.chunk(3)
         if k_b.any():
             raise ValueError(f"layer {i}: a non-zero key bias, which whisper does not have")
-        state.update({
-            dst + "self_attn.q_proj.weight": q_w, dst + "self_attn.q_proj.bias": q_b,
-            dst + "self_attn.k_proj.weight": k_w,
-            dst + "self_attn.v_proj.weight": v_w, dst + "self_attn.v_proj.bias": v_b,
-            dst + "self_attn.out_proj.weight": t(src + "self_attention/linear_1/weight"),
-            dst + "self_attn.out_proj.bias": t(src + "self_attention/linear_1/bias"),
-            dst + "self_attn_layer_norm.weight": t(src + "self_attention/layer_norm/gamma"),
-            dst + "self_attn_layer_norm.bias": t(src + "self_attention/layer_norm/beta"),
-            dst + "fc1.weight": t(src + "ffn/linear_0/weight"), dst + "fc1.bias": t(src + "ffn/linear_0/bias"),
-            dst + "fc2.weight": t(src + "ffn/linear_1/weight"), dst + "fc2.bias": t(src + "ffn/linear_1/bias"),
-            dst + "final_layer_norm.weight": t(src + "ffn/layer_norm/gamma"),
-            dst + "final_layer_norm.bias": t(src + "ffn/layer_norm/beta"),
-        })
+        state.update(
+            {
+                dst + "self_attn.q_proj.weight": q_w,
+                dst + "self_attn.q_proj.bias": q_b,
+                dst + "self_attn.k_proj.weight": k_w,
+                dst + "self_attn.v_proj.weight": v_w,
+                dst + "self_attn.v_proj.bias": v_b,
+                dst + "self_attn.out_proj.weight": t(src + "self_attention/linear_1/weight"),
+                dst + "self_attn.out_proj.bias": t(src + "self_attention/linear_1/bias"),
+                dst + "self_attn_layer_norm.weight": t(src + "self_attention/layer_norm/gamma"),
+                dst + "self_attn_layer_norm.bias": t(src + "self_attention/layer_norm/beta"),
+                dst + "fc1.weight": t(src + "ffn/linear_0/weight"),
+                dst + "fc1.bias": t(src + "ffn/linear_0/bias"),
+                dst + "fc2.weight": t(src + "ffn/linear_1/weight"),
+                dst + "fc2.bias": t(src + "ffn/linear_1/bias"),
+                dst + "final_layer_norm.weight": t(src + "ffn/layer_norm/gamma"),
+                dst + "final_layer_norm.bias": t(src + "ffn/layer_norm/beta"),
+            }
+        )
     return state
 
 

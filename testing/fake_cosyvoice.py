@@ -2,6 +2,7 @@
 answers today: GET or POST multipart forms; a missing form field is FastAPI's 422 with a JSON `detail` list; a
 reference that is not audio fails inside the model's loader (500, plain text); the answer is raw PCM16 mono
 (no header) at the model's rate, one piece per sentence, streamed. Records what it received."""
+
 from __future__ import annotations
 
 import asyncio

@@ -11,6 +11,7 @@ Two origins, as on the real Hub: the Hub itself and a storage host ("CDN") for l
   that also carries an `Authorization` header. It also serves plain files by path (`bucket`), as a public bucket.
 Every request is recorded (`requests`) with its origin, method, path and the headers the tests look at.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -94,8 +95,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, body: bool) -> None:
         path = urlsplit(self.path).path
-        self.hub.requests.append(Request(self.origin, self.command, path, self.headers.get("Range"),
-                                         self.headers.get("Authorization")))
+        self.hub.requests.append(
+            Request(self.origin, self.command, path, self.headers.get("Range"), self.headers.get("Authorization"))
+        )
         if self.origin == "cdn":
             return self._storage(path, body)
         return self._resolve(path, body)
@@ -151,7 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not body:
             return None
         if hosted.cut_once_after is not None:
-            self.wfile.write(payload[:hosted.cut_once_after])
+            self.wfile.write(payload[: hosted.cut_once_after])
             hosted.cut_once_after = None
             self.close_connection = True
         else:
@@ -176,9 +178,10 @@ class _Handler(BaseHTTPRequestHandler):
 def serve_fake_hub() -> Iterator[FakeHub]:
     """The Hub and its storage host on two ports of 127.0.0.1 (two origins, as the real ones)."""
     hub = FakeHub()
-    servers = {origin: ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"hub": hub,
-                                                                                           "origin": origin}))
-               for origin in ("hub", "cdn")}
+    servers = {
+        origin: ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"hub": hub, "origin": origin}))
+        for origin in ("hub", "cdn")
+    }
     threads = [threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True) for s in servers.values()]
     for thread in threads:
         thread.start()

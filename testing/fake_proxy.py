@@ -1,5 +1,6 @@
 """A forward HTTP proxy on 127.0.0.1 (absolute-form requests and CONNECT tunnels) that records what went through it:
 to check that clients take HTTP_PROXY / HTTPS_PROXY from the environment."""
+
 from __future__ import annotations
 
 import asyncio

@@ -47,17 +47,35 @@ AUDIO_FORMATS = ("audio/pcm", "audio/pcmu", "audio/pcma")
 # The GA session fields (a subset of values is checked); None: a leaf whose value is not checked here.
 _AUDIO_FORMAT = {"type": None, "rate": None}
 SESSION_FIELDS: dict[str, Any] = {
-    "type": None, "instructions": None, "output_modalities": None, "model": None, "tools": None,
-    "tool_choice": None, "max_output_tokens": None, "include": None, "prompt": None, "tracing": None,
-    "truncation": None, "reasoning": None, "parallel_tool_calls": None,
+    "type": None,
+    "instructions": None,
+    "output_modalities": None,
+    "model": None,
+    "tools": None,
+    "tool_choice": None,
+    "max_output_tokens": None,
+    "include": None,
+    "prompt": None,
+    "tracing": None,
+    "truncation": None,
+    "reasoning": None,
+    "parallel_tool_calls": None,
     "audio": {
         "input": {"format": _AUDIO_FORMAT, "noise_reduction": None, "transcription": None, "turn_detection": None},
         "output": {"format": _AUDIO_FORMAT, "voice": None, "speed": None},
     },
 }
 RESPONSE_FIELDS: dict[str, Any] = {
-    "instructions": None, "output_modalities": None, "audio": SESSION_FIELDS["audio"], "conversation": None,
-    "metadata": None, "input": None, "max_output_tokens": None, "tool_choice": None, "tools": None, "prompt": None,
+    "instructions": None,
+    "output_modalities": None,
+    "audio": SESSION_FIELDS["audio"],
+    "conversation": None,
+    "metadata": None,
+    "input": None,
+    "max_output_tokens": None,
+    "tool_choice": None,
+    "tools": None,
+    "prompt": None,
 }
 
 
@@ -97,14 +115,27 @@ class _Conn:
         self.ws, self.rec = ws, rec
         self.ids = itertools.count(1)
         self.session: dict[str, Any] = {
-            "type": "realtime", "object": "realtime.session", "id": f"sess_{rec.connections}", "model": model,
-            "output_modalities": ["audio"], "instructions": "",
-            "audio": {"input": {"format": {"type": "audio/pcm", "rate": RATE}, "transcription": None,
-                                "turn_detection": {"type": "server_vad", "threshold": 0.5,
-                                                   "prefix_padding_ms": PREFIX_PADDING_MS,
-                                                   "silence_duration_ms": 500, "create_response": True,
-                                                   "interrupt_response": True}},
-                      "output": {"format": {"type": "audio/pcm", "rate": RATE}, "voice": "alloy", "speed": 1.0}},
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": f"sess_{rec.connections}",
+            "model": model,
+            "output_modalities": ["audio"],
+            "instructions": "",
+            "audio": {
+                "input": {
+                    "format": {"type": "audio/pcm", "rate": RATE},
+                    "transcription": None,
+                    "turn_detection": {
+                        "type": "server_vad",
+                        "threshold": 0.5,
+                        "prefix_padding_ms": PREFIX_PADDING_MS,
+                        "silence_duration_ms": 500,
+                        "create_response": True,
+                        "interrupt_response": True,
+                    },
+                },
+                "output": {"format": {"type": "audio/pcm", "rate": RATE}, "voice": "alloy", "speed": 1.0},
+            },
         }
         self.responder: asyncio.Task | None = None
         self.response_id = ""
@@ -129,39 +160,61 @@ class _Conn:
         with suppress(ConnectionError):
             await self.ws.send_json(event)
 
-    async def error(self, code: str, message: str, param: str | None = None,
-                    event_id: str | None = None, kind: str = "invalid_request_error") -> None:
-        await self.send({"type": "error", "error": {"type": kind, "code": code, "message": message,
-                                                    "param": param, "event_id": event_id}})
+    async def error(
+        self,
+        code: str,
+        message: str,
+        param: str | None = None,
+        event_id: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
+        await self.send(
+            {
+                "type": "error",
+                "error": {"type": kind, "code": code, "message": message, "param": param, "event_id": event_id},
+            }
+        )
 
     # -- client events --------------------------------------------------------------------------------------
     async def handle(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         handler = {
-            "session.update": self.session_update, "conversation.item.create": self.item_create,
-            "response.create": self.response_create, "response.cancel": self.response_cancel,
-            "input_audio_buffer.append": self.append, "input_audio_buffer.commit": self.commit,
+            "session.update": self.session_update,
+            "conversation.item.create": self.item_create,
+            "response.create": self.response_create,
+            "response.cancel": self.response_cancel,
+            "input_audio_buffer.append": self.append,
+            "input_audio_buffer.commit": self.commit,
             "input_audio_buffer.clear": self.clear,
         }.get(str(kind))
         if handler is None:
-            await self.error("invalid_value", f"Invalid value: '{kind}'. Supported values are: 'session.update', "
-                             "'input_audio_buffer.append', 'conversation.item.create', 'response.create', ...",
-                             "type", event.get("event_id"))
+            await self.error(
+                "invalid_value",
+                f"Invalid value: '{kind}'. Supported values are: 'session.update', "
+                "'input_audio_buffer.append', 'conversation.item.create', 'response.create', ...",
+                "type",
+                event.get("event_id"),
+            )
             return
         await handler(event)
 
     async def session_update(self, event: dict[str, Any]) -> None:
         session = event.get("session")
         if not isinstance(session, dict):
-            await self.error("missing_required_parameter", "Missing required parameter: 'session'.", "session",
-                             event.get("event_id"))
+            await self.error(
+                "missing_required_parameter", "Missing required parameter: 'session'.", "session", event.get("event_id")
+            )
             return
         if (unknown := _unknown_field(session, SESSION_FIELDS, "session")) is not None:
             await self.error("unknown_parameter", f"Unknown parameter: '{unknown}'.", unknown, event.get("event_id"))
             return
         if session.get("type") != "realtime":
-            await self.error("missing_required_parameter", "Missing required parameter: 'session.type'.",
-                             "session.type", event.get("event_id"))
+            await self.error(
+                "missing_required_parameter",
+                "Missing required parameter: 'session.type'.",
+                "session.type",
+                event.get("event_id"),
+            )
             return
         if (invalid := _invalid_audio(session.get("audio", {}))) is not None:
             await self.error("invalid_value", f"Invalid value for '{invalid}'.", invalid, event.get("event_id"))
@@ -186,10 +239,13 @@ class _Conn:
             await self.error("unknown_parameter", f"Unknown parameter: '{unknown}'.", unknown, event.get("event_id"))
             return
         if self.responder is not None and not self.responder.done():
-            await self.error("conversation_already_has_active_response",
-                             "Conversation already has an active response in progress: "
-                             f"{self.response_id}. Wait until the response is finished before creating a new one.",
-                             None, event.get("event_id"))
+            await self.error(
+                "conversation_already_has_active_response",
+                "Conversation already has an active response in progress: "
+                f"{self.response_id}. Wait until the response is finished before creating a new one.",
+                None,
+                event.get("event_id"),
+            )
             return
         self.start_response(LONG_REPEATS if self.last_user_text == "long" else 1)
 
@@ -198,26 +254,43 @@ class _Conn:
         self.responder = asyncio.create_task(self.respond(self.response_id, repeats, 0.02 if repeats > 1 else 0.0))
 
     async def respond(self, rid: str, repeats: int, delay: float) -> None:
-        await self.send({"type": "response.created", "response": {"id": rid, "object": "realtime.response",
-                                                                  "status": "in_progress", "output": []}})
+        await self.send(
+            {
+                "type": "response.created",
+                "response": {"id": rid, "object": "realtime.response", "status": "in_progress", "output": []},
+            }
+        )
         item = self.next_id("item")
         audio = np.frombuffer(tone_pcm16(RATE, sum(REALTIME_SAMPLES) / RATE), "<i2")
-        await self.send({"type": "response.output_item.added", "response_id": rid, "output_index": 0,
-                         "item": {"id": item, "type": "message", "role": "assistant", "status": "in_progress"}})
+        await self.send(
+            {
+                "type": "response.output_item.added",
+                "response_id": rid,
+                "output_index": 0,
+                "item": {"id": item, "type": "message", "role": "assistant", "status": "in_progress"},
+            }
+        )
         pos = 0
         for k in range(repeats * len(REALTIME_SAMPLES)):
             n = REALTIME_SAMPLES[k % len(REALTIME_SAMPLES)]
-            piece = audio[pos % len(audio):][:n]
+            piece = audio[pos % len(audio) :][:n]
             pos += n
             where = {"response_id": rid, "item_id": item, "output_index": 0, "content_index": 0}
-            await self.send({"type": "response.output_audio.delta", **where,
-                             "delta": base64.b64encode(piece.tobytes()).decode()})
-            await self.send({"type": "response.output_audio_transcript.delta", **where,
-                             "delta": REALTIME_TEXT[k % len(REALTIME_TEXT)]})
+            await self.send(
+                {"type": "response.output_audio.delta", **where, "delta": base64.b64encode(piece.tobytes()).decode()}
+            )
+            await self.send(
+                {
+                    "type": "response.output_audio_transcript.delta",
+                    **where,
+                    "delta": REALTIME_TEXT[k % len(REALTIME_TEXT)],
+                }
+            )
             self.rec.deltas_sent += 1
             await asyncio.sleep(delay)
-        await self.send({"type": "response.done", "response": {"id": rid, "object": "realtime.response",
-                                                               "status": "completed"}})
+        await self.send(
+            {"type": "response.done", "response": {"id": rid, "object": "realtime.response", "status": "completed"}}
+        )
 
     async def cancel_response(self) -> bool:
         """Stop the response being generated (if any): one delta already in flight, then response.done."""
@@ -228,25 +301,38 @@ class _Conn:
             await self.responder
         self.rec.cancelled.set()
         rid = self.response_id
-        await self.send({"type": "response.output_audio.delta", "response_id": rid, "item_id": "late",
-                         "output_index": 0, "content_index": 0,
-                         "delta": base64.b64encode(tone_pcm16(RATE, 0.02)).decode()})
-        await self.send({"type": "response.done", "response": {"id": rid, "object": "realtime.response",
-                                                               "status": "cancelled"}})
+        await self.send(
+            {
+                "type": "response.output_audio.delta",
+                "response_id": rid,
+                "item_id": "late",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": base64.b64encode(tone_pcm16(RATE, 0.02)).decode(),
+            }
+        )
+        await self.send(
+            {"type": "response.done", "response": {"id": rid, "object": "realtime.response", "status": "cancelled"}}
+        )
         return True
 
     async def response_cancel(self, event: dict[str, Any]) -> None:
         if not await self.cancel_response():
-            await self.error("response_cancel_not_active", "Cancellation failed: no active response found.",
-                             None, event.get("event_id"))
+            await self.error(
+                "response_cancel_not_active",
+                "Cancellation failed: no active response found.",
+                None,
+                event.get("event_id"),
+            )
 
     # -- microphone audio and turn detection ----------------------------------------------------------------
     async def append(self, event: dict[str, Any]) -> None:
         try:
             data = base64.b64decode(event.get("audio", ""), validate=True)
         except ValueError:
-            await self.error("invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.", "audio",
-                             event.get("event_id"))
+            await self.error(
+                "invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.", "audio", event.get("event_id")
+            )
             return
         samples = np.frombuffer(data[: len(data) // 2 * 2], "<i2")
         self.rec.heard.append(samples)
@@ -271,38 +357,68 @@ class _Conn:
             started = self.samples_in - START_FRAMES * FRAME
             self.speech_start_ms = max(0, started - padding) * 1000 // RATE
             # The user's item holds the speech from its start minus the prefix padding, not the silence before.
-            self.buffer = self.buffer[max(0, len(self.buffer) - START_FRAMES * FRAME - padding):]
-            await self.send({"type": "input_audio_buffer.speech_started", "audio_start_ms": self.speech_start_ms,
-                             "item_id": self.speech_item})
+            self.buffer = self.buffer[max(0, len(self.buffer) - START_FRAMES * FRAME - padding) :]
+            await self.send(
+                {
+                    "type": "input_audio_buffer.speech_started",
+                    "audio_start_ms": self.speech_start_ms,
+                    "item_id": self.speech_item,
+                }
+            )
             if detection.get("interrupt_response", True):
                 await self.cancel_response()
             return
         self.silent_run = 0 if voiced else self.silent_run + 1
         if self.silent_run * 20 >= detection.get("silence_duration_ms", 500):
             item, self.speech_item = self.speech_item, None
-            await self.send({"type": "input_audio_buffer.speech_stopped",
-                             "audio_end_ms": self.samples_in * 1000 // RATE, "item_id": item})
+            await self.send(
+                {
+                    "type": "input_audio_buffer.speech_stopped",
+                    "audio_end_ms": self.samples_in * 1000 // RATE,
+                    "item_id": item,
+                }
+            )
             await self.commit({}, item, detection.get("create_response", True))
 
     async def commit(self, event: dict[str, Any], item: str | None = None, answer: bool = False) -> None:
         speech_ms = len(self.buffer) * 1000 // RATE
         if speech_ms < 100:
-            await self.error("input_audio_buffer_commit_empty", "Error committing input audio buffer: buffer too "
-                             f"small. Expected at least 100ms of audio, but buffer only has {speech_ms}ms of audio.",
-                             None, event.get("event_id"))
+            await self.error(
+                "input_audio_buffer_commit_empty",
+                "Error committing input audio buffer: buffer too "
+                f"small. Expected at least 100ms of audio, but buffer only has {speech_ms}ms of audio.",
+                None,
+                event.get("event_id"),
+            )
             return
         item = item or self.next_id("item")
         turn, self.buffer = self.buffer, np.zeros(0, np.int16)
         await self.send({"type": "input_audio_buffer.committed", "previous_item_id": None, "item_id": item})
-        await self.send({"type": "conversation.item.added", "previous_item_id": None, "item": {
-            "id": item, "type": "message", "role": "user", "status": "completed",
-            "content": [{"type": "input_audio", "transcript": None}]}})
+        await self.send(
+            {
+                "type": "conversation.item.added",
+                "previous_item_id": None,
+                "item": {
+                    "id": item,
+                    "type": "message",
+                    "role": "user",
+                    "status": "completed",
+                    "content": [{"type": "input_audio", "transcript": None}],
+                },
+            }
+        )
         if self.session["audio"]["input"].get("transcription"):
             transcribe = self.rec.transcribe
             transcript = await transcribe(turn / 32768.0) if transcribe else heard_transcript(speech_ms)
-            await self.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": item,
-                             "content_index": 0, "transcript": transcript,
-                             "usage": {"type": "duration", "seconds": speech_ms / 1000}})
+            await self.send(
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item,
+                    "content_index": 0,
+                    "transcript": transcript,
+                    "usage": {"type": "duration", "seconds": speech_ms / 1000},
+                }
+            )
         self.last_user_text = ""
         if answer:
             self.start_response(1)
@@ -322,8 +438,11 @@ def _unknown_field(value: dict[str, Any], fields: dict[str, Any], path: str) -> 
     for key, sub in value.items():
         if key not in fields:
             return f"{path}.{key}"
-        if (isinstance(fields[key], dict) and isinstance(sub, dict)
-                and (unknown := _unknown_field(sub, fields[key], f"{path}.{key}")) is not None):
+        if (
+            isinstance(fields[key], dict)
+            and isinstance(sub, dict)
+            and (unknown := _unknown_field(sub, fields[key], f"{path}.{key}")) is not None
+        ):
             return unknown
     return None
 
@@ -349,8 +468,7 @@ def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
 
 
 def _refused(status: int, message: str, code: str, kind: str = "invalid_request_error") -> web.Response:
-    return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": code}},
-                             status=status)
+    return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": code}}, status=status)
 
 
 async def _realtime(request: web.Request) -> web.StreamResponse:
@@ -360,8 +478,12 @@ async def _realtime(request: web.Request) -> web.StreamResponse:
     # OpenAI: a bearer token; Azure OpenAI: an api-key header (and /openai/realtime?api-version=&deployment=).
     key = request.headers.get("api-key") or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     if not key or key.startswith("sk-bad"):
-        return _refused(401, f"Incorrect API key provided: {key or '(none)'}. You can find your API key at "
-                        "https://platform.openai.com/account/api-keys.", "invalid_api_key")
+        return _refused(
+            401,
+            f"Incorrect API key provided: {key or '(none)'}. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            "invalid_api_key",
+        )
     if rec.refusals > 0:
         rec.refusals -= 1
         return _refused(503, "The server is overloaded, please try again later.", "server_error", "server_error")
@@ -370,8 +492,11 @@ async def _realtime(request: web.Request) -> web.StreamResponse:
     rec.connections += 1
     conn = _Conn(ws, rec, request.query.get("model") or request.query.get("deployment", ""))
     if request.headers.get("OpenAI-Beta", "").startswith("realtime="):
-        await conn.error("beta_api_shape_disabled", "The Realtime API beta interface is no longer available. "
-                         "Use the GA interface: remove the 'OpenAI-Beta: realtime=v1' header and send GA events.")
+        await conn.error(
+            "beta_api_shape_disabled",
+            "The Realtime API beta interface is no longer available. "
+            "Use the GA interface: remove the 'OpenAI-Beta: realtime=v1' header and send GA events.",
+        )
         await ws.close()
         return ws
     transport = request.transport

@@ -82,8 +82,11 @@ RETRY_SOON = {"retry-after-ms": "20"}
 
 def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> web.Response:
     """An error answer in OpenAI's shape."""
-    return web.json_response({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                        "code": code}}, status=status, headers=headers)
+    return web.json_response(
+        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}},
+        status=status,
+        headers=headers,
+    )
 
 
 def _flaky(rec: Recorder, mode: object) -> web.Response | None:
@@ -146,7 +149,7 @@ async def _speech(request: web.Request) -> web.StreamResponse:
     sizes = [1001, 7, 2400, 333]  # odd sizes: samples split across pieces
     pos, k = 0, 0
     while pos < len(pcm):
-        piece = pcm[pos:pos + sizes[k % len(sizes)]]
+        piece = pcm[pos : pos + sizes[k % len(sizes)]]
         pos, k = pos + len(piece), k + 1
         if not await _write_or_note_gone(resp, piece, rec):
             return resp
@@ -182,8 +185,19 @@ def wav_stream_header(rate: int, channels: int = 1) -> bytes:
     extra LIST chunk before 'data' that a parser has to skip."""
     fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * 2 * channels, 2 * channels, 16)
     info = b"INFOISFT\x05\x00\x00\x00test\x00\x00"  # odd-sized sub chunk, padded
-    return (b"RIFF" + struct.pack("<I", 0) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
-            + b"LIST" + struct.pack("<I", len(info)) + info + b"data" + struct.pack("<I", 0))
+    return (
+        b"RIFF"
+        + struct.pack("<I", 0)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"LIST"
+        + struct.pack("<I", len(info))
+        + info
+        + b"data"
+        + struct.pack("<I", 0)
+    )
 
 
 SOVITS_RATE = 32000
@@ -201,7 +215,7 @@ async def _sovits(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     stream = wav_stream_header(SOVITS_RATE) + tone_pcm16(SOVITS_RATE, 0.5)
     for pos in range(0, len(stream), 777):  # the header itself arrives in pieces
-        await resp.write(stream[pos:pos + 777])
+        await resp.write(stream[pos : pos + 777])
     await resp.write_eof()
     return resp
 

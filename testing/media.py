@@ -1,4 +1,5 @@
 """Synthetic face videos for tests and benchmarks: written and read with PyAV."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,5 @@
 """Reading /metrics in tests the way Prometheus does: prometheus_client's own parser of the text format."""
+
 from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families

@@ -11,6 +11,7 @@ not from ``musetalk.audio_features``, so a test that compares the two checks our
 - ``floor((n / 16000) * fps)`` frames; frame i is padded steps ``[floor(i * 50 / fps), +10)``, flattened to token
   ``5 * t + state``.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,10 +32,10 @@ def official_steps(audio: np.ndarray, encoder) -> np.ndarray:
     parts = []
     with torch.no_grad():
         for start in range(0, len(audio), SEGMENT):
-            mel = extractor(audio[start:start + SEGMENT], sampling_rate=16000, return_tensors="pt").input_features
+            mel = extractor(audio[start : start + SEGMENT], sampling_rate=16000, return_tensors="pt").input_features
             states = encoder(mel.to(encoder.conv1.weight.dtype), output_hidden_states=True).hidden_states
             parts.append(torch.stack(states, dim=2).float())
-    return torch.cat(parts, dim=1)[0, :math.floor((len(audio) / 16000) * 50)].numpy()
+    return torch.cat(parts, dim=1)[0, : math.floor((len(audio) / 16000) * 50)].numpy()
 
 
 def token_order(clip: np.ndarray) -> np.ndarray:
@@ -49,14 +50,14 @@ def token_order(clip: np.ndarray) -> np.ndarray:
 def official_chunks(steps: np.ndarray, n: int, fps: int = 25) -> np.ndarray:
     """get_whisper_chunk on trimmed steps: zero-pad (zeros_like of slices of the trimmed array), slice, flatten."""
     m = 50 / fps
-    feat = steps[:math.floor((n / 16000) * 50)]
+    feat = steps[: math.floor((n / 16000) * 50)]
     pad = math.ceil(m)
     assert len(feat) >= pad * 2, "shorter utterances get less left padding upstream (documented deviation)"
-    feat = np.concatenate([np.zeros_like(feat[:pad * 2]), feat, np.zeros_like(feat[:pad * 3 * 2])])
+    feat = np.concatenate([np.zeros_like(feat[: pad * 2]), feat, np.zeros_like(feat[: pad * 3 * 2])])
     chunks = []
     for i in range(math.floor((n / 16000) * fps)):
         a = math.floor(i * m)
-        clip = feat[a:a + 10]
+        clip = feat[a : a + 10]
         assert clip.shape[0] == 10
         chunks.append(token_order(clip))
     return np.stack(chunks) if chunks else np.zeros((0, 50, steps.shape[2]), np.float32)
@@ -96,9 +97,19 @@ def check_frames_read_official_steps(got: np.ndarray, steps: np.ndarray, fps: in
 
 def micro_config() -> WhisperConfig:
     """Whisper-tiny's structure (4 layers, 1500 positions, 80 mels) at width 64: cheap 30 s windows."""
-    return WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=64, encoder_layers=4, encoder_attention_heads=2,
-                         encoder_ffn_dim=128, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=128,
-                         max_source_positions=1500, max_target_positions=16)
+    return WhisperConfig(
+        vocab_size=51865,
+        num_mel_bins=80,
+        d_model=64,
+        encoder_layers=4,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=128,
+        max_source_positions=1500,
+        max_target_positions=16,
+    )
 
 
 def perturb_norms_and_biases(module: torch.nn.Module) -> None:

@@ -1,6 +1,7 @@
 """A receiving client in a process of its own, so that a test can kill it the hard way (SIGKILL: no BYE, no
 DTLS close, no RTCP goodbye). `python -m testing.peer_process URL [TOKEN]` negotiates like the pages do,
 prints the session id, then takes the media until it is killed. Loopback only."""
+
 from __future__ import annotations
 
 import asyncio

@@ -6,6 +6,7 @@ shows a face rendered for it" checkable on a CPU far too slow for 25 fps in real
 
     python -m testing.pool_frontend --render_pool ray --app musetalk-pool --avatars_dir DIR --sessions 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ WAIT_FOR_VIDEO_S = 120.0  # a stepped tick waits this long for its frame (a load
 def speech(seconds: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(16000 * seconds)) / 16000
-    return (0.3 * np.sin(2 * np.pi * (120 + 20 * seed) * t) * (1 + 0.1 * rng.standard_normal(len(t)))
-            ).astype(np.float32)
+    return (0.3 * np.sin(2 * np.pi * (120 + 20 * seed) * t) * (1 + 0.1 * rng.standard_normal(len(t)))).astype(
+        np.float32
+    )
 
 
 def step_together(sessions: list[Session], ticks: int, wait: float = WAIT_FOR_VIDEO_S) -> list[list[OutputTick]]:
@@ -43,21 +45,26 @@ def step_together(sessions: list[Session], ticks: int, wait: float = WAIT_FOR_VI
 
 def summary(out: list[OutputTick], session: Session) -> dict:
     sources = [o.source for o in out]
-    return {"speech": sources.count(Source.SPEECH), "repeat": sources.count(Source.REPEAT),
-            "render_errors": session.stats.render_errors, "dropped_frames": session.stats.dropped_frames,
-            "repeated_frames": session.stats.repeated_frames}
+    return {
+        "speech": sources.count(Source.SPEECH),
+        "repeat": sources.count(Source.REPEAT),
+        "render_errors": session.stats.render_errors,
+        "dropped_frames": session.stats.dropped_frames,
+        "repeated_frames": session.stats.repeated_frames,
+    }
 
 
-async def run(render_pool: str, app: str, avatars_dir: Path, sessions: int, seconds: float, batch_size: int
-              ) -> dict:
+async def run(render_pool: str, app: str, avatars_dir: Path, sessions: int, seconds: float, batch_size: int) -> dict:
     from engines.ray_pool import create_pooled_engine
 
     # Off the event loop, as the server does (a DeploymentHandle's blocking calls refuse to run on one).
     engine = await asyncio.to_thread(create_pooled_engine, render_pool, "v15", batch_size, app_name=app)
     try:
         avatar = load_avatar("demo", avatars_dir)
-        live = [Session(f"s{i}", avatar, engine, options=SessionOptions(crossfade_ticks=0), stepped=True)
-                for i in range(sessions)]
+        live = [
+            Session(f"s{i}", avatar, engine, options=SessionOptions(crossfade_ticks=0), stepped=True)
+            for i in range(sessions)
+        ]
         for i, session in enumerate(live):
             await session.start()
             await session.push_audio(speech(seconds, i))
@@ -67,8 +74,13 @@ async def run(render_pool: str, app: str, avatars_dir: Path, sessions: int, seco
         for session in live:
             await session.close()
         stats = engine.pool.stats
-        return {"ticks": ticks, "sessions": [summary(o, s) for o, s in zip(outs, live)],
-                "replicas": dict(stats.by_replica), "hop_ms": 1000 * stats.hop_seconds, "lead_ticks": engine.lead_ticks}
+        return {
+            "ticks": ticks,
+            "sessions": [summary(o, s) for o, s in zip(outs, live)],
+            "replicas": dict(stats.by_replica),
+            "hop_ms": 1000 * stats.hop_seconds,
+            "lead_ticks": engine.lead_ticks,
+        }
     finally:
         await asyncio.to_thread(engine.close)
 

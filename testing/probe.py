@@ -1,4 +1,5 @@
 """A probe engine (paints each face with a function of its own tick's audio) and a synthetic avatar."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,10 +20,17 @@ def synthetic_avatar(n_frames: int = 3, size: int = 64) -> Avatar:
     frames.setflags(write=False)
     s = CROP_BOX[2] - CROP_BOX[0]
     masks = np.full((n_frames, s, s), 255, np.uint8)
-    return Avatar(avatar_id="synthetic", path=Path("/nonexistent/synthetic"), manifest={"created": "test"},
-                  frames=frames, face_boxes=np.tile(np.array(FACE_BOX, np.int32), (n_frames, 1)),
-                  crop_boxes=np.tile(np.array(CROP_BOX, np.int32), (n_frames, 1)), masks=masks,
-                  landmarks=np.zeros((n_frames, 468, 2), np.float32), fps=25.0)
+    return Avatar(
+        avatar_id="synthetic",
+        path=Path("/nonexistent/synthetic"),
+        manifest={"created": "test"},
+        frames=frames,
+        face_boxes=np.tile(np.array(FACE_BOX, np.int32), (n_frames, 1)),
+        crop_boxes=np.tile(np.array(CROP_BOX, np.int32), (n_frames, 1)),
+        masks=masks,
+        landmarks=np.zeros((n_frames, 468, 2), np.float32),
+        fps=25.0,
+    )
 
 
 def probe_value(pcm: np.ndarray) -> int:
@@ -46,10 +54,12 @@ class ProbeRenderer(Renderer):
             import time
 
             time.sleep(self.engine.delay)
-        audio = request.audio[request.left_samples:len(request.audio) - request.right_samples]
+        audio = request.audio[request.left_samples : len(request.audio) - request.right_samples]
         assert len(audio) == len(request.ticks) * TICK_SAMPLES
-        return [np.full((256, 256, 3), probe_value(audio[i * TICK_SAMPLES:(i + 1) * TICK_SAMPLES]), np.uint8)
-                for i in range(len(request.ticks))]
+        return [
+            np.full((256, 256, 3), probe_value(audio[i * TICK_SAMPLES : (i + 1) * TICK_SAMPLES]), np.uint8)
+            for i in range(len(request.ticks))
+        ]
 
 
 class ProbeBinding(AvatarBinding):
@@ -65,8 +75,9 @@ class ProbeEngine(Engine):
 
     name = "probe"
 
-    def __init__(self, batch_size: int = 4, lead_ticks: int = 3, left: int = 0, right: int = 0,
-                 delay: float = 0.0) -> None:
+    def __init__(
+        self, batch_size: int = 4, lead_ticks: int = 3, left: int = 0, right: int = 0, delay: float = 0.0
+    ) -> None:
         super().__init__()
         self.batch_size, self.lead_ticks = batch_size, lead_ticks
         self.left_context_ticks, self.right_context_ticks = left, right

@@ -6,6 +6,7 @@ ends the processes that carry this cluster's mark in their environment (`MARK`, 
 inherited by the processes Ray starts), and the agents of its raylets (started with an environment of their own
 that names their raylet): all of them are ours.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,9 @@ def quiet_env() -> dict[str, str]:
 
 
 class LocalRayCluster:
-    def __init__(self, nodes: int = 2, cpus_per_node: int = 2, port: int = DEFAULT_PORT,
-                 object_store_mb: int = 100) -> None:
+    def __init__(
+        self, nodes: int = 2, cpus_per_node: int = 2, port: int = DEFAULT_PORT, object_store_mb: int = 100
+    ) -> None:
         self.nodes, self.cpus, self.port, self.store = nodes, cpus_per_node, port, object_store_mb * 1024 * 1024
         self.root = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths must stay short
         self.address = f"127.0.0.1:{port}"
@@ -49,16 +51,38 @@ class LocalRayCluster:
         self.stop()
 
     def _ray_start(self, *args: str) -> None:
-        common = ["--node-ip-address", "127.0.0.1", "--num-cpus", str(self.cpus), "--num-gpus", "0",
-                  "--object-store-memory", str(self.store), "--disable-usage-stats"]
-        done = subprocess.run([RAY, "start", *args, *common], env={**quiet_env(), MARK: str(self.root)},
-                              capture_output=True, text=True, timeout=120)
+        common = [
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            str(self.cpus),
+            "--num-gpus",
+            "0",
+            "--object-store-memory",
+            str(self.store),
+            "--disable-usage-stats",
+        ]
+        done = subprocess.run(
+            [RAY, "start", *args, *common],
+            env={**quiet_env(), MARK: str(self.root)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"ray start {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 
     def start(self) -> None:
-        self._ray_start("--head", "--port", str(self.port), "--include-dashboard=false", "--temp-dir", str(self.root),
-                        "--ray-client-server-port", str(self.port + 1))
+        self._ray_start(
+            "--head",
+            "--port",
+            str(self.port),
+            "--include-dashboard=false",
+            "--temp-dir",
+            str(self.root),
+            "--ray-client-server-port",
+            str(self.port + 1),
+        )
         for _ in range(self.nodes - 1):
             self._ray_start("--address", self.address)
         self.processes()  # the raylets' ids, while they run
@@ -108,6 +132,8 @@ def replica_actors(app: str) -> dict:  # actor name -> ray ActorHandle
     """The actors of a Serve application's live replicas, in a driver of its cluster."""
     import ray
 
-    return {actor["name"]: ray.get_actor(actor["name"], namespace=actor["namespace"])
-            for actor in ray.util.list_named_actors(all_namespaces=True)
-            if actor["name"].startswith(f"SERVE_REPLICA::{app}#")}
+    return {
+        actor["name"]: ray.get_actor(actor["name"], namespace=actor["namespace"])
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith(f"SERVE_REPLICA::{app}#")
+    }

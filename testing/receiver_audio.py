@@ -1,5 +1,6 @@
 """When the avatar's audio reached an aiortc test client, and a spoken sentence for its microphone: what the
 speech-to-speech tests and bench/realtime_bargein.py measure barge-in with."""
+
 from __future__ import annotations
 
 import asyncio
@@ -39,7 +40,7 @@ class AudioWatch:
         a row are silent (the audio has stopped)."""
         levels = self.client.audio_levels
         i = self.count_at(t)
-        while not all(level < quiet for level in levels[i:i + frames]):
+        while not all(level < quiet for level in levels[i : i + frames]):
             i += 1
             if i + frames > len(levels):
                 raise AssertionError("the audio has not gone silent")

@@ -1,4 +1,5 @@
 """A loopback aiortc receiver for tests and benchmarks, and the guard that keeps them on 127.0.0.1."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,8 +22,10 @@ from pipeline.session import Session
 from server.media import SessionTracks
 from server.webrtc import IceOptions, answer, use_host_addresses
 
-NETNS_HINT = ("WebRTC tests and benchmarks run only inside a loopback-only network namespace, e.g.\n"
-              "  unshare -n sh -c 'ip link set lo up && .venv/bin/python -m pytest'")
+NETNS_HINT = (
+    "WebRTC tests and benchmarks run only inside a loopback-only network namespace, e.g.\n"
+    "  unshare -n sh -c 'ip link set lo up && .venv/bin/python -m pytest'"
+)
 
 
 def in_loopback_namespace() -> bool:
@@ -126,8 +129,9 @@ class LoopbackReceiver:
         await self._negotiate(answerer, IceOptions())
         return str(reply["sessionid"])
 
-    async def _negotiate(self, answerer: Callable[[RTCSessionDescription], Awaitable[RTCSessionDescription]],
-                         ice: IceOptions) -> None:
+    async def _negotiate(
+        self, answerer: Callable[[RTCSessionDescription], Awaitable[RTCSessionDescription]], ice: IceOptions
+    ) -> None:
         await self.accept(await answerer(await self.offer(ice)))
 
     async def offer(self, ice: IceOptions = IceOptions()) -> RTCSessionDescription:
@@ -199,8 +203,9 @@ def media_time_ms(frames: list[Received], clock_rate: int) -> list[float]:
 
 
 @contextlib.asynccontextmanager
-async def received(session: Session,
-                   video_region: tuple[slice, slice] | None = None) -> AsyncIterator[LoopbackReceiver]:
+async def received(
+    session: Session, video_region: tuple[slice, slice] | None = None
+) -> AsyncIterator[LoopbackReceiver]:
     """Connect a loopback receiver to the session's tracks, start the session; close everything on exit."""
     tracks = SessionTracks(session)
     receiver = LoopbackReceiver(video_region=video_region)

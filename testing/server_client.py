@@ -1,6 +1,7 @@
 """Test harness for the HTTP/WebRTC server: run the app on 127.0.0.1, and an aiortc client that connects the
 way the LiveTalking pages do (POST /offer with a complete offer, video then audio recvonly), optionally
 sending a scripted microphone."""
+
 from __future__ import annotations
 
 import asyncio
@@ -115,9 +116,10 @@ class ScriptedMicrophone(MediaStreamTrack):
             await asyncio.sleep(delay)
         chunk = np.zeros(MIC_FRAME, np.float32)
         part, self._pending = self._pending[:MIC_FRAME], self._pending[MIC_FRAME:]
-        chunk[:len(part)] = part
-        frame = AudioFrame.from_ndarray((np.clip(chunk, -1, 1) * 32767).astype(np.int16).reshape(1, -1),
-                                        format="s16", layout="mono")
+        chunk[: len(part)] = part
+        frame = AudioFrame.from_ndarray(
+            (np.clip(chunk, -1, 1) * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono"
+        )
         frame.sample_rate, frame.pts, frame.time_base = MIC_RATE, self._n * MIC_FRAME, fractions.Fraction(1, MIC_RATE)
         self._n += 1
         return frame
@@ -147,8 +149,9 @@ class Client:
             self.pc.addTransceiver("audio", direction="recvonly")
         self.pc.on("track", lambda track: self._tasks.append(asyncio.create_task(self._consume(track))))
         await self.pc.setLocalDescription(await self.pc.createOffer())  # aiortc: gathering is complete here
-        status, body = await self.server.post("/offer", {"sdp": self.pc.localDescription.sdp,
-                                                         "type": self.pc.localDescription.type, **extra})
+        status, body = await self.server.post(
+            "/offer", {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type, **extra}
+        )
         return status, body
 
     async def connect(self, **extra: Any) -> str:
@@ -194,8 +197,9 @@ async def offer_sdp() -> str:
         await pc.close()
 
 
-async def upload(server: Server, sid: object, data: bytes | None, name: str = "a.wav", sid_first: bool = True
-                 ) -> tuple[int, dict]:
+async def upload(
+    server: Server, sid: object, data: bytes | None, name: str = "a.wav", sid_first: bool = True
+) -> tuple[int, dict]:
     """POST /humanaudio as a multipart form (the session id before the file, as our page sends it, or after)."""
     form = aiohttp.FormData(default_to_multipart=True)
     if sid_first:
@@ -238,8 +242,9 @@ async def is_speaking(server: Server, sessionid: str) -> bool:
     return reply["data"]
 
 
-async def connect_with_events(server: Server, microphone: ScriptedMicrophone | None = None
-                              ) -> tuple[Client, list[dict], asyncio.Task]:
+async def connect_with_events(
+    server: Server, microphone: ScriptedMicrophone | None = None
+) -> tuple[Client, list[dict], asyncio.Task]:
     """A connected client receiving video, the list its /sse events go into, and the task filling it."""
     client = Client(server, microphone=microphone)
     sid = await client.connect()

@@ -1,5 +1,6 @@
 """A real TURN server for tests: Debian's coturn on 127.0.0.1 with the TURN REST API (use-auth-secret), relaying
 to loopback peers (everything in the test namespace is on 127.0.0.1)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -44,11 +45,39 @@ def coturn(workdir: Path, secret: str = "turn-test-secret-0123456789", timeout: 
     port = free_port()
     relay = free_port()  # relay ports from here on: a range of its own, away from the ephemeral ones in use
     log = workdir / "turnserver.log"
-    cmd = [binary, "-n", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1", "--listening-port", str(port),
-           "--min-port", str(relay), "--max-port", str(relay + 200), "--use-auth-secret",
-           "--static-auth-secret", secret, "--realm", REALM, "--fingerprint", "--allow-loopback-peers",
-           "--no-tls", "--no-dtls", "--no-cli", "--no-multicast-peers", "--userdb", str(workdir / "turndb"),
-           "--pidfile", str(workdir / "turnserver.pid"), "--log-file", str(log), "--simple-log", "--no-stdout-log"]
+    cmd = [
+        binary,
+        "-n",
+        "--listening-ip",
+        "127.0.0.1",
+        "--relay-ip",
+        "127.0.0.1",
+        "--listening-port",
+        str(port),
+        "--min-port",
+        str(relay),
+        "--max-port",
+        str(relay + 200),
+        "--use-auth-secret",
+        "--static-auth-secret",
+        secret,
+        "--realm",
+        REALM,
+        "--fingerprint",
+        "--allow-loopback-peers",
+        "--no-tls",
+        "--no-dtls",
+        "--no-cli",
+        "--no-multicast-peers",
+        "--userdb",
+        str(workdir / "turndb"),
+        "--pidfile",
+        str(workdir / "turnserver.pid"),
+        "--log-file",
+        str(log),
+        "--simple-log",
+        "--no-stdout-log",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout

@@ -28,9 +28,7 @@ class HTTPBackend:
     def __init__(self, *, connect_timeout: float = 10.0, read_timeout: float = 30.0) -> None:
         # sock_read bounds the gap between two received pieces, not the whole
         # stream, so a long answer is fine but a stalled server is not.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout, sock_read=read_timeout
-        )
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
         self._session: aiohttp.ClientSession | None = None
 
     async def aclose(self) -> None:

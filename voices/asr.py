@@ -81,8 +81,9 @@ def silero_session() -> onnxruntime.InferenceSession:
             options.intra_op_num_threads = options.inter_op_num_threads = 1
             options.enable_cpu_mem_arena = False
             options.log_severity_level = 4
-            _silero = onnxruntime.InferenceSession(str(silero_model_path()), sess_options=options,
-                                                   providers=["CPUExecutionProvider"])
+            _silero = onnxruntime.InferenceSession(
+                str(silero_model_path()), sess_options=options, providers=["CPUExecutionProvider"]
+            )
         return _silero
 
 
@@ -115,15 +116,16 @@ class VoiceActivityDetector:
     def probabilities(self, windows: np.ndarray) -> np.ndarray:
         """Speech probability of each of ``windows`` (n x 512, consecutive audio), carrying the model's state."""
         with_context = np.concatenate([np.vstack([self._context, windows[:-1, -_CONTEXT:]]), windows], axis=1)
-        probs, self._h, self._c = self._model.run(None, {"input": with_context.astype(np.float32),
-                                                         "h": self._h, "c": self._c})
+        probs, self._h, self._c = self._model.run(
+            None, {"input": with_context.astype(np.float32), "h": self._h, "c": self._c}
+        )
         self._context = windows[-1, -_CONTEXT:].copy()
         return np.asarray(probs, np.float32).reshape(-1)
 
     def push(self, audio: np.ndarray) -> list[VADEvent]:
         samples = np.concatenate([self._pending, np.asarray(audio, np.float32).reshape(-1)])
         n = len(samples) // WINDOW
-        self._pending = samples[n * WINDOW:]
+        self._pending = samples[n * WINDOW :]
         if n == 0:
             return []
         windows = samples[: n * WINDOW].reshape(n, WINDOW)
@@ -177,8 +179,7 @@ _models: dict[tuple[str, str, str], WhisperModel] = {}
 _models_lock = threading.Lock()
 
 
-def load_whisper(model: str | Path | None = None, device: str = "cpu",
-                 compute_type: str | None = None) -> WhisperModel:
+def load_whisper(model: str | Path | None = None, device: str = "cpu", compute_type: str | None = None) -> WhisperModel:
     """Load a whisper model once per process: a CTranslate2 whisper folder, a faster-whisper model name (tiny,
     small, large-v3, distil-large-v3, ... or a Hub repo id; downloaded on first use), or None for the bundled
     tiny.en. ``compute_type`` defaults to int8 on the CPU and float16 on CUDA."""
@@ -190,8 +191,7 @@ def load_whisper(model: str | Path | None = None, device: str = "cpu",
     key = (name, device, compute_type)
     with _models_lock:
         if key not in _models:
-            _models[key] = faster_whisper.WhisperModel(name, device=device, compute_type=compute_type,
-                                                       cpu_threads=2)
+            _models[key] = faster_whisper.WhisperModel(name, device=device, compute_type=compute_type, cpu_threads=2)
         return _models[key]
 
 
@@ -204,16 +204,25 @@ def _model_name(model: str | Path | None, known_names: list[str]) -> str:
         return str(path.resolve())
     if str(model) in known_names or ("/" in str(model) and not path.is_absolute() and not path.exists()):
         return str(model)  # a Hub repo id (owner/name) is tried as one
-    raise FileNotFoundError(f"ASR model {str(model)!r} is neither a CTranslate2 whisper folder nor a faster-whisper "
-                            f"model name ({', '.join(known_names[:8])}, ...)")
+    raise FileNotFoundError(
+        f"ASR model {str(model)!r} is neither a CTranslate2 whisper folder nor a faster-whisper "
+        f"model name ({', '.join(known_names[:8])}, ...)"
+    )
 
 
 class Transcriber:
     """Transcribes finished utterances (float32 16 kHz) in a worker thread. ``language`` (en, zh, ...) applies to
     a multilingual model; without it the language is detected per utterance."""
 
-    def __init__(self, model: str | Path | None = None, *, language: str | None = None, device: str = "cpu",
-                 compute_type: str | None = None, beam_size: int = 1) -> None:
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        language: str | None = None,
+        device: str = "cpu",
+        compute_type: str | None = None,
+        beam_size: int = 1,
+    ) -> None:
         self.model = load_whisper(model, device, compute_type)
         self.language = language
         self.beam_size = beam_size

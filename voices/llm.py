@@ -36,8 +36,9 @@ class ChatLLM(OpenAIBackend):
     """OpenAI-compatible ``/chat/completions``, streamed, through the official SDK (retries on 429/5xx, typed
     errors turned into ``LLMError``). Closing the answer's iterator closes its HTTP response."""
 
-    def __init__(self, endpoint: OpenAIEndpoint, model: str, *, temperature: float | None = None,
-                 max_tokens: int | None = None) -> None:
+    def __init__(
+        self, endpoint: OpenAIEndpoint, model: str, *, temperature: float | None = None, max_tokens: int | None = None
+    ) -> None:
         super().__init__(endpoint)
         self.model = model
         self._options = given(temperature=temperature, max_tokens=max_tokens)
@@ -46,8 +47,11 @@ class ChatLLM(OpenAIBackend):
         started = False
         try:
             stream = await self._client.chat.completions.create(
-                model=self.model, messages=cast("list[ChatCompletionMessageParam]", list(messages)), stream=True,
-                **self._options)
+                model=self.model,
+                messages=cast("list[ChatCompletionMessageParam]", list(messages)),
+                stream=True,
+                **self._options,
+            )
             async with stream:
                 async for chunk in stream:
                     started = True
@@ -95,8 +99,9 @@ class LocalChatLLM:
     tiny SmolLM2-135M-Instruct). Loaded on first use, once per process;
     generation runs in a worker thread and stops when the consumer does."""
 
-    def __init__(self, model_dir: str | Path | None = None, gguf_file: str = SMOLLM2_FILE,
-                 *, max_new_tokens: int = 128) -> None:
+    def __init__(
+        self, model_dir: str | Path | None = None, gguf_file: str = SMOLLM2_FILE, *, max_new_tokens: int = 128
+    ) -> None:
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.gguf_file = gguf_file
         self.max_new_tokens = max_new_tokens
@@ -173,6 +178,5 @@ class Conversation:
         finally:
             answer = "".join(produced)
             if answer:
-                self.history += [{"role": "user", "content": user_text},
-                                 {"role": "assistant", "content": answer}]
+                self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": answer}]
                 del self.history[: max(0, len(self.history) - 2 * self.max_turns)]

@@ -38,13 +38,20 @@ class OpenAIEndpoint:
         timeout = httpx2.Timeout(self.read_timeout, connect=self.connect_timeout)
         if self.azure_endpoint:
             return openai.AsyncAzureOpenAI(
-                azure_endpoint=self.azure_endpoint, api_version=self.api_version,
+                azure_endpoint=self.azure_endpoint,
+                api_version=self.api_version,
                 api_key=self.api_key or os.environ.get("AZURE_OPENAI_API_KEY") or NO_KEY,
-                websocket_base_url=websocket_base_url, timeout=timeout, max_retries=self.max_retries)
+                websocket_base_url=websocket_base_url,
+                timeout=timeout,
+                max_retries=self.max_retries,
+            )
         return openai.AsyncOpenAI(
-            base_url=self.base_url, websocket_base_url=websocket_base_url,
+            base_url=self.base_url,
+            websocket_base_url=websocket_base_url,
             api_key=self.api_key or os.environ.get("OPENAI_API_KEY") or NO_KEY,
-            timeout=timeout, max_retries=self.max_retries)
+            timeout=timeout,
+            max_retries=self.max_retries,
+        )
 
 
 class OpenAIBackend:

@@ -6,6 +6,7 @@ these at its edge; nothing here knows those names.
 Importing this module loads no backend: each builder imports its backend when it is called, so choosing one voice
 never imports another's dependencies.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,6 +62,7 @@ def _need_choice(owner: object, field: str, choices: tuple[str, ...]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------- TTS
+
 
 @dataclass(frozen=True)
 class PiperOptions:
@@ -163,6 +165,7 @@ def create_tts(options: TTSOptions) -> TTS:
 
 # ------------------------------------------------------------------------------------------------------------- LLM
 
+
 @dataclass(frozen=True)
 class LLMOptions:
     """Chat: an OpenAI-compatible ``endpoint`` and its ``model`` (None: the offline SmolLM2, which ignores
@@ -195,6 +198,7 @@ def new_conversation(llm: ChatModel, options: LLMOptions) -> Conversation:
 
 # ------------------------------------------------------------------------------------------------------------- ASR
 
+
 @dataclass(frozen=True)
 class ASROptions:
     """Speech recognition: ``model`` a CTranslate2 whisper folder or a faster-whisper model name (None: the
@@ -220,6 +224,7 @@ def create_transcriber(options: ASROptions) -> Transcriber:
 
 
 # -------------------------------------------------------------------------------------------------------- realtime
+
 
 @dataclass(frozen=True)
 class RealtimeOptions:

@@ -83,12 +83,17 @@ class ServerError:
     code: str | None = None
 
 
-RealtimeEvent = (AudioDelta | TranscriptDelta | ResponseDone | SpeechStarted | SpeechStopped | UserTranscript
-                 | ServerError)
+RealtimeEvent = (
+    AudioDelta | TranscriptDelta | ResponseDone | SpeechStarted | SpeechStopped | UserTranscript | ServerError
+)
 
 
-def session_config(instructions: str, voice: str | None = None, turn_detection: str = "server_vad",
-                   transcription_model: str = "gpt-4o-mini-transcribe") -> dict[str, Any]:
+def session_config(
+    instructions: str,
+    voice: str | None = None,
+    turn_detection: str = "server_vad",
+    transcription_model: str = "gpt-4o-mini-transcribe",
+) -> dict[str, Any]:
     """The GA ``session.update`` body: audio out (with its transcript), PCM16 24 kHz both ways, the service's
     own turn detection on the microphone audio (it answers when the user stops, and cuts its answer when the
     user starts), and the user's speech transcribed for the page."""
@@ -103,9 +108,11 @@ def session_config(instructions: str, voice: str | None = None, turn_detection: 
         "instructions": instructions,
         "output_modalities": ["audio"],
         "audio": {
-            "input": {"format": pcm, "transcription": {"model": transcription_model},
-                      "turn_detection": {"type": turn_detection, "create_response": True,
-                                         "interrupt_response": True}},
+            "input": {
+                "format": pcm,
+                "transcription": {"model": transcription_model},
+                "turn_detection": {"type": turn_detection, "create_response": True, "interrupt_response": True},
+            },
             "output": output,
         },
     }
@@ -115,8 +122,14 @@ class RealtimeClient:
     """One WebSocket connection. ``url`` is the Realtime endpoint (``wss://.../v1/realtime``); None: from the
     endpoint (``OPENAI_BASE_URL`` or OpenAI's, or Azure's)."""
 
-    def __init__(self, endpoint: OpenAIEndpoint = OpenAIEndpoint(), model: str = REALTIME_MODEL,
-                 url: str | None = None, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        endpoint: OpenAIEndpoint = OpenAIEndpoint(),
+        model: str = REALTIME_MODEL,
+        url: str | None = None,
+        *,
+        connect_timeout: float = 10.0,
+    ) -> None:
         self.endpoint, self.model = endpoint, model
         self.url = url or "the Realtime API"
         self._websocket_base = url.removesuffix("/").removesuffix("/realtime") if url else None
@@ -168,16 +181,22 @@ class RealtimeClient:
 
     async def send_text(self, text: str) -> None:
         """Add a user message and ask for a response."""
-        await self.send({
-            "type": "conversation.item.create",
-            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
-        })
+        await self.send(
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+            }
+        )
         await self.send({"type": "response.create"})
 
     async def say(self, text: str) -> None:
         """Ask for a response that speaks ``text`` as it is."""
-        await self.send({"type": "response.create", "response": {
-            "instructions": f"Say exactly the following text and nothing else: {text}"}})
+        await self.send(
+            {
+                "type": "response.create",
+                "response": {"instructions": f"Say exactly the following text and nothing else: {text}"},
+            }
+        )
 
     async def append_audio(self, pcm16: bytes) -> None:
         """Append microphone audio, PCM16 mono at 24 kHz, to the input buffer (the service's turn detection

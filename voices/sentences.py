@@ -18,10 +18,29 @@ _WESTERN_ENDS = ".!?;"
 _ENDS = _CJK_ENDS + _WESTERN_ENDS
 _CLOSERS = "\"'”’」』）)]】》"
 _CLAUSE_MARKS = "，,、：:"
-_ABBREVIATIONS = frozenset({
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "a.m", "p.m", "u.s", "no", "approx",
-    "dept", "fig",
-})
+_ABBREVIATIONS = frozenset(
+    {
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "vs",
+        "etc",
+        "e.g",
+        "i.e",
+        "a.m",
+        "p.m",
+        "u.s",
+        "no",
+        "approx",
+        "dept",
+        "fig",
+    }
+)
 _WORD_BEFORE = re.compile(r"([A-Za-z][A-Za-z.]*)$")
 _NEWLINE_RUN = re.compile(r"\s*\n\s*")
 

@@ -5,6 +5,7 @@ as it is complete, while the LLM goes on. Each sentence's audio carries `sentenc
 events, which the session fires when that audio is actually played. Interrupt cancels the LLM stream and
 the TTS in flight and starts a new turn in the session, whose older audio is then dropped everywhere.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,7 +26,6 @@ from voices.tts import TTS, TTSError
 log = logging.getLogger(__name__)
 
 
-
 class SpeechSink(Protocol):
     """What a Speaker needs of a session (pipeline.session.Session has it)."""
 
@@ -38,9 +38,15 @@ class SpeechSink(Protocol):
 
 
 class Speaker:
-    def __init__(self, sink: SpeechSink, tts: TTS, conversation: Conversation | None = None,
-                 max_pending: int = 64, on_first_audio: Callable[[float], None] | None = None,
-                 tasks: TaskOwner | None = None) -> None:
+    def __init__(
+        self,
+        sink: SpeechSink,
+        tts: TTS,
+        conversation: Conversation | None = None,
+        max_pending: int = 64,
+        on_first_audio: Callable[[float], None] | None = None,
+        tasks: TaskOwner | None = None,
+    ) -> None:
         """`tasks`: the owner of the session spoken into (the Speaker's tasks run in a group of it); without
         one the Speaker is their only owner, and close() ends them."""
         self.sink = sink

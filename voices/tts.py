@@ -106,6 +106,7 @@ class PiperTTS:
     async def synthesize(self, text: str) -> AsyncGenerator[np.ndarray, None]:
         if not text.strip():
             return
+
         def produce(emit: Callable[[np.ndarray], None], stop: threading.Event) -> None:
             self._run(text, emit, stop)
 

@@ -26,8 +26,16 @@ class CosyVoiceTTS(HTTPBackend):
     error_type = TTSError
     name = "CosyVoice"
 
-    def __init__(self, server: str = COSYVOICE_SERVER, *, prompt_wav: bytes, prompt_text: str = "",
-                 sample_rate: int = 24000, connect_timeout: float = 10.0, read_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        server: str = COSYVOICE_SERVER,
+        *,
+        prompt_wav: bytes,
+        prompt_text: str = "",
+        sample_rate: int = 24000,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+    ) -> None:
         super().__init__(connect_timeout=connect_timeout, read_timeout=read_timeout)
         if prompt_wav[:4] != b"RIFF" or prompt_wav[8:12] != b"WAVE":
             raise TTSError("CosyVoice: the reference recording must be a WAV file")

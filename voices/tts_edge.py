@@ -63,8 +63,14 @@ class EdgeTTS:
         resolver: aiohttp.abc.AbstractResolver | None = None,
     ) -> None:
         self.voice = voice
-        self._options: dict[str, Any] = dict(rate=rate, volume=volume, pitch=pitch, proxy=proxy,
-                             connect_timeout=connect_timeout, receive_timeout=receive_timeout)
+        self._options: dict[str, Any] = dict(
+            rate=rate,
+            volume=volume,
+            pitch=pitch,
+            proxy=proxy,
+            connect_timeout=connect_timeout,
+            receive_timeout=receive_timeout,
+        )
         self._resolver = resolver
 
     async def synthesize(self, text: str) -> AsyncGenerator[np.ndarray, None]:

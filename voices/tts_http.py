@@ -75,7 +75,11 @@ class OpenAITTS(OpenAIBackend):
             return
         try:
             async with self._client.audio.speech.with_streaming_response.create(
-                model=self.model, input=text, voice=self.voice, response_format="pcm", **self._extra,
+                model=self.model,
+                input=text,
+                voice=self.voice,
+                response_format="pcm",
+                **self._extra,
             ) as resp:
                 async for chunk in _stream_pcm(resp.iter_bytes(_READ_SIZE), _PCMStream(self.pcm_rate)):
                     yield chunk
@@ -111,8 +115,13 @@ class GPTSoVITSTTS(HTTPBackend):
         super().__init__(connect_timeout=connect_timeout, read_timeout=read_timeout)
         self.url = server.rstrip("/") + "/tts"
         self._params: dict[str, Any] = {
-            "text_lang": text_lang, "ref_audio_path": ref_audio_path, "prompt_text": prompt_text,
-            "prompt_lang": prompt_lang, "media_type": "wav", "streaming_mode": True, **(extra or {}),
+            "text_lang": text_lang,
+            "ref_audio_path": ref_audio_path,
+            "prompt_text": prompt_text,
+            "prompt_lang": prompt_lang,
+            "media_type": "wav",
+            "streaming_mode": True,
+            **(extra or {}),
         }
 
     async def synthesize(self, text: str) -> AsyncGenerator[np.ndarray, None]:
@@ -155,16 +164,16 @@ class WavHeader:
             raise TTSError("GPT-SoVITS: the response is not a WAV stream")
         pos = 12
         while len(self._buf) >= pos + 8:
-            chunk_id, size = self._buf[pos:pos + 4], struct.unpack("<I", self._buf[pos + 4:pos + 8])[0]
+            chunk_id, size = self._buf[pos : pos + 4], struct.unpack("<I", self._buf[pos + 4 : pos + 8])[0]
             if chunk_id == b"data":
                 if not self.sample_rate:
                     raise TTSError("GPT-SoVITS: WAV data before its format chunk")
                 self.done = True
-                return self._buf[pos + 8:]
+                return self._buf[pos + 8 :]
             if len(self._buf) < pos + 8 + size:
                 return b""
             if chunk_id == b"fmt ":
-                fmt, channels, rate, _, _, bits = struct.unpack("<HHIIHH", self._buf[pos + 8:pos + 24])
+                fmt, channels, rate, _, _, bits = struct.unpack("<HHIIHH", self._buf[pos + 8 : pos + 24])
                 if fmt != 1 or bits != 16:
                     raise TTSError(f"GPT-SoVITS: unsupported WAV format (format {fmt}, {bits} bits); need 16-bit PCM")
                 self.sample_rate, self.channels = rate, channels

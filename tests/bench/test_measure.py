@@ -1,4 +1,5 @@
 """The receiver-side detectors of the benchmarks: a mouth opening counts, a codec re-sharpening does not."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,7 +53,7 @@ def test_audio_onset_is_the_first_loud_sample_on_the_receiver_clock() -> None:
 def opening(rows: int) -> np.ndarray:
     """A mouth opened by `rows` of the 20 rows of REGION: its dark area, so its darkening, grows with `rows`."""
     img = frame()
-    img[20:20 + rows, 20:40] = 40
+    img[20 : 20 + rows, 20:40] = 40
     return img
 
 
@@ -73,8 +74,12 @@ def test_a_crossfaded_start_reaches_half_open_a_frame_later() -> None:
 
 
 def test_each_burst_is_measured_against_its_own_full_opening() -> None:
-    images = ([opening(0)] * 3 + [opening(r) for r in (4, 4, 0, 0, 0)]
-              + [opening(r) for r in (10, 10, 0, 0)] + [frame(seed=s) for s in range(4)])
+    images = (
+        [opening(0)] * 3
+        + [opening(r) for r in (4, 4, 0, 0, 0)]
+        + [opening(r) for r in (10, 10, 0, 0)]
+        + [frame(seed=s) for s in range(4)]
+    )
     starts = [1000.0 + 40 * 2.5, 1000.0 + 40 * 7.5, 1000.0 + 40 * 11.5]
     first, second, third = half_open_times(videos(images), starts, REGION)
     assert first == pytest.approx(1000.0 + 40 * 2 + 40 * 2 / 4)  # 2 of its 4 rows

@@ -1,4 +1,5 @@
 """`python -m bench.parity` on CPU with the tiny official-layout models and the demo avatar."""
+
 import csv
 import math
 import wave
@@ -29,9 +30,29 @@ def test_psnr() -> None:
 def test_streaming_and_offline_paths_are_compared_frame_by_frame(pace, tiny_models, demo_avatar, tmp_path, capsys):
     write_wav(tmp_path / "speech.wav", 0.3)  # 4800 samples: 7 frames officially, 8 ticks
     table = tmp_path / "psnr.csv"
-    assert main(["--avatar", "demo", "--audio", str(tmp_path / "speech.wav"), "--models_dir", str(tiny_models.root),
-                 "--avatars_dir", str(demo_avatar.path.parent), "--device", "cpu", "--batch_size", "4",
-                 "--pace", pace, "--csv", str(table)]) == 0
+    assert (
+        main(
+            [
+                "--avatar",
+                "demo",
+                "--audio",
+                str(tmp_path / "speech.wav"),
+                "--models_dir",
+                str(tiny_models.root),
+                "--avatars_dir",
+                str(demo_avatar.path.parent),
+                "--device",
+                "cpu",
+                "--batch_size",
+                "4",
+                "--pace",
+                pace,
+                "--csv",
+                str(table),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     with table.open() as f:
         rows = list(csv.DictReader(f))
@@ -47,6 +68,21 @@ def test_streaming_and_offline_paths_are_compared_frame_by_frame(pace, tiny_mode
 
 def test_a_file_without_audio_is_an_error(tiny_models, demo_avatar, tmp_path, capsys):
     write_wav(tmp_path / "empty.wav", 0.0)
-    assert main(["--avatar", "demo", "--audio", str(tmp_path / "empty.wav"), "--models_dir", str(tiny_models.root),
-                 "--avatars_dir", str(demo_avatar.path.parent), "--device", "cpu"]) == 1
+    assert (
+        main(
+            [
+                "--avatar",
+                "demo",
+                "--audio",
+                str(tmp_path / "empty.wav"),
+                "--models_dir",
+                str(tiny_models.root),
+                "--avatars_dir",
+                str(demo_avatar.path.parent),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
     assert "no audio" in capsys.readouterr().err

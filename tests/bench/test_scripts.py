@@ -3,6 +3,7 @@
 These check that the scripts work and parse their own output; they do not judge the figures (BENCHMARKS.md
 does), except where a figure is a correctness property rather than a speed.
 """
+
 from __future__ import annotations
 
 import re
@@ -40,8 +41,9 @@ def test_gpu_says_plainly_that_it_needs_cuda() -> None:
 
 
 def test_gpu_rejects_a_bad_option() -> None:
-    done = subprocess.run([sys.executable, "-m", "bench.gpu", "--sessions", "4,x"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.gpu", "--sessions", "4,x"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2 and "--sessions and --lock-sessions take comma-separated integers" in done.stderr
 
 
@@ -49,7 +51,7 @@ def table_rows(out: str, columns: int, after: str) -> dict[int, list[str]]:
     """The rows of the table printed after the line starting with `after`, by their first cell."""
     rows: dict[int, list[str]] = {}
     lines = out.splitlines()
-    for line in lines[next(i for i, line in enumerate(lines) if line.startswith(after)):]:
+    for line in lines[next(i for i, line in enumerate(lines) if line.startswith(after)) :]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if not line.startswith("|"):
             if rows:
@@ -63,25 +65,60 @@ def table_rows(out: str, columns: int, after: str) -> dict[int, list[str]]:
 
 def test_gpu_cpu_check_runs_the_engine_per_batch_size_with_sessions_and_against_the_lock() -> None:
     """The CI check of bench.gpu: every part on the CPU, micro models, the shortest settings."""
-    out = run_bench("bench.gpu", "--cpu-check", "--repeats", "2", "--sessions", "2", "--seconds", "1", "--warmup",
-                    "1", "--compare-lock", "--lock-sessions", "2", "--rounds", "1", "--ahead-seconds", "0.5")
+    out = run_bench(
+        "bench.gpu",
+        "--cpu-check",
+        "--repeats",
+        "2",
+        "--sessions",
+        "2",
+        "--seconds",
+        "1",
+        "--warmup",
+        "1",
+        "--compare-lock",
+        "--lock-sessions",
+        "2",
+        "--rounds",
+        "1",
+        "--ahead-seconds",
+        "0.5",
+    )
     assert out.startswith("machine: ") and "CPU CHECK RUN" in out and "random weights of the micro configs" in out
     batches = table_rows(out, 12, "1. per batch size")
     assert sorted(batches) == [1, 2, 4, 8] and all(re.fullmatch(NUMBER, c) for c in batches[4][:10])  # sizes to 2x4
-    (n, row), = table_rows(out, 9, "2. N real-time sessions").items()
+    ((n, row),) = table_rows(out, 9, "2. N real-time sessions").items()
     assert n == 2 and re.fullmatch(r"\d+\.\.\d+", row[-1])  # lead ticks of the two sessions
-    (n, row), = table_rows(out, 4, "3. throughput").items()
+    ((n, row),) = table_rows(out, 4, "3. throughput").items()
     assert n == 2 and re.fullmatch(rf"{NUMBER}x", row[-1])
     assert re.search(r"^batcher: \d+ batches", out, re.M)
 
 
 @pytest.mark.slow
 def test_gpu_simulated_device_runs_the_sessions_at_costs_on_paper() -> None:
-    out = run_bench("bench.gpu", "--cpu-check", "--simulate", "1+1.6,0.5+0.08", "--simulate-lock", "12+1.6,3+0.08",
-                    "--sessions", "2", "--seconds", "1", "--warmup", "1", "--compare-lock", "--lock-sessions", "2",
-                    "--rounds", "1", "--ahead-seconds", "0.5")
+    out = run_bench(
+        "bench.gpu",
+        "--cpu-check",
+        "--simulate",
+        "1+1.6,0.5+0.08",
+        "--simulate-lock",
+        "12+1.6,3+0.08",
+        "--sessions",
+        "2",
+        "--seconds",
+        "1",
+        "--warmup",
+        "1",
+        "--compare-lock",
+        "--lock-sessions",
+        "2",
+        "--rounds",
+        "1",
+        "--ahead-seconds",
+        "0.5",
+    )
     assert "SIMULATED DEVICE: faces 1 ms a call + 1.6 ms a row" in out and "1. per batch size" not in out
-    (n, row), = table_rows(out, 4, "3. throughput").items()
+    ((n, row),) = table_rows(out, 4, "3. throughput").items()
     batcher, lock = (float(row[i].split()[0]) for i in (0, 1))
     assert n == 2 and batcher > 0 and lock > 0
 
@@ -89,9 +126,15 @@ def test_gpu_simulated_device_runs_the_sessions_at_costs_on_paper() -> None:
 @pytest.mark.slow
 def test_stages_prints_every_stage() -> None:
     out = run_bench("bench.stages", "--repeats", "5", "--model-repeats", "1", "--no-full")
-    for stage in ("lite face render", "compositor, demo avatar", "VP8 encode", "whisper, StreamingFeatures",
-                  "tiny UNet + VAE decode (infer_faces) B=8", "v1.5 log-mel, full 30 s",
-                  "v1.5 log-mel, placed_log_mel, 2.3 s of audio"):
+    for stage in (
+        "lite face render",
+        "compositor, demo avatar",
+        "VP8 encode",
+        "whisper, StreamingFeatures",
+        "tiny UNet + VAE decode (infer_faces) B=8",
+        "v1.5 log-mel, full 30 s",
+        "v1.5 log-mel, placed_log_mel, 2.3 s of audio",
+    ):
         assert re.search(rf"^\| {re.escape(stage)}.*\| {NUMBER} \|", out, re.M), stage
     assert re.search(rf"^compositor \+ VP8 encode .* = {NUMBER} ms per frame", out, re.M)
 
@@ -120,8 +163,12 @@ def test_pipeline_sync_with_the_receiver_in_another_process(loopback: None) -> N
     assert int(found.group(1)) >= 6 and abs(float(found.group(2))) <= 20, out
     assert "session counters:" in out and "warning" not in out
     # what a viewer sees: the mouth at half of its opening, per burst, against the sound
-    half = re.search(rf"^2b\. mouth at 50 % of its opening .*, (\d+) bursts: \|offset\| min ({NUMBER}) / median "
-                     rf"({NUMBER}) / max ({NUMBER}) ms", out, re.M)
+    half = re.search(
+        rf"^2b\. mouth at 50 % of its opening .*, (\d+) bursts: \|offset\| min ({NUMBER}) / median "
+        rf"({NUMBER}) / max ({NUMBER}) ms",
+        out,
+        re.M,
+    )
     assert half and int(half.group(1)) == int(found.group(1)), out
     assert float(half.group(4)) <= 20, out
 
@@ -149,7 +196,8 @@ def test_pipeline_latency_lite_and_musetalk(loopback: None) -> None:
 @pytest.mark.slow
 def test_ws_audio_breaks_the_figure_down_by_stage(loopback: None) -> None:
     out = run_bench("bench.ws_audio", "--trials", "2")
-    assert re.search(r"^/ws/audio first message -> first lip-synced frame at the receiver: median [\d.]+ ms.*\(n=2\)",
-                     out, re.M), out
+    assert re.search(
+        r"^/ws/audio first message -> first lip-synced frame at the receiver: median [\d.]+ ms.*\(n=2\)", out, re.M
+    ), out
     for stage in ("socket", "pipeline", "transport"):
         assert re.search(rf"^  {stage} +median [\d.]+ ms", out, re.M), stage

@@ -1,4 +1,5 @@
 """core.audio: resampling (one-shot and streamed) and PCM conversions."""
+
 import struct
 
 import numpy as np
@@ -17,7 +18,7 @@ def test_stream_resampler_equals_one_shot_for_any_chunking(src):
     pieces, pos = [], 0
     while pos < len(x):
         n = int(rng.integers(1, 700))
-        pieces.append(r.process(x[pos:pos + n]))
+        pieces.append(r.process(x[pos : pos + n]))
         pos += n
     pieces.append(r.flush())
     got = np.concatenate(pieces)

@@ -1,4 +1,5 @@
 """The page's event names (web/events.js) are core.events.EventKind's, as the server sends them."""
+
 from __future__ import annotations
 
 import re

@@ -5,6 +5,7 @@
 A package imports only from itself and the layers below it; packages of one layer do not import each other, so
 there is no cycle. testing/, bench/, examples/ and tests/ sit above everything and nothing below imports them.
 """
+
 from __future__ import annotations
 
 import ast
@@ -43,8 +44,10 @@ def violations() -> list[str]:
                 if target == package:
                     continue
                 if target in TOOLS or LEVEL[target] >= level:
-                    bad.append(f"{path.relative_to(ROOT)}:{line}: {package} (layer {level}) imports {target} "
-                               f"(layer {'tools' if target in TOOLS else LEVEL[target]})")
+                    bad.append(
+                        f"{path.relative_to(ROOT)}:{line}: {package} (layer {level}) imports {target} "
+                        f"(layer {'tools' if target in TOOLS else LEVEL[target]})"
+                    )
     return bad
 
 

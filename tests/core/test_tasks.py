@@ -1,4 +1,5 @@
 """core.tasks.TaskOwner: starts, names, tracks, cancels and awaits tasks and threads; logs failures once."""
+
 from __future__ import annotations
 
 import asyncio
@@ -97,8 +98,10 @@ async def test_a_failure_is_logged_once_with_its_traceback_and_a_cancellation_no
     with pytest.raises(ValueError, match="boom"):
         failed.result()  # the caller may still look: the owner only logged it
     records = [(r.getMessage(), r.exc_info is not None) for r in caplog.records]
-    assert records == [("s: task broken failed", True), ("s: thread broken-thread failed", True)] or \
-        records == [("s: thread broken-thread failed", True), ("s: task broken failed", True)]
+    assert records == [("s: task broken failed", True), ("s: thread broken-thread failed", True)] or records == [
+        ("s: thread broken-thread failed", True),
+        ("s: task broken failed", True),
+    ]
 
 
 async def test_a_task_may_close_its_own_owner() -> None:

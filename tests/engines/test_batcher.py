@@ -1,4 +1,5 @@
 """The cross-session batcher: scheduling with a fake model of known cost, then the tiny real MuseTalk models."""
+
 from __future__ import annotations
 
 import threading
@@ -68,7 +69,7 @@ def test_padding_to_fixed_sizes_and_splitting_a_large_job(fake) -> None:
     # then 5 + the first 3 of 11 -> 8; the remaining 8 -> 8
     assert [(size, n) for size, n, _ in fake.calls] == [(4, 3), (8, 8), (8, 8)]
     size, n, x = fake.calls[0]
-    np.testing.assert_array_equal(x[n:], np.repeat(x[n - 1:n], size - n, axis=0))  # padding repeats the last row
+    np.testing.assert_array_equal(x[n:], np.repeat(x[n - 1 : n], size - n, axis=0))  # padding repeats the last row
     for i, (r, n) in enumerate(zip(results, [3, 5, 11])):
         np.testing.assert_array_equal(r, 2 * rows(100 * i, n))  # a split job comes back whole and in order
     assert batcher.estimated_cost("fake", 5) > 0 and batcher.stats.batch_sizes == {("fake", 8): 2}
@@ -176,8 +177,10 @@ def test_mixed_avatars_share_a_batch_and_each_job_gets_its_own_rows() -> None:
     batcher = Batcher({"faces": model}, sizes=(4, 8), gather_s=0)
     avatars = {"alice": 1000.0, "bob": 2000.0}  # the latent rows say which avatar they are
     jobs = [("alice", 0, 3), ("bob", 10, 2), ("alice", 20, 2)]  # (avatar, first audio row, frames)
-    futures = [batcher.submit(Job("faces", (rows(first, n), np.full((n, 1), avatars[a], np.float32)), FAR))
-               for a, first, n in jobs]
+    futures = [
+        batcher.submit(Job("faces", (rows(first, n), np.full((n, 1), avatars[a], np.float32)), FAR))
+        for a, first, n in jobs
+    ]
     with batcher:
         results = [f.result(5) for f in futures]
     assert model.calls == [(8, 7)]  # one batch of 7 rows of two avatars, padded to 8
@@ -298,8 +301,10 @@ def test_tiny_musetalk_through_the_batcher_matches_direct_calls(loaded, demo_ava
 
     models, encoder = loaded
     rng = np.random.default_rng(0)
-    windows = [(0.1 * rng.standard_normal(16000 * s // 10).astype(np.float32), first)  # 0.6 s / 0.9 s of audio
-               for s, first in [(6, 0), (9, 1490)]]  # the second straddles a 30 s segment boundary: 2 inputs
+    windows = [
+        (0.1 * rng.standard_normal(16000 * s // 10).astype(np.float32), first)  # 0.6 s / 0.9 s of audio
+        for s, first in [(6, 0), (9, 1490)]
+    ]  # the second straddles a 30 s segment boundary: 2 inputs
     with Batcher(musetalk_models(models, encoder, "v15"), gather_s=0.5) as batcher:
         with ThreadPoolExecutor(2) as sessions:
             steps = list(sessions.map(lambda w: encode_window_batched(batcher, w[0], "v15", w[1], FAR), windows))
@@ -337,15 +342,20 @@ async def test_musetalk_engine_runs_every_model_call_through_its_batcher(tiny_mo
         assert engine.runner.stats.batches > 0  # the warm-up went through it
         audio = (0.1 * np.random.default_rng(1).standard_normal(6400)).astype(np.float32)
         latents = np.zeros((2, 8, 32, 32), np.float32)
-        direct = infer_faces(engine.models, StreamingFeatures(engine.encoder, "v15", batch_frames=2).chunks(
-            audio, 0, final=True), latents)
+        direct = infer_faces(
+            engine.models,
+            StreamingFeatures(engine.encoder, "v15", batch_frames=2).chunks(audio, 0, final=True),
+            latents,
+        )
         diff = np.abs(engine.faces(audio, 0, 2, latents, final=True).astype(int) - direct)
         assert diff.max() <= 1 and (diff > 0).mean() < 0.001
         with pytest.raises(StaleJob):  # a render of an ended turn is dropped (its encoder job: never run)
             engine.faces(audio, 0, 2, latents, final=True, tag=JobTag(FAR, turn=0, current_turn=lambda: 1))
 
-        sessions = [Session(f"s{i}", demo_avatar, engine, options=SessionOptions(crossfade_ticks=0), stepped=True)
-                    for i in range(2)]
+        sessions = [
+            Session(f"s{i}", demo_avatar, engine, options=SessionOptions(crossfade_ticks=0), stepped=True)
+            for i in range(2)
+        ]
         for s in sessions:
             await s.start()
             await s.push_audio(audio)

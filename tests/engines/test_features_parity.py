@@ -4,6 +4,7 @@ the official offline computation of the whole utterance, restated from the refer
 The UNet pass is replaced by a recorder (it sees exactly the chunks the UNet would); the whisper encoder is a seeded
 random one of whisper-tiny's structure at width 64, so 30 s inputs are cheap. Real whisper weights:
 tests/musetalk/test_whisper_tiny_en.py."""
+
 from __future__ import annotations
 
 import math
@@ -57,8 +58,13 @@ def parity_engine(tmp_path_factory: pytest.TempPathFactory):
     model.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text("{}")
     recorder = UNetRecorder()
-    engine = MuseTalkEngine(models_dir=root, version="v15", batch_size=8, device="cpu",
-                            runner=lambda models, sizes: Batcher({**models, FACES: recorder}, sizes).start())
+    engine = MuseTalkEngine(
+        models_dir=root,
+        version="v15",
+        batch_size=8,
+        device="cpu",
+        runner=lambda models, sizes: Batcher({**models, FACES: recorder}, sizes).start(),
+    )
     yield engine, recorder
     engine.close()
     torch.set_num_threads(threads)
@@ -72,7 +78,7 @@ async def _speak(engine: MuseTalkEngine, avatar, audio: np.ndarray, real_time: b
     outs = []
     piece = 640 if real_time else 4000
     for start in range(0, len(audio), piece):
-        await session.push_audio(audio[start:start + piece])
+        await session.push_audio(audio[start : start + piece])
         if real_time:
             outs.append(session.step(wait_for_video=60.0))
     await session.end_speech()

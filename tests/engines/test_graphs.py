@@ -1,6 +1,7 @@
 """The per-batch-size graphs of the musetalk batch models, checked on the CPU with the tiny configs: dynamo traces
 each model pass whole (no graph breaks, in fp32 and in the fp16 used on CUDA), and the compiled models give the
 eager results within fp tolerance. (CUDA graphs proper need a GPU: scripts/gpu-bench.sh.)"""
+
 from __future__ import annotations
 
 from functools import partial
@@ -34,8 +35,10 @@ def fp32() -> tuple[MuseTalkModels, torch.nn.Module]:
 
 def inputs(batch: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(batch)
-    return (torch.randn(batch, 50, 384, generator=gen).to(dtype),
-            torch.randn(batch, 8, 32, 32, generator=gen).to(dtype))
+    return (
+        torch.randn(batch, 50, 384, generator=gen).to(dtype),
+        torch.randn(batch, 8, 32, 32, generator=gen).to(dtype),
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.float16, marks=pytest.mark.slow)])
@@ -122,15 +125,17 @@ def test_the_engine_with_graphs_renders_as_eager_even_where_a_graph_fails() -> N
     from engines.musetalk_engine import MuseTalkEngine
 
     loaded = build_models("micro", torch.device("cpu"))
-    engines = [MuseTalkEngine(loaded=loaded, batch_size=1, max_sessions=1, graph_mode=mode)
-               for mode in (None, "cudagraphs")]
+    engines = [
+        MuseTalkEngine(loaded=loaded, batch_size=1, max_sessions=1, graph_mode=mode) for mode in (None, "cudagraphs")
+    ]
     try:
         eager, graphs = engines
         assert graphs.sizes["faces"] == (1,) and eager.graph_mode is None
         audio = (0.1 * np.random.default_rng(2).standard_normal(4800)).astype(np.float32)
         latents = np.random.default_rng(3).standard_normal((1, 8, 32, 32)).astype(np.float32)
-        np.testing.assert_array_equal(graphs.faces(audio, 0, 1, latents, final=True),
-                                      eager.faces(audio, 0, 1, latents, final=True))
+        np.testing.assert_array_equal(
+            graphs.faces(audio, 0, 1, latents, final=True), eager.faces(audio, 0, 1, latents, final=True)
+        )
     finally:
         for engine in engines:
             engine.close()

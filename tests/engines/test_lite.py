@@ -51,7 +51,8 @@ def test_renderer_smooths_loudness_with_fast_attack_and_slower_release(demo_avat
 def test_render_uses_each_ticks_own_audio(demo_avatar) -> None:
     renderer = LiteEngine().bind(demo_avatar).new_renderer()
     audio = np.concatenate([np.zeros(TICK_SAMPLES, np.float32), tone(-15)])
-    faces = renderer.render(RenderRequest(ticks=[0, 1], cycle_indices=[0, 0], audio=audio, left_samples=0,
-                                          right_samples=0, seg_pos=0))
+    faces = renderer.render(
+        RenderRequest(ticks=[0, 1], cycle_indices=[0, 0], audio=audio, left_samples=0, right_samples=0, seg_pos=0)
+    )
     crop = renderer.binding.frame_data(0)[0]
     assert np.array_equal(faces[0], crop) and not np.array_equal(faces[1], crop)

@@ -1,4 +1,5 @@
 """The musetalk engine with tiny random weights of the real architectures, inside a stepped session."""
+
 import logging
 from collections.abc import Iterator
 

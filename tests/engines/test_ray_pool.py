@@ -1,6 +1,7 @@
 """The render pool on Ray Serve (engines.ray_serve_app, engines.ray_pool) on a real local Ray cluster: a head and a
 second node process on 127.0.0.1, CPU only, two replicas of the tiny models; front ends as processes of their own
 and in this one (docs/render_pool.md)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -41,14 +42,15 @@ FAKE_COST_MS = 5
 
 
 def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_nothing_of_ray_is_imported_without_the_option() -> None:
-    code = ("import sys, app; from server.config import parse_args; from engines.factory import create_engine; "
-            "c = parse_args([]); e = create_engine('lite'); e.close(); "
-            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    code = (
+        "import sys, app; from server.config import parse_args; from engines.factory import create_engine; "
+        "c = parse_args([]); e = create_engine('lite'); e.close(); "
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
     done = _run("-c", code, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -103,8 +105,19 @@ def test_unreachable_pool_stops_the_start_with_a_clear_error(tmp_path: Path) -> 
     require_loopback_namespace()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=str(tmp_path))  # no cluster there to join
-    done = _run("app.py", "--render_pool", "ray", "--engine", "musetalk", "--host", "127.0.0.1", "--listenport",
-                "18017", env=env, timeout=120)
+    done = _run(
+        "app.py",
+        "--render_pool",
+        "ray",
+        "--engine",
+        "musetalk",
+        "--host",
+        "127.0.0.1",
+        "--listenport",
+        "18017",
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert "cannot start: cannot join the Ray cluster" in done.stderr and "docs/render_pool.md" in done.stderr
     assert "Traceback" not in done.stderr
@@ -118,8 +131,21 @@ def cluster(demo_avatar: Avatar) -> Iterator[LocalRayCluster]:
     """A two-node local cluster running both applications of the pool (see TINY_APP)."""
     require_loopback_namespace()
     with LocalRayCluster(nodes=2, cpus_per_node=2) as cluster:
-        common = ["-m", "engines.ray_serve_app", "--address", cluster.address, "--replicas", str(REPLICAS), "--tiny",
-                  "--num_gpus", "0", "--batch_size", "4", "--avatars_dir", str(demo_avatar.path.parent)]
+        common = [
+            "-m",
+            "engines.ray_serve_app",
+            "--address",
+            cluster.address,
+            "--replicas",
+            str(REPLICAS),
+            "--tiny",
+            "--num_gpus",
+            "0",
+            "--batch_size",
+            "4",
+            "--avatars_dir",
+            str(demo_avatar.path.parent),
+        ]
         # Stepped sessions' clocks wait for their frames: no job of theirs is too late to be shown.
         for extra in (["--name", TINY_APP, "--late_grace_s", "1e9"], ["--fake_cost_ms", str(FAKE_COST_MS)]):
             done = _run(*common, *extra, env=quiet_env())
@@ -156,11 +182,31 @@ def front_end(pool: dict[str, str]) -> Iterator[object]:
 def test_two_front_ends_share_the_pool(pool: dict[str, str], demo_avatar: Avatar) -> None:
     """Two front-end processes, two sessions each speaking at once: every speech tick shows a face rendered for
     it (25 frames per second of media time, none repeated or late), and the frames come from both replicas."""
-    procs = [subprocess.Popen([sys.executable, "-m", "testing.pool_frontend", "--render_pool", "ray", "--app",
-                               TINY_APP, "--avatars_dir", str(demo_avatar.path.parent), "--sessions", "2",
-                               "--seconds", "0.8"],
-                              cwd=ROOT, env=pool, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "testing.pool_frontend",
+                "--render_pool",
+                "ray",
+                "--app",
+                TINY_APP,
+                "--avatars_dir",
+                str(demo_avatar.path.parent),
+                "--sessions",
+                "2",
+                "--seconds",
+                "0.8",
+            ],
+            cwd=ROOT,
+            env=pool,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = []
     try:
         for proc in procs:
@@ -214,8 +260,9 @@ async def test_a_replica_dying_mid_speech(front_end, demo_avatar: Avatar) -> Non
     from testing.pool_frontend import speech, step_together
 
     engine = front_end
-    sessions = [Session(f"k{i}", demo_avatar, engine, options=SessionOptions(crossfade_ticks=0), stepped=True)
-                for i in range(2)]
+    sessions = [
+        Session(f"k{i}", demo_avatar, engine, options=SessionOptions(crossfade_ticks=0), stepped=True) for i in range(2)
+    ]
     events = [s.subscribe() for s in sessions]
     ticks = 20
     for i, s in enumerate(sessions):
@@ -227,8 +274,11 @@ async def test_a_replica_dying_mid_speech(front_end, demo_avatar: Avatar) -> Non
     # with sessions' jobs queued behind it.
     ballast = []
     for _ in range(4):
-        ballast.append(engine.pool.submit(Job("faces", (np.zeros((8, 50, 384), np.float32),
-                                                        np.zeros((8, 8, 32, 32), np.float32)), 0.0)))
+        ballast.append(
+            engine.pool.submit(
+                Job("faces", (np.zeros((8, 50, 384), np.float32), np.zeros((8, 8, 32, 32), np.float32)), 0.0)
+            )
+        )
         await asyncio.sleep(0.3)
     deadline = time.monotonic() + 60  # the sessions' jobs in the pool too (theirs have a turn getter)
     while not any(job.current_turn is not None for job in engine.pool.in_flight()):
@@ -301,9 +351,14 @@ class Counts:
         def diff(now: dict[str, float], then: dict[str, float]) -> dict[str, float]:
             return {k: v - then.get(k, 0.0) for k, v in now.items()}
 
-        return Counts(self.at - earlier.at, diff(self.frames, earlier.frames),
-                      self.render_errors - earlier.render_errors, diff(self.ticks, earlier.ticks),
-                      diff(self.rendered, earlier.rendered), diff(self.skipped, earlier.skipped))
+        return Counts(
+            self.at - earlier.at,
+            diff(self.frames, earlier.frames),
+            self.render_errors - earlier.render_errors,
+            diff(self.ticks, earlier.ticks),
+            diff(self.rendered, earlier.rendered),
+            diff(self.skipped, earlier.skipped),
+        )
 
     def fps(self) -> list[float]:
         """Per session, over a difference of two counts."""
@@ -320,9 +375,14 @@ async def _counts(http: aiohttp.ClientSession, url: str) -> Counts:
     def by(name: str, label: str) -> dict[str, float]:
         return {dict(labels)[label]: v for (n, labels), v in samples.items() if n == name}
 
-    return Counts(at, by("avatar_frames_total", "source"), by("avatar_errors_total", "kind")["render"],
-                  by("avatar_session_ticks_total", "session"), by("avatar_session_rendered_frames_total", "session"),
-                  by("avatar_session_skipped_ticks_total", "session"))
+    return Counts(
+        at,
+        by("avatar_frames_total", "source"),
+        by("avatar_errors_total", "kind")["render"],
+        by("avatar_session_ticks_total", "session"),
+        by("avatar_session_rendered_frames_total", "session"),
+        by("avatar_session_skipped_ticks_total", "session"),
+    )
 
 
 async def _all_counts(http: aiohttp.ClientSession, urls: list[str]) -> list[Counts]:
@@ -332,12 +392,15 @@ async def _all_counts(http: aiohttp.ClientSession, urls: list[str]) -> list[Coun
 def _in_time(window: list[Counts]) -> bool:
     """Every tick of every session in the window showed a face rendered for it: none repeated, none dropped as
     late, no tick skipped."""
-    return all(w.frames["repeat"] == w.frames["dropped"] == 0 and not any(w.skipped.values())
-               and w.frames["speech"] == sum(w.ticks.values()) for w in window)
+    return all(
+        w.frames["repeat"] == w.frames["dropped"] == 0
+        and not any(w.skipped.values())
+        and w.frames["speech"] == sum(w.ticks.values())
+        for w in window
+    )
 
 
-async def _in_time_stretch(http: aiohttp.ClientSession, urls: list[str], within_s: float
-                           ) -> tuple[float, list[Counts]]:
+async def _in_time_stretch(http: aiohttp.ClientSession, urls: list[str], within_s: float) -> tuple[float, list[Counts]]:
     """The first stretch of STRETCH_S from now on in which every session showed lip-synced faces only (`_in_time`),
     polled every POLL_S: its start and the front ends' counts over it. Fails when none starts within `within_s`.
 
@@ -369,8 +432,7 @@ RECOVERY_BOUND_S = 60.0  # docs/render_pool.md: sessions show lip-synced faces a
 RESTART_BOUND_S = 120.0  # docs/render_pool.md: Serve's new replica serves within this
 
 
-async def _hang_then_kill(http: aiohttp.ClientSession, urls: list[str], actor: ActorHandle
-                          ) -> tuple[float, float, int]:
+async def _hang_then_kill(http: aiohttp.ClientSession, urls: list[str], actor: ActorHandle) -> tuple[float, float, int]:
     """Hang a replica (SIGSTOP) at a moment it holds calls, then kill it (SIGKILL) if sessions' calls seem stuck in
     it: sessions that rendered nothing while it hung. A replica found holding only calls that were about to
     finish is let go on (SIGCONT) and caught again. Returns when it hung, when it died, how many sessions rendered
@@ -395,23 +457,46 @@ async def _hang_then_kill(http: aiohttp.ClientSession, urls: list[str], actor: A
     raise AssertionError(f"no session's calls were caught in the hung replica in {HANG_TRIES} tries")
 
 
-def _app_front_end(port: int, log_path: Path, env: dict[str, str], avatar: Avatar, tmp_path: Path
-                   ) -> subprocess.Popen:
+def _app_front_end(port: int, log_path: Path, env: dict[str, str], avatar: Avatar, tmp_path: Path) -> subprocess.Popen:
     """An app.py server on the pool, writing its log to `log_path`."""
     from testing.fake_services import free_port
 
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "app.py", "--engine", "musetalk", "--render_pool", "ray", "--batch_size", "8",
-             "--host", "127.0.0.1", "--listenport", str(port), "--avatars_dir", str(avatar.path.parent),
-             "--records_dir", str(tmp_path / "records"), "--llm_base_url", f"http://127.0.0.1:{free_port()}/v1",
-             "--metrics_per_session", "--connect_timeout", "600"],  # no peer connects: the server's counts
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "app.py",
+                "--engine",
+                "musetalk",
+                "--render_pool",
+                "ray",
+                "--batch_size",
+                "8",
+                "--host",
+                "127.0.0.1",
+                "--listenport",
+                str(port),
+                "--avatars_dir",
+                str(avatar.path.parent),
+                "--records_dir",
+                str(tmp_path / "records"),
+                "--llm_base_url",
+                f"http://127.0.0.1:{free_port()}/v1",
+                "--metrics_per_session",
+                "--connect_timeout",
+                "600",
+            ],  # no peer connects: the server's counts
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 @pytest.mark.slow
-async def test_two_app_front_ends_speak_in_real_time_through_the_pool(pool: dict[str, str], demo_avatar: Avatar,
-                                                                      tmp_path: Path) -> None:
+async def test_two_app_front_ends_speak_in_real_time_through_the_pool(
+    pool: dict[str, str], demo_avatar: Avatar, tmp_path: Path
+) -> None:
     """Two app.py servers on two ports with --render_pool ray, two sessions each speaking all the time, on the
     pool's two replicas of the models' stand-ins (5 ms a batch: real time on this CPU). After the warm-up every
     session shows a lip-synced face at each of its 25 ticks a second, none late. Then a replica hangs and dies:
@@ -518,8 +603,10 @@ async def test_two_app_front_ends_speak_in_real_time_through_the_pool(pool: dict
         line = next(x for x in text.splitlines() if "jobs rendered, by replica" in x)
         replicas |= set(json.loads(line.split("by replica ", 1)[1].split("; ", 1)[0]))
     assert len(replicas) == REPLICAS + 1, replicas  # both replicas, then the new one
-    print(f"\n2 front ends x {SESSIONS_PER_FRONT_END} sessions: in time {in_time_at - first_faces:.1f} s after the "
-          f"first faces, then {min(fps):.1f}-{max(fps):.1f} fps a session over {STRETCH_S:g} s, none late; a replica "
-          f"hung {died - stalled:.1f} s and died: {sum(errors)} session(s) got a render_error, {repeated:.0f} "
-          f"frames repeated in all; in time again {recovered_at - died:.1f} s after the death; Serve's new replica "
-          f"running {restarted_s:.1f} s after it")
+    print(
+        f"\n2 front ends x {SESSIONS_PER_FRONT_END} sessions: in time {in_time_at - first_faces:.1f} s after the "
+        f"first faces, then {min(fps):.1f}-{max(fps):.1f} fps a session over {STRETCH_S:g} s, none late; a replica "
+        f"hung {died - stalled:.1f} s and died: {sum(errors)} session(s) got a render_error, {repeated:.0f} "
+        f"frames repeated in all; in time again {recovered_at - died:.1f} s after the death; Serve's new replica "
+        f"running {restarted_s:.1f} s after it"
+    )

@@ -39,8 +39,28 @@ def test_valid_ids(good: str) -> None:
     assert validate_avatar_id(good) == good
 
 
-@pytest.mark.parametrize("bad", ["", ".", "..", "../x", "a/b", "a\\b", "/abs", "/etc/passwd", "x" * 65, "é", "ａ",
-                                 "a b", "a\n", "a.b", "~", None, 5])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        ".",
+        "..",
+        "../x",
+        "a/b",
+        "a\\b",
+        "/abs",
+        "/etc/passwd",
+        "x" * 65,
+        "é",
+        "ａ",
+        "a b",
+        "a\n",
+        "a.b",
+        "~",
+        None,
+        5,
+    ],
+)
 def test_invalid_ids(bad: object) -> None:
     with pytest.raises(ValueError, match="invalid avatar id"):
         validate_avatar_id(bad)  # type: ignore[arg-type]
@@ -51,10 +71,34 @@ def test_invalid_ids(bad: object) -> None:
 
 def test_demo_round_trip(prepared_demo: Path, astronaut: np.ndarray, astronaut_landmarks: np.ndarray) -> None:
     manifest = json.loads((prepared_demo / "manifest.json").read_text())
-    assert {k: manifest[k] for k in ("format_version", "avatar_id", "fps", "width", "height", "n_frames", "source",
-                                     "version", "bbox_shift", "extra_margin", "latents")} == {
-        "format_version": 1, "avatar_id": "demo", "fps": 25, "width": 512, "height": 512, "n_frames": 1,
-        "source": "<array>", "version": "v15", "bbox_shift": 0, "extra_margin": 10, "latents": []}
+    assert {
+        k: manifest[k]
+        for k in (
+            "format_version",
+            "avatar_id",
+            "fps",
+            "width",
+            "height",
+            "n_frames",
+            "source",
+            "version",
+            "bbox_shift",
+            "extra_margin",
+            "latents",
+        )
+    } == {
+        "format_version": 1,
+        "avatar_id": "demo",
+        "fps": 25,
+        "width": 512,
+        "height": 512,
+        "n_frames": 1,
+        "source": "<array>",
+        "version": "v15",
+        "bbox_shift": 0,
+        "extra_margin": 10,
+        "latents": [],
+    }
     assert "T" in manifest["created"]
     avatar = load_avatar("demo", prepared_demo.parent)
     np.testing.assert_array_equal(avatar.frames[0], astronaut)
@@ -72,12 +116,17 @@ def test_demo_round_trip(prepared_demo: Path, astronaut: np.ndarray, astronaut_l
 def test_frames_are_written_one_by_one_not_held_in_memory(tmp_path: Path, astronaut: np.ndarray) -> None:
     frames = np.repeat(astronaut[None], 60, axis=0)  # 45 MB of frames; holding (or stacking) them would show
     frames[:, :8] = np.arange(60, dtype=np.uint8)[:, None, None, None]  # each frame recognisable
-    prepare_avatar(frames[:2], "warm", tmp_path,  # imports
-                   PrepareOptions(progress=False, models_dir=tmp_path / "no-models"))
+    prepare_avatar(
+        frames[:2],
+        "warm",
+        tmp_path,  # imports
+        PrepareOptions(progress=False, models_dir=tmp_path / "no-models"),
+    )
     tracemalloc.start()
     try:
-        path = prepare_avatar(frames, "long", tmp_path,
-                              PrepareOptions(progress=False, models_dir=tmp_path / "no-models"))
+        path = prepare_avatar(
+            frames, "long", tmp_path, PrepareOptions(progress=False, models_dir=tmp_path / "no-models")
+        )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -100,8 +149,12 @@ def test_npy_header_has_room_for_any_frame_count() -> None:
 def test_image_file_source(tmp_path: Path, astronaut: np.ndarray) -> None:
     small = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
     cv2.imwrite(str(tmp_path / "face.png"), small)
-    path = prepare_avatar(tmp_path / "face.png", "img", tmp_path / "avatars",
-                          PrepareOptions(version="v1", bbox_shift=4, progress=False, models_dir=tmp_path))
+    path = prepare_avatar(
+        tmp_path / "face.png",
+        "img",
+        tmp_path / "avatars",
+        PrepareOptions(version="v1", bbox_shift=4, progress=False, models_dir=tmp_path),
+    )
     avatar = load_avatar("img", tmp_path / "avatars")
     assert avatar.manifest["source"] == "face.png" and avatar.manifest["bbox_shift"] == 4
     np.testing.assert_array_equal(avatar.frames[0], small)
@@ -142,8 +195,10 @@ def test_video_with_blank_frames(prepared_video: Path, face_video: Path, media: 
 
 def test_no_face_video_leaves_nothing(tmp_path: Path, media: Any) -> None:
     rng = np.random.default_rng(0)
-    frames = [np.full((128, 160, 3), 40 + 10 * i, np.uint8) + rng.integers(0, 5, (128, 160, 3), dtype=np.uint8)
-              for i in range(4)]
+    frames = [
+        np.full((128, 160, 3), 40 + 10 * i, np.uint8) + rng.integers(0, 5, (128, 160, 3), dtype=np.uint8)
+        for i in range(4)
+    ]
     video = media.write_video(tmp_path / "empty.mp4", frames)
     avatars = tmp_path / "avatars"
     with pytest.raises(NoFaceError, match="no face found in any of the 4 frame"):
@@ -187,8 +242,9 @@ def test_blend_plans_are_built_once_per_frame_and_shared(prepared_video: Path) -
     avatar = load_avatar("drift", prepared_video.parent)
     first = avatar.blend_plan(5)
     assert avatar.blend_plan(5) is first and avatar.blend_plan(6) is not first  # every session uses the same plan
-    fresh = prepare_blend(as_box(avatar.face_boxes[5]), as_box(avatar.crop_boxes[5]), avatar.mask(5),
-                          avatar.frames.shape[1:3])
+    fresh = prepare_blend(
+        as_box(avatar.face_boxes[5]), as_box(avatar.crop_boxes[5]), avatar.mask(5), avatar.frames.shape[1:3]
+    )
     assert (first.dst, first.src, first.box_size) == (fresh.dst, fresh.src, fresh.box_size)
     np.testing.assert_array_equal(first.alpha, fresh.alpha)
 
@@ -231,8 +287,12 @@ def test_latents_with_a_tiny_vae(tmp_path: Path, astronaut: np.ndarray, media: A
     assert avatar.manifest["latents"] == ["v15"] and avatar.latents("v1") is None
     latents = avatar.latents("v15")
     assert latents is not None and latents.shape == (3, 8, 32, 32) and latents.dtype == np.float16
-    crops = np.stack([cv2.resize(f[y1:y2, x1:x2], (256, 256), interpolation=cv2.INTER_LANCZOS4)
-                      for f, (x1, y1, x2, y2) in zip(frames, avatar.face_boxes)])
+    crops = np.stack(
+        [
+            cv2.resize(f[y1:y2, x1:x2], (256, 256), interpolation=cv2.INTER_LANCZOS4)
+            for f, (x1, y1, x2, y2) in zip(frames, avatar.face_boxes)
+        ]
+    )
     np.testing.assert_array_equal(crops, face_crops(frames, avatar.face_boxes))
     expected = faces_to_latents(vae, crops).numpy().astype(np.float16)
     np.testing.assert_array_equal(latents, expected)
@@ -246,15 +306,18 @@ def test_cli(tmp_path: Path, prepared_demo: Path, capsys: pytest.CaptureFixture[
     avatars = str(tmp_path / "avatars")
     assert main(["--avatars_dir", avatars, "list"]) == 0
     assert "no avatars" in capsys.readouterr().out
-    assert main(["--avatars_dir", avatars, "prepare", "--source", str(tmp_path / "missing.mp4"),
-                 "--avatar_id", "x"]) == 1
+    assert (
+        main(["--avatars_dir", avatars, "prepare", "--source", str(tmp_path / "missing.mp4"), "--avatar_id", "x"]) == 1
+    )
     err = capsys.readouterr().err
     assert "error: source file not found" in err and "Traceback" not in err
     assert main(["--avatars_dir", avatars, "prepare", "--source", str(tmp_path), "--avatar_id", "../x"]) == 1
     assert "invalid avatar id" in capsys.readouterr().err
     (tmp_path / "notavideo.mp4").write_text("hello")
-    assert main(["--avatars_dir", avatars, "prepare", "--source", str(tmp_path / "notavideo.mp4"),
-                 "--avatar_id", "x"]) == 1
+    assert (
+        main(["--avatars_dir", avatars, "prepare", "--source", str(tmp_path / "notavideo.mp4"), "--avatar_id", "x"])
+        == 1
+    )
     assert "cannot open" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["--avatars_dir", avatars, "prepare", "--source", "x.mp4", "--avatar_id", "x", "--version", "v2"])
@@ -279,8 +342,9 @@ def test_latents_from_the_official_models_layout(tmp_path: Path, astronaut: np.n
 
     torch.manual_seed(1)
     AutoencoderKL(**vae_tiny_config()).save_pretrained(tmp_path / "models" / "sd-vae")
-    prepare_avatar(astronaut, "official", tmp_path,
-                   PrepareOptions(version="v1", progress=False, models_dir=tmp_path / "models"))
+    prepare_avatar(
+        astronaut, "official", tmp_path, PrepareOptions(version="v1", progress=False, models_dir=tmp_path / "models")
+    )
     avatar = load_avatar("official", tmp_path)
     assert avatar.manifest["latents"] == ["v1"] and avatar.latents("v15") is None
     vae = load_vae(tmp_path / "models" / "sd-vae", "cpu", torch.float32)

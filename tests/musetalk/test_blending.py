@@ -82,7 +82,7 @@ def test_pixels_outside_the_mask_are_untouched() -> None:
     mask[30:45, 15:40] = 200
     got = paste_face(frame, face, box, crop, mask)
     changed = np.zeros((h, w), bool)
-    changed[10 + 30:10 + 45, 10 + 15:10 + 40] = True
+    changed[10 + 30 : 10 + 45, 10 + 15 : 10 + 40] = True
     np.testing.assert_array_equal(got[~changed], frame[~changed])
     assert (got[changed] != frame[changed]).any()
     # Full alpha puts exactly the resized face in.

@@ -1,4 +1,5 @@
 """Step counts, frame counts and per-frame chunks vs plain restatements of the official loops."""
+
 from __future__ import annotations
 
 import math
@@ -52,7 +53,7 @@ def _plain_v1_chunks(steps: np.ndarray, fps: int) -> np.ndarray:
 
 def _step_features(n_steps: int, dim: int = 8) -> np.ndarray:
     # Distinct, non-zero values everywhere, so a misplaced or zeroed element shows.
-    return (np.arange(n_steps * 5 * dim, dtype=np.float32).reshape(n_steps, 5, dim) + 1.0)
+    return np.arange(n_steps * 5 * dim, dtype=np.float32).reshape(n_steps, 5, dim) + 1.0
 
 
 @pytest.mark.parametrize("n", [16000, 8000 + 320 * 3 + 17, 128000, 9280, 2240])
@@ -77,7 +78,7 @@ def test_25fps_windows_are_steps_2i_minus_4_to_2i_plus_5():
     for version in ("v15", "v1"):
         chunks = frame_chunks(steps, n, version).reshape(-1, 10, 5, 8)
         for i in (3, 10, 20):
-            np.testing.assert_array_equal(chunks[i], steps[2 * i - 4:2 * i + 6])
+            np.testing.assert_array_equal(chunks[i], steps[2 * i - 4 : 2 * i + 6])
     v15 = frame_chunks(steps, n, "v15").reshape(-1, 10, 5, 8)
     assert np.all(v15[0, :4] == 0) and np.array_equal(v15[0, 4:], steps[:6])
     assert np.all(v15[24, 8:] == 0)  # steps 50, 51 lie past the end
@@ -108,8 +109,9 @@ def test_whisper_steps_v15_equals_the_official_pipeline(micro_encoder, speech_li
 # num_frames = math.floor((librosa_length / sr) * fps), actual_length = math.floor((librosa_length / sr) * 50).
 # For these lengths the float product falls just under an integer, one below the exact count
 # (37120 / 16000 * 25 = 57.99999999999999, 18560 / 16000 * 50 = 57.99999999999999, ...).
-@pytest.mark.parametrize(("n", "fps", "frames", "steps"),
-                         [(37120, 25, 57, 115), (18560, 25, 28, 57), (65600, 30, 122, 204)])
+@pytest.mark.parametrize(
+    ("n", "fps", "frames", "steps"), [(37120, 25, 57, 115), (18560, 25, 28, 57), (65600, 30, 122, 204)]
+)
 def test_counts_follow_the_float_floor_where_it_differs_from_the_exact_one(n, fps, frames, steps):
     assert (n * fps // 16000, n * 50 // 16000) == (frames + 1, steps + 1)  # the exact floors, for contrast
     assert num_frames(n, "v15", fps) == frames

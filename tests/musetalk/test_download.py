@@ -1,5 +1,6 @@
 """The weight downloader (musetalk/download.py, through huggingface_hub) against a local server that answers like
 the Hub (testing.fake_hub: the Hub and its storage host on two origins)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,14 +34,23 @@ def host(hub: FakeHub, version: str, token: str | None = None) -> dict[str, byte
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "musetalk.download", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "musetalk.download", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def files_in(root: Path) -> dict[str, bytes]:
     """The weights under root (huggingface_hub's bookkeeping in .cache/ left out)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
-            if p.is_file() and ".cache" not in p.relative_to(root).parts}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and ".cache" not in p.relative_to(root).parts
+    }
 
 
 def test_v15_lands_in_the_official_layout_at_the_pinned_commits(fake_hub, tmp_path):
@@ -127,8 +137,10 @@ def test_a_missing_file_is_one_line_naming_what_is_missing(fake_hub, tmp_path):
     result = run_cli("--models-dir", str(tmp_path), env={"HF_ENDPOINT": fake_hub.url})  # the hyphen spelling too
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: openai/whisper-tiny/preprocessor_config.json at 169d4a4341b3: not found in the "
-                      f"repository; missing: {tmp_path / 'whisper/preprocessor_config.json'}"]
+    assert errors == [
+        f"error: openai/whisper-tiny/preprocessor_config.json at 169d4a4341b3: not found in the "
+        f"repository; missing: {tmp_path / 'whisper/preprocessor_config.json'}"
+    ]
     assert "Traceback" not in result.stderr
 
 
@@ -136,8 +148,10 @@ def test_an_unknown_pinned_revision_is_named(fake_hub, tmp_path, capsys):
     host(fake_hub, "v15")
     fake_hub.repos["stabilityai/sd-vae-ft-mse"].commit = "0" * 40
     assert main(["--models_dir", str(tmp_path), "--endpoint", fake_hub.url]) == 1
-    assert "stabilityai/sd-vae-ft-mse/config.json at 31f26fdeee13: the pinned revision is not in the repository" \
+    assert (
+        "stabilityai/sd-vae-ft-mse/config.json at 31f26fdeee13: the pinned revision is not in the repository"
         in capsys.readouterr().err
+    )
 
 
 def test_v1_with_whisper_tiny_from_its_bucket_checked_by_hash(fake_hub, tmp_path, monkeypatch):
@@ -152,8 +166,21 @@ def test_whisper_tiny_with_a_wrong_hash_is_removed(fake_hub, tmp_path, capsys):
     host(fake_hub, "v1")
     wrong = "/main/whisper/models/" + "0" * 64 + "/tiny.pt"
     fake_hub.bucket[wrong] = HubFile(TINY_PT, lfs=False)
-    assert main(["--version", "v1", "--models_dir", str(tmp_path), "--endpoint", fake_hub.url,
-                 "--whisper_tiny_url", fake_hub.cdn_url + wrong]) == 1
+    assert (
+        main(
+            [
+                "--version",
+                "v1",
+                "--models_dir",
+                str(tmp_path),
+                "--endpoint",
+                fake_hub.url,
+                "--whisper_tiny_url",
+                fake_hub.cdn_url + wrong,
+            ]
+        )
+        == 1
+    )
     assert "sha256" in capsys.readouterr().err
     assert not (tmp_path / "whisper/tiny.pt").exists() and not (tmp_path / "whisper/tiny.pt.part").exists()
 
@@ -161,8 +188,21 @@ def test_whisper_tiny_with_a_wrong_hash_is_removed(fake_hub, tmp_path, capsys):
 def test_all_fetches_both_versions_each_file_once(fake_hub, tmp_path):
     expected = {**host(fake_hub, "v15"), **host(fake_hub, "v1")}
     fake_hub.bucket[TINY_PT_PATH] = HubFile(TINY_PT, lfs=False)
-    assert main(["--version", "all", "--models_dir", str(tmp_path), "--endpoint", fake_hub.url,
-                 "--whisper_tiny_url", fake_hub.cdn_url + TINY_PT_PATH]) == 0
+    assert (
+        main(
+            [
+                "--version",
+                "all",
+                "--models_dir",
+                str(tmp_path),
+                "--endpoint",
+                fake_hub.url,
+                "--whisper_tiny_url",
+                fake_hub.cdn_url + TINY_PT_PATH,
+            ]
+        )
+        == 0
+    )
     assert files_in(tmp_path) == {**expected, "whisper/tiny.pt": TINY_PT}
     heads = [r.path for r in fake_hub.hub_requests("HEAD")]
     assert len(heads) == len(set(heads))

@@ -84,6 +84,7 @@ def test_face_box_rule() -> None:
 #   v1.5 afterwards: y2 = min(y2 + extra_margin, H)
 # Our stand-ins for those points: mesh 127 / 356 the jaw's left / right ends, 152 the chin, 195 point 29.
 
+
 def face_points(left: float, right: float, chin: float, y29: float) -> np.ndarray:
     """468 mesh points: 127 at x=left, 356 at x=right, 152 at y=chin, 195 (iBUG 29) at y=y29; every other point
     (and the unset coordinates) at an inner point that sets no part of the box (x midway, y above chin and 29)."""
@@ -174,8 +175,13 @@ def test_rejected_frames_use_the_nearest_good_frame(tmp_path: Path, monkeypatch:
     from musetalk.avatar import NoFaceError, load_avatar
 
     good0, good4 = face_points(20.0, 70.0, chin=90.0, y29=50.0), face_points(30.0, 80.0, chin=95.0, y29=60.0)
-    detected = [good0, face_points(-1.2, 70.0, chin=90.0, y29=50.0), None,
-                face_points(20.0, 70.0, chin=40.0, y29=50.0), good4]  # good, x1 < 0, no face, empty, good
+    detected = [
+        good0,
+        face_points(-1.2, 70.0, chin=90.0, y29=50.0),
+        None,
+        face_points(20.0, 70.0, chin=40.0, y29=50.0),
+        good4,
+    ]  # good, x1 < 0, no face, empty, good
     monkeypatch.setattr(prepare_module, "_detect_all", lambda frames, progress: detected)
     frames = np.zeros((5, 120, 160, 3), np.uint8)
     options = prepare_module.PrepareOptions(version="v1", progress=False, models_dir=tmp_path)
@@ -263,4 +269,4 @@ def test_mask_region_and_blur(astronaut: np.ndarray, astronaut_landmarks: np.nda
     k = int(0.1 * cw // 2 * 2) + 1
     np.testing.assert_array_equal(blurred, cv2.GaussianBlur(region, (k, k), 0))
     assert not np.array_equal(blurred, cv2.GaussianBlur(region, (k + 2, k + 2), 0))
-    assert not blurred[:half - k // 2 - 1].any()  # the blur reaches at most k//2 rows above the half line
+    assert not blurred[: half - k // 2 - 1].any()  # the blur reaches at most k//2 rows above the half line

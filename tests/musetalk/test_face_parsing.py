@@ -5,6 +5,7 @@ The official checkpoint layout is written out below from the module names of Mus
 ``conv_head32``/``conv_head16``, ``conv_avg``; ``ffm``; heads ``conv_out``/``conv_out16``/``conv_out32``; every conv
 without bias) and torchvision's resnet18 file; the mask rules from reference musetalk.md 6.2 / 6.3.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,9 +38,11 @@ N = 19  # CelebAMask-HQ classes
 
 # ---------------------------------------------------------------------------------------------------- the layout
 
+
 def _bn(prefix: str, c: int, counter: bool = True) -> dict[str, tuple[int, ...]]:
-    keys: dict[str, tuple[int, ...]] = {f"{prefix}.{k}": (c,)
-                                        for k in ("weight", "bias", "running_mean", "running_var")}
+    keys: dict[str, tuple[int, ...]] = {
+        f"{prefix}.{k}": (c,) for k in ("weight", "bias", "running_mean", "running_var")
+    }
     if counter:
         keys[f"{prefix}.num_batches_tracked"] = ()
     return keys
@@ -69,17 +72,24 @@ def resnet18_layout(prefix: str = "", counter: bool = True) -> dict[str, tuple[i
 
 OFFICIAL = {
     **resnet18_layout("cp.resnet."),
-    **_conv_bn("cp.arm16.conv", 256, 128, 3), "cp.arm16.conv_atten.weight": (128, 128, 1, 1),
+    **_conv_bn("cp.arm16.conv", 256, 128, 3),
+    "cp.arm16.conv_atten.weight": (128, 128, 1, 1),
     **_bn("cp.arm16.bn_atten", 128),
-    **_conv_bn("cp.arm32.conv", 512, 128, 3), "cp.arm32.conv_atten.weight": (128, 128, 1, 1),
+    **_conv_bn("cp.arm32.conv", 512, 128, 3),
+    "cp.arm32.conv_atten.weight": (128, 128, 1, 1),
     **_bn("cp.arm32.bn_atten", 128),
     **_conv_bn("cp.conv_head32", 128, 128, 3),
     **_conv_bn("cp.conv_head16", 128, 128, 3),
     **_conv_bn("cp.conv_avg", 512, 128, 1),
-    **_conv_bn("ffm.convblk", 256, 256, 1), "ffm.conv1.weight": (64, 256, 1, 1), "ffm.conv2.weight": (256, 64, 1, 1),
-    **_conv_bn("conv_out.conv", 256, 256, 3), "conv_out.conv_out.weight": (N, 256, 1, 1),
-    **_conv_bn("conv_out16.conv", 128, 64, 3), "conv_out16.conv_out.weight": (N, 64, 1, 1),
-    **_conv_bn("conv_out32.conv", 128, 64, 3), "conv_out32.conv_out.weight": (N, 64, 1, 1),
+    **_conv_bn("ffm.convblk", 256, 256, 1),
+    "ffm.conv1.weight": (64, 256, 1, 1),
+    "ffm.conv2.weight": (256, 64, 1, 1),
+    **_conv_bn("conv_out.conv", 256, 256, 3),
+    "conv_out.conv_out.weight": (N, 256, 1, 1),
+    **_conv_bn("conv_out16.conv", 128, 64, 3),
+    "conv_out16.conv_out.weight": (N, 64, 1, 1),
+    **_conv_bn("conv_out32.conv", 128, 64, 3),
+    "conv_out32.conv_out.weight": (N, 64, 1, 1),
 }
 TORCHVISION_RESNET18 = {**resnet18_layout(counter=False), "fc.weight": (1000, 512), "fc.bias": (1000,)}
 
@@ -108,8 +118,9 @@ def write_parsing_weights(models: Path, all_skin: bool = False) -> dict[str, tor
     folder = models / "face-parse-bisent"
     folder.mkdir(parents=True)
     # torchvision's 2017 file: legacy (non-zip) serialization, no BN counters, fc included.
-    torch.save(random_state(TORCHVISION_RESNET18, 1), folder / "resnet18-5c106cde.pth",
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        random_state(TORCHVISION_RESNET18, 1), folder / "resnet18-5c106cde.pth", _use_new_zipfile_serialization=False
+    )
     state = random_state(OFFICIAL, 2)
     if all_skin:
         state["conv_out.conv_out.weight"] = torch.zeros(N, 256, 1, 1)
@@ -127,12 +138,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ---------------------------------------------------------------------------------------------------- network
 
+
 def test_full_size_state_dict_has_the_official_names_and_shapes() -> None:
     state = BiSeNet().state_dict()
     assert {k: tuple(v.shape) for k, v in state.items()} == OFFICIAL
     resnet = BiSeNet().cp.resnet.state_dict()
     assert {k: tuple(v.shape) for k, v in resnet.items() if not k.endswith("num_batches_tracked")} == {
-        k: s for k, s in TORCHVISION_RESNET18.items() if not k.startswith("fc.")}
+        k: s for k, s in TORCHVISION_RESNET18.items() if not k.startswith("fc.")
+    }
 
 
 def test_official_layout_loads_strictly(tmp_path: Path) -> None:
@@ -195,6 +208,7 @@ def test_missing_weights_name_the_files_and_the_download_command(tmp_path: Path)
 
 # ---------------------------------------------------------------------------------------------------- input
 
+
 def test_input_is_the_crop_resized_bilinearly_by_pillow_and_imagenet_normalised() -> None:
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (300, 400, 3), np.uint8)
@@ -205,17 +219,19 @@ def test_input_is_the_crop_resized_bilinearly_by_pillow_and_imagenet_normalised(
     x = parsing_input(frame, crop)
     assert x.shape == (1, 3, 512, 512) and x.dtype == torch.float32
     np.testing.assert_allclose(x[0].permute(1, 2, 0).numpy(), expected, atol=1e-6)
-    assert np.allclose(x[0, :, :, :80].numpy(), (-np.array([0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225])
-                       [:, None, None], atol=1e-6)  # black padding, normalised
+    assert np.allclose(
+        x[0, :, :, :80].numpy(), (-np.array([0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225])[:, None, None], atol=1e-6
+    )  # black padding, normalised
 
 
 # ---------------------------------------------------------------------------------------------------- modes
+
 
 def official_jaw_kernel() -> np.ndarray:
     """musetalk.md 6.2: 33x33, anchor at the centre; rows 10..20 a cone of widths 1, 3, ..., 21; rows 21..32 21 wide."""
     k = np.zeros((33, 33), np.uint8)
     for row, width in zip(range(10, 21), range(1, 22, 2)):
-        k[row, 16 - width // 2:16 + width // 2 + 1] = 1
+        k[row, 16 - width // 2 : 16 + width // 2 + 1] = 1
     k[21:33, 6:27] = 1
     return k
 
@@ -223,8 +239,7 @@ def official_jaw_kernel() -> np.ndarray:
 def official_cheeks(width: int) -> np.ndarray:
     """255 for columns <= 256 - width and >= 256 + width."""
     cols = np.arange(512)
-    return np.broadcast_to(np.where((cols <= 256 - width) | (cols >= 256 + width), 255, 0).astype(np.uint8),
-                           (512, 512))
+    return np.broadcast_to(np.where((cols <= 256 - width) | (cols >= 256 + width), 255, 0).astype(np.uint8), (512, 512))
 
 
 def official_jaw(labels: np.ndarray, width: int) -> np.ndarray:
@@ -250,7 +265,7 @@ def stripes() -> np.ndarray:
     """Every class 0..18 in a band of 26 rows (the rest background)."""
     labels = np.zeros((512, 512), np.int64)
     for c in range(N):
-        labels[26 * c:26 * (c + 1)] = c
+        labels[26 * c : 26 * (c + 1)] = c
     return labels
 
 
@@ -270,7 +285,7 @@ def test_jaw_dilation_grows_the_skin_by_a_cone_below_and_16_px_above() -> None:
     expected = np.zeros((512, 512), np.uint8)
     expected[84:196, 190:322] = 255  # +-10 px sideways, 16 rows above
     for row, half in zip(range(196, 206), range(9, -1, -1)):  # below the chin: 9, 8, ..., 0 px sideways
-        expected[row, 200 - half:312 + half] = 255
+        expected[row, 200 - half : 312 + half] = 255
     np.testing.assert_array_equal(mask, expected)
 
 
@@ -323,9 +338,14 @@ def test_random_label_maps_follow_the_official_rules() -> None:
         np.testing.assert_array_equal(labels_to_mask(labels, "jaw", width), official_jaw(labels, width))
 
 
-@pytest.mark.parametrize("args", [(np.zeros((512, 512), np.int64), "chin", 90),
-                                  (np.zeros((512, 512), np.int64), "jaw", 257),
-                                  (np.zeros((256, 256), np.int64), "raw", 90)])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (np.zeros((512, 512), np.int64), "chin", 90),
+        (np.zeros((512, 512), np.int64), "jaw", 257),
+        (np.zeros((256, 256), np.int64), "raw", 90),
+    ],
+)
 def test_bad_mode_width_or_shape(args: tuple) -> None:
     with pytest.raises(ValueError, match=r"parsing mode|cheek_width|label map"):
         labels_to_mask(*args)
@@ -333,15 +353,17 @@ def test_bad_mode_width_or_shape(args: tuple) -> None:
 
 # ---------------------------------------------------------------------------------------------------- to the crop
 
+
 def test_blur_kernel_follows_the_crop_width() -> None:
     for width, k in [(200, 21), (300, 31), (450, 45)]:  # int(0.1*S//2*2)+1, musetalk.md 6.3
         region = np.zeros((width, width), np.uint8)
-        region[width // 2:, width // 3:] = 255
+        region[width // 2 :, width // 3 :] = 255
         np.testing.assert_array_equal(blur_mask(region), cv2.GaussianBlur(region, (k, k), 0))
 
 
-def test_mask_goes_to_the_crop_as_upstream(astronaut: np.ndarray, astronaut_landmarks: np.ndarray,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mask_goes_to_the_crop_as_upstream(
+    astronaut: np.ndarray, astronaut_landmarks: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The parsing mask resized with Pillow's bicubic to the crop, cut to the face box and the crop's lower half
     with PIL crop/paste, blurred: upstream get_image_prepare_material step by step."""
     disc = np.zeros((512, 512), np.uint8)
@@ -372,12 +394,14 @@ def test_mask_goes_to_the_crop_as_upstream(astronaut: np.ndarray, astronaut_land
 
 # ---------------------------------------------------------------------------------------------------- prepare
 
+
 def _manifest(path: Path) -> dict:
     return json.loads((path / "manifest.json").read_text())
 
 
-def test_prepare_uses_bisenet_when_its_weights_are_there(tmp_path: Path, models: Path, astronaut: np.ndarray,
-                                                          astronaut_landmarks: np.ndarray) -> None:
+def test_prepare_uses_bisenet_when_its_weights_are_there(
+    tmp_path: Path, models: Path, astronaut: np.ndarray, astronaut_landmarks: np.ndarray
+) -> None:
     path = prepare_avatar(astronaut, "parsed", tmp_path, PrepareOptions(progress=False, models_dir=models))
     manifest = _manifest(path)
     assert manifest["mask"] == "bisenet-jaw" and manifest["cheek_width"] == 90
@@ -387,7 +411,7 @@ def test_prepare_uses_bisenet_when_its_weights_are_there(tmp_path: Path, models:
     # All-skin weights: the jaw mask covers the whole crop, so what is left is face box ∩ lower half, blurred.
     size = crop[2] - crop[0]
     region = np.zeros((size, size), np.uint8)
-    region[max(box[1] - crop[1], size // 2):box[3] - crop[1], box[0] - crop[0]:box[2] - crop[0]] = 255
+    region[max(box[1] - crop[1], size // 2) : box[3] - crop[1], box[0] - crop[0] : box[2] - crop[0]] = 255
     k = int(0.1 * size // 2 * 2) + 1
     np.testing.assert_array_equal(avatar.mask(0), cv2.GaussianBlur(region, (k, k), 0))
     assert not np.array_equal(avatar.mask(0), blend_mask(astronaut_landmarks, box, crop))  # not the oval
@@ -395,11 +419,19 @@ def test_prepare_uses_bisenet_when_its_weights_are_there(tmp_path: Path, models:
     np.testing.assert_array_equal(avatar.mask(0), parser.blend_mask(astronaut, box, crop, "jaw", 90))
 
 
-def test_prepare_cli_modes_and_defaults_per_version(tmp_path: Path, models: Path, astronaut: np.ndarray,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_prepare_cli_modes_and_defaults_per_version(
+    tmp_path: Path, models: Path, astronaut: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
     cv2.imwrite(str(tmp_path / "face.png"), astronaut)
-    base = ["--avatars_dir", str(tmp_path / "avatars"), "prepare", "--source", str(tmp_path / "face.png"),
-            "--models_dir", str(models)]
+    base = [
+        "--avatars_dir",
+        str(tmp_path / "avatars"),
+        "prepare",
+        "--source",
+        str(tmp_path / "face.png"),
+        "--models_dir",
+        str(models),
+    ]
     assert main([*base, "--avatar_id", "v1raw", "--version", "v1"]) == 0
     assert main([*base, "--avatar_id", "neck", "--parsing_mode", "neck", "--cheek_width", "70"]) == 0
     assert main([*base, "--avatar_id", "jaw70", "--cheek_width", "70"]) == 0
@@ -414,10 +446,12 @@ def test_prepare_cli_modes_and_defaults_per_version(tmp_path: Path, models: Path
     assert "cheek_width" in capsys.readouterr().err
 
 
-def test_prepare_falls_back_to_the_oval_without_weights(tmp_path: Path, astronaut: np.ndarray,
-                                                        astronaut_landmarks: np.ndarray) -> None:
-    path = prepare_avatar(astronaut, "oval", tmp_path,
-                          PrepareOptions(progress=False, models_dir=tmp_path / "no-models"))
+def test_prepare_falls_back_to_the_oval_without_weights(
+    tmp_path: Path, astronaut: np.ndarray, astronaut_landmarks: np.ndarray
+) -> None:
+    path = prepare_avatar(
+        astronaut, "oval", tmp_path, PrepareOptions(progress=False, models_dir=tmp_path / "no-models")
+    )
     assert _manifest(path)["mask"] == "face-oval" and "cheek_width" not in _manifest(path)
     avatar = load_avatar("oval", tmp_path)
     box = as_box(avatar.face_boxes[0])
@@ -426,14 +460,35 @@ def test_prepare_falls_back_to_the_oval_without_weights(tmp_path: Path, astronau
     np.testing.assert_allclose(avatar.landmarks[0], astronaut_landmarks, atol=0.5)
 
 
-def test_a_parsing_mode_without_weights_is_an_error(tmp_path: Path, astronaut: np.ndarray,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_parsing_mode_without_weights_is_an_error(
+    tmp_path: Path, astronaut: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(MissingWeightsError, match=r"79999_iter\.pth"):
-        prepare_avatar(astronaut, "x", tmp_path / "avatars",
-                       PrepareOptions(progress=False, models_dir=tmp_path / "none", parsing_mode="jaw"))
+        prepare_avatar(
+            astronaut,
+            "x",
+            tmp_path / "avatars",
+            PrepareOptions(progress=False, models_dir=tmp_path / "none", parsing_mode="jaw"),
+        )
     assert not (tmp_path / "avatars").exists() or not any((tmp_path / "avatars").iterdir())
     cv2.imwrite(str(tmp_path / "face.png"), astronaut)
-    assert main(["--avatars_dir", str(tmp_path / "avatars"), "prepare", "--source", str(tmp_path / "face.png"),
-                 "--avatar_id", "x", "--parsing_mode", "raw", "--models_dir", str(tmp_path / "none")]) == 1
+    assert (
+        main(
+            [
+                "--avatars_dir",
+                str(tmp_path / "avatars"),
+                "prepare",
+                "--source",
+                str(tmp_path / "face.png"),
+                "--avatar_id",
+                "x",
+                "--parsing_mode",
+                "raw",
+                "--models_dir",
+                str(tmp_path / "none"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "resnet18-5c106cde.pth" in err and "python -m musetalk.download" in err and "Traceback" not in err

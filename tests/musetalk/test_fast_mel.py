@@ -1,6 +1,7 @@
 """The streaming log-mel computes only the STFT frames that reach the audio; it must equal the full computation
 bit for bit (torch.equal), whatever the length and position of the audio and however loud it is (the clamp floor
 max - 8 is taken over the whole input)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,7 +34,7 @@ def _normalise(log_spec: torch.Tensor) -> torch.Tensor:
 
 def _full_v15(audio: np.ndarray, start: int) -> torch.Tensor:
     placed = np.zeros(SEGMENT, np.float32)
-    placed[start:start + len(audio)] = audio
+    placed[start : start + len(audio)] = audio
     return _normalise(_full_log_mel(placed))
 
 
@@ -83,7 +84,7 @@ def test_streaming_encoder_inputs_equal_the_full_computation(version, n):
             want = torch.zeros(80, 3000)
             if n >= 320:
                 mel = _normalise(_full_log_mel(audio))
-                want[:, 2 * offset:2 * offset + mel.shape[1]] = mel
+                want[:, 2 * offset : 2 * offset + mel.shape[1]] = mel
         assert torch.equal(mels[0], want), (offset, int((mels[0] != want).sum()))
         assert torch.equal(window_mel(audio, version, offset)[0], want)
 

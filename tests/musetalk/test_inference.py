@@ -1,4 +1,5 @@
 """Face encoding and single-step inference (musetalk/inference.py) on tiny random-weight models."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -24,6 +25,7 @@ def random_faces(n: int, seed: int = 1) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- encoding
 
+
 def test_faces_to_latents_matches_a_per_face_reference(models, tiny_layout):
     faces = random_faces(2)
     latents = faces_to_latents(models.vae, faces, batch_size=1)  # two chunks: exercises the concatenation
@@ -36,7 +38,7 @@ def test_faces_to_latents_matches_a_per_face_reference(models, tiny_layout):
             x = torch.from_numpy(image).permute(2, 0, 1)[None]
             with torch.no_grad():
                 expected = tiny_layout.vae.encode(x).latent_dist.mean * SCALE
-            torch.testing.assert_close(latents[i:i + 1, channels], expected, atol=1e-3, rtol=1e-3)
+            torch.testing.assert_close(latents[i : i + 1, channels], expected, atol=1e-3, rtol=1e-3)
 
 
 def test_masked_latents_ignore_the_lower_half(models):
@@ -49,18 +51,22 @@ def test_masked_latents_ignore_the_lower_half(models):
     assert torch.equal(a, faces_to_latents(models.vae, faces))  # posterior mode: deterministic
 
 
-@pytest.mark.parametrize(("bad", "error"), [
-    (np.zeros((1, 256, 256, 3), np.float32), TypeError),
-    (np.zeros((256, 256, 3), np.uint8), ValueError),
-    (np.zeros((1, 128, 128, 3), np.uint8), ValueError),
-    (np.zeros((0, 256, 256, 3), np.uint8), ValueError),
-])
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        (np.zeros((1, 256, 256, 3), np.float32), TypeError),
+        (np.zeros((256, 256, 3), np.uint8), ValueError),
+        (np.zeros((1, 128, 128, 3), np.uint8), ValueError),
+        (np.zeros((0, 256, 256, 3), np.uint8), ValueError),
+    ],
+)
 def test_faces_to_latents_rejects_bad_input(models, bad, error):
     with pytest.raises(error, match="faces"):
         faces_to_latents(models.vae, bad)
 
 
 # ------------------------------------------------------------------------------------------- decoding
+
 
 class KnownImageVAE(torch.nn.Module):
     """Records the latents it is asked to decode and returns a fixed image with one value per RGB channel."""
@@ -96,6 +102,7 @@ def test_decode_rounds_to_nearest():
 
 # ------------------------------------------------------------------------------------------- full step
 
+
 def reference_faces(tiny_layout, features: torch.Tensor, latents: torch.Tensor) -> np.ndarray:
     """The upstream sequence written out step by step on the in-memory models the files were saved from."""
     with torch.no_grad():
@@ -125,14 +132,17 @@ def test_ndarray_input_and_the_audio_features_matter(models):
     assert not np.array_equal(out[0], out[1])  # same face, different audio
 
 
-@pytest.mark.parametrize(("features", "latents", "error", "match"), [
-    (torch.zeros(2, 50, 384), torch.zeros(3, 8, 32, 32), ValueError, "2 frames but latents 3"),
-    (torch.zeros(2, 49, 384), torch.zeros(2, 8, 32, 32), ValueError, "features must have shape"),
-    (torch.zeros(2, 50, 384), torch.zeros(2, 4, 32, 32), ValueError, "latents must have shape"),
-    (torch.zeros(0, 50, 384), torch.zeros(0, 8, 32, 32), ValueError, "B>=1"),
-    (torch.zeros(1, 50, 384, dtype=torch.int64), torch.zeros(1, 8, 32, 32), TypeError, "floating"),
-    ([[0.0]], torch.zeros(1, 8, 32, 32), TypeError, "tensor or ndarray"),
-])
+@pytest.mark.parametrize(
+    ("features", "latents", "error", "match"),
+    [
+        (torch.zeros(2, 50, 384), torch.zeros(3, 8, 32, 32), ValueError, "2 frames but latents 3"),
+        (torch.zeros(2, 49, 384), torch.zeros(2, 8, 32, 32), ValueError, "features must have shape"),
+        (torch.zeros(2, 50, 384), torch.zeros(2, 4, 32, 32), ValueError, "latents must have shape"),
+        (torch.zeros(0, 50, 384), torch.zeros(0, 8, 32, 32), ValueError, "B>=1"),
+        (torch.zeros(1, 50, 384, dtype=torch.int64), torch.zeros(1, 8, 32, 32), TypeError, "floating"),
+        ([[0.0]], torch.zeros(1, 8, 32, 32), TypeError, "tensor or ndarray"),
+    ],
+)
 def test_infer_faces_rejects_bad_input(models, features, latents, error, match):
     with pytest.raises(error, match=match):
         infer_faces(models, features, latents)

@@ -1,4 +1,5 @@
 """Model building, checkpoint layout and strict loading (musetalk/models.py)."""
+
 from __future__ import annotations
 
 import json
@@ -37,6 +38,7 @@ def full_models() -> tuple[torch.nn.Module, torch.nn.Module]:
 
 # ------------------------------------------------------------------------------------------- full-size shapes
 
+
 def test_full_unet_matches_official_checkpoint_shape(full_models):
     unet, _ = full_models
     state = unet.state_dict()
@@ -44,8 +46,15 @@ def test_full_unet_matches_official_checkpoint_shape(full_models):
     assert len(state) == 686
     assert state["conv_in.weight"].shape == (320, 8, 3, 3)
     assert state["conv_out.weight"].shape == (4, 320, 3, 3)
-    channels = {"down_blocks.0": 320, "down_blocks.1": 640, "down_blocks.2": 1280, "mid_block": 1280,
-                "up_blocks.1": 1280, "up_blocks.2": 640, "up_blocks.3": 320}
+    channels = {
+        "down_blocks.0": 320,
+        "down_blocks.1": 640,
+        "down_blocks.2": 1280,
+        "mid_block": 1280,
+        "up_blocks.1": 1280,
+        "up_blocks.2": 640,
+        "up_blocks.3": 320,
+    }
     to_k = [k for k in state if k.endswith("attn2.to_k.weight")]
     assert len(to_k) == 16
     for key in to_k:
@@ -78,6 +87,7 @@ def test_build_unet_ignores_diffusers_private_keys():
 
 # ------------------------------------------------------------------------------------------- positional encoding
 
+
 def test_positional_encoding_matches_the_formula():
     pe = PositionalEncoding()
     assert pe.pe.shape == (1, 5000, 384)
@@ -102,10 +112,21 @@ def test_positional_encoding_follows_input_dtype_and_rejects_too_long():
 
 # ------------------------------------------------------------------------------------------- layout and errors
 
-V15_FILES = ["musetalkV15/unet.pth", "sd-vae/config.json", "sd-vae/diffusion_pytorch_model.bin",
-             "whisper/config.json", "whisper/pytorch_model.bin", "whisper/preprocessor_config.json"]
-V1_FILES = ["musetalk/pytorch_model.bin", "musetalk/musetalk.json", "sd-vae/config.json",
-            "sd-vae/diffusion_pytorch_model.bin", "whisper/tiny.pt"]
+V15_FILES = [
+    "musetalkV15/unet.pth",
+    "sd-vae/config.json",
+    "sd-vae/diffusion_pytorch_model.bin",
+    "whisper/config.json",
+    "whisper/pytorch_model.bin",
+    "whisper/preprocessor_config.json",
+]
+V1_FILES = [
+    "musetalk/pytorch_model.bin",
+    "musetalk/musetalk.json",
+    "sd-vae/config.json",
+    "sd-vae/diffusion_pytorch_model.bin",
+    "whisper/tiny.pt",
+]
 
 
 @pytest.mark.parametrize(("version", "files"), [("v15", V15_FILES), ("v1", V1_FILES)])
@@ -141,8 +162,10 @@ def test_safetensors_alternatives_count_as_present(tmp_path):
         (tmp_path / f).write_bytes(b"x")
     paths = ModelPaths(tmp_path, "v15")
     assert paths.missing() == []
-    for old, new in [("sd-vae/diffusion_pytorch_model.bin", "sd-vae/diffusion_pytorch_model.safetensors"),
-                     ("whisper/pytorch_model.bin", "whisper/model.safetensors")]:
+    for old, new in [
+        ("sd-vae/diffusion_pytorch_model.bin", "sd-vae/diffusion_pytorch_model.safetensors"),
+        ("whisper/pytorch_model.bin", "whisper/model.safetensors"),
+    ]:
         (tmp_path / old).rename(tmp_path / new)
     assert paths.missing() == []
     assert paths.vae_weights.name == "diffusion_pytorch_model.safetensors"
@@ -161,6 +184,7 @@ def test_device_and_dtype():
 
 
 # ------------------------------------------------------------------------------------------- loading
+
 
 def assert_same_weights(loaded: torch.nn.Module, original: torch.nn.Module) -> None:
     a, b = loaded.state_dict(), original.state_dict()
@@ -181,8 +205,9 @@ def test_load_models_restores_the_saved_weights(tiny_layout):
 
 
 def test_load_unet_casts_to_the_requested_dtype(tiny_layout):
-    unet = load_unet(tiny_layout.root / "musetalkV15/unet.pth", tiny_layout.root / "musetalkV15/musetalk.json",
-                     "cpu", torch.float16)
+    unet = load_unet(
+        tiny_layout.root / "musetalkV15/unet.pth", tiny_layout.root / "musetalkV15/musetalk.json", "cpu", torch.float16
+    )
     assert {p.dtype for p in unet.parameters()} == {torch.float16}
     torch.testing.assert_close(unet.conv_in.weight.float(), tiny_layout.unet.conv_in.weight.half().float())
 
@@ -200,8 +225,9 @@ def _unet_with_state(tmp_path: Path, state: dict, suffix: str = ".pth") -> Path:
 
 def test_load_unet_from_safetensors(tiny_layout, tmp_path):
     path = _unet_with_state(tmp_path, tiny_layout.unet.state_dict(), ".safetensors")
-    assert_same_weights(load_unet(path, tiny_layout.root / "musetalkV15/musetalk.json", "cpu", torch.float32),
-                        tiny_layout.unet)
+    assert_same_weights(
+        load_unet(path, tiny_layout.root / "musetalkV15/musetalk.json", "cpu", torch.float32), tiny_layout.unet
+    )
 
 
 def test_strict_loading_names_missing_and_unexpected_keys(tiny_layout, tmp_path):
@@ -267,8 +293,9 @@ def test_vae_loads_new_names_from_safetensors(tiny_layout, tmp_path):
 def test_rename_refuses_duplicate_names():
     t = torch.zeros(1)
     with pytest.raises(CheckpointError, match="both"):
-        rename_legacy_vae_keys({"encoder.mid_block.attentions.0.query.weight": t,
-                                "encoder.mid_block.attentions.0.to_q.weight": t})
+        rename_legacy_vae_keys(
+            {"encoder.mid_block.attentions.0.query.weight": t, "encoder.mid_block.attentions.0.to_q.weight": t}
+        )
 
 
 def test_vae_strict_loading(tiny_layout, tmp_path):

@@ -8,6 +8,7 @@ with "include_embeddings" -- the state after the positional embedding and each b
 (taken here with hooks, since the package's forward only returns the ``ln_post`` output) --, ``int(frames / 2)``
 steps kept per segment; then ``feature2chunks`` / ``get_sliced_feature`` as the notes state them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,9 +28,18 @@ from musetalk.audio_features import (
 )
 from musetalk.whisper import encoder_states, load_encoder_v1
 
-TINY = whisper.model.ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6,
-                                     n_audio_layer=4, n_vocab=51865, n_text_ctx=448, n_text_state=384,
-                                     n_text_head=6, n_text_layer=4)
+TINY = whisper.model.ModelDimensions(
+    n_mels=80,
+    n_audio_ctx=1500,
+    n_audio_state=384,
+    n_audio_head=6,
+    n_audio_layer=4,
+    n_vocab=51865,
+    n_text_ctx=448,
+    n_text_state=384,
+    n_text_head=6,
+    n_text_layer=4,
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +79,9 @@ def official_v1_embeddings(model: whisper.Whisper, audio: np.ndarray) -> np.ndar
     mel = log_mel_spectrogram(torch.from_numpy(audio))
     kept = []
     for seek in range(0, mel.shape[-1], N_FRAMES):
-        segment = pad_or_trim(mel[:, seek:seek + N_FRAMES], N_FRAMES)
+        segment = pad_or_trim(mel[:, seek : seek + N_FRAMES], N_FRAMES)
         states, _ = block_states(model.encoder, segment[None])
-        kept.append(states[0, :int(min(N_FRAMES, mel.shape[-1] - seek) / 2)].numpy())
+        kept.append(states[0, : int(min(N_FRAMES, mel.shape[-1] - seek) / 2)].numpy())
     return np.concatenate(kept)
 
 
@@ -115,7 +125,7 @@ def test_v1_features_equal_the_official_procedure_on_openai_whisper(tiny_pt, spe
     # The encoder inputs: whole-input log-mel with the global max, 3000-frame segments padded in that domain.
     mels, _ = mel_segments(audio, "v1")
     mel = log_mel_spectrogram(torch.from_numpy(audio))
-    want_mels = torch.stack([pad_or_trim(mel[:, s:s + N_FRAMES], N_FRAMES) for s in range(0, mel.shape[1], N_FRAMES)])
+    want_mels = torch.stack([pad_or_trim(mel[:, s : s + N_FRAMES], N_FRAMES) for s in range(0, mel.shape[1], N_FRAMES)])
     assert mels.shape == want_mels.shape == (2 if seconds > 30 else 1, 80, N_FRAMES)
     torch.testing.assert_close(mels, want_mels, rtol=0, atol=1e-6)
     # The per-layer embeddings MuseTalk v1 uses, every step of the utterance (both segments for 31.5 s).

@@ -1,5 +1,6 @@
 """Streaming chunks: exact slicing vs the whole utterance and the official restatement, windows and their encoder
 positions (30 s segments included), and the encoded features vs the official features of the audio given."""
+
 from __future__ import annotations
 
 import copy
@@ -31,7 +32,7 @@ from testing.official_audio import (
 def _local_steps(audio: np.ndarray, first_step: int = 0) -> np.ndarray:
     """A step function where step s depends only on samples [320 s, 320 s + 320): windowing cannot change it."""
     n = len(audio) // 320
-    frames = audio[:n * 320].reshape(n, 320).astype(np.float32)
+    frames = audio[: n * 320].reshape(n, 320).astype(np.float32)
     d = np.arange(384)
     steps = [frames[:, d % 320] * (layer + 1) + d // 320 + 10 * layer for layer in range(5)]
     return np.stack(steps, axis=1).astype(np.float32)
@@ -43,7 +44,7 @@ def _stream(streamer: StreamingFeatures, audio: np.ndarray, ahead: int = 0) -> n
     out, f0 = [], 0
     while True:
         start, end = streamer.window(f0)
-        given = audio[start:min(end + ahead, len(audio))]
+        given = audio[start : min(end + ahead, len(audio))]
         batch = streamer.chunks(given, f0, final=start + len(given) == len(audio))
         out.append(batch)
         f0 += streamer.batch_frames
@@ -59,16 +60,17 @@ LENGTHS = [int(0.3 * 16000), 16000 + 123, 2 * 16000 + 320 * 7, 9280, 3 * 16000 +
 @pytest.mark.parametrize("n", LENGTHS)
 def test_streamed_slicing_equals_whole_utterance_slicing(version, batch, n, speech_like):
     audio = speech_like(n, seed=n)
-    streamer = StreamingFeatures.with_step_function(_local_steps, version, batch_frames=batch,
-                                                    left_context_s=0.1, right_context_s=0.06)
-    whole = frame_chunks(_local_steps(audio)[:num_steps(n, version)], n, version)
+    streamer = StreamingFeatures.with_step_function(
+        _local_steps, version, batch_frames=batch, left_context_s=0.1, right_context_s=0.06
+    )
+    whole = frame_chunks(_local_steps(audio)[: num_steps(n, version)], n, version)
     streamed = _stream(streamer, audio)
     assert streamed.shape == whole.shape == (num_frames(n, version), 50, 384)
     np.testing.assert_array_equal(streamed, whole)
 
 
 @pytest.mark.parametrize("n", [37120, 18560, 36800, 9280 + 17])
-@pytest.mark.parametrize(("batch", "ahead"), [(4, 0), (8, 640 * 5), (3, 10 ** 6)])
+@pytest.mark.parametrize(("batch", "ahead"), [(4, 0), (8, 640 * 5), (3, 10**6)])
 def test_streamed_slicing_equals_the_official_restatement(n, batch, ahead, speech_like):
     """Frame count floor((n / 16000) * 25), steps kept floor((n / 16000) * 50), zero steps after them, whatever
     the batches and however much audio has arrived beyond each window."""
@@ -103,13 +105,19 @@ def test_the_step_function_gets_the_audio_from_the_segment_start_up_to_the_segme
         return _local_steps(given)
 
     streamer = StreamingFeatures.with_step_function(spy, "v15", batch_frames=4)
-    for f0, expected in [(0, (0, 22 * 320)), (100, (0, 222 * 320)), (744, (0, 1500 * 320)),
-                         (746, (0, 1800 * 320)), (752, (1500, 300 * 320)), (790, (1500, 300 * 320))]:
+    for f0, expected in [
+        (0, (0, 22 * 320)),
+        (100, (0, 222 * 320)),
+        (744, (0, 1500 * 320)),
+        (746, (0, 1800 * 320)),
+        (752, (1500, 300 * 320)),
+        (790, (1500, 300 * 320)),
+    ]:
         start, end = streamer.window(f0)
-        streamer.chunks(audio[start:1800 * 320] if f0 >= 744 else audio[start:end], f0)
+        streamer.chunks(audio[start : 1800 * 320] if f0 >= 744 else audio[start:end], f0)
         assert seen[-1] == expected, f0
     with pytest.raises(ValueError, match="need samples"):
-        streamer.chunks(audio[:streamer.window(8)[1] - 320], 8)  # short, and not final
+        streamer.chunks(audio[: streamer.window(8)[1] - 320], 8)  # short, and not final
     with pytest.raises(ValueError, match="first_frame"):
         streamer.window(-1)
 
@@ -135,7 +143,7 @@ def test_batches_equal_the_official_features_of_the_audio_given(micro_encoder, s
     for f0 in (0, 12, 40):
         start, end = streamer.window(f0)
         got = streamer.chunks(audio[start:end], f0)  # only the look-ahead it waits for
-        given = official_chunks(official_steps(audio[:end], micro_encoder), end)[f0:f0 + 4]
+        given = official_chunks(official_steps(audio[:end], micro_encoder), end)[f0 : f0 + 4]
         assert relative_l2(got, given).max() < 1e-4, f0
 
 
@@ -150,7 +158,7 @@ def test_across_30_s_the_batches_equal_the_official_features(micro_encoder, spee
         start = streamer.window(f0)[0]
         got = streamer.chunks(audio[start:], f0, final=True)
         assert len(got) == min(8, 787 - f0)
-        assert relative_l2(got, whole[f0:f0 + len(got)]).max() < 1e-4, f0
+        assert relative_l2(got, whole[f0 : f0 + len(got)]).max() < 1e-4, f0
 
 
 def test_windows_straddling_30_s_sit_at_the_official_encoder_positions(micro_encoder, speech_like):
@@ -168,7 +176,7 @@ def test_windows_straddling_30_s_sit_at_the_official_encoder_positions(micro_enc
     for f0 in (736, 744, 752, 784):
         start, end = streamer.window(f0)
         final = end >= n
-        got = streamer.chunks(audio[start:min(end, n)], f0, final=final).reshape(-1, 10, 5, 64)
+        got = streamer.chunks(audio[start : min(end, n)], f0, final=final).reshape(-1, 10, 5, 64)
         for j, frame in enumerate(range(f0, f0 + len(got))):
             for k in range(10):
                 s = official_step_read(frame, k)
@@ -189,25 +197,28 @@ def test_encode_window_cuts_at_every_segment_boundary(micro_encoder, speech_like
         hook.remove()
     assert calls == [2] and got.shape == (200, 5, 64)
     # (one input at a time: CPU kernels may round a batch of 2 differently)
-    np.testing.assert_allclose(got[:100], encode_window(audio[:100 * 320], micro_encoder, "v15", 1400), atol=1e-5)
-    np.testing.assert_allclose(got[100:], encode_window(audio[100 * 320:], micro_encoder, "v15", 1500), atol=1e-5)
-    np.testing.assert_array_equal(encode_window(audio[100 * 320:], micro_encoder, "v15", 1500),
-                                  encode_window(audio[100 * 320:], micro_encoder, "v15", 0))
+    np.testing.assert_allclose(got[:100], encode_window(audio[: 100 * 320], micro_encoder, "v15", 1400), atol=1e-5)
+    np.testing.assert_allclose(got[100:], encode_window(audio[100 * 320 :], micro_encoder, "v15", 1500), atol=1e-5)
+    np.testing.assert_array_equal(
+        encode_window(audio[100 * 320 :], micro_encoder, "v15", 1500),
+        encode_window(audio[100 * 320 :], micro_encoder, "v15", 0),
+    )
 
 
 @pytest.mark.parametrize("version", ["v15", "v1"])
 def test_window_placement(version, micro_encoder, speech_like):
     audio = speech_like(16000 + 50, seed=2)
     # At position 0 a window is encoded exactly as the offline path encodes a short utterance.
-    np.testing.assert_array_equal(encode_window(audio, micro_encoder, version),
-                                  encode_steps(audio, micro_encoder, version))
+    np.testing.assert_array_equal(
+        encode_window(audio, micro_encoder, version), encode_steps(audio, micro_encoder, version)
+    )
     # At offset o it occupies mel frames 2o.. of the input: v1 pads in the normalised mel domain, v15 in the waveform.
     o = 37
     placed = window_mel(audio, version, o)[0].numpy()
     if version == "v1":
         ref = mel_segments(audio, "v1")[0][0].numpy()
-        np.testing.assert_array_equal(placed[:, 2 * o:2 * o + 100], ref[:, :100])
-        assert np.all(placed[:, :2 * o] == 0) and np.all(placed[:, 2 * o + 100:] == 0)
+        np.testing.assert_array_equal(placed[:, 2 * o : 2 * o + 100], ref[:, :100])
+        assert np.all(placed[:, : 2 * o] == 0) and np.all(placed[:, 2 * o + 100 :] == 0)
     else:
         waveform = np.concatenate([np.zeros(o * 320, np.float32), audio])
         np.testing.assert_allclose(placed, mel_segments(waveform, "v15")[0][0].numpy(), rtol=0, atol=1e-6)

@@ -1,4 +1,5 @@
 """Encoder building, checkpoint loading (HF folder, openai tiny.pt) and the 5 stacked states."""
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,15 @@ from musetalk.whisper import (
 
 def test_tiny_config_dims(tiny_encoder):
     c = whisper_tiny_config()
-    assert (c.d_model, c.encoder_layers, c.encoder_attention_heads, c.encoder_ffn_dim, c.num_mel_bins,
-            c.max_source_positions, c.vocab_size) == (384, 4, 6, 1536, 80, 1500, 51865)
+    assert (
+        c.d_model,
+        c.encoder_layers,
+        c.encoder_attention_heads,
+        c.encoder_ffn_dim,
+        c.num_mel_bins,
+        c.max_source_positions,
+        c.vocab_size,
+    ) == (384, 4, 6, 1536, 80, 1500, 51865)
     # openai-whisper's tiny encoder has 7,632,384 parameters without its positional buffer (1500 x 384),
     # which HF holds as a parameter.
     assert sum(p.numel() for p in tiny_encoder.parameters()) == 7_632_384 + 1500 * 384
@@ -36,11 +44,17 @@ def _openai_checkpoint(dims: dict[str, int]) -> dict:
     def r(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g)
 
-    sd = {"encoder.conv1.weight": r(d, mels, 3), "encoder.conv1.bias": r(d),
-          "encoder.conv2.weight": r(d, d, 3), "encoder.conv2.bias": r(d),
-          "encoder.positional_embedding": r(ctx, d), "encoder.ln_post.weight": r(d), "encoder.ln_post.bias": r(d),
-          "decoder.token_embedding.weight": r(dims["n_vocab"], dims["n_text_state"]),
-          "decoder.blocks.0.attn.key.weight": r(dims["n_text_state"], dims["n_text_state"])}
+    sd = {
+        "encoder.conv1.weight": r(d, mels, 3),
+        "encoder.conv1.bias": r(d),
+        "encoder.conv2.weight": r(d, d, 3),
+        "encoder.conv2.bias": r(d),
+        "encoder.positional_embedding": r(ctx, d),
+        "encoder.ln_post.weight": r(d),
+        "encoder.ln_post.bias": r(d),
+        "decoder.token_embedding.weight": r(dims["n_vocab"], dims["n_text_state"]),
+        "decoder.blocks.0.attn.key.weight": r(dims["n_text_state"], dims["n_text_state"]),
+    }
     for i in range(dims["n_audio_layer"]):
         b = f"encoder.blocks.{i}."
         for name in ("query", "value", "out"):
@@ -53,19 +67,34 @@ def _openai_checkpoint(dims: dict[str, int]) -> dict:
     return {"dims": dims, "model_state_dict": sd}
 
 
-TINY_DIMS = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4, n_vocab=51865,
-                 n_text_ctx=448, n_text_state=384, n_text_head=6, n_text_layer=4)
+TINY_DIMS = dict(
+    n_mels=80,
+    n_audio_ctx=1500,
+    n_audio_state=384,
+    n_audio_head=6,
+    n_audio_layer=4,
+    n_vocab=51865,
+    n_text_ctx=448,
+    n_text_state=384,
+    n_text_head=6,
+    n_text_layer=4,
+)
 
 # The mapping written out by hand (reference/probes.md "openai -> HF key map"), one entry per pattern.
-EXPECTED = {"conv1.weight": "conv1.weight", "conv2.bias": "conv2.bias",
-            "positional_embedding": "embed_positions.weight", "ln_post.weight": "layer_norm.weight",
-            "blocks.2.attn.query.bias": "layers.2.self_attn.q_proj.bias",
-            "blocks.0.attn.key.weight": "layers.0.self_attn.k_proj.weight",
-            "blocks.3.attn.value.weight": "layers.3.self_attn.v_proj.weight",
-            "blocks.1.attn.out.bias": "layers.1.self_attn.out_proj.bias",
-            "blocks.1.attn_ln.weight": "layers.1.self_attn_layer_norm.weight",
-            "blocks.0.mlp.0.weight": "layers.0.fc1.weight", "blocks.0.mlp.2.bias": "layers.0.fc2.bias",
-            "blocks.3.mlp_ln.bias": "layers.3.final_layer_norm.bias"}
+EXPECTED = {
+    "conv1.weight": "conv1.weight",
+    "conv2.bias": "conv2.bias",
+    "positional_embedding": "embed_positions.weight",
+    "ln_post.weight": "layer_norm.weight",
+    "blocks.2.attn.query.bias": "layers.2.self_attn.q_proj.bias",
+    "blocks.0.attn.key.weight": "layers.0.self_attn.k_proj.weight",
+    "blocks.3.attn.value.weight": "layers.3.self_attn.v_proj.weight",
+    "blocks.1.attn.out.bias": "layers.1.self_attn.out_proj.bias",
+    "blocks.1.attn_ln.weight": "layers.1.self_attn_layer_norm.weight",
+    "blocks.0.mlp.0.weight": "layers.0.fc1.weight",
+    "blocks.0.mlp.2.bias": "layers.0.fc2.bias",
+    "blocks.3.mlp_ln.bias": "layers.3.final_layer_norm.bias",
+}
 
 
 def test_v1_loader_holds_exactly_the_openai_tensors(tmp_path):
@@ -74,7 +103,7 @@ def test_v1_loader_holds_exactly_the_openai_tensors(tmp_path):
     torch.save(ckpt, path)
     encoder = load_encoder_v1(path)
     hf = encoder.state_dict()
-    openai = {k[len("encoder."):]: v for k, v in ckpt["model_state_dict"].items() if k.startswith("encoder.")}
+    openai = {k[len("encoder.") :]: v for k, v in ckpt["model_state_dict"].items() if k.startswith("encoder.")}
     assert len(hf) == len(openai)  # strict both ways: nothing left over, nothing missing
     for src, dst in EXPECTED.items():
         assert torch.equal(hf[dst], openai[src]), (src, dst)
@@ -147,6 +176,7 @@ def test_v15_states_equal_hf_hidden_states(tiny_encoder):
 
 def _plain_forward(enc, mel: torch.Tensor) -> torch.Tensor:
     """openai-whisper AudioEncoder with include_embeddings, no ln_post, written from the formulas."""
+
     def ln(x, m):
         return F.layer_norm(x, (x.shape[-1],), m.weight, m.bias, eps=1e-5)
 

@@ -2,6 +2,7 @@
 
 (CI's `scripts/lock.sh --check` proves the lock is exactly what pip-compile writes; these checks are the fast,
 offline part: a new import without its declaration fails here first.)"""
+
 from __future__ import annotations
 
 import ast
@@ -40,12 +41,16 @@ def imported_modules() -> dict[str, str]:
     """Top-level modules imported anywhere in the code -> one file that imports it."""
     local = {p.name for p in ROOT.iterdir() if p.is_dir()} | {p.stem for p in ROOT.glob("*.py")}
     found: dict[str, str] = {}
-    files = [f for c in CODE for f in ((ROOT / c).rglob("*.py") if (ROOT / c).is_dir() else [ROOT / c])
-             if f.exists()]
+    files = [f for c in CODE for f in ((ROOT / c).rglob("*.py") if (ROOT / c).is_dir() else [ROOT / c]) if f.exists()]
     for file in files:
         for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                else []
+            )
             for name in names:
                 top = name.split(".")[0]
                 if top not in sys.stdlib_module_names and top not in local:
@@ -56,16 +61,22 @@ def imported_modules() -> dict[str, str]:
 def test_every_imported_package_is_declared() -> None:
     distributions = packages_distributions()
     names = declared()
-    missing = {module: where for module, where in imported_modules().items()
-               if not any(canonical(d) in names for d in distributions.get(module, [module]))}
+    missing = {
+        module: where
+        for module, where in imported_modules().items()
+        if not any(canonical(d) in names for d in distributions.get(module, [module]))
+    }
     assert missing == {}, f"imported but not in pyproject.toml (dependencies or an extra): {missing}"
 
 
 def test_the_lock_pins_every_declared_package() -> None:
     lock = (ROOT / "requirements.txt").read_text()
     pinned = {canonical(m[1]) for m in re.finditer(r"^([A-Za-z0-9_.-]+)==", lock, re.M)}
-    nodeps = {requirement_name(s) for s in (ROOT / "requirements-nodeps.txt").read_text().splitlines()
-              if s.strip() and not s.startswith("#")}
+    nodeps = {
+        requirement_name(s)
+        for s in (ROOT / "requirements-nodeps.txt").read_text().splitlines()
+        if s.strip() and not s.startswith("#")
+    }
     unpinned = declared() - pinned - nodeps - {"torch"}  # torch: constraints-cpu.txt (see scripts/lock.sh)
     assert unpinned == set()
     assert "# via" in lock and "scripts/lock.sh" in lock.splitlines()[4]
@@ -78,5 +89,6 @@ def test_the_package_list_covers_the_code() -> None:
     assert setuptools["py-modules"] == ["app"]
     for script in project()["scripts"].values():
         module, _, function = script.partition(":")
-        assert (ROOT / (module.replace(".", "/") + ".py")).is_file() and f"def {function}(" in \
-            (ROOT / (module.replace(".", "/") + ".py")).read_text()
+        assert (ROOT / (module.replace(".", "/") + ".py")).is_file() and f"def {function}(" in (
+            ROOT / (module.replace(".", "/") + ".py")
+        ).read_text()

@@ -1,4 +1,5 @@
 """Action clips made from a video file: frames at the avatar's size, its sound at 16 kHz."""
+
 import fractions
 from pathlib import Path
 
@@ -10,8 +11,7 @@ from musetalk.avatar_demo import ensure_demo
 from pipeline.actions import load_actions, main
 
 
-def write_clip(path: Path, n_frames: int, size: tuple[int, int], tone_hz: float = 440.0,
-               channels: int = 1) -> Path:
+def write_clip(path: Path, n_frames: int, size: tuple[int, int], tone_hz: float = 440.0, channels: int = 1) -> Path:
     w, h = size
     layout = {1: "mono", 2: "stereo"}[channels]
     with av.open(str(path), "w") as container:
@@ -24,7 +24,7 @@ def write_clip(path: Path, n_frames: int, size: tuple[int, int], tone_hz: float 
         t = np.arange(int(48000 * n_frames / 25)) / 48000
         pcm = (0.3 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
         for start in range(0, len(pcm), 1024):
-            piece = np.repeat(pcm[None, start:start + 1024], channels, axis=0)
+            piece = np.repeat(pcm[None, start : start + 1024], channels, axis=0)
             frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout=layout)
             frame.sample_rate, frame.pts, frame.time_base = 48000, start, fractions.Fraction(1, 48000)
             container.mux(audio.encode(frame))

@@ -22,13 +22,13 @@ def test_any_chunk_size_gives_exact_20ms_frames_and_nothing_is_lost(chunk: int) 
     framer = AudioFramer(Ticks(), lead_ticks=3)
     ticks = []
     for start in range(0, len(audio), chunk):
-        ticks += framer.push(audio[start:start + chunk], turn=0)
+        ticks += framer.push(audio[start : start + chunk], turn=0)
     ticks += framer.flush(turn=0)
     frames = [f.pcm for t in ticks for f in t.frames]
     assert all(len(f) == FRAME_SAMPLES for f in frames)
     joined = np.concatenate(frames)
-    assert np.array_equal(joined[:len(audio)], audio)  # same samples, same order
-    assert not joined[len(audio):].any()  # only silence padding after the end
+    assert np.array_equal(joined[: len(audio)], audio)  # same samples, same order
+    assert not joined[len(audio) :].any()  # only silence padding after the end
     assert len(joined) - len(audio) < 2 * FRAME_SAMPLES
     # ticks are consecutive from the lead, each one exactly two frames
     assert [t.tick for t in ticks] == list(range(3, 3 + len(ticks)))
@@ -112,11 +112,17 @@ def test_a_flush_ends_the_utterance_and_says_how_much_of_its_last_tick_is_audio(
     first = framer.push(np.full(3 * 640 + 100, 0.1, np.float32), 0)
     first += framer.flush(0)  # 100 samples padded to a whole tick
     assert [(t.tick, t.seg_pos, t.utterance_pos, t.samples, t.last) for t in first] == [
-        (2, 0, 0, 640, False), (3, 1, 1, 640, False), (4, 2, 2, 640, False), (5, 3, 3, 100, True)]
+        (2, 0, 0, 640, False),
+        (3, 1, 1, 640, False),
+        (4, 2, 2, 640, False),
+        (5, 3, 3, 100, True),
+    ]
     # on time: the stretch goes on, the next utterance starts over
     second = framer.push(np.full(640 + 320 + 7, 0.1, np.float32), 0) + framer.flush(0)
     assert [(t.tick, t.seg_pos, t.utterance_pos, t.samples, t.last) for t in second] == [
-        (6, 4, 0, 640, False), (7, 5, 1, 327, True)]
+        (6, 4, 0, 640, False),
+        (7, 5, 1, 327, True),
+    ]
     # a flush with nothing pending marks the last tick scheduled; its audio is whole
     third = framer.push(np.full(1280, 0.1, np.float32), 0)
     assert framer.flush(0) == [] and third[-1].last and third[-1].samples == 640

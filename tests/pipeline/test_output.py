@@ -1,5 +1,6 @@
 """The output's picture switches: the mouth starting or stopping on the avatar's own frames is never faded (lips
 must not lag the sound); switches to or from an action clip, a different picture, are."""
+
 import numpy as np
 
 from core.items import Source
@@ -50,8 +51,9 @@ async def test_interrupt_shows_the_idle_frame_at_once() -> None:
 
 async def test_switches_to_and_from_an_action_clip_still_crossfade() -> None:
     clip = ActionClip(frames=np.full((3, 64, 64, 3), 250, np.uint8), audio=np.zeros(3 * TICK_SAMPLES, np.float32))
-    session = Session("s", synthetic_avatar(), ProbeEngine(batch_size=2, lead_ticks=2), actions={5: clip},
-                      options=FADE, stepped=True)
+    session = Session(
+        "s", synthetic_avatar(), ProbeEngine(batch_size=2, lead_ticks=2), actions={5: clip}, options=FADE, stepped=True
+    )
     await session.start()
     last_idle = session.step().frame.astype(float)
     session.set_audiotype(5)

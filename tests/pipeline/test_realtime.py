@@ -1,4 +1,5 @@
 """Real-time sessions (their own 40 ms clock): lifecycle, timing, interrupt."""
+
 import asyncio
 import gc
 import threading
@@ -52,8 +53,9 @@ async def test_fifty_open_close_cycles_leave_nothing_behind(demo_avatar) -> None
 
 
 async def test_ticks_keep_real_time_without_drift_and_stay_paired() -> None:
-    session = Session("rt", synthetic_avatar(), ProbeEngine(batch_size=2, lead_ticks=3),
-                      options=SessionOptions(crossfade_ticks=0))
+    session = Session(
+        "rt", synthetic_avatar(), ProbeEngine(batch_size=2, lead_ticks=3), options=SessionOptions(crossfade_ticks=0)
+    )
     seen: list[tuple[float, object]] = []
     session.add_sink(lambda out: seen.append((time.monotonic(), out)))
     await session.start()
@@ -91,8 +93,12 @@ async def test_interrupt_reaches_idle_within_100_ms(demo_avatar) -> None:
     await session.close()
     after = [(t, out) for t, out in seen if t > t_interrupt]
     silent = next(t for t, out in after if not out.audio.any())
-    idle = next(t for t, out in after if out.source is Source.IDLE
-                and np.array_equal(out.frame, demo_avatar.frames[demo_avatar.cycle_index(out.tick)]))
+    idle = next(
+        t
+        for t, out in after
+        if out.source is Source.IDLE
+        and np.array_equal(out.frame, demo_avatar.frames[demo_avatar.cycle_index(out.tick)])
+    )
     assert silent - t_interrupt <= 0.05
     assert idle - t_interrupt <= 0.1, f"pure idle frame {1000 * (idle - t_interrupt):.0f} ms after interrupt"
     assert all(out.source is Source.IDLE for _, out in after)

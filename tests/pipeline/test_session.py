@@ -1,4 +1,5 @@
 """Stepped sessions: the output clock is advanced by the test, so hours of media run in seconds."""
+
 import asyncio
 
 import numpy as np
@@ -39,14 +40,14 @@ async def test_video_frame_i_travels_with_audio_frames_2i_and_2i_plus_1() -> Non
     session = await make_session(engine)
     audio = probe_audio(30)
     for start in range(0, len(audio), 777):  # odd chunk sizes: framing must not shift anything
-        await session.push_audio(audio[start:start + 777])
+        await session.push_audio(audio[start : start + 777])
     await session.end_speech()
     outs = [session.step() for _ in range(40)]
     speech = [o for o in outs if o.source is Source.SPEECH]
     assert [o.tick for o in speech] == list(range(3, 33))
     for j, o in enumerate(speech):
         # the audio of tick 3+j is exactly audio frames 2j and 2j+1 of the input ...
-        assert np.array_equal(o.audio, audio[j * TICK_SAMPLES:(j + 1) * TICK_SAMPLES])
+        assert np.array_equal(o.audio, audio[j * TICK_SAMPLES : (j + 1) * TICK_SAMPLES])
         # ... and the video shown with it was made from exactly that audio
         assert face_value(o.frame) == probe_value(o.audio)
         # composited onto the avatar frame of the same tick (the idle cycle continues under the face)
@@ -159,8 +160,14 @@ async def test_render_in_flight_during_interrupt_is_discarded() -> None:
 async def test_crossfade_at_switches_between_idle_speech_and_action() -> None:
     avatar = synthetic_avatar()
     clip = ActionClip(frames=np.full((4, 64, 64, 3), 250, np.uint8), audio=np.full(4 * TICK_SAMPLES, 0.05, np.float32))
-    session = Session("s", avatar, ProbeEngine(batch_size=2, lead_ticks=2), actions={7: clip},
-                      options=SessionOptions(crossfade_ticks=2), stepped=True)
+    session = Session(
+        "s",
+        avatar,
+        ProbeEngine(batch_size=2, lead_ticks=2),
+        actions={7: clip},
+        options=SessionOptions(crossfade_ticks=2),
+        stepped=True,
+    )
     await session.start()
     idle0 = session.step()
     session.set_audiotype(7)
@@ -174,7 +181,8 @@ async def test_crossfade_at_switches_between_idle_speech_and_action() -> None:
     assert np.allclose(a3.audio, 0.05)  # the clip's own audio plays with it
     back = session.step()
     assert back.source is Source.IDLE and 0 < abs(int(back.frame[0, 0, 0]) - clip_px) < abs(
-        int(avatar.frames[avatar.cycle_index(back.tick)][0, 0, 0]) - clip_px)
+        int(avatar.frames[avatar.cycle_index(back.tick)][0, 0, 0]) - clip_px
+    )
     assert session.stats.action_frames == 4
     with pytest.raises(KeyError):
         session.set_audiotype(99)
@@ -183,8 +191,14 @@ async def test_crossfade_at_switches_between_idle_speech_and_action() -> None:
 
 async def test_speech_takes_over_from_an_action_clip() -> None:
     clip = ActionClip(frames=np.full((100, 64, 64, 3), 250, np.uint8))
-    session = Session("s", synthetic_avatar(), ProbeEngine(batch_size=2, lead_ticks=2), actions={1: clip},
-                      options=NO_FADE, stepped=True)
+    session = Session(
+        "s",
+        synthetic_avatar(),
+        ProbeEngine(batch_size=2, lead_ticks=2),
+        actions={1: clip},
+        options=NO_FADE,
+        stepped=True,
+    )
     await session.start()
     session.set_audiotype(1)
     await session.push_audio(probe_audio(4))

@@ -1,4 +1,5 @@
 """pipeline.stats.SessionStats: counters written from the worker's thread and the event loop at once."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,6 +18,7 @@ async def test_a_thread_and_the_loop_counting_at_once_lose_no_increment() -> Non
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter lets them
     try:
+
         def worker() -> None:
             for _ in range(N):
                 stats.add(dropped_stale=1, dropped_frames=2)

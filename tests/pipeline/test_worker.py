@@ -1,5 +1,6 @@
 """The inference worker's batching rules, driven by hand on a settable clock (no thread): right context, the end of
 an utterance, ticks past the engine's last frame, late audio, and the lead that keeps streamed audio on time."""
+
 from __future__ import annotations
 
 import math
@@ -40,10 +41,19 @@ class Rig:
 
     def __init__(self, engine: ProbeEngine, lead: int = 10, budget: float = 0.02) -> None:
         self.clock, self.engine, self.avatar = Clock(), engine, synthetic_avatar()
-        self.worker = InferenceWorker(engine, engine.bind(self.avatar).new_renderer(), Compositor(self.avatar),
-                                      self.avatar.cycle_index, self.clock.tick_time, self.clock.now, lambda: 0,
-                                      SessionStats(), queue_capacity=10_000, out_capacity=10_000,
-                                      own_frame=lambda i: self.avatar.frames[i])
+        self.worker = InferenceWorker(
+            engine,
+            engine.bind(self.avatar).new_renderer(),
+            Compositor(self.avatar),
+            self.avatar.cycle_index,
+            self.clock.tick_time,
+            self.clock.now,
+            lambda: 0,
+            SessionStats(),
+            queue_capacity=10_000,
+            out_capacity=10_000,
+            own_frame=lambda i: self.avatar.frames[i],
+        )
         self.worker._budget = budget
         self.framer = AudioFramer(self.clock.current_tick, lead)
 
@@ -80,7 +90,7 @@ class Rig:
 
 
 def right_audio(request: RenderRequest) -> np.ndarray:
-    return request.audio[len(request.audio) - request.right_samples:]
+    return request.audio[len(request.audio) - request.right_samples :]
 
 
 def test_a_batch_waits_for_its_right_context_and_at_the_deadline_takes_only_the_ticks_that_have_it() -> None:
@@ -94,24 +104,24 @@ def test_a_batch_waits_for_its_right_context_and_at_the_deadline_takes_only_the_
     assert rig.render_ready() == 1
     (request,) = rig.requests
     assert list(request.ticks) == [10, 11] and request.utterance_samples is None
-    np.testing.assert_array_equal(right_audio(request), audio[2 * TICK_SAMPLES:])  # ticks 12..14, real audio
+    np.testing.assert_array_equal(right_audio(request), audio[2 * TICK_SAMPLES :])  # ticks 12..14, real audio
 
 
 def test_mid_utterance_late_audio_is_waited_for_never_zero_filled_and_a_tick_past_its_time_is_dropped() -> None:
     rig = Rig(ProbeEngine(batch_size=4, right=3), lead=10)
     audio = probe_audio(12)
-    rig.push(audio[:6 * TICK_SAMPLES])  # ticks 10..15
+    rig.push(audio[: 6 * TICK_SAMPLES])  # ticks 10..15
     rig.clock.t = 0.39
     assert rig.render_ready() == 1  # 10, 11, 12 (their context: 13..15)
     rig.clock.t = 0.51  # tick 13's deadline has passed; its context (16..18) has not come
     assert rig.render_ready() == 0
-    rig.push(audio[6 * TICK_SAMPLES:10 * TICK_SAMPLES])  # late, but before tick 13 is due: 16..19
+    rig.push(audio[6 * TICK_SAMPLES : 10 * TICK_SAMPLES])  # late, but before tick 13 is due: 16..19
     assert rig.render_ready() == 1
     assert [list(r.ticks) for r in rig.requests] == [[10, 11, 12], [13, 14, 15, 16]]
     for r in rig.requests:
         assert r.right_samples == 3 * TICK_SAMPLES and r.utterance_samples is None
         first = r.ticks[-1] - 10 + 1
-        np.testing.assert_array_equal(right_audio(r), audio[first * TICK_SAMPLES:(first + 3) * TICK_SAMPLES])
+        np.testing.assert_array_equal(right_audio(r), audio[first * TICK_SAMPLES : (first + 3) * TICK_SAMPLES])
     rig.clock.t = 0.69  # tick 17 is due (0.68) and has no context: it can no longer be shown in time
     assert rig.render_ready() == 0 and rig.worker.stats.dropped_frames == 1
     rig.flush()  # the utterance ends with tick 19: 18 and 19 need no more context
@@ -130,7 +140,7 @@ class OfficialCountRenderer(ProbeRenderer):
         if request.utterance_samples is None:
             return faces
         frames = math.floor((request.utterance_samples / 16000) * 25)
-        return faces[:max(0, frames - request.utterance_pos)]
+        return faces[: max(0, frames - request.utterance_pos)]
 
 
 @pytest.mark.parametrize(("n", "frames"), [(37120, 57), (36800, 57), (18560, 28)])
@@ -164,12 +174,12 @@ def test_a_flush_splits_a_stretch_into_utterances_with_their_own_context() -> No
     first_start, first_end, second_start, second_end = rig.requests
     # the right context of the first utterance stops at its end; the second one's left context starts at its start
     assert first_start.utterance_samples == first_end.utterance_samples == 6 * TICK_SAMPLES
-    np.testing.assert_array_equal(right_audio(first_start), a[4 * TICK_SAMPLES:])
+    np.testing.assert_array_equal(right_audio(first_start), a[4 * TICK_SAMPLES :])
     assert first_end.right_samples == 0
-    np.testing.assert_array_equal(first_end.audio[:first_end.left_samples], a[:4 * TICK_SAMPLES])
+    np.testing.assert_array_equal(first_end.audio[: first_end.left_samples], a[: 4 * TICK_SAMPLES])
     assert (second_start.utterance_pos, second_start.left_samples, second_start.seg_pos) == (0, 0, 6)
     assert second_start.utterance_samples == second_end.utterance_samples == 6 * TICK_SAMPLES
-    np.testing.assert_array_equal(second_end.audio[:second_end.left_samples], b[:4 * TICK_SAMPLES])
+    np.testing.assert_array_equal(second_end.audio[: second_end.left_samples], b[: 4 * TICK_SAMPLES])
 
 
 def test_silent_ticks_at_the_deadline_need_no_context() -> None:
@@ -182,20 +192,21 @@ def test_silent_ticks_at_the_deadline_need_no_context() -> None:
 
 def test_a_full_batch_waits_for_more_of_a_streamed_utterance_until_a_batch_time_before_its_deadline() -> None:
     """An engine that uses all the audio it is given gets the rest of the utterance when it comes in time."""
+
     class UsesAllItIsGiven(ProbeEngine):  # as MuseTalk: what comes after its right context helps too
         max_right_context_ticks = 40
 
     engine = UsesAllItIsGiven(batch_size=4, right=3)
     rig = Rig(engine, lead=12, budget=0.1)
     audio = probe_audio(20)
-    rig.push(audio[:8 * TICK_SAMPLES])  # ticks 12..19: a full batch with its context
+    rig.push(audio[: 8 * TICK_SAMPLES])  # ticks 12..19: a full batch with its context
     assert rig.render_ready() == 0  # more may come: tick 12 is due at 0.48 - 0.1
-    rig.push(audio[8 * TICK_SAMPLES:])
+    rig.push(audio[8 * TICK_SAMPLES :])
     rig.flush()
     assert rig.render_ready() == 5  # the utterance is complete: every batch at once, with all of it
     assert [r.right_samples // TICK_SAMPLES for r in rig.requests] == [16, 12, 8, 4, 0]
     rig2 = Rig(engine, lead=12, budget=0.1)
-    rig2.push(audio[:8 * TICK_SAMPLES])
+    rig2.push(audio[: 8 * TICK_SAMPLES])
     rig2.clock.t = 0.28  # 2 budgets before tick 12
     assert rig2.render_ready() == 1 and list(rig2.requests[-1].ticks) == [12, 13, 14, 15]
 
@@ -216,7 +227,7 @@ def test_the_lead_keeps_audio_that_arrives_as_it_plays_on_time_with_its_context(
         rig.clock.t = ms / 1000
         arrived = min(frames, max(0, math.floor((rig.clock.t - phase) / 0.02 + 1e-9)))
         if arrived > pushed:
-            rig.push(audio[pushed * 320:arrived * 320])
+            rig.push(audio[pushed * 320 : arrived * 320])
             pushed = arrived
             if pushed == frames:
                 rig.flush()

@@ -1,5 +1,6 @@
 """The admin API: sessions listed without their ids, ended by handle, the config without secrets; the exact
 requests LiveTalking's admin page (web/admin.html) makes; tokens and local-only access."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,8 +25,9 @@ async def delete(server, path: str, headers: dict | None = None) -> tuple[int, d
 
 
 async def test_sessions_are_listed_and_ended(serve, config) -> None:
-    async with serve(config, llm_api_key=SECRETS[0], turn=("turn:t.example.org:3478",), turn_user="u",
-                     turn_password=SECRETS[1]) as server:
+    async with serve(
+        config, llm_api_key=SECRETS[0], turn=("turn:t.example.org:3478",), turn_user="u", turn_password=SECRETS[1]
+    ) as server:
         assert await get(server, "/api/admin/sessions") == (200, {"code": 0, "msg": "ok", "data": {"sessions": []}})
         clients = [Client(server) for _ in range(2)]
         sids = [await c.connect() for c in clients]

@@ -1,4 +1,5 @@
 """The LiveTalking HTTP contract route by route, with an aiortc client in place of the browser."""
+
 from __future__ import annotations
 
 import asyncio
@@ -98,8 +99,11 @@ async def test_session_api_with_string_and_numeric_ids(serve, config) -> None:
         for route, body, code, words in bad:
             status, reply = await server.post(route, {"sessionid": sid, **body})
             assert status == code and reply["code"] == -1 and words in reply["msg"], (route, body, reply)
-        for route, body in [("/human", {"text": "Hello.", "type": "echo", "interrupt": True}),
-                            ("/interrupt_talk", {}), ("/set_audiotype", {"audiotype": 2})]:
+        for route, body in [
+            ("/human", {"text": "Hello.", "type": "echo", "interrupt": True}),
+            ("/interrupt_talk", {}),
+            ("/set_audiotype", {"audiotype": 2}),
+        ]:
             status, reply = await server.post(route, {"sessionid": sid, **body})
             assert status == 200 and reply == {"code": 0, "msg": "ok"}, (route, reply)
         live = server.state.registry.get(sid)
@@ -163,8 +167,13 @@ async def test_health_metrics_static_and_cors(serve, config) -> None:
         await client.wait_video(10)
         await asyncio.sleep(2.2)
         status, body = await server.get("/healthz")
-        assert status == 200 and json.loads(body) == {"ok": True, "sessions": 1, "max_session": 3, "engine": "lite",
-                                                      "voices": ["piper", "edgetts"]}
+        assert status == 200 and json.loads(body) == {
+            "ok": True,
+            "sessions": 1,
+            "max_session": 3,
+            "engine": "lite",
+            "voices": ["piper", "edgetts"],
+        }
         status, body = await server.get("/metrics")  # in detail: tests/server/test_metrics.py
         _, samples = parse_metrics(body.decode())
         assert client.sessionid not in body.decode()
@@ -178,11 +187,13 @@ async def test_health_metrics_static_and_cors(serve, config) -> None:
         async with server.http.options(server.url + "/human", headers=preflight) as resp:
             assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers  # same origin only
         sid = client.sessionid
-        async with server.http.post(server.url + "/is_speaking", json={"sessionid": sid},
-                                    headers={"Origin": "http://elsewhere"}) as resp:
+        async with server.http.post(
+            server.url + "/is_speaking", json={"sessionid": sid}, headers={"Origin": "http://elsewhere"}
+        ) as resp:
             assert resp.status == 403 and "not allowed" in (await resp.json())["msg"]
-        async with server.http.post(server.url + "/is_speaking", json={"sessionid": sid},
-                                    headers={"Origin": server.url}) as resp:
+        async with server.http.post(
+            server.url + "/is_speaking", json={"sessionid": sid}, headers={"Origin": server.url}
+        ) as resp:
             assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers  # the page itself
         await client.close()
 
@@ -193,8 +204,9 @@ async def test_cors_only_for_the_configured_origins(serve, config) -> None:
         async with server.http.options(server.url + "/human", headers=preflight) as resp:
             assert resp.status == 204 and resp.headers["Access-Control-Allow-Origin"] == "http://app.example"
             assert "Authorization" in resp.headers["Access-Control-Allow-Headers"]
-        async with server.http.post(server.url + "/is_speaking", json={"sessionid": "x"},
-                                    headers={"Origin": "http://app.example"}) as resp:
+        async with server.http.post(
+            server.url + "/is_speaking", json={"sessionid": "x"}, headers={"Origin": "http://app.example"}
+        ) as resp:
             assert resp.status == 404 and resp.headers["Access-Control-Allow-Origin"] == "http://app.example"
         async with server.http.options(server.url + "/human", headers={**preflight, "Origin": "http://evil"}) as r:
             assert r.status == 403

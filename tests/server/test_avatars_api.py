@@ -1,5 +1,6 @@
 """Avatars over HTTP against the real server: list with thumbnails, upload -> background preparation (polling,
 /sse progress, cancel), delete; LiveTalking's avatar page requests; bad input and the token on every route."""
+
 from __future__ import annotations
 
 import asyncio
@@ -53,8 +54,9 @@ def own_avatars(avatars_dir: Path, tmp_path: Path) -> Path:
     return root
 
 
-def form(fields: dict[str, str], data: bytes | None = None, name: str = "talk.mp4", key: str = "file"
-         ) -> aiohttp.FormData:
+def form(
+    fields: dict[str, str], data: bytes | None = None, name: str = "talk.mp4", key: str = "file"
+) -> aiohttp.FormData:
     out = aiohttp.FormData(default_to_multipart=True)
     for k, v in fields.items():
         out.add_field(k, v)
@@ -91,8 +93,7 @@ def upload_dirs() -> set[str]:
 
 
 def preparing_children() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True)
-            if "server.avatar_jobs" in " ".join(p.cmdline())]
+    return [p for p in psutil.Process().children(recursive=True) if "server.avatar_jobs" in " ".join(p.cmdline())]
 
 
 async def test_list_and_thumbnail(serve, config, own_avatars) -> None:
@@ -112,8 +113,9 @@ async def test_list_and_thumbnail(serve, config, own_avatars) -> None:
 
 async def test_upload_prepares_in_the_background_with_progress_then_delete(serve, config, own_avatars) -> None:
     async with serve(config, avatars_dir=own_avatars) as server:
-        status, body = await call(server, "POST", "/api/avatars",
-                                  data=form({"avatar_id": "alice", "version": "v15"}, video_bytes(40)))
+        status, body = await call(
+            server, "POST", "/api/avatars", data=form({"avatar_id": "alice", "version": "v15"}, video_bytes(40))
+        )
         assert status == 202, body
         task = body["data"]
         assert task["avatar_id"] == "alice" and task["status"] in ("queued", "running")
@@ -134,8 +136,9 @@ async def test_upload_prepares_in_the_background_with_progress_then_delete(serve
         assert not leftovers(own_avatars, "alice") and not preparing_children()
 
         # An image works too; an id that exists is refused before the upload is read.
-        status, body = await call(server, "POST", "/api/avatars", data=form({"avatar_id": "still"}, png_bytes(),
-                                                                           name="face.png"))
+        status, body = await call(
+            server, "POST", "/api/avatars", data=form({"avatar_id": "still"}, png_bytes(), name="face.png")
+        )
         assert status == 202, body
         assert (await wait_task(server, body["data"]["id"]))["status"] == "done"
         status, body = await call(server, "POST", "/api/avatars", data=form({"avatar_id": "alice"}, b"x" * 100))
@@ -190,8 +193,12 @@ async def test_livetalking_avatar_page_requests(serve, config, own_avatars) -> N
     async with serve(config, avatars_dir=own_avatars) as server:
         fields = {"model": "musetalk", "avatar_id": "lt_avatar"}
         data = form(fields, video_bytes(30), name="clip.mp4", key="video_file")
-        for name, value in (("img_size", "256"), ("bbox_shift", "0"), ("pads", "0 10 0 0"),
-                            ("face_det_batch_size", "4")):
+        for name, value in (
+            ("img_size", "256"),
+            ("bbox_shift", "0"),
+            ("pads", "0 10 0 0"),
+            ("face_det_batch_size", "4"),
+        ):
             data.add_field(name, value)
         status, body = await call(server, "POST", "/api/avatar/task", data=data)
         assert status == 200 and body["code"] == 0, body
@@ -210,39 +217,54 @@ async def test_livetalking_avatar_page_requests(serve, config, own_avatars) -> N
         assert await until(completed, 120, step=0.2)
         assert "lt_avatar" in list_avatars(own_avatars)
         # Its cancel button (shown for pending tasks): DELETE /api/avatar/task/{id}.
-        _, body = await call(server, "POST", "/api/avatar/task",
-                             data=form({"model": "musetalk", "avatar_id": "a1"}, video_bytes(200, 384),
-                                       key="video_file"))
-        _, body2 = await call(server, "POST", "/api/avatar/task",
-                              data=form({"model": "musetalk", "avatar_id": "a2"}, video_bytes(10), key="video_file"))
+        _, body = await call(
+            server,
+            "POST",
+            "/api/avatar/task",
+            data=form({"model": "musetalk", "avatar_id": "a1"}, video_bytes(200, 384), key="video_file"),
+        )
+        _, body2 = await call(
+            server,
+            "POST",
+            "/api/avatar/task",
+            data=form({"model": "musetalk", "avatar_id": "a2"}, video_bytes(10), key="video_file"),
+        )
         status, reply = await call(server, "DELETE", f"/api/avatar/task/{body2['data']['task_id']}")
         assert status == 200 and reply["code"] == 0
         _, body = await call(server, "GET", "/api/avatar/tasks")
         states = {t["avatar_id"]: t for t in body["data"]["tasks"]}
         assert states["a2"]["status"] == "failed" and states["a2"]["error_msg"] == "cancelled"
         # Its default model choice is wav2lip: refused with the reason, not silently made a MuseTalk avatar.
-        status, reply = await call(server, "POST", "/api/avatar/task",
-                                   data=form({"model": "wav2lip", "avatar_id": "w"}, video_bytes(5), key="video_file"))
+        status, reply = await call(
+            server,
+            "POST",
+            "/api/avatar/task",
+            data=form({"model": "wav2lip", "avatar_id": "w"}, video_bytes(5), key="video_file"),
+        )
         assert status == 400 and "musetalk" in reply["msg"]
 
 
-@pytest.mark.parametrize(("fields", "data", "name", "status", "words"), [
-    ({"avatar_id": "../etc"}, b"x", "a.mp4", 400, "invalid avatar id"),
-    ({"avatar_id": "tasks"}, b"x", "a.mp4", 400, "reserved"),
-    ({"avatar_id": "demo"}, b"x", "a.mp4", 409, "already exists"),
-    ({}, b"x", "a.mp4", 400, "'avatar_id' is required"),
-    ({"avatar_id": "b"}, None, "a.mp4", 400, "no 'file'"),
-    ({"avatar_id": "b", "video_path": "/etc/passwd"}, None, "a.mp4", 400, "video_path"),
-    ({"avatar_id": "b"}, b"hello", "a.txt", 400, "video"),
-    ({"avatar_id": "b"}, b"", "a.mp4", 400, "empty"),
-    ({"avatar_id": "b"}, bytes(range(256)) * 64, "a.mp4", 400, "cannot read the video"),
-    ({"avatar_id": "b"}, b"not a png", "a.png", 400, "not a readable image"),
-    ({"avatar_id": "b", "version": "v9"}, b"x", "a.mp4", 400, "'version'"),
-    ({"avatar_id": "b", "bbox_shift": "lots"}, b"x", "a.mp4", 400, "'bbox_shift' must be an integer"),
-    ({"avatar_id": "b"}, b"x" * (2 * 1024 * 1024), "a.mp4", 413, "larger than 1 MB"),
-])
-async def test_bad_uploads_are_refused_and_leave_nothing(serve, config, own_avatars, fields, data, name, status,
-                                                         words) -> None:
+@pytest.mark.parametrize(
+    ("fields", "data", "name", "status", "words"),
+    [
+        ({"avatar_id": "../etc"}, b"x", "a.mp4", 400, "invalid avatar id"),
+        ({"avatar_id": "tasks"}, b"x", "a.mp4", 400, "reserved"),
+        ({"avatar_id": "demo"}, b"x", "a.mp4", 409, "already exists"),
+        ({}, b"x", "a.mp4", 400, "'avatar_id' is required"),
+        ({"avatar_id": "b"}, None, "a.mp4", 400, "no 'file'"),
+        ({"avatar_id": "b", "video_path": "/etc/passwd"}, None, "a.mp4", 400, "video_path"),
+        ({"avatar_id": "b"}, b"hello", "a.txt", 400, "video"),
+        ({"avatar_id": "b"}, b"", "a.mp4", 400, "empty"),
+        ({"avatar_id": "b"}, bytes(range(256)) * 64, "a.mp4", 400, "cannot read the video"),
+        ({"avatar_id": "b"}, b"not a png", "a.png", 400, "not a readable image"),
+        ({"avatar_id": "b", "version": "v9"}, b"x", "a.mp4", 400, "'version'"),
+        ({"avatar_id": "b", "bbox_shift": "lots"}, b"x", "a.mp4", 400, "'bbox_shift' must be an integer"),
+        ({"avatar_id": "b"}, b"x" * (2 * 1024 * 1024), "a.mp4", 413, "larger than 1 MB"),
+    ],
+)
+async def test_bad_uploads_are_refused_and_leave_nothing(
+    serve, config, own_avatars, fields, data, name, status, words
+) -> None:
     before = upload_dirs()
     async with serve(config, avatars_dir=own_avatars, max_avatar_upload_mb=1.0) as server:
         got, body = await call(server, "POST", "/api/avatars", data=form(fields, data, name=name))
@@ -272,12 +294,17 @@ async def test_a_client_gone_mid_upload_leaves_nothing(serve, config, own_avatar
         host, port = server.url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
         boundary = "b0undary"
-        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"avatar_id\"\r\n\r\nhalf\r\n"
-                f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp4\"\r\n"
-                f"Content-Type: video/mp4\r\n\r\n").encode()
-        writer.write(f"POST /api/avatars HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; "
-                     f"boundary={boundary}\r\nContent-Length: {len(head) + 10_000_000}\r\n\r\n".encode() + head
-                     + b"\0" * 500_000)
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="avatar_id"\r\n\r\nhalf\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n'
+            f"Content-Type: video/mp4\r\n\r\n"
+        ).encode()
+        writer.write(
+            f"POST /api/avatars HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; "
+            f"boundary={boundary}\r\nContent-Length: {len(head) + 10_000_000}\r\n\r\n".encode()
+            + head
+            + b"\0" * 500_000
+        )
         await writer.drain()
 
         async def receiving() -> bool:
@@ -297,14 +324,21 @@ async def test_a_client_gone_mid_upload_leaves_nothing(serve, config, own_avatar
 
 async def test_every_avatar_route_needs_the_token(serve, config, own_avatars) -> None:
     async with serve(config, avatars_dir=own_avatars, auth_tokens=(TOKEN,)) as server:
-        for method, path in (("GET", "/api/avatars"), ("POST", "/api/avatars"), ("GET", "/api/avatars/tasks"),
-                             ("GET", "/api/avatars/tasks/0123456789abcdef"),
-                             ("DELETE", "/api/avatars/tasks/0123456789abcdef"),
-                             ("GET", "/api/avatars/tasks/0123456789abcdef/sse"),
-                             ("GET", "/api/avatars/demo/thumbnail.jpg"), ("DELETE", "/api/avatars/demo"),
-                             ("POST", "/api/avatar/task"), ("GET", "/api/avatar/tasks"),
-                             ("GET", "/api/avatar/task/0123456789abcdef"),
-                             ("DELETE", "/api/avatar/task/0123456789abcdef"), ("POST", "/set_avatar")):
+        for method, path in (
+            ("GET", "/api/avatars"),
+            ("POST", "/api/avatars"),
+            ("GET", "/api/avatars/tasks"),
+            ("GET", "/api/avatars/tasks/0123456789abcdef"),
+            ("DELETE", "/api/avatars/tasks/0123456789abcdef"),
+            ("GET", "/api/avatars/tasks/0123456789abcdef/sse"),
+            ("GET", "/api/avatars/demo/thumbnail.jpg"),
+            ("DELETE", "/api/avatars/demo"),
+            ("POST", "/api/avatar/task"),
+            ("GET", "/api/avatar/tasks"),
+            ("GET", "/api/avatar/task/0123456789abcdef"),
+            ("DELETE", "/api/avatar/task/0123456789abcdef"),
+            ("POST", "/set_avatar"),
+        ):
             status, _ = await call(server, method, path)
             assert status == 401, (method, path)
         status, body = await call(server, "GET", "/api/avatars", headers={"Authorization": f"Bearer {TOKEN}"})

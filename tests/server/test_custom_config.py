@@ -1,5 +1,6 @@
 """LiveTalking's custom-video config: `/offer` custom_config and `--customvideo_config`, a looping idle clip
 (audiotype 1) and action clips with their sound, decoded once per avatar; bad configs refused with the reason."""
+
 from __future__ import annotations
 
 import json
@@ -46,9 +47,14 @@ def data(tmp_path: Path) -> Path:
 
 
 def config_list(root: Path) -> list[dict]:
-    return [{"audiotype": 1, "imgpath": str(root / "customvideo" / "idle")},
-            {"audiotype": 2, "imgpath": str(root / "customvideo" / "wave"),
-             "audiopath": str(root / "customvideo" / "wave.wav")}]
+    return [
+        {"audiotype": 1, "imgpath": str(root / "customvideo" / "idle")},
+        {
+            "audiotype": 2,
+            "imgpath": str(root / "customvideo" / "wave"),
+            "audiopath": str(root / "customvideo" / "wave.wav"),
+        },
+    ]
 
 
 @pytest.fixture
@@ -63,21 +69,26 @@ def test_parse_accepts_livetalking_shapes_and_refuses_bad_ones(data: Path) -> No
     assert [c.audiotype for c in clips] == [1, 2] and clips[1].audiopath == (data / "customvideo/wave.wav").resolve()
     assert parse_custom_config({"audiotype": "1", "imgpath": str(data / "customvideo/idle")})[0].audiotype == 1
     idle = str(data / "customvideo/idle")
-    for value, words in (("{not json", "not valid JSON"), ([], "list of 1 to"), ("[1]", "must be an object"),
-                         ([{"audiotype": 0, "imgpath": idle}], "audiotype must be"),
-                         ([{"audiotype": True, "imgpath": idle}], "audiotype must be"),
-                         ([{"audiotype": 1}], "needs an imgpath"),
-                         ([{"audiotype": 1, "imgpath": idle}, {"audiotype": 1, "imgpath": idle}], "twice"),
-                         ([{"audiotype": 3, "imgpath": str(data / "nope")}], "does not exist"),
-                         ([{"audiotype": 3, "imgpath": idle, "audiopath": idle}], "is not a file"),
-                         ([{"audiotype": 3, "imgpath": str(data / "../../../etc")}], "outside"),
-                         ([{"audiotype": 3, "imgpath": "/etc"}], "outside")):
+    for value, words in (
+        ("{not json", "not valid JSON"),
+        ([], "list of 1 to"),
+        ("[1]", "must be an object"),
+        ([{"audiotype": 0, "imgpath": idle}], "audiotype must be"),
+        ([{"audiotype": True, "imgpath": idle}], "audiotype must be"),
+        ([{"audiotype": 1}], "needs an imgpath"),
+        ([{"audiotype": 1, "imgpath": idle}, {"audiotype": 1, "imgpath": idle}], "twice"),
+        ([{"audiotype": 3, "imgpath": str(data / "nope")}], "does not exist"),
+        ([{"audiotype": 3, "imgpath": idle, "audiopath": idle}], "is not a file"),
+        ([{"audiotype": 3, "imgpath": str(data / "../../../etc")}], "outside"),
+        ([{"audiotype": 3, "imgpath": "/etc"}], "outside"),
+    ):
         with pytest.raises(ValueError, match=words):
             parse_custom_config(value, root=data)
 
 
-async def test_the_idle_clip_loops_and_crossfades_with_speech_and_actions(data: Path, own_avatars: Path,
-                                                                          engine) -> None:
+async def test_the_idle_clip_loops_and_crossfades_with_speech_and_actions(
+    data: Path, own_avatars: Path, engine
+) -> None:
     avatar = load_avatar("demo", own_avatars)
     actions, idle = load_custom_clips(parse_custom_config(config_list(data)), avatar)
     assert idle is not None and idle.n_ticks == 12 and idle.frames.shape[1:3] == avatar.frames.shape[1:3]
@@ -93,11 +104,13 @@ async def test_the_idle_clip_loops_and_crossfades_with_speech_and_actions(data: 
         speech = [session.step() for _ in range(40)]
         first = next(i for i, t in enumerate(speech) if t.source is Source.SPEECH)
         own = np.asarray(avatar.frames[0])
-        fade_in = speech[first:first + session.options.crossfade_ticks]
+        fade_in = speech[first : first + session.options.crossfade_ticks]
         assert all(not np.array_equal(t.frame, idle.frame(t.tick % 12)) for t in fade_in)  # fading to the avatar
         back = next(i for i in range(first, 40) if speech[i].source is Source.IDLE)
-        assert np.array_equal(speech[back + session.options.crossfade_ticks].frame,
-                              idle.frame(speech[back + session.options.crossfade_ticks].tick % 12))
+        assert np.array_equal(
+            speech[back + session.options.crossfade_ticks].frame,
+            idle.frame(speech[back + session.options.crossfade_ticks].tick % 12),
+        )
         assert not np.array_equal(speech[back].frame, own)  # faded, not cut
         session.set_audiotype(2)
         played = [session.step() for _ in range(12)]
@@ -140,8 +153,9 @@ def greenish(colour: np.ndarray) -> bool:
     return colour[1] > 150 and colour[0] < 120 and colour[2] < 120
 
 
-async def test_offer_custom_config_plays_the_idle_clip_and_actions(serve, config, data, own_avatars,
-                                                                   loopback_only) -> None:
+async def test_offer_custom_config_plays_the_idle_clip_and_actions(
+    serve, config, data, own_avatars, loopback_only
+) -> None:
     async with serve(config, avatars_dir=own_avatars, custom_dir=data) as server:
         client = MeanColour(server)
         sid = await client.connect(custom_config=json.dumps(config_list(data)))
@@ -160,15 +174,19 @@ async def test_offer_custom_config_plays_the_idle_clip_and_actions(serve, config
         assert not greenish(plain.colours[-1])
 
 
-@pytest.mark.parametrize(("custom", "words"), [
-    ("{broken", "not valid JSON"),
-    ('[{"audiotype": 1, "imgpath": "/etc"}]', "outside"),
-    ('[{"audiotype": 1, "imgpath": "DATA/customvideo/../../.."}]', "outside"),
-    ('[{"audiotype": 1, "imgpath": "DATA/missing"}]', "does not exist"),
-    ('[{"audiotype": 1, "imgpath": "DATA/customvideo/wave.wav"}]', "custom_config"),
-])
-async def test_bad_custom_config_is_refused_before_a_slot_is_taken(serve, config, data, own_avatars, custom, words,
-                                                                   loopback_only) -> None:
+@pytest.mark.parametrize(
+    ("custom", "words"),
+    [
+        ("{broken", "not valid JSON"),
+        ('[{"audiotype": 1, "imgpath": "/etc"}]', "outside"),
+        ('[{"audiotype": 1, "imgpath": "DATA/customvideo/../../.."}]', "outside"),
+        ('[{"audiotype": 1, "imgpath": "DATA/missing"}]', "does not exist"),
+        ('[{"audiotype": 1, "imgpath": "DATA/customvideo/wave.wav"}]', "custom_config"),
+    ],
+)
+async def test_bad_custom_config_is_refused_before_a_slot_is_taken(
+    serve, config, data, own_avatars, custom, words, loopback_only
+) -> None:
     async with serve(config, avatars_dir=own_avatars, custom_dir=data, max_session=1) as server:
         status, body = await Client(server).offer(custom_config=custom.replace("DATA", str(data)))
         assert status == 400 and words in body["msg"], body
@@ -176,13 +194,18 @@ async def test_bad_custom_config_is_refused_before_a_slot_is_taken(serve, config
         await Client(server).connect()  # the one slot is free
 
 
-async def test_customvideo_config_applies_to_every_session_and_follows_set_avatar(serve, config, data, own_avatars,
-                                                                                  tmp_path, loopback_only) -> None:
+async def test_customvideo_config_applies_to_every_session_and_follows_set_avatar(
+    serve, config, data, own_avatars, tmp_path, loopback_only
+) -> None:
     from musetalk.avatar_demo import demo_image
     from musetalk.avatar_prepare import PrepareOptions, prepare_avatar
 
-    prepare_avatar(cv2.resize(demo_image(), (256, 256)), "small", own_avatars,
-                   PrepareOptions(progress=False, models_dir=tmp_path / "no-models"))
+    prepare_avatar(
+        cv2.resize(demo_image(), (256, 256)),
+        "small",
+        own_avatars,
+        PrepareOptions(progress=False, models_dir=tmp_path / "no-models"),
+    )
     file = tmp_path / "custom_config.json"
     file.write_text(json.dumps(config_list(data)))
     assert parse_args(["--customvideo_config", str(file)]).customvideo_config == file

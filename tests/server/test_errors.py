@@ -1,4 +1,5 @@
 """Domain errors and their HTTP statuses (server.errors), as the api_errors middleware answers them."""
+
 from __future__ import annotations
 
 import shutil
@@ -35,14 +36,27 @@ from server.registry import SessionEndedError, SessionLimitError
 from testing.server_client import offer_sdp
 
 
-@pytest.mark.parametrize(("error", "status"), [
-    (BadRequest("x"), 400), (Forbidden("x"), 403), (NotFound("x"), 404), (Conflict("x"), 409),
-    (TooLarge("x"), 413), (TooBusy("x"), 429), (ServerFault("x"), 500), (Unavailable("x"), 503),
-    (SessionLimitError("full"), 503), (SessionEndedError("gone"), 404),
-    (InvalidAvatarIdError("../x"), 400), (AvatarNotFoundError("x"), 404),
-    # a damaged avatar or action clip on the server's disk, and any other avatar error: the server's fault
-    (AvatarError("x"), 500), (NoFaceError("x"), 500), (AvatarExistsError("x"), 500),
-])
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (BadRequest("x"), 400),
+        (Forbidden("x"), 403),
+        (NotFound("x"), 404),
+        (Conflict("x"), 409),
+        (TooLarge("x"), 413),
+        (TooBusy("x"), 429),
+        (ServerFault("x"), 500),
+        (Unavailable("x"), 503),
+        (SessionLimitError("full"), 503),
+        (SessionEndedError("gone"), 404),
+        (InvalidAvatarIdError("../x"), 400),
+        (AvatarNotFoundError("x"), 404),
+        # a damaged avatar or action clip on the server's disk, and any other avatar error: the server's fault
+        (AvatarError("x"), 500),
+        (NoFaceError("x"), 500),
+        (AvatarExistsError("x"), 500),
+    ],
+)
 def test_each_domain_error_has_its_status(error: Exception, status: int) -> None:
     assert status_of(error) == status
     if isinstance(error, ApiError):
@@ -57,9 +71,12 @@ def test_no_built_in_exception_has_a_status(error: Exception) -> None:
 
 async def test_the_middleware_answers_with_the_mapped_status_and_the_api_body() -> None:
     async def raising(request: web.Request) -> web.Response:
-        raise {"bad": BadRequest("'text' must be a non-empty string"), "broken": AvatarError("masks.npy is damaged"),
-               "full": SessionLimitError("Maximum session limit reached (3/3)"),
-               "bug": ValueError("a bug's message")}[request.match_info["what"]]
+        raise {
+            "bad": BadRequest("'text' must be a non-empty string"),
+            "broken": AvatarError("masks.npy is damaged"),
+            "full": SessionLimitError("Maximum session limit reached (3/3)"),
+            "bug": ValueError("a bug's message"),
+        }[request.match_info["what"]]
 
     app = web.Application(middlewares=[api_errors])
     app.router.add_post("/{what}", raising)
@@ -74,8 +91,9 @@ async def test_the_middleware_answers_with_the_mapped_status_and_the_api_body() 
     assert replies["bug"] == (500, {"code": -1, "msg": "internal error: a bug's message"})  # a ValueError is no 400
 
 
-async def test_a_bad_action_clip_on_disk_is_the_servers_error(serve, config, avatars_dir: Path, tmp_path: Path,
-                                                               loopback_only: None) -> None:
+async def test_a_bad_action_clip_on_disk_is_the_servers_error(
+    serve, config, avatars_dir: Path, tmp_path: Path, loopback_only: None
+) -> None:
     root = tmp_path / "avatars"
     shutil.copytree(avatars_dir / "demo", root / "demo")
     shutil.copytree(avatars_dir / "demo", root / "wrongsize")

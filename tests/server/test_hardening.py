@@ -1,6 +1,7 @@
 """What an attacker or a clumsy client tries: recordings stopped at once, pools filled, sessions driven without
 the token, speech piled up, interrupt under load, offers that can never connect, clients killed mid-speech,
 hostile bodies and slow connections. Each test fails on the code before the hardening."""
+
 from __future__ import annotations
 
 import asyncio
@@ -53,8 +54,10 @@ def silence_flac(seconds: float) -> bytes:
 
 # --------------------------------------------------------------------------------------------- recording
 
-async def test_a_recording_stopped_before_the_first_frame_ends_at_once_with_a_clear_error(avatars_dir, engine,
-                                                                                         tmp_path) -> None:
+
+async def test_a_recording_stopped_before_the_first_frame_ends_at_once_with_a_clear_error(
+    avatars_dir, engine, tmp_path
+) -> None:
     """The freeze: end_record before any tick reached the recorder. The old thread consumed the stop marker,
     raised "nothing was recorded" and then waited for a second marker forever; finish() joined it forever."""
     from musetalk.avatar import load_avatar
@@ -76,8 +79,9 @@ async def test_a_recording_stopped_before_the_first_frame_ends_at_once_with_a_cl
     await session.close()
 
 
-async def test_a_recording_whose_encoder_fails_ends_with_a_500_and_frees_everything(avatars_dir, engine, tmp_path,
-                                                                                   monkeypatch) -> None:
+async def test_a_recording_whose_encoder_fails_ends_with_a_500_and_frees_everything(
+    avatars_dir, engine, tmp_path, monkeypatch
+) -> None:
     from musetalk.avatar import load_avatar
 
     session = Session("s2", load_avatar("demo", avatars_dir), engine, stepped=True)
@@ -108,8 +112,9 @@ async def test_start_and_end_record_back_to_back_never_freeze_the_server(serve, 
         for _ in range(8):  # as fast as the client can: some end before the first frame, some after
             status, reply = await post(server, "/record", {"sessionid": sid, "type": "start_record"})
             assert status == 200, reply
-            status, reply = await asyncio.wait_for(post(server, "/record", {"sessionid": sid, "type": "end_record"}),
-                                                   10)
+            status, reply = await asyncio.wait_for(
+                post(server, "/record", {"sessionid": sid, "type": "end_record"}), 10
+            )
             assert (status, reply["code"]) in ((200, 0), (409, -1)), reply
         n = len(client.video_times)
         status, _ = await post(server, "/human", {"sessionid": sid, "text": "Still here.", "type": "echo"})
@@ -147,6 +152,7 @@ async def test_filled_pools_do_not_stop_video(serve, config) -> None:
 
 # --------------------------------------------------------------------------------------------- access
 
+
 async def test_with_a_token_nobody_else_can_drive_or_watch_a_session(serve, config) -> None:
     async with serve(config, auth_tokens=(TOKEN,)) as server:
         assert (await post(server, "/offer", {"sdp": await offer_sdp(), "type": "offer"}))[0] == 401
@@ -154,10 +160,13 @@ async def test_with_a_token_nobody_else_can_drive_or_watch_a_session(serve, conf
         client, events, _ = await connect_with_events(server)
         sid = client.sessionid
         del server.http.headers["Authorization"]
-        attempts = [("/human", {"sessionid": sid, "text": "You have been taken over.", "type": "echo"}),
-                    ("/interrupt_talk", {"sessionid": sid}), ("/is_speaking", {"sessionid": sid}),
-                    ("/record", {"sessionid": sid, "type": "start_record"}),
-                    ("/set_audiotype", {"sessionid": sid, "audiotype": 2})]
+        attempts = [
+            ("/human", {"sessionid": sid, "text": "You have been taken over.", "type": "echo"}),
+            ("/interrupt_talk", {"sessionid": sid}),
+            ("/is_speaking", {"sessionid": sid}),
+            ("/record", {"sessionid": sid, "type": "start_record"}),
+            ("/set_audiotype", {"sessionid": sid, "audiotype": 2}),
+        ]
         for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": TOKEN}):
             for path, body in attempts:
                 status, reply = await post(server, path, body, headers)
@@ -195,6 +204,7 @@ def test_the_open_access_warning() -> None:
 
 # --------------------------------------------------------------------------------------------- bounds
 
+
 async def test_speech_piled_up_is_refused_with_429_and_interrupt_frees_it(serve, config) -> None:
     async with serve(config, max_audio_seconds=119.5, max_queued_seconds=150.0) as server:
         client = Client(server)
@@ -210,8 +220,9 @@ async def test_speech_piled_up_is_refused_with_429_and_interrupt_frees_it(serve,
             status, reply = await upload(server, sid, long_silence)
             assert status == 429 and "s of speech waiting" in reply["msg"]
             text = " ".join(f"Sentence {i} keeps the avatar talking for a while." for i in range(60))
-            replies = [await post(server, "/human", {"sessionid": sid, "text": text, "type": "echo"})
-                       for _ in range(12)]
+            replies = [
+                await post(server, "/human", {"sessionid": sid, "text": text, "type": "echo"}) for _ in range(12)
+            ]
             refused = [r["msg"] for s, r in replies if s == 429]
             assert refused and "requests waiting to be spoken" in refused[0], replies
             held = tracemalloc.get_traced_memory()[0] - before
@@ -271,11 +282,11 @@ async def test_sse_streams_per_session_are_limited(serve, config) -> None:
 
 # --------------------------------------------------------------------------------------------- offers
 
+
 async def test_offers_that_can_never_connect_are_refused_before_taking_a_slot(serve, config) -> None:
     async with serve(config, max_session=1) as server:
         sdp = await offer_sdp()
-        cases = {"a=fingerprint": "DTLS fingerprint", "a=ice-ufrag": "ICE user fragment",
-                 "a=ice-pwd": "ICE password"}
+        cases = {"a=fingerprint": "DTLS fingerprint", "a=ice-ufrag": "ICE user fragment", "a=ice-pwd": "ICE password"}
         for prefix, words in cases.items():
             broken = "\r\n".join(line for line in sdp.split("\r\n") if not line.startswith(prefix))
             status, reply = await post(server, "/offer", {"sdp": broken, "type": "offer"})
@@ -294,8 +305,11 @@ async def test_a_killed_client_is_ended_within_the_idle_timeout(serve, config) -
     reports stop at once, so the idle timeout bounds it."""
     async with serve(config, idle_timeout=2.0) as server:
         # Popen returns once the child is started; its output is read line by line below.
-        peer = subprocess.Popen([sys.executable, "-m", "testing.peer_process", server.url],  # noqa: ASYNC220
-                                stdout=subprocess.PIPE, text=True)
+        peer = subprocess.Popen(  # noqa: ASYNC220
+            [sys.executable, "-m", "testing.peer_process", server.url],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             sid = (await asyncio.to_thread(peer.stdout.readline)).strip()
             live = server.state.registry.get(sid)
@@ -315,6 +329,7 @@ async def test_a_killed_client_is_ended_within_the_idle_timeout(serve, config) -
 
 # --------------------------------------------------------------------------------------------- bodies
 
+
 async def test_deep_json_and_zero_bit_wav_are_400(serve, config) -> None:
     async with serve(config) as server:
         client = Client(server)
@@ -325,8 +340,15 @@ async def test_deep_json_and_zero_bit_wav_are_400(serve, config) -> None:
                 reply = await resp.json()
                 assert resp.status == 400 and "nested too deeply" in reply["msg"], (route, reply)
         pcm = np.zeros(16000, "<i2").tobytes()
-        wav = (b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVEfmt "
-               + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 0) + b"data" + struct.pack("<I", len(pcm)) + pcm)
+        wav = (
+            b"RIFF"
+            + struct.pack("<I", 36 + len(pcm))
+            + b"WAVEfmt "
+            + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 0)
+            + b"data"
+            + struct.pack("<I", len(pcm))
+            + pcm
+        )
         status, reply = await upload(server, sid, wav)
         assert status == 400 and "cannot decode" in reply["msg"]
         await client.close()
@@ -338,8 +360,10 @@ async def test_an_upload_for_an_unknown_session_is_refused_before_its_file_is_re
 
         async def body():
             nonlocal sent
-            yield (b"--B\r\nContent-Disposition: form-data; name=\"sessionid\"\r\n\r\nnobody\r\n"
-                   b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n")
+            yield (
+                b'--B\r\nContent-Disposition: form-data; name="sessionid"\r\n\r\nnobody\r\n'
+                b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+            )
             for _ in range(300):  # 19 MB, slowly
                 sent += 64 * 1024
                 yield b"\0" * 64 * 1024

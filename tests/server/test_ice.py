@@ -1,4 +1,5 @@
 """GET /api/ice and TURN REST credentials (--turn_secret), checked against a real coturn with use-auth-secret."""
+
 from __future__ import annotations
 
 import base64
@@ -27,8 +28,14 @@ async def ice(server, headers: dict | None = None) -> tuple[int, dict]:
 
 async def relay_candidates(port: int, username: str, password: str) -> list:
     """The relay candidates a TURN client gets from the server with these credentials (none if refused)."""
-    conn = aioice.Connection(ice_controlling=True, turn_server=("127.0.0.1", port), turn_username=username,
-                             turn_password=password, transport_policy=TransportPolicy.RELAY, use_ipv6=False)
+    conn = aioice.Connection(
+        ice_controlling=True,
+        turn_server=("127.0.0.1", port),
+        turn_username=username,
+        turn_password=password,
+        transport_policy=TransportPolicy.RELAY,
+        use_ipv6=False,
+    )
     try:
         await conn.gather_candidates()
         return [c for c in conn.local_candidates if c.type == "relay"]
@@ -54,14 +61,23 @@ def test_turn_options_are_checked() -> None:
 async def test_api_ice_gives_the_configured_servers(serve, config) -> None:
     async with serve(config) as server:
         assert await ice(server) == (200, {"code": 0, "msg": "ok", "data": {"iceServers": []}})
-    async with serve(config, stun=("stun:stun.example.org:3478",), turn=("turn:t.example.org:3478",),
-                     turn_user="u", turn_password="p") as server:
+    async with serve(
+        config,
+        stun=("stun:stun.example.org:3478",),
+        turn=("turn:t.example.org:3478",),
+        turn_user="u",
+        turn_password="p",
+    ) as server:
         status, body = await ice(server)
-        assert status == 200 and body["data"] == {"iceServers": [
-            {"urls": ["stun:stun.example.org:3478"]},
-            {"urls": ["turn:t.example.org:3478"], "username": "u", "credential": "p"}]}
-    async with serve(config, turn=("turn:t.example.org:3478",), turn_secret="s3cret", turn_ttl=600,
-                     auth_tokens=(TOKEN,)) as server:
+        assert status == 200 and body["data"] == {
+            "iceServers": [
+                {"urls": ["stun:stun.example.org:3478"]},
+                {"urls": ["turn:t.example.org:3478"], "username": "u", "credential": "p"},
+            ]
+        }
+    async with serve(
+        config, turn=("turn:t.example.org:3478",), turn_secret="s3cret", turn_ttl=600, auth_tokens=(TOKEN,)
+    ) as server:
         status, body = await ice(server)
         assert status == 401  # credentials only for clients with the token
         status, body = await ice(server, {"Authorization": f"Bearer {TOKEN}"})

@@ -1,5 +1,6 @@
 """server/media.py: the 16 -> 48 kHz upsampler, the tracks' frames, timestamps and bounded queues, the tracks as a
 session's sink; then a real aiortc peer receiving the session's tracks over loopback."""
+
 import asyncio
 from fractions import Fraction
 
@@ -20,8 +21,15 @@ from testing.rtc import media_time_ms, received
 def tick(k: int, level: float = 0.25) -> OutputTick:
     """Tick k: a frame whose pixels say k (and differ across the frame), audio at a constant level."""
     frame = (np.arange(48 * 64 * 3, dtype=np.uint32).reshape(48, 64, 3) + k).astype(np.uint8)
-    return OutputTick(tick=k, frame=frame, audio=np.full(TICK_SAMPLES, level, np.float32), kind=Kind.SPEECH,
-                      source=Source.SPEECH, events=[], turn=0)
+    return OutputTick(
+        tick=k,
+        frame=frame,
+        audio=np.full(TICK_SAMPLES, level, np.float32),
+        kind=Kind.SPEECH,
+        source=Source.SPEECH,
+        events=[],
+        turn=0,
+    )
 
 
 def tone(n: int, hz: float, rate: int, start: int = 0) -> np.ndarray:
@@ -41,7 +49,7 @@ def test_upsampling_tick_by_tick_equals_upsampling_all_at_once() -> None:
     audio = tone(10 * TICK_SAMPLES, 300, 16000)
     whole = Upsampler()(audio)
     chunked = Upsampler()
-    parts = [chunked(audio[i:i + TICK_SAMPLES]) for i in range(0, len(audio), TICK_SAMPLES)]
+    parts = [chunked(audio[i : i + TICK_SAMPLES]) for i in range(0, len(audio), TICK_SAMPLES)]
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=1e-12)
 
 
@@ -112,8 +120,7 @@ async def test_session_tracks_get_every_tick_of_the_session_until_closed() -> No
         assert [f.pts for f in frames] == [out.tick * 3600 for out in shown]
         for f, out in zip(frames, shown):
             np.testing.assert_array_equal(f.to_ndarray(format="bgr24"), out.frame)
-        assert [(await tracks.audio.recv()).pts for _ in range(6)] == [shown[0].tick * 1920 + 960 * i
-                                                                       for i in range(6)]
+        assert [(await tracks.audio.recv()).pts for _ in range(6)] == [shown[0].tick * 1920 + 960 * i for i in range(6)]
         tracks.close()
         assert tracks.video.readyState == "ended" and tracks.audio.readyState == "ended"
         session.step()  # no longer a sink: nothing is queued

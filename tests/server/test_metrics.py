@@ -1,5 +1,6 @@
 """/metrics after a scripted session, read with prometheus_client's parser: process-wide counters move,
 histograms fill, no series names a session unless --metrics_per_session, and each app has its own registry."""
+
 from __future__ import annotations
 
 import pytest

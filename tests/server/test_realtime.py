@@ -1,5 +1,6 @@
 """--tts realtime: the OpenAI Realtime API (the local GA fake, testing/fake_realtime.py) speaks for the avatar:
 typed chat, speech to speech from the microphone with barge-in, cancel, reconnection, refused credentials."""
+
 from __future__ import annotations
 
 import asyncio
@@ -24,8 +25,14 @@ pytestmark = pytest.mark.usefixtures("loopback_only")
 
 async def test_realtime_answers_with_audio_and_subtitles_and_can_be_interrupted(serve, config) -> None:
     async with fake_realtime.realtime_service() as (url, rec):
-        async with serve(config, tts="realtime", TTS_SERVER=url, realtime_model="gpt-realtime",
-                         system_prompt="Be a test.", REF_FILE="verse") as server:
+        async with serve(
+            config,
+            tts="realtime",
+            TTS_SERVER=url,
+            realtime_model="gpt-realtime",
+            system_prompt="Be a test.",
+            REF_FILE="verse",
+        ) as server:
             client, events, sse = await connect_with_events(server)
             sid = client.sessionid
 

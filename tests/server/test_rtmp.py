@@ -1,6 +1,7 @@
 """RTMP output against a real RTMP server (Debian's nginx with its RTMP module, started here on 127.0.0.1), read
 back with PyAV: 25 fps H.264, AAC audio, audio and picture in sync, reconnection after the server restarts, and
 the pushed session driven through the API while WebRTC sessions run beside it."""
+
 from __future__ import annotations
 
 import io
@@ -54,9 +55,11 @@ events {{ worker_connections 64; }}
 rtmp {{ server {{ listen 127.0.0.1:{self.port}; application live {{ live on; record off; }} }} }}
 """)
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.process = subprocess.Popen([binary, "-c", str(conf), "-p", str(self.folder), "-e",
-                                         str(self.folder / "error.log")], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            [binary, "-c", str(conf), "-p", str(self.folder), "-e", str(self.folder / "error.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -157,8 +160,15 @@ def marker_tick(k: int, onset_tick: int) -> OutputTick:
     frame = np.full((128, 160, 3), 255 if on else 0, np.uint8)
     t = (np.arange(TICK_SAMPLES) + k * TICK_SAMPLES) / 16000
     audio = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32) if on else np.zeros(TICK_SAMPLES, np.float32)
-    return OutputTick(tick=k, frame=frame, audio=audio, kind=Kind.SPEECH if on else Kind.SILENCE, source=Source.SPEECH,
-                      events=[], turn=0)
+    return OutputTick(
+        tick=k,
+        frame=frame,
+        audio=audio,
+        kind=Kind.SPEECH if on else Kind.SILENCE,
+        source=Source.SPEECH,
+        events=[],
+        turn=0,
+    )
 
 
 def push_ticks(pusher: RtmpPusher, ticks: range, onset_tick: int) -> None:
@@ -231,7 +241,7 @@ def test_the_pusher_reconnects_after_the_server_restarts(nginx: Nginx) -> None:
         feeding = False
         feeder.join()
         pusher.stop()
-    assert not [t for t in threading.enumerate() if t.name == 'rtmp-stub']
+    assert not [t for t in threading.enumerate() if t.name == "rtmp-stub"]
 
 
 def wav(seconds_silent: float, seconds_tone: float) -> bytes:
@@ -268,20 +278,24 @@ async def test_the_server_pushes_a_session_driven_by_the_api_beside_webrtc_sessi
     audio_onset = got.audio_onset(after=got.video[0][0])
     assert audio_onset is not None, "the uploaded tone never reached the stream"
     before = [frame for t, frame in got.video if t < audio_onset - 0.1]
-    mouth_onset = next(t for t, frame in got.video
-                       if t > audio_onset - 0.2 and mouth_darkening(frame, before[-1], region) > 1.0)
+    mouth_onset = next(
+        t for t, frame in got.video if t > audio_onset - 0.2 and mouth_darkening(frame, before[-1], region) > 1.0
+    )
     offset_ms = 1000 * (mouth_onset - audio_onset)
     print(f"mouth opening - sound onset over RTMP: {offset_ms:+.1f} ms")
     assert abs(offset_ms) <= MAX_OFFSET_MS
     assert not [t for t in threading.enumerate() if t.name.startswith("rtmp-")]  # the server stopped it
 
 
-@pytest.mark.parametrize(("argv", "words"), [
-    (["--transport", "rtmp"], "--push_url"),
-    (["--transport", "rtmp", "--push_url", "http://x/y"], "--push_url"),
-    (["--transport", "srt"], "unknown transport"),
-    (["--transport", "rtmp", "--push_url", "rtmp://h/a/s", "--push_session_id", "../x"], "--push_session_id"),
-])
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--transport", "rtmp"], "--push_url"),
+        (["--transport", "rtmp", "--push_url", "http://x/y"], "--push_url"),
+        (["--transport", "srt"], "unknown transport"),
+        (["--transport", "rtmp", "--push_url", "rtmp://h/a/s", "--push_session_id", "../x"], "--push_session_id"),
+    ],
+)
 def test_bad_transport_options(argv: list[str], words: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         parse_args(argv)
@@ -293,5 +307,3 @@ def test_transport_options() -> None:
     c = parse_args(["--transport", "rtmp", "--push_url", "rtmp://127.0.0.1/live/s"])
     assert c.transports == ("webrtc", "rtmp") and c.push_url == "rtmp://127.0.0.1/live/s" and c.push_session_id == "0"
     assert parse_args(["--transport", "webrtc,rtmp", "--push_url", "rtmps://h/a/s"]).transports == ("webrtc", "rtmp")
-
-

@@ -1,4 +1,5 @@
 """The shared services: avatars are loaded once, and a slow load does not hold up avatars already loaded."""
+
 from __future__ import annotations
 
 import asyncio

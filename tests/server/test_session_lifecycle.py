@@ -1,5 +1,6 @@
 """Every task and thread of a session is owned by its Session.tasks and ends with it (issue 15): sessions opened
 and closed against a real server, each using every feature, leave no asyncio task and no thread behind."""
+
 from __future__ import annotations
 
 import asyncio
@@ -136,8 +137,15 @@ async def open_and_close(server: Server, sessions: int, one: Callable[[Server, i
 async def test_fifty_sessions_with_every_feature_leave_no_task_and_no_thread(serve, config, twin_avatars) -> None:
     speech = await spoken("What is the weather like today?")
     async with fake_services.openai_service() as (base, _):
-        async with serve(config, llm_base_url=base, llm_model="ok", tts="openai", TTS_SERVER=base,
-                         max_session=AT_ONCE, avatars_dir=twin_avatars) as server:
+        async with serve(
+            config,
+            llm_base_url=base,
+            llm_model="ok",
+            tts="openai",
+            TTS_SERVER=base,
+            max_session=AT_ONCE,
+            avatars_dir=twin_avatars,
+        ) as server:
             server.state.services.transcriber = quick_transcriber  # type: ignore[method-assign]
             await session_with_every_feature(server, 0, speech)  # warm-up: first-use pools and caches
             tasks, threads = asyncio.all_tasks(), threading.enumerate()
@@ -164,8 +172,9 @@ async def realtime_session(server: Server, i: int) -> None:
 
 async def test_realtime_sessions_leave_no_task_and_no_thread(serve, config) -> None:
     async with fake_realtime.realtime_service() as (url, _):
-        async with serve(config, tts="realtime", TTS_SERVER=url, realtime_model="gpt-realtime",
-                         max_session=AT_ONCE) as server:
+        async with serve(
+            config, tts="realtime", TTS_SERVER=url, realtime_model="gpt-realtime", max_session=AT_ONCE
+        ) as server:
             await realtime_session(server, 0)  # warm-up
             tasks, threads = asyncio.all_tasks(), threading.enumerate()
             await open_and_close(server, 10, realtime_session)

@@ -1,5 +1,6 @@
 """Switching a session's avatar mid-session: same tracks (no renegotiation), a crossfade, the speaking turn
 interrupted, the old avatar's worker retired; POST /set_avatar against the real server, and its bad input."""
+
 from __future__ import annotations
 
 import asyncio
@@ -59,7 +60,7 @@ async def test_a_stepped_session_crossfades_to_the_new_avatar_and_speaks_with_it
         new = [t for t in ticks if t.tick >= first]
         idle = np.asarray(second.frames[0])
         assert all(t.frame.shape == idle.shape for t in new)
-        fading = new[:session.options.crossfade_ticks]
+        fading = new[: session.options.crossfade_ticks]
         old_scaled = cv2.resize(np.asarray(last.frame), (SECOND_SIZE, SECOND_SIZE), interpolation=cv2.INTER_AREA)
         for t in fading:  # between the old picture and the new one, moving towards the new
             assert not np.array_equal(t.frame, idle) and not np.array_equal(t.frame, old_scaled)
@@ -106,8 +107,9 @@ async def test_set_avatar_switches_a_live_session_on_the_same_connection(serve, 
         await client.wait_video(10)
         live = server.state.registry.get(sid)
         pc_before = live.pc
-        status, body = await server.post("/human", {"sessionid": sid, "type": "echo",
-                                                    "text": "This is a long sentence that is still being spoken."})
+        status, body = await server.post(
+            "/human", {"sessionid": sid, "type": "echo", "text": "This is a long sentence that is still being spoken."}
+        )
         assert status == 200, body
         assert await until(lambda: is_speaking(server, sid), 10)
         late_before = live.session.stats.skipped_ticks
@@ -142,14 +144,17 @@ async def test_set_avatar_switches_a_live_session_on_the_same_connection(serve, 
         assert await until(back, 10)
 
 
-@pytest.mark.parametrize(("body", "status", "words"), [
-    ({"sessionid": "nobody", "avatar": "second"}, 404, "session not found"),
-    ({"avatar": "second"}, 400, "'sessionid' is required"),
-    ({"sessionid": "SID"}, 400, "'avatar'"),
-    ({"sessionid": "SID", "avatar": 7}, 400, "'avatar'"),
-    ({"sessionid": "SID", "avatar": "../demo"}, 400, "invalid avatar id"),
-    ({"sessionid": "SID", "avatar": "nobody"}, 404, "avatar 'nobody' not found"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"sessionid": "nobody", "avatar": "second"}, 404, "session not found"),
+        ({"avatar": "second"}, 400, "'sessionid' is required"),
+        ({"sessionid": "SID"}, 400, "'avatar'"),
+        ({"sessionid": "SID", "avatar": 7}, 400, "'avatar'"),
+        ({"sessionid": "SID", "avatar": "../demo"}, 400, "invalid avatar id"),
+        ({"sessionid": "SID", "avatar": "nobody"}, 404, "avatar 'nobody' not found"),
+    ],
+)
 async def test_set_avatar_bad_input(serve, config, two_avatars, body, status, words) -> None:
     async with serve(config, avatars_dir=two_avatars) as server:
         client = Client(server)
@@ -188,8 +193,13 @@ def _webrtc(request: pytest.FixtureRequest) -> None:
 
 def test_the_switch_benchmark_runs_and_prints_its_figures() -> None:
     root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-m", "bench.set_avatar", "--switches", "2"], cwd=root,
-                          capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.set_avatar", "--switches", "2"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith("machine: ")

@@ -4,6 +4,7 @@ RSS must end within 5 % of its level after the first 20 cycles, threads and open
 cycle talks for a minute, so that what is allocated once (the voice, codec buffers) is in that level.
 
 SOAK_CYCLES, SOAK_SECONDS and SOAK_WARM_UP_SECONDS shorten it for a local run; CI runs the full length."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,8 +31,10 @@ CYCLES = int(os.environ.get("SOAK_CYCLES", "200"))
 SPEECH_SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 BASELINE_CYCLES = 20
 WARM_UP_SECONDS = float(os.environ.get("SOAK_WARM_UP_SECONDS", "60"))  # speech in the first cycle
-TEXT = ("This is the soak test speaking for a long time. Every sentence goes through the voice, the framer, "
-        "the renderer and the tracks. Interrupts come at random moments. Nothing may be left behind.")
+TEXT = (
+    "This is the soak test speaking for a long time. Every sentence goes through the voice, the framer, "
+    "the renderer and the tracks. Interrupts come at random moments. Nothing may be left behind."
+)
 
 
 def usage() -> tuple[float, int, int]:
@@ -109,20 +112,26 @@ async def test_cycles_and_continuous_speech_leave_nothing_behind(serve, config) 
         for _ in range(BASELINE_CYCLES - 1):
             await cycle(server, talk)
         base = usage()
-        print(f"after {BASELINE_CYCLES} cycles ({time.monotonic() - t0:.0f} s): RSS {base[0]:.1f} MB, "
-              f"{base[1]} threads, {base[2]} fds, {threading.active_count()} Python threads")
+        print(
+            f"after {BASELINE_CYCLES} cycles ({time.monotonic() - t0:.0f} s): RSS {base[0]:.1f} MB, "
+            f"{base[1]} threads, {base[2]} fds, {threading.active_count()} Python threads"
+        )
         for _ in range(CYCLES - BASELINE_CYCLES):
             await cycle(server, talk)
         after_cycles = usage()
-        print(f"after {CYCLES} cycles ({time.monotonic() - t0:.0f} s): RSS {after_cycles[0]:.1f} MB, "
-              f"{after_cycles[1]} threads, {after_cycles[2]} fds")
+        print(
+            f"after {CYCLES} cycles ({time.monotonic() - t0:.0f} s): RSS {after_cycles[0]:.1f} MB, "
+            f"{after_cycles[1]} threads, {after_cycles[2]} fds"
+        )
         talk = Talk(server, talk.wav)
         client = await cycle(server, talk, SPEECH_SECONDS)
         assert len(client.video_times) > 20 * SPEECH_SECONDS  # video flowed the whole time (25 fps nominal)
         end = usage()
-    print(f"speech {SPEECH_SECONDS:.0f} s: {talk.requests} requests ({talk.refused} refused with 429), "
-          f"{talk.interrupts} interrupts; end: RSS {end[0]:.1f} MB ({100 * (end[0] / base[0] - 1):+.1f} %), "
-          f"{end[1]} threads, {end[2]} fds")
+    print(
+        f"speech {SPEECH_SECONDS:.0f} s: {talk.requests} requests ({talk.refused} refused with 429), "
+        f"{talk.interrupts} interrupts; end: RSS {end[0]:.1f} MB ({100 * (end[0] / base[0] - 1):+.1f} %), "
+        f"{end[1]} threads, {end[2]} fds"
+    )
     assert end[0] <= base[0] * 1.05, f"RSS grew from {base[0]:.1f} to {end[0]:.1f} MB"
     assert end[1] == base[1], f"threads: {base[1]} -> {end[1]}"
     assert end[2] == base[2], f"open files: {base[2]} -> {end[2]}"

@@ -1,4 +1,5 @@
 """Decoding uploaded audio: formats, rates and channels to 16 kHz mono, and bounded cost on hostile input."""
+
 from __future__ import annotations
 
 import io
@@ -18,10 +19,16 @@ def dominant_hz(x: np.ndarray, rate: int = 16000) -> float:
     return float(np.argmax(spectrum) * rate / len(x))
 
 
-@pytest.mark.parametrize(("fmt", "subtype", "rate", "channels"), [
-    ("WAV", "PCM_16", 44100, 2), ("WAV", "FLOAT", 8000, 1), ("FLAC", "PCM_16", 96000, 1),
-    ("OGG", "VORBIS", 48000, 2), ("MP3", "MPEG_LAYER_III", 22050, 1),
-])
+@pytest.mark.parametrize(
+    ("fmt", "subtype", "rate", "channels"),
+    [
+        ("WAV", "PCM_16", 44100, 2),
+        ("WAV", "FLOAT", 8000, 1),
+        ("FLAC", "PCM_16", 96000, 1),
+        ("OGG", "VORBIS", 48000, 2),
+        ("MP3", "MPEG_LAYER_III", 22050, 1),
+    ],
+)
 def test_formats_are_decoded_to_16k_mono(fmt: str, subtype: str, rate: int, channels: int) -> None:
     t = np.arange(rate) / rate  # 1 s
     x = 0.4 * np.sin(2 * np.pi * 700 * t)
@@ -36,19 +43,27 @@ def test_formats_are_decoded_to_16k_mono(fmt: str, subtype: str, rate: int, chan
 
 def wav_header(rate: int, channels: int, data_bytes: int) -> bytes:
     block = 2 * channels
-    return (b"RIFF" + struct.pack("<I", min(36 + data_bytes, 0xFFFFFFFF)) + b"WAVEfmt "
-            + struct.pack("<IHHIIHH", 16, 1, channels, rate, (rate * block) % 2**32, block, 16)
-            + b"data" + struct.pack("<I", data_bytes))
+    return (
+        b"RIFF"
+        + struct.pack("<I", min(36 + data_bytes, 0xFFFFFFFF))
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, channels, rate, (rate * block) % 2**32, block, 16)
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
 
 
-@pytest.mark.parametrize(("data", "status", "words"), [
-    (b"", 400, "empty"),
-    (bytes(range(256)) * 400, 400, "cannot decode"),
-    (wav_header(1, 1, 100) + bytes(100), 400, "sample rate 1 Hz"),
-    (wav_header(4_000_000_000, 1, 1000) + bytes(1000), 400, "cannot decode"),
-    (wav_header(16000, 200, 0xFFFFFFF0) + bytes(4000), 400, "unsupported channel count 200"),
-    (wav_header(16000, 1, 16000 * 2 * 5) + bytes(16000 * 2 * 5), 413, "longer than 3 s"),
-])
+@pytest.mark.parametrize(
+    ("data", "status", "words"),
+    [
+        (b"", 400, "empty"),
+        (bytes(range(256)) * 400, 400, "cannot decode"),
+        (wav_header(1, 1, 100) + bytes(100), 400, "sample rate 1 Hz"),
+        (wav_header(4_000_000_000, 1, 1000) + bytes(1000), 400, "cannot decode"),
+        (wav_header(16000, 200, 0xFFFFFFF0) + bytes(4000), 400, "unsupported channel count 200"),
+        (wav_header(16000, 1, 16000 * 2 * 5) + bytes(16000 * 2 * 5), 413, "longer than 3 s"),
+    ],
+)
 def test_hostile_files_fail_fast_with_a_clear_status(data: bytes, status: int, words: str) -> None:
     t0 = time.monotonic()
     with pytest.raises(ApiError) as exc:

@@ -1,6 +1,7 @@
 """/offer refaudio/reftext and /human tts are never silently ignored: a per-session reference voice for
 GPT-SoVITS and CosyVoice (checked at local servers speaking their APIs), a 400 naming the field for voices that
 cannot take one."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,9 +17,12 @@ pytestmark = pytest.mark.usefixtures("loopback_only")
 
 async def test_voices_without_cloning_refuse_the_fields_by_name(serve, config) -> None:
     async with serve(config) as server:
-        for extra, words in (({"refaudio": "me.wav"}, "'refaudio'"), ({"reftext": "hello"}, "'reftext'"),
-                             ({"refaudio": "me.wav", "voice": "edgetts"}, "voice 'edgetts'"),
-                             ({"refaudio": 5}, "'refaudio' must be a string")):
+        for extra, words in (
+            ({"refaudio": "me.wav"}, "'refaudio'"),
+            ({"reftext": "hello"}, "'reftext'"),
+            ({"refaudio": "me.wav", "voice": "edgetts"}, "voice 'edgetts'"),
+            ({"refaudio": 5}, "'refaudio' must be a string"),
+        ):
             client = Client(server)
             status, body = await client.offer(**extra)
             assert status == 400 and words in body["msg"], (extra, body)
@@ -39,14 +43,21 @@ async def test_voices_without_cloning_refuse_the_fields_by_name(serve, config) -
 
 async def test_gpt_sovits_sessions_speak_with_their_own_reference(serve, config) -> None:
     async with sovits_service() as (url, rec):
-        async with serve(config, tts="gpt-sovits", REF_FILE="configured.wav", REF_TEXT="configured text",
-                         TTS_SERVER=url) as server:
-            cases = {"own": {"refaudio": "alice.wav", "reftext": "I am Alice."},
-                     "text only": {"reftext": "Another transcript."},
-                     "audio only": {"refaudio": "bob.wav"},
-                     "none": {}}
-            expected = {"own": ("alice.wav", "I am Alice."), "text only": ("configured.wav", "Another transcript."),
-                        "audio only": ("bob.wav", ""), "none": ("configured.wav", "configured text")}
+        async with serve(
+            config, tts="gpt-sovits", REF_FILE="configured.wav", REF_TEXT="configured text", TTS_SERVER=url
+        ) as server:
+            cases = {
+                "own": {"refaudio": "alice.wav", "reftext": "I am Alice."},
+                "text only": {"reftext": "Another transcript."},
+                "audio only": {"refaudio": "bob.wav"},
+                "none": {},
+            }
+            expected = {
+                "own": ("alice.wav", "I am Alice."),
+                "text only": ("configured.wav", "Another transcript."),
+                "audio only": ("bob.wav", ""),
+                "none": ("configured.wav", "configured text"),
+            }
             for name, extra in cases.items():
                 client = Client(server)
                 sid = await client.connect(**extra)
@@ -92,16 +103,19 @@ async def test_cosyvoice_streams_sentences_and_clones_the_sessions_reference(ser
         with pytest.raises(TTSError, match="WAV"):
             CosyVoiceTTS(url, prompt_wav=b"not a recording")
 
-        async with serve(config, tts="cosyvoice", REF_FILE=str(refs / "default.wav"), REF_TEXT="default transcript",
-                         TTS_SERVER=url) as server:
+        async with serve(
+            config, tts="cosyvoice", REF_FILE=str(refs / "default.wav"), REF_TEXT="default transcript", TTS_SERVER=url
+        ) as server:
             for bad in ("../secret.wav", "nobody.wav", "/etc/passwd"):
                 client = Client(server)
                 status, body = await client.offer(refaudio=bad)
                 assert status == 400 and "'refaudio'" in body["msg"], (bad, body)
                 await client.close()
-            cases = [({}, ("zero_shot", default, "default transcript")),
-                     ({"refaudio": "alice.wav", "reftext": "I am Alice."}, ("zero_shot", alice, "I am Alice.")),
-                     ({"refaudio": "alice.wav"}, ("cross_lingual", alice, None))]
+            cases = [
+                ({}, ("zero_shot", default, "default transcript")),
+                ({"refaudio": "alice.wav", "reftext": "I am Alice."}, ("zero_shot", alice, "I am Alice.")),
+                ({"refaudio": "alice.wav"}, ("cross_lingual", alice, None)),
+            ]
             for extra, (mode, wav, text) in cases:
                 client = Client(server)
                 sid = await client.connect(**extra)

@@ -1,4 +1,5 @@
 """The page's microphone over the same peer connection: Silero VAD -> ASR -> chat, and barge-in (not on noise)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -50,8 +51,9 @@ async def test_spoken_question_interrupts_the_avatar_is_transcribed_and_answered
             assert await until(lambda: len(rec.requests) >= 1, 5)
             assert rec.requests[0]["messages"][-1] == {"role": "user", "content": heard}
             answer = "".join(fake_services.ANSWER_DELTAS)
-            assert await until(lambda: " ".join(e["text"] for e in events
-                                                if e.get("status") == "end")[-len(answer):] == answer, 15)
+            assert await until(
+                lambda: " ".join(e["text"] for e in events if e.get("status") == "end")[-len(answer) :] == answer, 15
+            )
             # none of the interrupted echo's later sentences started after the barge-in
             started = [e["text"] for e in events if e.get("status") == "start"][n_started:]
             assert not any(t.startswith("This is sentence") for t in started), started
@@ -71,7 +73,7 @@ async def test_a_noisy_room_does_not_interrupt_the_avatar(serve, config) -> None
         rng = np.random.default_rng(5)
         spectrum = np.fft.rfft(rng.standard_normal(48000 * 3))
         pink = np.fft.irfft(spectrum / np.sqrt(np.maximum(np.arange(len(spectrum)), 1)), 48000 * 3)
-        mic.play(0.2 * pink / np.sqrt(np.mean(pink ** 2)))  # 3 s of loud pink noise (-14 dBFS)
+        mic.play(0.2 * pink / np.sqrt(np.mean(pink**2)))  # 3 s of loud pink noise (-14 dBFS)
         while mic.playing:
             assert await is_speaking(server, sid), "the noise interrupted the avatar"
             await asyncio.sleep(0.1)
@@ -85,17 +87,29 @@ async def test_a_noisy_room_does_not_interrupt_the_avatar(serve, config) -> None
 def test_asr_and_realtime_options() -> None:
     c = parse_args([])
     assert (c.asr_model, c.asr_language, c.asr_device, c.realtime_turn_detection) == (None, None, "cpu", "server_vad")
-    c = parse_args(["--asr_model", "large-v3", "--asr_language", "zh", "--asr_device", "cuda",
-                    "--realtime_turn_detection", "semantic_vad", "--llm_azure_endpoint", "https://x.openai.azure.com",
-                    "--llm_api_version", "2025-04-01-preview"])
+    c = parse_args(
+        [
+            "--asr_model",
+            "large-v3",
+            "--asr_language",
+            "zh",
+            "--asr_device",
+            "cuda",
+            "--realtime_turn_detection",
+            "semantic_vad",
+            "--llm_azure_endpoint",
+            "https://x.openai.azure.com",
+            "--llm_api_version",
+            "2025-04-01-preview",
+        ]
+    )
     assert (c.asr_model, c.asr_language, c.asr_device) == ("large-v3", "zh", "cuda")
     assert c.realtime_turn_detection == "semantic_vad"
     assert (c.llm_azure_endpoint, c.llm_api_version) == ("https://x.openai.azure.com", "2025-04-01-preview")
     assert parse_args(["--asr_model_dir", "/models/whisper"]).asr_model == "/models/whisper"  # the older name
 
 
-async def test_without_a_vad_model_the_session_goes_on_without_voice_input(serve, config, monkeypatch,
-                                                                           caplog) -> None:
+async def test_without_a_vad_model_the_session_goes_on_without_voice_input(serve, config, monkeypatch, caplog) -> None:
     def missing(*args: object) -> None:
         raise FileNotFoundError("Silero VAD model not found in faster-whisper's assets")
 
@@ -104,8 +118,9 @@ async def test_without_a_vad_model_the_session_goes_on_without_voice_input(serve
         mic = ScriptedMicrophone()
         client, events, sse = await connect_with_events(server, mic)
         # (an asr_error event is published too, but before this client's /sse stream was open)
-        assert await until(lambda: any("voice input is off: Silero VAD model not found" in r.getMessage()
-                                       for r in caplog.records), 5)
+        assert await until(
+            lambda: any("voice input is off: Silero VAD model not found" in r.getMessage() for r in caplog.records), 5
+        )
         await server.post("/human", {"sessionid": client.sessionid, "text": "Still here.", "type": "echo"})
         assert await until(lambda: any(e.get("status") == "end" for e in events), 8)
         sse.cancel()

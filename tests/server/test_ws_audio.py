@@ -1,5 +1,6 @@
 """GET /ws/audio: speech streamed over a WebSocket into a connected session (an aiortc client receives it), its
 events back on the socket, back-pressure, interrupts, and every kind of bad input closed with a clear code."""
+
 from __future__ import annotations
 
 import asyncio
@@ -40,8 +41,7 @@ async def start(ws: aiohttp.ClientWebSocketResponse, rate: int) -> dict:
     return await ws.receive_json(timeout=5)
 
 
-async def messages_until(ws: aiohttp.ClientWebSocketResponse, done,
-                         timeout: float = 15.0) -> list[dict]:
+async def messages_until(ws: aiohttp.ClientWebSocketResponse, done, timeout: float = 15.0) -> list[dict]:
     """The JSON messages the server sends, until done(messages) holds."""
     got: list[dict] = []
     async with asyncio.timeout(timeout):
@@ -52,7 +52,7 @@ async def messages_until(ws: aiohttp.ClientWebSocketResponse, done,
 
 async def send_in_pieces(ws: aiohttp.ClientWebSocketResponse, pcm: bytes, piece_bytes: int) -> None:
     for i in range(0, len(pcm), piece_bytes):
-        await ws.send_bytes(pcm[i:i + piece_bytes])
+        await ws.send_bytes(pcm[i : i + piece_bytes])
 
 
 async def test_streamed_audio_is_spoken_with_its_subtitle_and_events(serve, config) -> None:
@@ -66,8 +66,10 @@ async def test_streamed_audio_is_spoken_with_its_subtitle_and_events(serve, conf
             await send_in_pieces(ws, tone(1.5, 24000), 960)  # 20 ms pieces, faster than real time
             await ws.send_json({"type": "end_of_utterance"})
             got = await messages_until(ws, lambda m: {"status": "end", "text": "Streamed hello."} in m)
-            assert {"status": "start", "text": "Streamed hello."} in got and {"event": "speaking",
-                                                                              "speaking": True} in got
+            assert {"status": "start", "text": "Streamed hello."} in got and {
+                "event": "speaking",
+                "speaking": True,
+            } in got
             loud = [level for level in client.audio_levels[heard_before:] if level > 0.1]
             assert len(loud) >= 50, len(loud)  # most of the 1.5 s tone (75 frames of 20 ms) reached the client
             more = await messages_until(ws, lambda m: {"event": "speaking", "speaking": False} in m, 5)
@@ -155,8 +157,10 @@ async def test_bad_input_gets_a_clear_status_or_close_code(serve, config) -> Non
                     else:
                         await ws.send_json(m)
                 said: list[dict] = []
-                while (msg := await ws.receive(timeout=5)).type not in (aiohttp.WSMsgType.CLOSE,
-                                                                       aiohttp.WSMsgType.CLOSED):
+                while (msg := await ws.receive(timeout=5)).type not in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSED,
+                ):
                     said.append(msg.json())
                 if ws.close_code != 1009:  # (aiohttp's reader refuses an oversized message by itself)
                     assert said[-1]["event"] == "error" and said[-1]["code"] == ws.close_code, said
@@ -181,8 +185,11 @@ async def test_bad_input_gets_a_clear_status_or_close_code(serve, config) -> Non
         ]
         for messages, code, words in cases:
             got_code, reason = await closed_with(*messages)
-            assert got_code == code and words in reason, (messages[-1] if len(str(messages)) < 200 else code,
-                                                          got_code, reason)
+            assert got_code == code and words in reason, (
+                messages[-1] if len(str(messages)) < 200 else code,
+                got_code,
+                reason,
+            )
         assert await until(lambda: not server.app[STREAMS], 5)
 
         # one stream per session
@@ -219,8 +226,11 @@ async def test_a_client_gone_mid_stream_leaves_nothing_behind(serve, config) -> 
 
 async def test_the_socket_needs_the_token_when_one_is_configured(serve, config) -> None:
     async with serve(config, auth_tokens=(TOKEN,)) as server:
-        async with server.http.post(server.url + "/offer", headers={"Authorization": f"Bearer {TOKEN}"},
-                                    json={"sdp": await offer_sdp(), "type": "offer"}) as resp:
+        async with server.http.post(
+            server.url + "/offer",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            json={"sdp": await offer_sdp(), "type": "offer"},
+        ) as resp:
             sid = (await resp.json())["sessionid"]  # a session (its client never connects: enough here)
         for url in (ws_url(server, sid), ws_url(server, sid, token="wrong-token-0123456789")):
             with pytest.raises(aiohttp.WSServerHandshakeError) as e:
@@ -229,8 +239,10 @@ async def test_the_socket_needs_the_token_when_one_is_configured(serve, config) 
         with pytest.raises(aiohttp.WSServerHandshakeError) as e:  # a page of another site, even with the token
             await server.http.ws_connect(ws_url(server, sid, token=TOKEN), origin="http://evil.example")
         assert e.value.status == 403
-        for url, headers in ((ws_url(server, sid, token=TOKEN), {}),
-                             (ws_url(server, sid), {"Authorization": f"Bearer {TOKEN}"})):
+        for url, headers in (
+            (ws_url(server, sid, token=TOKEN), {}),
+            (ws_url(server, sid), {"Authorization": f"Bearer {TOKEN}"}),
+        ):
             async with server.http.ws_connect(url, headers=headers) as ws:
                 assert (await start(ws, 16000))["type"] == "ready"
             assert await until(lambda: not server.app[STREAMS], 5)
@@ -246,15 +258,20 @@ async def test_the_example_client_streams_a_wav_in_real_time(serve, config, tmp_
     pcm, rate = load_pcm16(wav, None)
     assert rate == 16000 and len(pcm) == 2 * int(0.8 * 16000)  # 22.05 kHz is not taken: resampled
     async with serve(config, auth_tokens=(TOKEN,)) as server:
-        async with server.http.post(server.url + "/offer", headers={"Authorization": f"Bearer {TOKEN}"},
-                                    json={"sdp": await offer_sdp(), "type": "offer"}) as resp:
+        async with server.http.post(
+            server.url + "/offer",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            json={"sdp": await offer_sdp(), "type": "offer"},
+        ) as resp:
             sid = (await resp.json())["sessionid"]
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         events = await stream(server.url, sid, pcm, rate, token=TOKEN, text="From a file.", printer=lambda _: None)
         assert loop.time() - t0 >= 0.7  # paced in real time
-        assert {"status": "start", "text": "From a file."} in events and events[-1] == {"status": "end",
-                                                                                         "text": "From a file."}
+        assert {"status": "start", "text": "From a file."} in events and events[-1] == {
+            "status": "end",
+            "text": "From a file.",
+        }
 
 
 async def test_server_shutdown_closes_open_streams(serve, config) -> None:

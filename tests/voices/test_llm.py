@@ -24,12 +24,15 @@ async def test_stream_yields_deltas_and_sends_a_proper_request(openai_server, fa
     assert rec.headers[0]["Authorization"] == "Bearer sk-test"
 
 
-@pytest.mark.parametrize(("model", "expected"), [
-    ("unauthorized", r"HTTP 401: Incorrect API key"),
-    ("boom", r"HTTP 500.*internal failure"),
-    ("error_event", r"model overloaded"),
-    ("cut", r"ended"),
-])
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("unauthorized", r"HTTP 401: Incorrect API key"),
+        ("boom", r"HTTP 500.*internal failure"),
+        ("error_event", r"model overloaded"),
+        ("cut", r"ended"),
+    ],
+)
 async def test_errors_become_llm_error_with_a_clear_message(openai_server, model, expected, fakes) -> None:
     base, _ = openai_server
     async with ChatLLM(OpenAIEndpoint(base), model) as llm:
@@ -67,8 +70,9 @@ async def test_the_standard_environment_is_used(openai_server, fakes, monkeypatc
 
 async def test_azure_endpoint_uses_deployments_and_the_api_version(openai_server, fakes):
     base, rec = openai_server
-    endpoint = OpenAIEndpoint(azure_endpoint=base.removesuffix("/v1"), api_version="2025-04-01-preview",
-                              api_key="az-key")
+    endpoint = OpenAIEndpoint(
+        azure_endpoint=base.removesuffix("/v1"), api_version="2025-04-01-preview", api_key="az-key"
+    )
     async with ChatLLM(endpoint, "ok") as llm:
         assert await collect(llm.stream([{"role": "user", "content": "hi"}])) == fakes.ANSWER_DELTAS
     assert rec.paths[0] == "/openai/deployments/ok/chat/completions?api-version=2025-04-01-preview"
@@ -95,13 +99,17 @@ async def test_conversation_sends_system_prompt_and_bounds_history(openai_server
             assert "".join(await collect(conv.reply(question))) == "".join(fakes.ANSWER_DELTAS)
         await collect(conv.reply("q4"))
     answer = "".join(fakes.ANSWER_DELTAS)
-    assert rec.requests[0]["messages"] == [{"role": "system", "content": "Be brief."},
-                                           {"role": "user", "content": "q1"}]
+    assert rec.requests[0]["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "q1"},
+    ]
     # Fourth request: system prompt, the last two exchanges (q2, q3), the new question.
     assert rec.requests[3]["messages"] == [
         {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "q2"}, {"role": "assistant", "content": answer},
-        {"role": "user", "content": "q3"}, {"role": "assistant", "content": answer},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "q3"},
+        {"role": "assistant", "content": answer},
         {"role": "user", "content": "q4"},
     ]
     assert [m["content"] for m in conv.history] == ["q3", answer, "q4", answer]
@@ -117,8 +125,10 @@ async def test_conversation_records_only_the_text_produced_when_stopped(openai_s
                 got.append(delta)
                 if len(got) == 3:
                     break
-        assert conv.history == [{"role": "user", "content": "tell me a long story"},
-                                {"role": "assistant", "content": "".join(fakes.ANSWER_DELTAS[:3])}]
+        assert conv.history == [
+            {"role": "user", "content": "tell me a long story"},
+            {"role": "assistant", "content": "".join(fakes.ANSWER_DELTAS[:3])},
+        ]
         # The HTTP response was closed: the server notices the client is gone.
         await asyncio.wait_for(rec.client_gone.wait(), 3)
         assert rec.sent_chunks < len(fakes.ANSWER_DELTAS) * 20

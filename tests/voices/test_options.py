@@ -1,5 +1,6 @@
 """The voices' option classes: typed and frozen, checked when made (a message naming the field), and the builders
 that make each backend from its options."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,26 +37,35 @@ ROOT = Path(__file__).resolve().parents[2]
 ENDPOINT = OpenAIEndpoint("http://127.0.0.1:1/v1", api_key="sk-test")
 
 
-@pytest.mark.parametrize(("make", "field", "words"), [
-    (lambda: EdgeTTSOptions(" "), "voice", "needs an edge-tts voice name"),
-    (lambda: OpenAITTSOptions(ENDPOINT, voice=""), "voice", "needs a voice name"),
-    (lambda: OpenAITTSOptions(ENDPOINT, model=""), "model", "needs a model name"),
-    (lambda: GPTSoVITSOptions(""), "ref_audio_path", "needs the reference audio's path on the GPT-SoVITS server"),
-    (lambda: GPTSoVITSOptions("ref.wav", server="127.0.0.1:9880"), "server",
-     "must be a URL starting with http:// or https://, got '127.0.0.1:9880'"),
-    (lambda: CosyVoiceOptions(Path("")), "recording", "needs the path of a WAV recording"),
-    (lambda: CosyVoiceOptions(Path("ref.wav"), server="ftp://h"), "server", "starting with http:// or https://"),
-    (lambda: LLMOptions(model=""), "model", "needs a model name"),
-    (lambda: LLMOptions(max_turns=0), "max_turns", "must be at least 1, got 0"),
-    (lambda: ASROptions(device="tpu"), "device", "must be one of cpu, cuda, got 'tpu'"),  # type: ignore[arg-type]
-    (lambda: ASROptions(model=""), "model", "needs a whisper folder or model name"),
-    (lambda: ASROptions(language=" "), "language", "needs a language code"),
-    (lambda: RealtimeOptions(model=""), "model", "needs a model name"),
-    (lambda: RealtimeOptions(turn_detection="loud"), "turn_detection",  # type: ignore[arg-type]
-     "must be one of server_vad, semantic_vad, got 'loud'"),
-    (lambda: RealtimeOptions(url="https://api.openai.com/v1/realtime"), "url", "starting with ws:// or wss://"),
-    (lambda: RealtimeOptions(voice=""), "voice", "needs a voice name"),
-])
+@pytest.mark.parametrize(
+    ("make", "field", "words"),
+    [
+        (lambda: EdgeTTSOptions(" "), "voice", "needs an edge-tts voice name"),
+        (lambda: OpenAITTSOptions(ENDPOINT, voice=""), "voice", "needs a voice name"),
+        (lambda: OpenAITTSOptions(ENDPOINT, model=""), "model", "needs a model name"),
+        (lambda: GPTSoVITSOptions(""), "ref_audio_path", "needs the reference audio's path on the GPT-SoVITS server"),
+        (
+            lambda: GPTSoVITSOptions("ref.wav", server="127.0.0.1:9880"),
+            "server",
+            "must be a URL starting with http:// or https://, got '127.0.0.1:9880'",
+        ),
+        (lambda: CosyVoiceOptions(Path("")), "recording", "needs the path of a WAV recording"),
+        (lambda: CosyVoiceOptions(Path("ref.wav"), server="ftp://h"), "server", "starting with http:// or https://"),
+        (lambda: LLMOptions(model=""), "model", "needs a model name"),
+        (lambda: LLMOptions(max_turns=0), "max_turns", "must be at least 1, got 0"),
+        (lambda: ASROptions(device="tpu"), "device", "must be one of cpu, cuda, got 'tpu'"),  # type: ignore[arg-type]
+        (lambda: ASROptions(model=""), "model", "needs a whisper folder or model name"),
+        (lambda: ASROptions(language=" "), "language", "needs a language code"),
+        (lambda: RealtimeOptions(model=""), "model", "needs a model name"),
+        (
+            lambda: RealtimeOptions(turn_detection="loud"),  # type: ignore[arg-type]
+            "turn_detection",
+            "must be one of server_vad, semantic_vad, got 'loud'",
+        ),
+        (lambda: RealtimeOptions(url="https://api.openai.com/v1/realtime"), "url", "starting with ws:// or wss://"),
+        (lambda: RealtimeOptions(voice=""), "voice", "needs a voice name"),
+    ],
+)
 def test_a_bad_option_is_refused_with_its_field_and_why(make, field: str, words: str) -> None:
     with pytest.raises(OptionError) as e:
         make()
@@ -113,8 +123,9 @@ async def test_chat_is_built_from_its_options() -> None:
 
 
 def test_realtime_options_make_the_client_and_the_session_update() -> None:
-    options = RealtimeOptions(ENDPOINT, "my-realtime", "ws://127.0.0.1:9/v1/realtime", "marin", "semantic_vad",
-                              "Be a guide.")
+    options = RealtimeOptions(
+        ENDPOINT, "my-realtime", "ws://127.0.0.1:9/v1/realtime", "marin", "semantic_vad", "Be a guide."
+    )
     client = options.client()
     assert isinstance(client, RealtimeClient) and client.model == "my-realtime" and client.endpoint == ENDPOINT
     assert client.url == "ws://127.0.0.1:9/v1/realtime"
@@ -125,8 +136,10 @@ def test_realtime_options_make_the_client_and_the_session_update() -> None:
 
 def test_the_options_module_loads_no_backend() -> None:
     """Options are made (and checked) at start without importing any backend's dependencies."""
-    code = ("import sys, voices.options; heavy = [m for m in ('voices.tts', 'voices.tts_http', 'voices.tts_edge', "
-            "'voices.tts_cosyvoice', 'voices.llm', 'voices.asr', 'voices.realtime', 'piper', 'faster_whisper') "
-            "if m in sys.modules]; print(heavy); sys.exit(bool(heavy))")
+    code = (
+        "import sys, voices.options; heavy = [m for m in ('voices.tts', 'voices.tts_http', 'voices.tts_edge', "
+        "'voices.tts_cosyvoice', 'voices.llm', 'voices.asr', 'voices.realtime', 'piper', 'faster_whisper') "
+        "if m in sys.modules]; print(heavy); sys.exit(bool(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr

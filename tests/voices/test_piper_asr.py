@@ -37,7 +37,7 @@ async def test_piper_streams_16k_float32_sentence_by_sentence(piper):
     audio = np.concatenate(chunks)
     seconds = len(audio) / 16000
     assert 2.5 < seconds < 8.0  # 15 words
-    assert np.sqrt(np.mean(audio ** 2)) > 0.05
+    assert np.sqrt(np.mean(audio**2)) > 0.05
     for chunk in chunks:  # every sentence at the configured peak, after resampling
         assert np.max(np.abs(chunk)) == pytest.approx(0.9, abs=1e-5)
 
@@ -102,7 +102,7 @@ async def test_piper_speech_is_transcribed_back(piper):
     events = []
     stream = np.concatenate([silence, audio, silence, silence])
     for pos in range(0, len(stream), 320):  # 20 ms frames, as a mic would deliver
-        events += vad.push(stream[pos:pos + 320])
+        events += vad.push(stream[pos : pos + 320])
     events += vad.flush()
     assert [type(e).__name__ for e in events] == ["SpeechStart", "SpeechEnd"]
 

@@ -1,5 +1,6 @@
 """The Realtime client (GA protocol, through the openai SDK) against the local fake, which refuses what the real
 service refuses."""
+
 import asyncio
 import json
 
@@ -37,6 +38,7 @@ async def events_until(client, kind):
             if isinstance(event, kind):
                 return out
         raise AssertionError(f"connection closed before {kind.__name__}")
+
     return await asyncio.wait_for(collect(), 10)
 
 
@@ -110,14 +112,15 @@ async def test_microphone_audio_gets_turn_detection_a_transcript_and_an_answer(r
     transcript = next(e for e in events if isinstance(e, UserTranscript))
     assert transcript.text == fakes.heard_transcript(round(1000 * (0.2 + 1.2 + 0.5)) // 20 * 20)
     heard = np.concatenate(rec.heard) / 32767.0
-    np.testing.assert_allclose(heard[4800:4800 + len(speech)], speech, atol=1e-4)  # PCM16 at 24 kHz, unchanged
+    np.testing.assert_allclose(heard[4800 : 4800 + len(speech)], speech, atol=1e-4)  # PCM16 at 24 kHz, unchanged
 
 
 async def test_a_beta_shaped_client_is_refused_as_the_service_does(realtime_server):
     url, _ = realtime_server
     # The retired beta header: an error event, then the socket is closed.
-    async with websockets.connect(url + "?model=gpt-realtime", additional_headers={
-            "Authorization": "Bearer sk-rt", "OpenAI-Beta": "realtime=v1"}) as ws:
+    async with websockets.connect(
+        url + "?model=gpt-realtime", additional_headers={"Authorization": "Bearer sk-rt", "OpenAI-Beta": "realtime=v1"}
+    ) as ws:
         error = json.loads(await ws.recv())
         assert error["type"] == "error" and error["error"]["code"] == "beta_api_shape_disabled"
         with pytest.raises(websockets.ConnectionClosed):
@@ -129,8 +132,7 @@ async def test_a_beta_shaped_client_is_refused_as_the_service_does(realtime_serv
         await rt.update_session({"type": "realtime", "audio": {"input": {"format": "pcm16"}}})
         await rt.send({"type": "response.create", "response": {"modalities": ["audio"]}})
         errors = await asyncio.wait_for(_errors(rt, 4), 5)
-    assert [e.code for e in errors] == ["unknown_parameter", "unknown_parameter", "invalid_value",
-                                        "unknown_parameter"]
+    assert [e.code for e in errors] == ["unknown_parameter", "unknown_parameter", "invalid_value", "unknown_parameter"]
     assert "session.modalities" in errors[0].message and "session.voice" in errors[1].message
     assert "response.modalities" in errors[3].message
 
@@ -175,8 +177,9 @@ async def test_a_dropped_socket_ends_the_events_with_an_error(realtime_server):
 async def test_azure_openai_realtime_uses_the_deployment_the_api_version_and_its_key(realtime_server):
     url, rec = realtime_server
     azure = url.removesuffix("/v1/realtime")
-    endpoint = OpenAIEndpoint(azure_endpoint=azure.replace("ws://", "http://"), api_version="2025-08-28",
-                              api_key="az-key")
+    endpoint = OpenAIEndpoint(
+        azure_endpoint=azure.replace("ws://", "http://"), api_version="2025-08-28", api_key="az-key"
+    )
     async with RealtimeClient(endpoint, "my-realtime", url=azure + "/openai/realtime") as rt:
         await rt.send_text("hello")
         events = await events_until(rt, ResponseDone)

@@ -8,7 +8,7 @@ def split(text: str, step: int = 1, **kwargs) -> list[str]:
     s = SentenceSplitter(**kwargs)
     out = []
     for i in range(0, len(text), step):
-        out += s.feed(text[i:i + step])
+        out += s.feed(text[i : i + step])
     return out + s.flush()
 
 
@@ -16,19 +16,31 @@ def split(text: str, step: int = 1, **kwargs) -> list[str]:
 def test_english_sentences_any_delta_size(step):
     text = "Hello there, my friend. How are you today? I am fine! Thanks; see you."
     assert split(text, step, min_chars=5) == [
-        "Hello there, my friend.", "How are you today?", "I am fine!", "Thanks;", "see you."]
+        "Hello there, my friend.",
+        "How are you today?",
+        "I am fine!",
+        "Thanks;",
+        "see you.",
+    ]
 
 
 @pytest.mark.parametrize("step", [1, 4, 1000])
 def test_chinese_sentences(step):
     text = "你好，我是你的数字人助手。今天天气很好！我们去公园散步吧？好的；走吧…"
     assert split(text, step, min_chars=3) == [
-        "你好，我是你的数字人助手。", "今天天气很好！", "我们去公园散步吧？", "好的；", "走吧…"]
+        "你好，我是你的数字人助手。",
+        "今天天气很好！",
+        "我们去公园散步吧？",
+        "好的；",
+        "走吧…",
+    ]
 
 
 def test_decimals_and_dotted_tokens_do_not_split():
     assert split("Pi is 3.14159 roughly. Visit example.com for more.", 2, min_chars=3) == [
-        "Pi is 3.14159 roughly.", "Visit example.com for more."]
+        "Pi is 3.14159 roughly.",
+        "Visit example.com for more.",
+    ]
 
 
 def test_decimal_split_across_deltas_waits_for_the_next_character():
@@ -41,12 +53,17 @@ def test_decimal_split_across_deltas_waits_for_the_next_character():
 def test_abbreviations_and_initials():
     text = "Mr. Smith met Dr. Brown, e.g. at noon. J. K. Rowling wrote it. The end."
     assert split(text, 3, min_chars=3) == [
-        "Mr. Smith met Dr. Brown, e.g. at noon.", "J. K. Rowling wrote it.", "The end."]
+        "Mr. Smith met Dr. Brown, e.g. at noon.",
+        "J. K. Rowling wrote it.",
+        "The end.",
+    ]
 
 
 def test_short_fragments_merge_with_the_next_sentence():
     assert split("Hi. Ok. This is a longer sentence. Bye.", 1, min_chars=10) == [
-        "Hi. Ok. This is a longer sentence.", "Bye."]  # flush returns the short tail
+        "Hi. Ok. This is a longer sentence.",
+        "Bye.",
+    ]  # flush returns the short tail
 
 
 def test_min_chars_zero_emits_every_sentence():
@@ -55,7 +72,10 @@ def test_min_chars_zero_emits_every_sentence():
 
 def test_newlines_split_and_are_not_spoken():
     assert split("First line of text\n\nSecond line here\nthird", 5, min_chars=3) == [
-        "First line of text", "Second line here", "third"]
+        "First line of text",
+        "Second line here",
+        "third",
+    ]
 
 
 def test_short_line_merges_across_newline_as_a_space():
@@ -64,7 +84,11 @@ def test_short_line_merges_across_newline_as_a_space():
 
 def test_punctuation_runs_and_closing_quotes_stay_with_the_sentence():
     assert split('He said "Stop!" Then left?! 「你好。」然后呢', 1, min_chars=3) == [
-        'He said "Stop!"', "Then left?!", "「你好。」", "然后呢"]
+        'He said "Stop!"',
+        "Then left?!",
+        "「你好。」",
+        "然后呢",
+    ]
 
 
 def test_mixed_chinese_and_english():

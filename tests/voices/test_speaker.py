@@ -1,4 +1,5 @@
 """Speaker -> session: sentences become audio with timed events; interrupt stops LLM and TTS at once."""
+
 import asyncio
 
 import numpy as np
@@ -51,8 +52,12 @@ async def test_echo_speaks_each_sentence_with_events_in_order() -> None:
     while not events.empty():
         e = next_event(events)
         got.append((e.kind, e.text))
-    assert got == [("sentence_start", "Hello there, my friend."), ("sentence_end", "Hello there, my friend."),
-                   ("sentence_start", "How are you doing today?"), ("sentence_end", "How are you doing today?")]
+    assert got == [
+        ("sentence_start", "Hello there, my friend."),
+        ("sentence_end", "Hello there, my friend."),
+        ("sentence_start", "How are you doing today?"),
+        ("sentence_end", "How are you doing today?"),
+    ]
     await speaker.close()
     await session.close()
 
@@ -146,8 +151,11 @@ async def test_sdk_errors_become_llm_error_and_tts_error_events_and_retries_get_
     session = await make()
     events = session.subscribe()
     endpoint = OpenAIEndpoint(base)
-    async with ChatLLM(endpoint, "unauthorized") as refused, ChatLLM(endpoint, "flaky") as flaky, \
-            OpenAITTS(endpoint, voice="bad") as bad_voice:
+    async with (
+        ChatLLM(endpoint, "unauthorized") as refused,
+        ChatLLM(endpoint, "flaky") as flaky,
+        OpenAITTS(endpoint, voice="bad") as bad_voice,
+    ):
         speaker = Speaker(session, ToneTTS(), Conversation(refused))
         await speaker.chat("hi")
         error = next_event(events)

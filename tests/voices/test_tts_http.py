@@ -28,8 +28,13 @@ async def test_openai_tts_streams_resampled_pcm(openai_server, fakes):
         chunks = await collect(tts.synthesize("Hello world."))
     assert len(chunks) > 5 and all(c.dtype == np.float32 and c.ndim == 1 for c in chunks)
     np.testing.assert_allclose(np.concatenate(chunks), expected_16k(fakes.tone_pcm16(24000, 1.0), 24000), atol=1e-4)
-    assert rec.requests[0] == {"model": "tts-1", "input": "Hello world.", "voice": "alloy",
-                               "response_format": "pcm", "speed": 1.1}
+    assert rec.requests[0] == {
+        "model": "tts-1",
+        "input": "Hello world.",
+        "voice": "alloy",
+        "response_format": "pcm",
+        "speed": 1.1,
+    }
     assert rec.headers[0]["Authorization"] == "Bearer sk-x"
 
 
@@ -79,11 +84,18 @@ async def test_gpt_sovits_streams_wav(sovits_server, fakes):
     async with GPTSoVITSTTS(url, ref_audio_path="ref.wav", prompt_text="参考文本", text_lang="zh") as tts:
         chunks = await collect(tts.synthesize("你好。"))
     assert len(chunks) > 3
-    np.testing.assert_allclose(np.concatenate(chunks),
-                               expected_16k(fakes.tone_pcm16(fakes.SOVITS_RATE, 0.5), fakes.SOVITS_RATE), atol=1e-4)
-    assert rec.requests[0] == {"text": "你好。", "text_lang": "zh", "ref_audio_path": "ref.wav",
-                               "prompt_text": "参考文本", "prompt_lang": "zh", "media_type": "wav",
-                               "streaming_mode": True}
+    np.testing.assert_allclose(
+        np.concatenate(chunks), expected_16k(fakes.tone_pcm16(fakes.SOVITS_RATE, 0.5), fakes.SOVITS_RATE), atol=1e-4
+    )
+    assert rec.requests[0] == {
+        "text": "你好。",
+        "text_lang": "zh",
+        "ref_audio_path": "ref.wav",
+        "prompt_text": "参考文本",
+        "prompt_lang": "zh",
+        "media_type": "wav",
+        "streaming_mode": True,
+    }
 
 
 async def test_gpt_sovits_error_shows_the_server_message(sovits_server):
@@ -106,8 +118,16 @@ class _ToLoopback(aiohttp.abc.AbstractResolver):
     """DNS override: every host name resolves to 127.0.0.1."""
 
     async def resolve(self, host, port=0, family=socket.AF_INET):
-        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET,
-                 "proto": 0, "flags": socket.AI_NUMERICHOST}]
+        return [
+            {
+                "hostname": host,
+                "host": "127.0.0.1",
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
 
     async def close(self):
         pass

@@ -1,5 +1,6 @@
 """The page's avatar picker in headless Chromium: the server's avatars with a thumbnail, the chosen one used to
 connect, and another picked while connected switches the session live (same connection, new frame size)."""
+
 from __future__ import annotations
 
 import shutil
@@ -21,12 +22,17 @@ def test_the_picker_lists_avatars_and_switches_live(tmp_path: Path, chromium: Pa
 
     avatars = tmp_path / "avatars"
     ensure_demo(avatars, progress=False, models_dir=tmp_path / "no-models")
-    prepare_avatar(cv2.resize(demo_image(), (384, 384)), "second", avatars,
-                   PrepareOptions(progress=False, models_dir=tmp_path / "no-models"))
+    prepare_avatar(
+        cv2.resize(demo_image(), (384, 384)),
+        "second",
+        avatars,
+        PrepareOptions(progress=False, models_dir=tmp_path / "no-models"),
+    )
     errors: list[str] = []
     with running_server(tmp_path, "--avatars_dir", str(avatars)) as base, sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS)
+            str(tmp_path / "profile"), executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS
+        )
         try:
             page = ctx.pages[0] if ctx.pages else ctx.new_page()
             page.on("pageerror", lambda e: errors.append(str(e)))
@@ -36,8 +42,12 @@ def test_the_picker_lists_avatars_and_switches_live(tmp_path: Path, chromium: Pa
             expect(page.locator("#avatar option").nth(1)).to_have_text("second (384×384)")
             page.wait_for_function("document.getElementById('avatar-thumb').naturalWidth === 160")
             page.click("#connect")
-            s = wait_until(page, lambda s: s["connectionState"] == "connected" and s["video"]
-                           and s["video"]["framesDecoded"] > 5, 15, "video to play")
+            s = wait_until(
+                page,
+                lambda s: s["connectionState"] == "connected" and s["video"] and s["video"]["framesDecoded"] > 5,
+                15,
+                "video to play",
+            )
             assert s["video"]["width"] == 512
             session = page.evaluate("window.avatarClient.sessionId")
             assert page.eval_on_selector("#avatar", "s => s.disabled") is False

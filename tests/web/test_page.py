@@ -1,5 +1,6 @@
 """The demo page in a real browser: headless Chromium connects to app.py over loopback WebRTC and the avatar
 speaks a typed sentence (sound, mouth movement and subtitle all seen by the browser)."""
+
 from __future__ import annotations
 
 import shutil
@@ -57,8 +58,12 @@ def test_page_connects_plays_and_the_avatar_speaks(tmp_path: Path, chromium: Pat
     console_errors: list[str] = []
     with running_server(tmp_path) as base, sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1280, "height": 800})
+            str(tmp_path / "profile"),
+            executable_path=str(chromium),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 800},
+        )
         try:
             page = ctx.pages[0] if ctx.pages else ctx.new_page()
 
@@ -73,8 +78,17 @@ def test_page_connects_plays_and_the_avatar_speaks(tmp_path: Path, chromium: Pat
             page.click("#connect")
 
             # -- video and audio play, unmuted, at 25 fps and 48 kHz
-            s = wait_until(page, lambda s: s["connectionState"] == "connected" and s["video"]
-                           and s["video"]["framesDecoded"] > 10 and s["playing"], 15, "video to play")
+            s = wait_until(
+                page,
+                lambda s: (
+                    s["connectionState"] == "connected"
+                    and s["video"]
+                    and s["video"]["framesDecoded"] > 10
+                    and s["playing"]
+                ),
+                15,
+                "video to play",
+            )
             assert s["video"]["width"] == width and s["video"]["height"] == height
             assert not s["muted"]  # autoplay with sound after the Connect click
             t0, s0 = time.monotonic(), s
@@ -134,8 +148,12 @@ def test_page_connects_plays_and_the_avatar_speaks(tmp_path: Path, chromium: Pat
             wait_until(page, lambda s: s["speaking"] and s["audio"]["audioLevel"] > 0.05, 5, "the file to play")
             page.click("#interrupt")
             t_interrupt = time.monotonic()
-            wait_until(page, lambda s: s["serverSpeaking"] is False and s["audio"]["audioLevel"] < 0.01, 1.5,
-                       "silence after Interrupt")
+            wait_until(
+                page,
+                lambda s: s["serverSpeaking"] is False and s["audio"]["audioLevel"] < 0.01,
+                1.5,
+                "silence after Interrupt",
+            )
             interrupt_s = time.monotonic() - t_interrupt
 
             assert page.locator("#errors").inner_text() == ""
@@ -167,9 +185,11 @@ def test_page_connects_plays_and_the_avatar_speaks(tmp_path: Path, chromium: Pat
             ctx.close()
     # Chromium itself logs each HTTP error response of the two refusals above; nothing else may be logged.
     assert all("Failed to load resource" in e for e in console_errors), console_errors
-    print(f"fps {fps:.1f}, audio {audio_rate:.0f} samples/s, reply {s['replyMs']:.0f} ms, "
-          f"silent {interrupt_s:.2f} s after Interrupt, "
-          f"mouth change {max_mouth_change:.0f} (elsewhere {max_above_change:.0f}), screenshot {shot}")
+    print(
+        f"fps {fps:.1f}, audio {audio_rate:.0f} samples/s, reply {s['replyMs']:.0f} ms, "
+        f"silent {interrupt_s:.2f} s after Interrupt, "
+        f"mouth change {max_mouth_change:.0f} (elsewhere {max_above_change:.0f}), screenshot {shot}"
+    )
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
@@ -182,7 +202,8 @@ def test_page_asks_for_the_token_once_and_keeps_it(tmp_path: Path, chromium: Pat
     asked: list[str] = []
     with running_server(tmp_path, "--auth_token", token) as base, sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS)
+            str(tmp_path / "profile"), executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS
+        )
         try:
             page = ctx.pages[0] if ctx.pages else ctx.new_page()
 
@@ -195,8 +216,12 @@ def test_page_asks_for_the_token_once_and_keeps_it(tmp_path: Path, chromium: Pat
                 page.goto(f"{base}/")
                 page.wait_for_function("window.avatarClient !== undefined")
                 page.click("#connect")
-                wait_until(page, lambda s: s["connectionState"] == "connected" and s["video"]
-                           and s["video"]["framesDecoded"] > 5, 15, "video to play")
+                wait_until(
+                    page,
+                    lambda s: s["connectionState"] == "connected" and s["video"] and s["video"]["framesDecoded"] > 5,
+                    15,
+                    "video to play",
+                )
                 page.fill("#text", SENTENCE)
                 page.click("#send")
                 wait_until(page, lambda s: s["subtitle"] == SENTENCE, 15, "the subtitle (via /sse with the token)")

@@ -1,6 +1,7 @@
 """The page's ES modules (web/*.js) in headless Chromium: each is served with a JavaScript MIME type (module
 scripts are refused otherwise), the page loads them all, and the unit tests in tests/web/modules/ (pure
 logic: events, i18n, ICE configuration, stats, the API's token handling with a stubbed fetch) pass."""
+
 from __future__ import annotations
 
 import shutil
@@ -23,15 +24,19 @@ def test_page_modules(tmp_path: Path, chromium: Path) -> None:
     errors: list[str] = []
     with running_server(tmp_path) as base, sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS)
+            str(tmp_path / "profile"), executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS
+        )
         try:
             page = ctx.pages[0] if ctx.pages else ctx.new_page()
             page.on("pageerror", lambda e: errors.append(str(e)))
 
             for module in sorted((ROOT / "web").glob("*.js")):
                 resp = page.request.get(f"{base}/{module.name}")
-                assert resp.status == 200 and "javascript" in resp.headers["content-type"], \
-                    (module.name, resp.status, resp.headers.get("content-type"))
+                assert resp.status == 200 and "javascript" in resp.headers["content-type"], (
+                    module.name,
+                    resp.status,
+                    resp.headers.get("content-type"),
+                )
 
             # Only this browser sees the test page: the server ships the page's modules, not their tests.
             def serve_test_file(route: Route) -> None:

@@ -1,5 +1,6 @@
 """The page in a real browser (headless Chromium): relay-only ICE through a real TURN server (coturn with
 use-auth-secret, credentials from GET /api/ice), and the page in Chinese or English."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,13 @@ def opened(chromium: Path, tmp_path: Path, url: str, locale: str = "en-US") -> I
 
     profile = tmp_path / "profile"
     with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(str(profile), executable_path=str(chromium), headless=True,
-                                                    args=[*CHROMIUM_FLAGS, f"--lang={locale}"], locale=locale)
+        ctx = pw.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=str(chromium),
+            headless=True,
+            args=[*CHROMIUM_FLAGS, f"--lang={locale}"],
+            locale=locale,
+        )
         try:
             page = ctx.pages[0] if ctx.pages else ctx.new_page()
             page.goto(url)
@@ -51,11 +57,18 @@ def opened(chromium: Path, tmp_path: Path, url: str, locale: str = "en-US") -> I
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_relay_only_page_gets_video_through_coturn(tmp_path: Path, chromium: Path) -> None:
-    with coturn(tmp_path) as turn, running_server(tmp_path, "--turn", turn.url, "--turn_secret", turn.secret) as base, \
-            opened(chromium, tmp_path, f"{base}/?relay=1") as page:
+    with (
+        coturn(tmp_path) as turn,
+        running_server(tmp_path, "--turn", turn.url, "--turn_secret", turn.secret) as base,
+        opened(chromium, tmp_path, f"{base}/?relay=1") as page,
+    ):
         page.click("#connect")
-        wait_until(page, lambda s: s["connectionState"] == "connected" and s["video"]
-                   and s["video"]["framesDecoded"] > 10, 20, "video through the TURN relay")
+        wait_until(
+            page,
+            lambda s: s["connectionState"] == "connected" and s["video"] and s["video"]["framesDecoded"] > 10,
+            20,
+            "video through the TURN relay",
+        )
         pair = page.evaluate(SELECTED_PAIR_JS)
         assert pair is not None and pair["local"] == "relay" and pair["relayProtocol"] == "udp", pair
         assert page.locator("#errors").inner_text() == ""
