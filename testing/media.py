@@ -1,4 +1,4 @@
-"""Synthetic face videos for tests and benchmarks: written and read with PyAV."""
+"""Synthetic media for tests and benchmarks: face videos written and read with PyAV, marker ticks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+
+from core.items import Kind, OutputTick, Source
+from core.units import SAMPLE_RATE, TICK_SAMPLES
 
 
 def write_video(path: Path, frames: Sequence[np.ndarray], fps: int = 25, codec: str = "libx264") -> Path:
@@ -33,3 +36,21 @@ def decode_video(path: Path) -> np.ndarray:
 def shifted(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
     m = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
     return cv2.warpAffine(image, m, (image.shape[1], image.shape[0]), borderMode=cv2.BORDER_REFLECT)
+
+
+def marker_tick(k: int, onset: int, size: tuple[int, int] = (128, 160)) -> OutputTick:
+    """Output tick k of a marker stream: black and silent before tick `onset`, then white with a 1 kHz tone from
+    the tick's first sample, so that an encoder's output can be checked for where picture and sound start."""
+    on = k >= onset
+    frame = np.full((*size, 3), 255 if on else 0, np.uint8)
+    t = (np.arange(TICK_SAMPLES) + k * TICK_SAMPLES) / SAMPLE_RATE
+    audio = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32) if on else np.zeros(TICK_SAMPLES, np.float32)
+    return OutputTick(
+        tick=k,
+        frame=frame,
+        audio=audio,
+        kind=Kind.SPEECH if on else Kind.SILENCE,
+        source=Source.SPEECH if on else Source.IDLE,
+        events=[],
+        turn=0,
+    )

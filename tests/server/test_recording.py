@@ -13,33 +13,17 @@ import av
 import numpy as np
 import pytest
 
-from core.items import Kind, OutputTick, Source
+from core.items import OutputTick
 from core.units import SAMPLE_RATE, TICK_SAMPLES
 from pipeline.session import Session
 from server import recording
 from server.errors import ApiError
 from server.recording import Recorder, record_path
+from testing.media import marker_tick
 from testing.probe import ProbeEngine, synthetic_avatar
 from testing.server_client import until
 
-HEIGHT, WIDTH = 63, 81  # odd on purpose: H.264 in yuv420p wants even sizes
-
-
-def marker_tick(k: int, onset: int) -> OutputTick:
-    """Black and silent before tick `onset`, then white with a 1 kHz tone from the tick's first sample."""
-    on = k >= onset
-    frame = np.full((HEIGHT, WIDTH, 3), 255 if on else 0, np.uint8)
-    t = (np.arange(TICK_SAMPLES) + k * TICK_SAMPLES) / SAMPLE_RATE
-    audio = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32) if on else np.zeros(TICK_SAMPLES, np.float32)
-    return OutputTick(
-        tick=k,
-        frame=frame,
-        audio=audio,
-        kind=Kind.SPEECH if on else Kind.SILENCE,
-        source=Source.SPEECH if on else Source.IDLE,
-        events=[],
-        turn=0,
-    )
+SIZE = HEIGHT, WIDTH = 63, 81  # odd on purpose: H.264 in yuv420p wants even sizes
 
 
 @pytest.fixture
@@ -97,7 +81,7 @@ async def test_every_tick_is_one_frame_at_25fps_and_the_picture_meets_its_sound(
 ) -> None:
     first, onset = 100, 130  # ticks are numbered from the session's start; the file starts at 0
     path = tmp_path / "records" / "rec.mp4"  # the folder is made when the recording starts
-    recorder = await record(session, path, [marker_tick(k, onset) for k in range(first, first + 50)])
+    recorder = await record(session, path, [marker_tick(k, onset, SIZE) for k in range(first, first + 50)])
     assert recorder.frames == 50 and recorder.dropped == 0
     assert [p.name for p in path.parent.iterdir()] == ["rec.mp4"]  # no partial file left beside it
 
@@ -119,12 +103,12 @@ async def test_ticks_beyond_the_queue_are_dropped_and_counted_and_nothing_is_tak
     monkeypatch.setattr(recording, "QUEUE_TICKS", 3)
     recorder = Recorder(session, tmp_path / "rec.mp4")
     for k in range(5):  # before the thread runs: the queue holds 3 ticks
-        recorder(marker_tick(k, 0))
+        recorder(marker_tick(k, 0, SIZE))
     assert recorder.dropped == 2
     recorder.start()
     assert await until(lambda: recorder.frames == 3, 30)
     path = await asyncio.wait_for(recorder.finish(), 30)
     assert len(read_back(path)[0]) == 3 and recorder.dropped == 2
-    recorder(marker_tick(5, 0))  # after the end
+    recorder(marker_tick(5, 0, SIZE))  # after the end
     assert recorder.frames == 3 and recorder.dropped == 2 and recorder._queue.empty()
     assert await asyncio.wait_for(recorder.finish(), 5) == path  # ending again gives the same file

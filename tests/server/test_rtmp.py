@@ -19,12 +19,11 @@ import pytest
 import soundfile as sf
 
 from bench.measure import mouth_darkening, mouth_region
-from core.items import Kind, OutputTick, Source
 from core.tasks import TaskOwner
-from core.units import TICK_SAMPLES
 from server.config import parse_args
 from server.rtmp import RtmpPusher
 from testing.fake_services import free_port
+from testing.media import marker_tick
 from testing.rtc import skip_or_fail
 from testing.server_client import Client, until, upload
 
@@ -154,23 +153,6 @@ class StubSession:
         pass
 
 
-def marker_tick(k: int, onset_tick: int) -> OutputTick:
-    """Black and silent before `onset_tick`, then white with a 1 kHz tone from the tick's first sample."""
-    on = k >= onset_tick
-    frame = np.full((128, 160, 3), 255 if on else 0, np.uint8)
-    t = (np.arange(TICK_SAMPLES) + k * TICK_SAMPLES) / 16000
-    audio = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32) if on else np.zeros(TICK_SAMPLES, np.float32)
-    return OutputTick(
-        tick=k,
-        frame=frame,
-        audio=audio,
-        kind=Kind.SPEECH if on else Kind.SILENCE,
-        source=Source.SPEECH,
-        events=[],
-        turn=0,
-    )
-
-
 def push_ticks(pusher: RtmpPusher, ticks: range, onset_tick: int) -> None:
     started = time.monotonic()
     for k in ticks:
@@ -212,7 +194,7 @@ def test_the_pusher_reconnects_after_the_server_restarts(nginx: Nginx) -> None:
     def feed() -> None:
         k = 0
         while feeding:
-            pusher(marker_tick(k, onset_tick=10**9))
+            pusher(marker_tick(k, onset=10**9))
             k += 1
             time.sleep(0.04)
 
